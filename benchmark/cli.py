@@ -1,0 +1,177 @@
+"""The ``fssbench`` command line.
+
+Every command turns FssBenchError (bad input) into one line on stderr and exit status 2, and writes
+its outputs atomically, so a failed or interrupted command leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmark import __version__
+from benchmark.data.classes import COCO_SPLITS, DATASETS
+from benchmark.errors import FssBenchError
+
+
+def synth_raw_roots(dataset: str, out: Path) -> dict[str, Path]:
+    """Where the raw roots of a synthetic dataset lie (what ``data prepare`` takes)."""
+    if dataset == "pascal":
+        return {"voc": out / "VOCdevkit" / "VOC2012", "sbd": out / "benchmark_RELEASE" / "dataset"}
+    return {"coco": out}
+
+
+def synth_dataset(dataset: str, out: Path, seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+    """Generate a synthetic raw dataset atomically at ``out``; returns the generator's summary."""
+    from benchmark.data.synth import synth_coco, synth_pascal
+    from benchmark.io_utils import atomic_directory
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        fn = synth_pascal if dataset == "pascal" else synth_coco
+        return fn(tmp, seed=seed, progress=progress)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    synth_dataset(args.dataset, out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+    roots = " ".join(f"--{k} {v}" for k, v in synth_raw_roots(args.dataset, out).items())
+    print(f"wrote a synthetic {args.dataset} dataset in the raw on-disk format to {out}")
+    print(f"prepare it with: fssbench data prepare {args.dataset} {roots} --out DIR")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    if args.dataset == "pascal":
+        from benchmark.data.prepare_pascal import prepare_pascal
+
+        info = prepare_pascal(
+            Path(args.voc), Path(args.sbd), Path(args.out), args.workers, args.overwrite, args.copy_images, not args.quiet
+        )
+    else:
+        from benchmark.data.prepare_coco import prepare_coco
+
+        info = prepare_coco(Path(args.coco), Path(args.out), args.workers, args.overwrite, args.copy_images, not args.quiet)
+    s = info["splits"]
+    print(f"prepared {args.dataset} at {args.out}: train {s['train']['images']} images, val {s['val']['images']} images")
+    for key, f in sorted(info["folds"].items()):
+        print(f"  {key}: {f['val_images']} val (test) images, {f['train_images']} train images")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from benchmark.data.check import check_prepared
+
+    report = check_prepared(Path(args.root), progress=not args.quiet)
+    for p in report.problems:
+        print(p)
+    if report.ok:
+        print(f"{args.root}: OK ({report.checked_images} image/mask pairs checked)")
+        return 0
+    print(f"{args.root}: {len(report.problems)} problem(s) in {report.checked_images} image/mask pairs", file=sys.stderr)
+    return 1
+
+
+def _cmd_episodes(args: argparse.Namespace) -> int:
+    from benchmark.episodes import build_manifest, load_manifest, save_manifest
+
+    manifest = build_manifest(
+        Path(args.data_root),
+        fold=args.fold,
+        shot=args.shot,
+        protocol=args.protocol,
+        seed=args.seed,
+        episodes=args.episodes,
+        kind=args.kind,
+        coco_split=args.split,
+        dataset=args.dataset,
+    )
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        try:
+            same = load_manifest(out)["sha256"] == manifest["sha256"]
+        except FssBenchError:
+            same = False
+        if not same:
+            raise FssBenchError(f"{out} exists with other content; pass --overwrite or choose another --out")
+    save_manifest(manifest, out)
+    print(f"{manifest['sha256']}  {out}  ({manifest['num_episodes']} {manifest['kind']} episodes, "
+          f"{manifest['dataset']} fold {manifest['fold']}, {manifest['shot']}-shot, {manifest['protocol']}, "
+          f"seed {manifest['seed']})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from benchmark.demo import run_demo
+
+    run_demo(Path(args.out), episodes=args.episodes, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fssbench", description="Few-shot segmentation benchmark suite for SAM 2 / FSSAM.")
+    p.add_argument("--version", action="version", version=f"fssam-bench {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate, prepare and check datasets").add_subparsers(dest="data_cmd", required=True)
+    s = data.add_parser("synth", help="write a small synthetic dataset in the raw VOC/SBD or COCO format")
+    s.add_argument("--dataset", choices=DATASETS, required=True)
+    s.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.set_defaults(fn=_cmd_synth)
+
+    prep = data.add_parser("prepare", help="build a data root (masks, lists, fold lists) from raw downloads")
+    prep_sub = prep.add_subparsers(dest="dataset", required=True)
+    pp = prep_sub.add_parser("pascal", help="VOC2012 + SBD -> SegmentationClassAug and PASCAL-5i lists")
+    pp.add_argument("--voc", required=True, help="VOC2012 folder (or VOCdevkit, or its parent)")
+    pp.add_argument("--sbd", required=True, help="SBD 'dataset' folder (or benchmark_RELEASE)")
+    pc = prep_sub.add_parser("coco", help="COCO 2014 images + instances JSON -> semantic masks and COCO-20i lists")
+    pc.add_argument("--coco", required=True, help="folder with train2014/, val2014/, annotations/")
+    for q in (pp, pc):
+        q.add_argument("--out", required=True, help="prepared data root to create")
+        q.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count, at most 8)")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing output folder once done")
+        q.add_argument("--copy-images", action="store_true", help="copy images instead of symlinking the image folders")
+        q.set_defaults(fn=_cmd_prepare)
+
+    c = data.add_parser("check", help="validate a prepared data root and list every problem")
+    c.add_argument("root")
+    c.set_defaults(fn=_cmd_check)
+
+    e = sub.add_parser("episodes", help="write a hashed episode manifest")
+    e.add_argument("--dataset", choices=DATASETS, required=True)
+    e.add_argument("--data-root", required=True, help="prepared data root")
+    e.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0..3}")
+    e.add_argument("--shot", type=int, required=True)
+    e.add_argument("--protocol", choices=("fssam", "hsnet"), default="fssam")
+    e.add_argument("--seed", type=int, default=None, help="default: the protocol's (fssam 321, hsnet 0)")
+    e.add_argument("--episodes", type=int, default=None, help="default: the protocol's (1000)")
+    e.add_argument("--kind", choices=("test", "val"), default="test", help="test: novel classes; val: base classes")
+    e.add_argument("--split", choices=COCO_SPLITS, default="interleaved", help="COCO-20i class split")
+    e.add_argument("--out", required=True, help="manifest file to write (JSON)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing manifest with other content")
+    e.set_defaults(fn=_cmd_episodes)
+
+    d = sub.add_parser("demo", help="the whole pipeline on generated data, end to end")
+    d.add_argument("--out", default="fssbench-demo", help="working folder (reused if it exists)")
+    d.add_argument("--episodes", type=int, default=40, help="episodes per manifest")
+    d.set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except FssBenchError as e:
+        print(f"fssbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fssbench: interrupted; nothing partial was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

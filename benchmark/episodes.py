@@ -1,0 +1,213 @@
+"""Episode manifests: the exact, hashed list of episodes every method of a study is scored on.
+
+An episode is (query image, target class, K support images of that class, each different from the
+query). A manifest is the ordered episode list for (dataset, class split, fold, shot, protocol,
+seed, count, kind), saved as canonical JSON whose ``sha256`` field is the SHA-256 of the canonical
+serialisation of everything else. Same inputs give a byte-identical file on any machine: the
+sampler only uses ``random.Random(seed).random()``, whose sequence Python guarantees across versions
+and platforms.
+
+Protocols (see the README and ../shared/docs/protocols-and-tools.md section 1):
+
+* ``fssam`` (PFENet family, what FSSAM reports): the fold's ordered query list is cycled
+  (episode i uses query i mod len); the target class is drawn uniformly among the fold's classes
+  PRESENT in the query (any pixel, as PFENet/BAM/FSSAM ``__getitem__`` do); the K supports are
+  distinct images drawn uniformly from that class's list (class >= 2*32*32 px), each != query.
+  Defaults: 1000 episodes, seed 321.
+* ``hsnet`` (HSNet family, class-balanced): the class is drawn uniformly among the fold's classes,
+  then the query uniformly from that class's list, then K distinct supports != query.
+  Defaults: 1000 episodes, seed 0.
+
+Kinds: ``test`` episodes use the fold's novel classes on the val split (what papers report);
+``val`` episodes use the fold's base classes on the val split (model selection that never looks at a
+novel class), and are labelled as such in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.data import classes as C
+from benchmark.data.lists import ImageRecord, fold_pool, list_line
+from benchmark.data.prepared import PreparedDataset, fold_list_dir
+from benchmark.errors import FssBenchError
+from benchmark.io_utils import canonical_json, write_text_atomic
+
+FORMAT = "fssbench-episodes/1"
+PROTOCOLS: dict[str, dict[str, int]] = {
+    "fssam": {"seed": 321, "episodes": 1000},
+    "hsnet": {"seed": 0, "episodes": 1000},
+}
+KINDS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class Episode:
+    id: int
+    query: str
+    cls: int
+    supports: tuple[str, ...]
+
+
+class StableRng:
+    """Uniform integer draws that are identical on every machine and Python version.
+
+    Only ``random.Random.random()`` is used: Python guarantees its sequence for a given seed
+    (``randrange``/``choice`` carry no such guarantee). ``below(n)`` = floor(u * n) for u in [0, 1).
+    """
+
+    def __init__(self, seed: int):
+        self._rng = random.Random(int(seed))
+
+    def below(self, n: int) -> int:
+        if n <= 0:
+            raise ValueError("n must be positive")
+        return min(int(self._rng.random() * n), n - 1)
+
+
+def draw_supports(rng: StableRng, pool: list[ImageRecord], query_id: str, shot: int) -> tuple[str, ...]:
+    """K distinct images of ``pool``, none equal to the query, by rejection (as PFENet does)."""
+    chosen: list[int] = []
+    for _ in range(shot):
+        idx = rng.below(len(pool))
+        while pool[idx].id == query_id or idx in chosen:
+            idx = rng.below(len(pool))
+        chosen.append(idx)
+    return tuple(pool[i].id for i in chosen)
+
+
+def sample_episodes(
+    records: list[ImageRecord], classes: list[int], shot: int, protocol: str, seed: int, n: int, where: str
+) -> list[Episode]:
+    """Sample ``n`` episodes of ``classes`` from a split's ``records`` (pure function).
+
+    ``where`` names the list the pools come from, for error messages. Raises FssBenchError when a
+    class has fewer than K+1 images (the query plus K distinct supports) or the pool is empty.
+    """
+    if protocol not in PROTOCOLS:
+        raise FssBenchError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
+    if shot < 1:
+        raise FssBenchError(f"--shot must be >= 1, got {shot}")
+    if n < 1:
+        raise FssBenchError(f"--episodes must be >= 1, got {n}")
+    pool = fold_pool(records, classes, filter_intersection=False)
+    if not pool.images:
+        raise FssBenchError(f"{where}: no image contains any of the classes {classes}")
+    for c in classes:
+        if len(pool.per_class[c]) < shot + 1:
+            raise FssBenchError(
+                f"{where}: class {c} has {len(pool.per_class[c])} image(s); a {shot}-shot episode needs at least "
+                f"{shot + 1} (the query and {shot} distinct supports); use fewer shots or more data"
+            )
+    rng = StableRng(seed)
+    episodes = []
+    for i in range(n):
+        if protocol == "fssam":
+            q = pool.images[i % len(pool.images)]
+            present = q.present(classes)
+            cls = present[rng.below(len(present))]
+        else:  # hsnet
+            cls = classes[rng.below(len(classes))]
+            q = pool.per_class[cls][rng.below(len(pool.per_class[cls]))]
+        supports = draw_supports(rng, pool.per_class[cls], q.id, shot)
+        episodes.append(Episode(id=i, query=q.id, cls=cls, supports=supports))
+    return episodes
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the canonical serialisation of a manifest without its ``sha256`` field."""
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()
+
+
+def build_manifest(
+    data_root: Path,
+    fold: int,
+    shot: int,
+    protocol: str = "fssam",
+    seed: int | None = None,
+    episodes: int | None = None,
+    kind: str = "test",
+    coco_split: str = "interleaved",
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    """Build a manifest dict (with its ``sha256``) from a prepared root.
+
+    ``dataset``, when given, must match the prepared root's dataset. ``seed``/``episodes`` default
+    to the protocol's values.
+    """
+    ds = PreparedDataset(data_root)
+    if dataset is not None and dataset != ds.dataset:
+        raise FssBenchError(f"--dataset {dataset} but {ds.root}/dataset.json says {ds.dataset!r}")
+    if kind not in KINDS:
+        raise FssBenchError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    if ds.dataset != "coco" and coco_split != "interleaved":
+        raise FssBenchError("--split applies to COCO only")
+    if not 0 <= fold < C.NUM_FOLDS:
+        raise FssBenchError(f"--fold must be in 0..{C.NUM_FOLDS - 1}, got {fold}")
+    if protocol not in PROTOCOLS:
+        raise FssBenchError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
+    seed = PROTOCOLS[protocol]["seed"] if seed is None else int(seed)
+    n = PROTOCOLS[protocol]["episodes"] if episodes is None else int(episodes)
+    classes = (C.novel_classes if kind == "test" else C.base_classes)(ds.dataset, fold, coco_split)
+    records = ds.records("val")
+    list_name = "sub_class_file_list" if kind == "test" else "records"
+    where = f"{ds.root / fold_list_dir(ds.dataset, coco_split) / 'val' / f'{list_name}_{fold}.txt'}"
+    if kind == "val":
+        where = f"{ds.records_path('val')} (base classes of fold {fold})"
+    eps = sample_episodes(records, classes, shot, protocol, seed, n, where)
+    by_id = {r.id: r for r in records}
+    used = sorted({e.query for e in eps} | {s for e in eps for s in e.supports})
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "kind": kind,
+        "dataset": ds.dataset,
+        "class_split": coco_split if ds.dataset == "coco" else None,
+        "fold": fold,
+        "shot": shot,
+        "protocol": protocol,
+        "seed": seed,
+        "num_episodes": n,
+        "classes": classes,
+        "source": {
+            "split": "val",
+            # identity of the data: the canonical records of the split (paths and class pixel counts)
+            "records_sha256": hashlib.sha256(
+                canonical_json([r.to_json() for r in records]).encode("ascii")
+            ).hexdigest(),
+        },
+        "images": {i: list_line(by_id[i]).split(" ") for i in used},
+        "episodes": [{"id": e.id, "query": e.query, "class": e.cls, "supports": list(e.supports)} for e in eps],
+    }
+    manifest["sha256"] = manifest_sha256(manifest)
+    return manifest
+
+
+def save_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """Write a manifest atomically as canonical JSON."""
+    write_text_atomic(Path(path), canonical_json(manifest))
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """Read a manifest and verify its hash (a hand-edited or truncated file is an error)."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FssBenchError(f"{path}: episode manifest not found; make one with `fssbench episodes`") from None
+    except json.JSONDecodeError as e:
+        raise FssBenchError(f"{path}: not a valid manifest ({e}); regenerate it with `fssbench episodes`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FssBenchError(f"{path}: not an fssbench episode manifest (format != {FORMAT})")
+    if manifest.get("sha256") != manifest_sha256(manifest):
+        raise FssBenchError(f"{path}: content does not match its sha256 (edited or corrupt); regenerate it")
+    return manifest
+
+
+def manifest_episodes(manifest: dict[str, Any]) -> list[Episode]:
+    return [Episode(e["id"], e["query"], e["class"], tuple(e["supports"])) for e in manifest["episodes"]]
