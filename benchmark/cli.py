@@ -22,7 +22,9 @@ def synth_raw_roots(dataset: str, out: Path) -> dict[str, Path]:
     return {"coco": out}
 
 
-def synth_dataset(dataset: str, out: Path, seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+def synth_dataset(
+    dataset: str, out: Path, seed: int = 0, overwrite: bool = False, progress: bool = True
+) -> dict:
     """Generate a synthetic raw dataset atomically at ``out``; returns the generator's summary."""
     from benchmark.data.synth import synth_coco, synth_pascal
     from benchmark.io_utils import atomic_directory
@@ -46,14 +48,24 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         from benchmark.data.prepare_pascal import prepare_pascal
 
         info = prepare_pascal(
-            Path(args.voc), Path(args.sbd), Path(args.out), args.workers, args.overwrite, args.copy_images, not args.quiet
+            Path(args.voc),
+            Path(args.sbd),
+            Path(args.out),
+            args.workers,
+            args.overwrite,
+            args.copy_images,
+            not args.quiet,
         )
     else:
         from benchmark.data.prepare_coco import prepare_coco
 
-        info = prepare_coco(Path(args.coco), Path(args.out), args.workers, args.overwrite, args.copy_images, not args.quiet)
+        info = prepare_coco(
+            Path(args.coco), Path(args.out), args.workers, args.overwrite, args.copy_images, not args.quiet
+        )
     s = info["splits"]
-    print(f"prepared {args.dataset} at {args.out}: train {s['train']['images']} images, val {s['val']['images']} images")
+    print(
+        f"prepared {args.dataset} at {args.out}: train {s['train']['images']} images, val {s['val']['images']} images"
+    )
     for key, f in sorted(info["folds"].items()):
         print(f"  {key}: {f['val_images']} val (test) images, {f['train_images']} train images")
     return 0
@@ -68,7 +80,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if report.ok:
         print(f"{args.root}: OK ({report.checked_images} image/mask pairs checked)")
         return 0
-    print(f"{args.root}: {len(report.problems)} problem(s) in {report.checked_images} image/mask pairs", file=sys.stderr)
+    print(
+        f"{args.root}: {len(report.problems)} problem(s) in {report.checked_images} image/mask pairs",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -95,9 +110,11 @@ def _cmd_episodes(args: argparse.Namespace) -> int:
         if not same:
             raise FssBenchError(f"{out} exists with other content; pass --overwrite or choose another --out")
     save_manifest(manifest, out)
-    print(f"{manifest['sha256']}  {out}  ({manifest['num_episodes']} {manifest['kind']} episodes, "
-          f"{manifest['dataset']} fold {manifest['fold']}, {manifest['shot']}-shot, {manifest['protocol']}, "
-          f"seed {manifest['seed']})")
+    print(
+        f"{manifest['sha256']}  {out}  ({manifest['num_episodes']} {manifest['kind']} episodes, "
+        f"{manifest['dataset']} fold {manifest['fold']}, {manifest['shot']}-shot, {manifest['protocol']}, "
+        f"seed {manifest['seed']})"
+    )
     return 0
 
 
@@ -109,12 +126,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fssbench", description="Few-shot segmentation benchmark suite for SAM 2 / FSSAM.")
+    p = argparse.ArgumentParser(
+        prog="fssbench", description="Few-shot segmentation benchmark suite for SAM 2 / FSSAM."
+    )
     p.add_argument("--version", action="version", version=f"fssam-bench {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="generate, prepare and check datasets").add_subparsers(dest="data_cmd", required=True)
+    data = sub.add_parser("data", help="generate, prepare and check datasets").add_subparsers(
+        dest="data_cmd", required=True
+    )
     s = data.add_parser("synth", help="write a small synthetic dataset in the raw VOC/SBD or COCO format")
     s.add_argument("--dataset", choices=DATASETS, required=True)
     s.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
@@ -127,13 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     pp = prep_sub.add_parser("pascal", help="VOC2012 + SBD -> SegmentationClassAug and PASCAL-5i lists")
     pp.add_argument("--voc", required=True, help="VOC2012 folder (or VOCdevkit, or its parent)")
     pp.add_argument("--sbd", required=True, help="SBD 'dataset' folder (or benchmark_RELEASE)")
-    pc = prep_sub.add_parser("coco", help="COCO 2014 images + instances JSON -> semantic masks and COCO-20i lists")
+    pc = prep_sub.add_parser(
+        "coco", help="COCO 2014 images + instances JSON -> semantic masks and COCO-20i lists"
+    )
     pc.add_argument("--coco", required=True, help="folder with train2014/, val2014/, annotations/")
     for q in (pp, pc):
         q.add_argument("--out", required=True, help="prepared data root to create")
-        q.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count, at most 8)")
+        q.add_argument(
+            "--workers", type=int, default=None, help="worker processes (default: CPU count, at most 8)"
+        )
         q.add_argument("--overwrite", action="store_true", help="replace an existing output folder once done")
-        q.add_argument("--copy-images", action="store_true", help="copy images instead of symlinking the image folders")
+        q.add_argument(
+            "--copy-images", action="store_true", help="copy images instead of symlinking the image folders"
+        )
         q.set_defaults(fn=_cmd_prepare)
 
     c = data.add_parser("check", help="validate a prepared data root and list every problem")
@@ -148,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", choices=("fssam", "hsnet"), default="fssam")
     e.add_argument("--seed", type=int, default=None, help="default: the protocol's (fssam 321, hsnet 0)")
     e.add_argument("--episodes", type=int, default=None, help="default: the protocol's (1000)")
-    e.add_argument("--kind", choices=("test", "val"), default="test", help="test: novel classes; val: base classes")
+    e.add_argument(
+        "--kind", choices=("test", "val"), default="test", help="test: novel classes; val: base classes"
+    )
     e.add_argument("--split", choices=COCO_SPLITS, default="interleaved", help="COCO-20i class split")
     e.add_argument("--out", required=True, help="manifest file to write (JSON)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing manifest with other content")

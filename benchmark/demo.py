@@ -55,7 +55,9 @@ def run_demo(out: Path, episodes: int = 40, progress: bool = True) -> Path:
         _step(f"reusing prepared data in {root}")
     report = check_prepared(root, progress=progress)
     if not report.ok:
-        raise FssBenchError(f"{root}: data check found {len(report.problems)} problem(s), first: {report.problems[0]}")
+        raise FssBenchError(
+            f"{root}: data check found {len(report.problems)} problem(s), first: {report.problems[0]}"
+        )
     _step(f"data check OK ({report.checked_images} image/mask pairs)")
     ds = PreparedDataset(root)
 
@@ -69,7 +71,9 @@ def run_demo(out: Path, episodes: int = 40, progress: bool = True) -> Path:
         _step(f"manifest {mpath.name}: sha256 {manifest['sha256'][:16]}...")
         classes = manifest["classes"]
         evaluators = {name: FSSEvaluator(classes) for name in PREDICTORS}
-        for ep in tqdm(manifest_episodes(manifest), desc=f"{shot}-shot episodes", disable=not progress, leave=False):
+        for ep in tqdm(
+            manifest_episodes(manifest), desc=f"{shot}-shot episodes", disable=not progress, leave=False
+        ):
             data = load_episode(ds, manifest["images"], ep, IMAGE_SIZE)
             for name, fn in PREDICTORS.items():
                 logits = fn(data.query[None], data.supports[None], data.support_masks[None])[0]
@@ -79,7 +83,9 @@ def run_demo(out: Path, episodes: int = 40, progress: bool = True) -> Path:
         for name, ev in evaluators.items():
             s = ev.evaluate()
             ci = bootstrap_ci(tables[name], classes, metric="miou")
-            write_text_atomic(out / "report" / f"episodes-{name}-{shot}shot.csv", tables[name].to_csv(index=False))
+            write_text_atomic(
+                out / "report" / f"episodes-{name}-{shot}shot.csv", tables[name].to_csv(index=False)
+            )
             rows.append(
                 {
                     "predictor": name,

@@ -182,7 +182,9 @@ def build_manifest(
             ).hexdigest(),
         },
         "images": {i: list_line(by_id[i]).split(" ") for i in used},
-        "episodes": [{"id": e.id, "query": e.query, "class": e.cls, "supports": list(e.supports)} for e in eps],
+        "episodes": [
+            {"id": e.id, "query": e.query, "class": e.cls, "supports": list(e.supports)} for e in eps
+        ],
     }
     manifest["sha256"] = manifest_sha256(manifest)
     return manifest
@@ -199,9 +201,13 @@ def load_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FssBenchError(f"{path}: episode manifest not found; make one with `fssbench episodes`") from None
+        raise FssBenchError(
+            f"{path}: episode manifest not found; make one with `fssbench episodes`"
+        ) from None
     except json.JSONDecodeError as e:
-        raise FssBenchError(f"{path}: not a valid manifest ({e}); regenerate it with `fssbench episodes`") from None
+        raise FssBenchError(
+            f"{path}: not a valid manifest ({e}); regenerate it with `fssbench episodes`"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FssBenchError(f"{path}: not an fssbench episode manifest (format != {FORMAT})")
     if manifest.get("sha256") != manifest_sha256(manifest):

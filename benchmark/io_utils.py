@@ -48,7 +48,9 @@ def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise FssBenchError(f"{out} exists and is not a directory; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FssBenchError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
+        raise FssBenchError(
+            f"{out} already exists and is not empty; pass --overwrite or choose another --out"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:

@@ -43,7 +43,12 @@ def test_polygon_and_both_rle_forms_decode_to_the_same_block():
 def test_smallest_instance_wins_and_things_beat_crowd():
     anns = [
         {"id": 1, "category_id": 1, "iscrowd": 0, "segmentation": box_polygon(0, 0, 6, 6)},  # person 36 px
-        {"id": 2, "category_id": 3, "iscrowd": 0, "segmentation": box_polygon(2, 2, 4, 4)},  # car 4 px, on top
+        {
+            "id": 2,
+            "category_id": 3,
+            "iscrowd": 0,
+            "segmentation": box_polygon(2, 2, 4, 4),
+        },  # car 4 px, on top
         {"id": 3, "category_id": 18, "iscrowd": 1, "segmentation": box_polygon(5, 0, 8, 3)},  # crowd dog
     ]
     label = render_semantic_mask(anns, H, W, CAT)

@@ -26,7 +26,13 @@ RECORDS = [
 def test_eval_pool_counts_only_classes_with_2048_pixels():
     pool = fold_pool(RECORDS, [1, 2, 3, 4, 5], filter_intersection=False)
     assert [r.id for r in pool.images] == ["a", "c"]
-    assert {c: [r.id for r in v] for c, v in pool.per_class.items()} == {1: ["a"], 2: ["c"], 3: ["c"], 4: [], 5: []}
+    assert {c: [r.id for r in v] for c, v in pool.per_class.items()} == {
+        1: ["a"],
+        2: ["c"],
+        3: ["c"],
+        4: [],
+        5: [],
+    }
 
 
 def test_train_pool_drops_images_with_any_novel_pixel():

@@ -59,7 +59,9 @@ def _check_pair(root: Path, image: str, label: str, num_classes: int, report: Ch
         )
     bad = sorted({int(v) for v in set(lab.ravel().tolist()) if not (v <= num_classes or v == 255)})
     if bad:
-        report.problems.append(f"{root / label}: unknown label value(s) {bad} (allowed: 0..{num_classes}, 255)")
+        report.problems.append(
+            f"{root / label}: unknown label value(s) {bad} (allowed: 0..{num_classes}, 255)"
+        )
 
 
 def check_prepared(root: Path, progress: bool = True) -> CheckReport:
@@ -78,7 +80,9 @@ def check_prepared(root: Path, progress: bool = True) -> CheckReport:
         try:
             recs = ds.records(split)
             if [(r.image, r.label) for r in recs] != pairs:
-                report.problems.append(f"{ds.records_path(split)}: does not match lists/{split}.txt; re-prepare")
+                report.problems.append(
+                    f"{ds.records_path(split)}: does not match lists/{split}.txt; re-prepare"
+                )
         except FssBenchError as e:
             report.problems.append(str(e))
     for cs, rel in ds.meta["fold_lists"].items():
@@ -87,22 +91,34 @@ def check_prepared(root: Path, progress: bool = True) -> CheckReport:
                 folder = ds.root / rel / split
                 for pair in _read_list(folder / f"data_list_{fold}.txt", report):
                     if pair not in split_pairs[split]:
-                        report.problems.append(f"{folder / f'data_list_{fold}.txt'}: {pair[0]} is not in lists/{split}.txt")
+                        report.problems.append(
+                            f"{folder / f'data_list_{fold}.txt'}: {pair[0]} is not in lists/{split}.txt"
+                        )
                 sub_path = folder / f"sub_class_file_list_{fold}.txt"
                 try:
                     sub = ast.literal_eval(sub_path.read_text())
-                    expected = C.novel_classes(ds.dataset, fold, cs) if split == "val" else C.base_classes(ds.dataset, fold, cs)
+                    expected = (
+                        C.novel_classes(ds.dataset, fold, cs)
+                        if split == "val"
+                        else C.base_classes(ds.dataset, fold, cs)
+                    )
                     if sorted(sub) != expected:
-                        report.problems.append(f"{sub_path}: classes {sorted(sub)} are not the fold's {split} classes")
+                        report.problems.append(
+                            f"{sub_path}: classes {sorted(sub)} are not the fold's {split} classes"
+                        )
                     empty = [c for c, v in sub.items() if not v]
                     if empty:
-                        report.problems.append(f"{sub_path}: no images for class(es) {empty} ({cs} fold {fold})")
+                        report.problems.append(
+                            f"{sub_path}: no images for class(es) {empty} ({cs} fold {fold})"
+                        )
                 except FileNotFoundError:
                     report.problems.append(f"{sub_path}: missing")
                 except (ValueError, SyntaxError) as e:
                     report.problems.append(f"{sub_path}: not a dict literal ({e})")
     all_pairs = sorted(split_pairs["train"] | split_pairs["val"])
-    for image, label in tqdm(all_pairs, desc="checking images", unit="img", disable=not progress, leave=False):
+    for image, label in tqdm(
+        all_pairs, desc="checking images", unit="img", disable=not progress, leave=False
+    ):
         _check_pair(ds.root, image, label, ds.num_classes, report)
     report.checked_images = len(all_pairs)
     return report

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes import Episode
+from benchmark.metrics import episode_target
 
 
 def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
@@ -28,19 +29,6 @@ def resize_label(label: np.ndarray, size: int) -> torch.Tensor:
     """(H, W) uint8 -> (size, size) uint8 (nearest)."""
     y = torch.from_numpy(np.ascontiguousarray(label)).float()[None, None]
     return F.interpolate(y, size=(size, size), mode="nearest")[0, 0].to(torch.uint8)
-
-
-def binary_target(label: np.ndarray | torch.Tensor, cls: int):
-    """1 where label == cls, 255 where label == 255 (ignore), 0 elsewhere; same type as input."""
-    if isinstance(label, torch.Tensor):
-        out = torch.zeros_like(label, dtype=torch.uint8)
-        out[label == cls] = 1
-        out[label == 255] = 255
-        return out
-    out = np.zeros(label.shape, dtype=np.uint8)
-    out[label == cls] = 1
-    out[label == 255] = 255
-    return out
 
 
 @dataclass
@@ -64,12 +52,12 @@ def load_episode(ds: PreparedDataset, images: dict[str, list[str]], ep: Episode,
     for sid in ep.supports:
         s_img_rel, s_lab_rel = images[sid]
         sup.append(resize_image(ds.load_image(s_img_rel), size))
-        sup_m.append(resize_label(binary_target(ds.load_label(s_lab_rel), ep.cls), size))
+        sup_m.append(resize_label(episode_target(ds.load_label(s_lab_rel), ep.cls), size))
     return EpisodeData(
         episode=ep,
         query=resize_image(q_img, size),
         supports=torch.stack(sup),
         support_masks=torch.stack(sup_m),
-        query_target=torch.from_numpy(binary_target(q_lab, ep.cls)),
+        query_target=torch.from_numpy(episode_target(q_lab, ep.cls)),
         query_image=q_img,
     )

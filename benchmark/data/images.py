@@ -24,7 +24,9 @@ def read_image(path: Path) -> np.ndarray:
             im.load()
             return np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise FssBenchError(f"{path}: unreadable or truncated image ({e}); re-download or remove it") from None
+        raise FssBenchError(
+            f"{path}: unreadable or truncated image ({e}); re-download or remove it"
+        ) from None
 
 
 def read_label(path: Path) -> np.ndarray:

@@ -126,7 +126,9 @@ def read_records(path: Path) -> list[ImageRecord]:
     except FileNotFoundError:
         raise FssBenchError(f"{path}: missing; re-run `fssbench data prepare`") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise FssBenchError(f"{path}: corrupt class statistics file ({e}); re-run `fssbench data prepare`") from None
+        raise FssBenchError(
+            f"{path}: corrupt class statistics file ({e}); re-run `fssbench data prepare`"
+        ) from None
 
 
 def file_sha256(path: Path) -> str:

@@ -36,7 +36,12 @@ def resolve_coco(path: Path) -> Path:
         raise FssBenchError(f"--coco {p}: directory not found")
     missing = [
         str(p / rel)
-        for rel in ("train2014", "val2014", "annotations/instances_train2014.json", "annotations/instances_val2014.json")
+        for rel in (
+            "train2014",
+            "val2014",
+            "annotations/instances_train2014.json",
+            "annotations/instances_val2014.json",
+        )
         if not (p / rel).exists()
     ]
     if missing:
@@ -93,9 +98,13 @@ def load_instances(path: Path) -> dict:
     image_ids = {im["id"] for im in images}
     for ann in anns:
         if ann.get("category_id") not in known:
-            raise FssBenchError(f"{path}: annotation {ann.get('id')} has unknown category id {ann.get('category_id')}")
+            raise FssBenchError(
+                f"{path}: annotation {ann.get('id')} has unknown category id {ann.get('category_id')}"
+            )
         if ann.get("image_id") not in image_ids:
-            raise FssBenchError(f"{path}: annotation {ann.get('id')} refers to unknown image id {ann.get('image_id')}")
+            raise FssBenchError(
+                f"{path}: annotation {ann.get('id')} refers to unknown image id {ann.get('image_id')}"
+            )
     return data
 
 
@@ -155,7 +164,9 @@ def prepare_coco(
                 )
                 for im in sorted(data["images"], key=lambda im: im["file_name"])
             ]
-            records[split] = parallel_map(_prepare_one, tasks, workers or default_workers(), f"coco {name}", progress)
+            records[split] = parallel_map(
+                _prepare_one, tasks, workers or default_workers(), f"coco {name}", progress
+            )
             link_or_copy_dir(src / name, tmp / name, copy_images, [t[1] for t in tasks])
         info = write_prepared_root(
             tmp,

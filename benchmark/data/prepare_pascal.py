@@ -48,7 +48,9 @@ def resolve_sbd(path: Path) -> Path:
     for cand in (p, p / "dataset", p / "benchmark_RELEASE" / "dataset"):
         if (cand / "cls").is_dir():
             return cand
-    raise FssBenchError(f"--sbd {p}: no SBD dataset folder (expected cls/ and train.txt there or in dataset/ below it)")
+    raise FssBenchError(
+        f"--sbd {p}: no SBD dataset folder (expected cls/ and train.txt there or in dataset/ below it)"
+    )
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -140,7 +142,9 @@ def prepare_pascal(
                 kind, src = "voc", voc_dir / "SegmentationClass" / f"{image_id}.png"
             else:
                 kind, src = "sbd", sbd_dir / "cls" / f"{image_id}.mat"
-            tasks.append((image_id, str(img), kind, str(src), str(tmp / "SegmentationClassAug" / f"{image_id}.png")))
+            tasks.append(
+                (image_id, str(img), kind, str(src), str(tmp / "SegmentationClassAug" / f"{image_id}.png"))
+            )
         recs = parallel_map(_prepare_one, tasks, workers or default_workers(), "pascal masks", progress)
         by_id = {r.id: r for r in recs}
         link_or_copy_dir(voc_dir / "JPEGImages", tmp / "JPEGImages", copy_images, [f"{i}.jpg" for i in by_id])
@@ -149,7 +153,11 @@ def prepare_pascal(
             "pascal",
             {"train": [by_id[i] for i in train_ids], "val": [by_id[i] for i in voc_val]},
             {
-                "sources": {"voc": str(voc_dir.resolve()), "sbd": str(sbd_dir.resolve()), "sbd_train_list": sbd_list.name},
+                "sources": {
+                    "voc": str(voc_dir.resolve()),
+                    "sbd": str(sbd_dir.resolve()),
+                    "sbd_train_list": sbd_list.name,
+                },
                 "label_rule": "VOC SegmentationClass where available, else SBD cls/*.mat",
                 "images": "copied" if copy_images else "symlinked",
             },

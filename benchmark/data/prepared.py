@@ -26,7 +26,14 @@ from tqdm import tqdm
 from benchmark import __version__
 from benchmark.data import classes as C
 from benchmark.data.images import read_image, read_label
-from benchmark.data.lists import ImageRecord, fold_pool, list_line, read_records, write_pfenet_lists, write_records
+from benchmark.data.lists import (
+    ImageRecord,
+    fold_pool,
+    list_line,
+    read_records,
+    write_pfenet_lists,
+    write_records,
+)
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_text_atomic
 
@@ -49,7 +56,9 @@ def class_splits(dataset: str) -> tuple[str, ...]:
     return C.COCO_SPLITS if dataset == "coco" else ("interleaved",)
 
 
-def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: str, progress: bool) -> list[R]:
+def parallel_map(
+    fn: Callable[[T], R], items: Sequence[T], workers: int, desc: str, progress: bool
+) -> list[R]:
     """``[fn(x) for x in items]`` over ``workers`` processes, in order, with a progress bar."""
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, leave=False)
     try:
@@ -110,8 +119,10 @@ def write_prepared_root(
         "dataset": dataset,
         "num_classes": C.num_classes(dataset),
         "class_names": list(C.class_names(dataset)),
-        "splits": {s: {"list": f"lists/{s}.txt", "records": f"lists/records_{s}.json", "images": len(records[s])}
-                   for s in SPLITS},
+        "splits": {
+            s: {"list": f"lists/{s}.txt", "records": f"lists/records_{s}.json", "images": len(records[s])}
+            for s in SPLITS
+        },
         "fold_lists": {cs: fold_list_dir(dataset, cs) for cs in class_splits(dataset)},
         "folds": fold_counts,
         "min_class_pixels": C.MIN_CLASS_PIXELS,
@@ -152,7 +163,9 @@ class PreparedDataset:
         except json.JSONDecodeError as e:
             raise FssBenchError(f"{meta_path}: corrupt ({e}); re-run `fssbench data prepare`") from None
         if self.meta.get("format") != FORMAT:
-            raise FssBenchError(f"{meta_path}: format {self.meta.get('format')!r} is not {FORMAT!r}; re-prepare")
+            raise FssBenchError(
+                f"{meta_path}: format {self.meta.get('format')!r} is not {FORMAT!r}; re-prepare"
+            )
         self.dataset: str = self.meta["dataset"]
         self.num_classes: int = int(self.meta["num_classes"])
         self._records: dict[str, list[ImageRecord]] = {}
@@ -174,4 +187,3 @@ class PreparedDataset:
     def load_label(self, rel: str) -> np.ndarray:
         """(H, W) uint8 class ids, 255 = ignore."""
         return read_label(self.root / rel)
-

@@ -1,0 +1,130 @@
+"""Episode sampling: protocol rules, determinism across processes, hashing, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from benchmark.data.lists import ImageRecord
+from benchmark.episodes import (
+    StableRng,
+    load_manifest,
+    manifest_sha256,
+    sample_episodes,
+    save_manifest,
+)
+from benchmark.errors import FssBenchError
+
+BIG = 5000
+
+
+def rec(i, **pixels):
+    return ImageRecord(i, f"J/{i}.jpg", f"S/{i}.png", 8, 8, {int(k[1:]): v for k, v in pixels.items()})
+
+
+# 12 val images for classes 1..3; q0 also holds 10 px of class 2 (present, not counted)
+RECORDS = (
+    [rec("q0", c1=BIG, c2=10)]
+    + [rec(f"a{i}", c1=BIG) for i in range(5)]
+    + [rec(f"b{i}", c2=BIG, **({"c3": BIG} if i % 2 else {})) for i in range(6)]
+)
+CLASSES = [1, 2, 3]
+
+
+def pools():
+    return {c: {r.id for r in RECORDS if r.pixels.get(c, 0) >= 2048} for c in CLASSES}
+
+
+def test_stable_rng_is_python_random_floor():
+    import random
+
+    r, ref = StableRng(321), random.Random(321)
+    for n in [1, 2, 7, 1000]:
+        assert r.below(n) == int(ref.random() * n)
+
+
+@pytest.mark.parametrize("protocol", ["fssam", "hsnet"])
+@pytest.mark.parametrize("shot", [1, 2])
+def test_episode_rules_hold(protocol, shot):
+    eps = sample_episodes(RECORDS, CLASSES, shot, protocol, seed=5, n=300, where="test")
+    p = pools()
+    by_id = {r.id: r for r in RECORDS}
+    for e in eps:
+        q = by_id[e.query]
+        assert q.pixels.get(e.cls, 0) > 0  # the class is present in the query
+        assert len(e.supports) == shot and len(set(e.supports)) == shot  # distinct supports
+        assert e.query not in e.supports
+        assert set(e.supports) <= p[e.cls]  # supports have >= 2048 px of the class
+    assert [e.id for e in eps] == list(range(300))
+
+
+def test_fssam_cycles_the_ordered_query_list():
+    eps = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=321, n=25, where="test")
+    # the eval list is every record holding a counted class of the fold, in order (all 12 here)
+    order = [r.id for r in RECORDS]
+    assert [e.query for e in eps] == [order[i % 12] for i in range(25)]
+    # q0's class is drawn among the PRESENT classes {1, 2} (PFENet __getitem__), so class 2 occurs
+    classes_for_q0 = Counter(
+        e.cls
+        for e in sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=1, n=1200, where="t")
+        if e.query == "q0"
+    )
+    assert set(classes_for_q0) == {1, 2} and min(classes_for_q0.values()) > 30
+
+
+def test_hsnet_is_class_balanced():
+    eps = sample_episodes(RECORDS, CLASSES, 1, "hsnet", seed=0, n=3000, where="test")
+    counts = Counter(e.cls for e in eps)
+    assert all(abs(counts[c] - 1000) < 120 for c in CLASSES)  # uniform over classes, not images
+
+
+def test_too_few_images_for_the_shot_is_a_clear_error():
+    with pytest.raises(FssBenchError, match=r"class 3 has 3 image\(s\); a 3-shot episode needs at least 4"):
+        sample_episodes(RECORDS, CLASSES, 3, "fssam", seed=0, n=10, where="LIST")
+
+
+def test_seed_changes_episodes():
+    a = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=1, n=50, where="t")
+    b = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=2, n=50, where="t")
+    assert a != b
+
+
+def test_manifest_hash_and_tamper_detection(tmp_path):
+    m = {
+        "format": "fssbench-episodes/1",
+        "episodes": [{"id": 0, "query": "x", "class": 1, "supports": ["y"]}],
+    }
+    m["sha256"] = manifest_sha256(m)
+    save_manifest(m, tmp_path / "m.json")
+    assert load_manifest(tmp_path / "m.json") == m
+    # key order does not change the hash (canonical serialisation)
+    assert manifest_sha256(dict(reversed(list(m.items())))) == m["sha256"]
+    bad = json.loads((tmp_path / "m.json").read_text())
+    bad["episodes"][0]["class"] = 2
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(FssBenchError, match="does not match its sha256"):
+        load_manifest(tmp_path / "bad.json")
+    with pytest.raises(FssBenchError, match="not found"):
+        load_manifest(tmp_path / "missing.json")
+
+
+def test_sampling_is_identical_in_fresh_processes_with_different_hash_seeds():
+    """Set/dict iteration order must not leak into episodes (PYTHONHASHSEED varies per process)."""
+    code = (
+        "import sys; sys.path.insert(0, %r); from tests.test_episodes import RECORDS, CLASSES;"
+        "from benchmark.episodes import sample_episodes;"
+        "print([(e.query, e.cls, e.supports) for e in sample_episodes(RECORDS, CLASSES, 2, 'fssam', 321, 200, 't')])"
+    ) % str(Path(__file__).resolve().parents[1])
+    outs = set()
+    for hs in ["0", "1", "12345"]:
+        env = {**os.environ, "PYTHONHASHSEED": hs}
+        outs.add(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
+    assert len(outs) == 1
