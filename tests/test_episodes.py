@@ -115,16 +115,16 @@ def test_manifest_hash_and_tamper_detection(tmp_path):
 def test_sampling_is_identical_in_fresh_processes_with_different_hash_seeds():
     """Set/dict iteration order must not leak into episodes (PYTHONHASHSEED varies per process)."""
     code = (
-        "import sys; sys.path.insert(0, %r); from tests.test_episodes import RECORDS, CLASSES;"
-        "from benchmark.episodes import sample_episodes;"
+        "from tests.test_episodes import RECORDS, CLASSES; from benchmark.episodes import sample_episodes;"
         "print([(e.query, e.cls, e.supports) for e in sample_episodes(RECORDS, CLASSES, 2, 'fssam', 321, 200, 't')])"
-    ) % str(Path(__file__).resolve().parents[1])
+    )
+    root = Path(__file__).resolve().parents[1]
     outs = set()
     for hs in ["0", "1", "12345"]:
         env = {**os.environ, "PYTHONHASHSEED": hs}
         outs.add(
             subprocess.run(
-                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+                [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
             ).stdout
         )
     assert len(outs) == 1
