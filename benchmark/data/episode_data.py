@@ -21,13 +21,13 @@ from benchmark.metrics import episode_target
 
 def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, size, size) float32 RGB in 0..255 (bilinear, align_corners=False)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().unsqueeze(0)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().unsqueeze(0)
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0]
 
 
 def resize_label(label: np.ndarray, size: int) -> torch.Tensor:
     """(H, W) uint8 -> (size, size) uint8 (nearest)."""
-    y = torch.from_numpy(np.ascontiguousarray(label)).float()[None, None]
+    y = torch.from_numpy(np.array(label, dtype=np.uint8)).float()[None, None]
     return F.interpolate(y, size=(size, size), mode="nearest")[0, 0].to(torch.uint8)
 
 

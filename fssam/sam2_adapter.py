@@ -1,0 +1,355 @@
+"""The one place that talks to the official ``sam2`` package (PyPI ``sam2==1.1.0``).
+
+FSSAM, the naive SAM 2 baseline and every ablation call these functions; nothing in sam2 is
+vendored or patched. What FSSAM changes in SAM 2's behaviour is done here by calling sam2's modules
+in a different order (spec sections 3, 6 and 13):
+
+* :func:`build_sam2_model`: SAM 2.0 (default, as in the paper) or 2.1 configs, sizes t/s/b+/l, any
+  image size (the RoPE ``feat_sizes`` follow it), strict checkpoint loading with the file's sha256,
+  random initialisation only when asked for explicitly;
+* :func:`encode_image`: ``forward_image`` + ``_prepare_backbone_features`` (frozen features);
+* :func:`mask_to_memory`: SAM 2's mask-as-output conditioning path and its memory encoder;
+* :func:`decode`: the SAM mask decoder with no prompts and multimask output, WITHOUT the
+  ``NO_OBJ_SCORE`` override that upstream applies when the object score is negative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.errors import FssBenchError
+
+SAM2_VERSIONS = ("2.0", "2.1")
+SAM2_SIZES = ("t", "s", "b+", "l")
+_CKPT_NAMES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sam2_config_name(version: str, size: str) -> str:
+    """Hydra config name inside the sam2 package for a version and size."""
+    if version not in SAM2_VERSIONS:
+        raise FssBenchError(f"sam2 version must be one of {SAM2_VERSIONS}, got {version!r}")
+    if size not in SAM2_SIZES:
+        raise FssBenchError(f"sam2 size must be one of {SAM2_SIZES}, got {size!r}")
+    if version == "2.0":
+        return f"configs/sam2/sam2_hiera_{size}.yaml"
+    return f"configs/sam2.1/sam2.1_hiera_{size}.yaml"
+
+
+def sam2_checkpoint_name(version: str, size: str) -> str:
+    """Meta's checkpoint file name, e.g. ``sam2_hiera_small.pt`` (2.0) or ``sam2.1_hiera_small.pt``."""
+    prefix = "sam2" if version == "2.0" else "sam2.1"
+    return f"{prefix}_hiera_{_CKPT_NAMES[size]}.pt"
+
+
+def parse_sam2_config(name: str) -> tuple[str, str]:
+    """``"sam2_hiera_s"`` / ``"sam2.1_hiera_b+.yaml"`` (the authors' config names) -> (version, size)."""
+    m = re.fullmatch(r"(?:.*/)?sam2(\.1)?_hiera_(t|s|b\+|l)(?:\.yaml)?", name)
+    if not m:
+        raise FssBenchError(f"unknown SAM 2 config {name!r}; expected e.g. sam2_hiera_s or sam2.1_hiera_b+")
+    return ("2.1" if m.group(1) else "2.0"), m.group(2)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _key_summary(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return f"{shown}{f' (+{len(keys) - n} more)' if len(keys) > n else ''}"
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: str, what: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the missing/unexpected keys."""
+    own = module.state_dict()
+    missing = sorted(k for k in own if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in own)
+    shape = sorted(k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape))
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_key_summary(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_key_summary(unexpected)}")
+        if shape:
+            parts.append(f"shape mismatch: {_key_summary(shape)}")
+        raise FssBenchError(
+            f"{source} does not fit {what} ({'; '.join(parts)}); check the version/size/config"
+        )
+    module.load_state_dict(state_dict, strict=True)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """``torch.load`` a checkpoint file (weights only) with a one-line error for missing/corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FssBenchError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt/pickled-object files
+        raise FssBenchError(
+            f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+
+
+def sam2_overrides(image_size: int) -> list[str]:
+    """Hydra overrides that run SAM 2 at ``image_size`` (RoPE grids follow the stride-16 feature size)."""
+    if image_size % 64:
+        raise FssBenchError(
+            f"image_size must be a multiple of 64 (SAM 2 needs stride-64 inputs), got {image_size}"
+        )
+    g = image_size // 16
+    return [
+        f"++model.image_size={image_size}",
+        f"++model.memory_attention.layer.self_attention.feat_sizes=[{g},{g}]",
+        f"++model.memory_attention.layer.cross_attention.feat_sizes=[{g},{g}]",
+    ]
+
+
+def build_sam2_model(
+    version: str = "2.0",
+    size: str = "s",
+    image_size: int = 512,
+    checkpoint: str | Path | None = None,
+    random_init: bool = False,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+):
+    """Build an official ``SAM2Base`` and load Meta's checkpoint strictly.
+
+    Returns the model (eval mode) with attributes ``fss_random_init`` (bool), ``fss_weights_sha256``
+    (sha256 of the checkpoint file, None for random init), ``fss_version`` and ``fss_size``.
+    ``checkpoint=None`` is an error unless ``random_init=True``.
+    """
+    from sam2.build_sam import build_sam2
+
+    config = sam2_config_name(version, size)
+    if checkpoint is None and not random_init:
+        raise FssBenchError(
+            f"no SAM 2 checkpoint given: pass the path of {sam2_checkpoint_name(version, size)} "
+            "(sam2_checkpoint=...), or random_init=True for a randomly initialised model (tests, demos)"
+        )
+    if checkpoint is not None and random_init:
+        raise FssBenchError("give either a SAM 2 checkpoint or random_init=True, not both")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = build_sam2(
+            config, None, device="cpu", mode="eval", hydra_overrides_extra=sam2_overrides(image_size)
+        )
+    sha = None
+    if checkpoint is not None:
+        ckpt = read_checkpoint(Path(checkpoint))
+        sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+        if not isinstance(sd, dict):
+            raise FssBenchError(
+                f"{checkpoint}: not a SAM 2 checkpoint (expected a dict with a 'model' state dict)"
+            )
+        load_state_dict_strict(model, sd, str(checkpoint), f"SAM 2 {version} size {size}")
+        sha = file_sha256(Path(checkpoint))
+    model.fss_random_init = bool(random_init)
+    model.fss_weights_sha256 = sha
+    model.fss_version, model.fss_size = version, size
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Features
+
+
+@dataclass
+class SAM2Features:
+    """Frozen SAM 2 image features of a batch of B images at image size S (stride 4, 8, 16).
+
+    ``levels`` are (B, 32, S/4, S/4) and (B, 64, S/8, S/8) (already through the mask decoder's
+    ``conv_s0``/``conv_s1``, as ``forward_image`` does) and (B, 256, S/16, S/16). Position encodings
+    are a function of the shapes only and are recomputed on demand, so they are not stored.
+    """
+
+    levels: list[torch.Tensor]
+
+    @property
+    def top(self) -> torch.Tensor:
+        """(B, 256, S/16, S/16) stride-16 features (the memory-attention and decoder input)."""
+        return self.levels[-1]
+
+    @property
+    def high_res(self) -> list[torch.Tensor]:
+        """The stride-4 and stride-8 maps the decoder upsamples with."""
+        return self.levels[:-1]
+
+    def select(self, index: torch.Tensor | slice) -> SAM2Features:
+        return SAM2Features([x[index] for x in self.levels])
+
+    @staticmethod
+    def cat(items: list[SAM2Features]) -> SAM2Features:
+        return SAM2Features([torch.cat([it.levels[i] for it in items]) for i in range(len(items[0].levels))])
+
+
+def sam2_preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(B, 3, H, W) float RGB 0..255 -> (B, 3, S, S) ``x/255`` normalised with ImageNet mean/std.
+
+    Images not already at S x S are resized bilinearly (align_corners=False).
+    """
+    x = images.float() / 255.0
+    if tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def encode_image(sam, images: torch.Tensor) -> SAM2Features:
+    """Frozen image features: ``forward_image`` then the last ``num_feature_levels`` FPN levels.
+
+    Args:
+        images: (B, 3, H, W) float RGB in 0..255.
+    """
+    backbone_out = sam.forward_image(sam2_preprocess(images, sam.image_size))
+    levels = backbone_out["backbone_fpn"][-sam.num_feature_levels :]
+    return SAM2Features([x.float() for x in levels])
+
+
+def flatten_levels(
+    sam, feats: SAM2Features
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
+    """sam2's (HW, B, C) layout of the features and their sine position encodings, plus the sizes."""
+    pe = sam.image_encoder.neck.position_encoding
+    vision_feats = [x.flatten(2).permute(2, 0, 1) for x in feats.levels]
+    vision_pos = [pe(x).to(x.dtype).flatten(2).permute(2, 0, 1) for x in feats.levels]
+    sizes = [(x.shape[-2], x.shape[-1]) for x in feats.levels]
+    return vision_feats, vision_pos, sizes
+
+
+# --------------------------------------------------------------------------------------------------
+# Memories
+
+
+@dataclass
+class MaskMemory:
+    """A memory bank entry: (B, 64, h, w) features, (B, 64, h, w) position encoding, (B, 256) pointer."""
+
+    features: torch.Tensor
+    pos: torch.Tensor
+    obj_ptr: torch.Tensor
+
+
+def mask_to_memory(sam, feats: SAM2Features, mask: torch.Tensor, round_to_bf16: bool = True) -> MaskMemory:
+    """Encode an image and a (soft) mask into a SAM 2 memory, like a conditioning frame (spec section 3).
+
+    ``_use_mask_as_output`` turns the mask into +-10 logits (and an object pointer through the SAM
+    decoder on the mask-downsampled prompt); ``_encode_new_memory`` applies sigmoid, scale 20 and
+    bias -10 and runs the memory encoder.
+
+    Args:
+        mask: (B, 1, S, S) in [0, 1] (a GT mask or a prior).
+        round_to_bf16: store the memory features in bfloat16 precision, as sam2/FSSAM do.
+    """
+    vision_feats, _, sizes = flatten_levels(sam, feats)
+    _, high_res_masks, _, _, _, obj_ptr, obj_scores = sam._use_mask_as_output(
+        feats.top, feats.high_res, mask.float()
+    )
+    mem, mem_pos = sam._encode_new_memory(
+        vision_feats, sizes, high_res_masks, obj_scores, is_mask_from_pts=False
+    )
+    if round_to_bf16:
+        mem = mem.to(torch.bfloat16).float()
+    return MaskMemory(features=mem, pos=mem_pos[-1], obj_ptr=obj_ptr)
+
+
+def object_pointer_pos(sam, n_pointers: int, batch: int, device: torch.device) -> torch.Tensor:
+    """(n_pointers, B, mem_dim) temporal position encodings of object pointers that all sit at t=0.
+
+    SAM 2.0 configs (FSSAM) add none (zeros). SAM 2.1 configs project a sine encoding of the
+    temporal distance, which is 0 here because every memory is a conditioning frame.
+    """
+    if not sam.add_tpos_enc_to_obj_ptrs:
+        return torch.zeros(n_pointers, batch, sam.mem_dim, device=device)
+    from sam2.modeling.sam2_utils import get_1d_sine_pe
+
+    tpos_dim = sam.hidden_dim if sam.proj_tpos_enc_in_obj_ptrs else sam.mem_dim
+    pos = sam.obj_ptr_tpos_proj(get_1d_sine_pe(torch.zeros(n_pointers, device=device), dim=tpos_dim))
+    return pos.unsqueeze(1).expand(-1, batch, sam.mem_dim)
+
+
+def pointer_tokens(sam, obj_ptrs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Object pointers (each (B, 256)) -> (P*256/64, B, 64) tokens and their zero/t=0 positions."""
+    ptrs = torch.stack(obj_ptrs, dim=0)  # (P, B, C)
+    n, b, c = ptrs.shape
+    pos = object_pointer_pos(sam, n, b, ptrs.device)
+    if sam.mem_dim < c:
+        split = c // sam.mem_dim
+        ptrs = ptrs.reshape(n, b, split, sam.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
+        pos = pos.repeat_interleave(split, dim=0)
+    return ptrs, pos
+
+
+def spatial_memory_tokens(sam, memories: list[MaskMemory]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spatial memories -> (n*h*w, B, 64) tokens and positions (+ the t_pos=0 temporal encoding)."""
+    tpos = sam.maskmem_tpos_enc[sam.num_maskmem - 1]
+    toks = [m.features.flatten(2).permute(2, 0, 1) for m in memories]
+    pos = [m.pos.flatten(2).permute(2, 0, 1) + tpos for m in memories]
+    return torch.cat(toks, dim=0), torch.cat(pos, dim=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass
+class Decoded:
+    logits: torch.Tensor  # (B, S, S) best mask, upsampled to the image size
+    multimask_logits: torch.Tensor  # (B, M, S/4, S/4)
+    ious: torch.Tensor  # (B, M)
+    object_score_logits: torch.Tensor  # (B, 1)
+
+
+def decode(sam, pix_feat: torch.Tensor, feats: SAM2Features, multimask: bool = True) -> Decoded:
+    """SAM mask decoder on memory-conditioned features, no prompts (a padding point, ``no_mask_embed``).
+
+    Same as sam2's ``_forward_sam_heads`` except that masks are never replaced by ``NO_OBJ_SCORE``
+    when the object score is negative (FSSAM comments that line out, spec section 6). With
+    ``multimask`` the mask with the highest predicted IoU is kept.
+
+    Args:
+        pix_feat: (B, 256, S/16, S/16).
+    """
+    b = pix_feat.shape[0]
+    coords = torch.zeros(b, 1, 2, device=pix_feat.device)
+    labels = -torch.ones(b, 1, dtype=torch.int32, device=pix_feat.device)
+    sparse, dense = sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    low_res, ious, _, obj_scores = sam.sam_mask_decoder(
+        image_embeddings=pix_feat,
+        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=False,
+        high_res_features=feats.high_res,
+    )
+    low_res = low_res.float()
+    best = torch.argmax(ious, dim=-1) if multimask else torch.zeros(b, dtype=torch.long, device=ious.device)
+    chosen = low_res[torch.arange(b, device=low_res.device), best].unsqueeze(1)
+    high = F.interpolate(chosen, size=(sam.image_size, sam.image_size), mode="bilinear", align_corners=False)
+    return Decoded(logits=high[:, 0], multimask_logits=low_res, ious=ious, object_score_logits=obj_scores)
+
+
+def sam2_trainable_modules(sam) -> dict[str, torch.nn.Module]:
+    """The modules FSSAM fine-tunes (its optimizer groups): mask decoder, memory encoder, memory attention."""
+    return {
+        "sam_mask_decoder": sam.sam_mask_decoder,
+        "memory_encoder": sam.memory_encoder,
+        "memory_attention": sam.memory_attention,
+    }
