@@ -493,6 +493,26 @@ def build_dinov2(
             f"{spec.checkpoint_file}"
         )
 
+    return dinov2_from_meta_state_dict(
+        spec.name, state, path, sha, input_size, depth=depth, embed_dim=embed_dim, num_heads=num_heads
+    )
+
+
+def dinov2_from_meta_state_dict(
+    arch: str,
+    state: Mapping[str, Tensor],
+    source: str | Path,
+    weights_sha256: str | None,
+    input_size: int = FSSAM_INPUT_SIZE,
+    *,
+    depth: int | None = None,
+    embed_dim: int | None = None,
+    num_heads: int | None = None,
+) -> DINOv2Backbone:
+    """A backbone from a state dict in Meta's layout (a ``*_pretrain.pth`` or the ``dino.*`` part of an
+    FSSAM checkpoint), converted and loaded strictly. ``source`` names the file in error messages."""
+    spec = _resolve_arch(arch)
+    path = Path(source)
     vit = _create_vit(spec, input_size, depth, embed_dim, num_heads, device="meta")  # no init cost
     try:
         converted = convert_meta_state_dict(state, vit)
@@ -506,4 +526,25 @@ def build_dinov2(
     leftover = [n for n, t in [*vit.named_parameters(), *vit.named_buffers()] if t.is_meta]
     if leftover:
         raise DINOv2Error(f"DINOv2 checkpoint {path} left tensors unset: {_few(leftover)}")
-    return DINOv2Backbone(vit, spec.name, input_size, random_init=False, weights_sha256=sha, checkpoint=path)
+    return DINOv2Backbone(
+        vit, spec.name, input_size, random_init=False, weights_sha256=weights_sha256, checkpoint=path
+    )
+
+
+def export_meta_state_dict(backbone: DINOv2Backbone) -> dict[str, Tensor]:
+    """The inverse of :func:`convert_meta_state_dict` for a backbone built at Meta's 37x37 grid (518 px).
+
+    Gives a state dict in Meta's released layout (``mask_token`` added as zeros, SwiGLU ``fc1/fc2``
+    renamed to ``w12/w3``), e.g. to write test checkpoints in Meta's or FSSAM's format.
+    """
+    vit = _vit_of(backbone)
+    if tuple(vit.patch_embed.grid_size) != (META_PRETRAIN_GRID, META_PRETRAIN_GRID):
+        raise DINOv2Error(f"export needs a {META_PRETRAIN_GRID}x{META_PRETRAIN_GRID} grid model (input 518)")
+    swiglu = DINOV2_ARCHS[backbone.arch].ffn == "swiglu"
+    out: dict[str, Tensor] = {"mask_token": torch.zeros(1, vit.embed_dim)}
+    for key, value in vit.state_dict().items():
+        if swiglu:
+            key = re.sub(r"^(blocks\.\d+\.mlp\.)fc1\.", r"\1w12.", key)
+            key = re.sub(r"^(blocks\.\d+\.mlp\.)fc2\.", r"\1w3.", key)
+        out[key] = value.detach().clone()
+    return out

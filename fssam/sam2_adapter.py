@@ -15,6 +15,7 @@ in a different order (spec sections 3, 6 and 13):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -162,6 +163,20 @@ def build_sam2_model(
     model.fss_weights_sha256 = sha
     model.fss_version, model.fss_size = version, size
     return model.to(device).eval()
+
+
+def weights_id(sam, seed: int) -> str:
+    """sha256 of the SAM 2 checkpoint file, or ``random-init:seed<S>:torch<version>``."""
+    return getattr(sam, "fss_weights_sha256", None) or f"random-init:seed{seed}:torch{torch.__version__}"
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CUDA for precision "auto"/"bf16"; nothing elsewhere ("bf16" off CUDA is an error)."""
+    if precision == "bf16" and device.type != "cuda":
+        raise FssBenchError("precision='bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""Naive SAM 2 for few-shot segmentation (FSSAM spec section 7, the paper's Fig. 1(b)).
+
+The K supports are encoded with their ground-truth masks as conditioning-frame memories, the query's
+stride-16 features attend to them with SAM 2's plain memory attention, and the mask decoder
+predicts. It shares FSSAM's SAM 2 adapter (fssam/sam2_adapter.py) and frozen-feature format, so the
+harness can score both on the same cached features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.errors import FssBenchError
+from fssam.config import FSSAMConfig
+from fssam.model import EncodedImages
+from fssam.sam2_adapter import (
+    MaskMemory,
+    autocast_context,
+    build_sam2_model,
+    decode,
+    encode_image,
+    flatten_levels,
+    mask_to_memory,
+    pointer_tokens,
+    spatial_memory_tokens,
+    weights_id,
+)
+from fssam.scma import memory_attention
+
+
+class NaiveSAM2(nn.Module):
+    """Supports as SAM 2 conditioning memories; the query attends to them; decode.
+
+    Uses the SAM 2 fields of :class:`FSSAMConfig` (version, size, image size, checkpoint,
+    ``random_init``, precision); the FSSAM switches do not apply.
+    """
+
+    def __init__(self, config: FSSAMConfig, sam2: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.sam2 = sam2 or build_sam2_model(
+            config.sam2_version,
+            config.sam2_size,
+            config.image_size,
+            checkpoint=config.sam2_checkpoint,
+            random_init=config.random_init,
+            seed=config.seed,
+        )
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def random_init(self) -> bool:
+        return bool(getattr(self.sam2, "fss_random_init", False))
+
+    def weight_hashes(self) -> dict[str, str]:
+        return {"sam2": weights_id(self.sam2, self.config.seed)}
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> EncodedImages:
+        """(N, 3, H, W) float RGB 0..255 -> SAM 2 features (no DINOv2: the baseline has no priors)."""
+        images = images.to(self.sam2.device)
+        with autocast_context(images.device, self.config.precision):
+            return EncodedImages(encode_image(self.sam2, images))
+
+    def support_memory(self, supports: EncodedImages, support_masks: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Memory tokens [S_1..S_K ; pointers] (M, B, 64), their positions, and the pointer-token count."""
+        sam = self.sam2
+        b, k, size = support_masks.shape[0], support_masks.shape[1], self.config.image_size
+        s_mask = (support_masks.to(supports.sam2.top.device) == 1).float().reshape(b * k, 1, size, size)
+        mem = mask_to_memory(sam, supports.sam2, s_mask, self.config.round_memory_to_bf16)
+        shots = [
+            MaskMemory(*(x.reshape(b, k, *x.shape[1:])[:, i] for x in (mem.features, mem.pos, mem.obj_ptr)))
+            for i in range(k)
+        ]
+        tokens, pos = spatial_memory_tokens(sam, shots)
+        ptrs, ptrs_pos = pointer_tokens(sam, [m.obj_ptr for m in shots])
+        return torch.cat([tokens, ptrs]), torch.cat([pos, ptrs_pos]), ptrs.shape[0]
+
+    def predict(
+        self,
+        query: EncodedImages,
+        supports: EncodedImages,
+        support_masks: Tensor,
+        query_mask: Tensor | None = None,
+        return_intermediates: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Any]]:
+        """(B, S, S) foreground logits; same arguments as :meth:`fssam.FSSAM.predict`."""
+        sam, size = self.sam2, self.config.image_size
+        b, k = support_masks.shape[:2]
+        if len(supports) != b * k:
+            raise FssBenchError(f"expected {b * k} support feature sets, got {len(supports)}")
+        with autocast_context(query.sam2.top.device, self.config.precision):
+            memory, memory_pos, n_ptr = self.support_memory(supports, support_masks)
+            feats, pos, sizes = flatten_levels(sam, query.sam2)
+            pix = memory_attention(sam.memory_attention, feats[-1], pos[-1], memory, memory_pos, n_ptr)
+            h, w = sizes[-1]
+            out = decode(sam, pix.permute(1, 2, 0).reshape(b, sam.hidden_dim, h, w), query.sam2)
+        if return_intermediates:
+            return out.logits, {
+                "ious": out.ious,
+                "multimask_logits": out.multimask_logits,
+                "image_size": size,
+            }
+        return out.logits
+
+    def forward(self, query: Tensor, supports: Tensor, support_masks: Tensor, **kw: Any):
+        b, k = supports.shape[:2]
+        return self.predict(
+            self.encode_images(query),
+            self.encode_images(supports.reshape(b * k, *supports.shape[2:])),
+            support_masks,
+            **kw,
+        )

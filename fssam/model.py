@@ -1,0 +1,355 @@
+"""FSSAM: the whole pipeline of spec section 1 on the official sam2 modules.
+
+Frozen encoders and the episode computation are separate steps, so that a harness can encode every
+image once and reuse the features across variants and episodes::
+
+    q = model.encode_images(query)                 # (B, 3, S, S) float RGB 0..255
+    s = model.encode_images(supports.flatten(0, 1))  # (B*K, 3, S, S), b-major
+    logits = model.predict(q, s, support_masks)    # (B, K, S, S) in {0, 1, 255} -> (B, S, S)
+
+``model(query, supports, support_masks)`` does both.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmark.errors import FssBenchError
+from fssam.config import FSSAMConfig
+from fssam.dinov2 import build_dinov2
+from fssam.imr import iterative_memory_refinement
+from fssam.ops import resize
+from fssam.priors import pseudo_prompt_priors
+from fssam.sam2_adapter import (
+    MaskMemory,
+    SAM2Features,
+    autocast_context,
+    build_sam2_model,
+    decode,
+    encode_image,
+    flatten_levels,
+    mask_to_memory,
+    pointer_tokens,
+    sam2_trainable_modules,
+    spatial_memory_tokens,
+    weights_id,
+)
+from fssam.scma import Calibration, MemoryLayout, memory_attention
+
+PREPROCESSING_VERSION = "fssam-pre/1"  # bump when encode_images' preprocessing changes
+
+
+@dataclass
+class EncodedImages:
+    """Frozen features of N images: SAM 2 FPN levels and, when the prior needs them, DINOv2 tokens.
+
+    ``sam2.levels``: (N, 32, S/4, S/4), (N, 64, S/8, S/8), (N, 256, S/16, S/16); ``dino``: (N, C, g, g).
+    """
+
+    sam2: SAM2Features
+    dino: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.sam2.top.shape[0]
+
+    def select(self, index: Tensor | slice | list[int]) -> EncodedImages:
+        return EncodedImages(self.sam2.select(index), None if self.dino is None else self.dino[index])
+
+    @staticmethod
+    def cat(items: list[EncodedImages]) -> EncodedImages:
+        dino = None if items[0].dino is None else torch.cat([it.dino for it in items])
+        return EncodedImages(SAM2Features.cat([it.sam2 for it in items]), dino)
+
+    def to(self, device: torch.device | str) -> EncodedImages:
+        return EncodedImages(
+            SAM2Features([x.to(device) for x in self.sam2.levels]),
+            None if self.dino is None else self.dino.to(device),
+        )
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Flat dict of tensors (for safetensors / torch.save caches)."""
+        out = {f"sam2.{i}": x.contiguous() for i, x in enumerate(self.sam2.levels)}
+        if self.dino is not None:
+            out["dino"] = self.dino.contiguous()
+        return out
+
+    @staticmethod
+    def from_tensors(d: dict[str, Tensor]) -> EncodedImages:
+        levels = [d[f"sam2.{i}"] for i in range(sum(k.startswith("sam2.") for k in d))]
+        return EncodedImages(SAM2Features(levels), d.get("dino"))
+
+
+class FSSAM(nn.Module):
+    """FSSAM (ICML 2025) with every ablation switch of :class:`FSSAMConfig`.
+
+    Sub-modules keep the authors' names (``sam2``: the official ``SAM2Base``; ``dino``: the DINOv2
+    backbone), so the authors' checkpoints map onto ``state_dict`` directly (see fssam/checkpoint.py).
+    """
+
+    def __init__(self, config: FSSAMConfig, sam2: nn.Module | None = None, dino: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        if sam2 is None:
+            sam2 = build_sam2_model(
+                config.sam2_version,
+                config.sam2_size,
+                config.image_size,
+                checkpoint=config.sam2_checkpoint,
+                random_init=config.random_init,
+                seed=config.seed,
+            )
+        if dino is None and config.needs_dinov2:
+            dino = build_dinov2(
+                config.dinov2,
+                checkpoint=config.dinov2_checkpoint,
+                random_init=config.random_init,
+                input_size=config.dinov2_input_size,
+                seed=config.seed + 1,
+            )
+        if sam2.image_size != config.image_size:
+            raise FssBenchError(
+                f"SAM 2 model runs at {sam2.image_size} px but image_size={config.image_size}"
+            )
+        self.sam2 = sam2
+        self.dino = dino
+        self.freeze()
+
+    # ---------------------------------------------------------------------------------- provenance
+
+    @property
+    def random_init(self) -> bool:
+        """True if any weights are random (a random-init model must be labelled everywhere)."""
+        return bool(getattr(self.sam2, "fss_random_init", False) or getattr(self.dino, "random_init", False))
+
+    def weight_hashes(self) -> dict[str, str]:
+        """sha256 of the weight files, or ``random-init:...`` identifiers (seed and torch version)."""
+        out = {"sam2": weights_id(self.sam2, self.config.seed)}
+        if self.dino is not None:
+            out["dinov2"] = (
+                self.dino.weights_sha256 or f"random-init:seed{self.config.seed + 1}:torch{torch.__version__}"
+            )
+        return out
+
+    def feature_identity(self) -> dict[str, Any]:
+        """What determines ``encode_images``' output: encoder weights, architectures, preprocessing."""
+        c = self.config
+        ident = {
+            "sam2": f"{c.sam2_version}-{c.sam2_size}",
+            "sam2_weights": self.weight_hashes()["sam2"],
+            "image_size": c.image_size,
+            "preprocessing": PREPROCESSING_VERSION,
+            "platform": platform.machine(),
+        }
+        if self.dino is not None:
+            ident.update(
+                dinov2=c.dinov2,
+                dinov2_weights=self.weight_hashes()["dinov2"],
+                dinov2_input=c.dinov2_input_size,
+            )
+        return ident
+
+    # ------------------------------------------------------------------------------------ training
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """What FSSAM fine-tunes: SAM 2's mask decoder, memory encoder and memory attention."""
+        return sam2_trainable_modules(self.sam2)
+
+    def freeze(self) -> None:
+        """Eval mode everywhere, no parameter trainable (inference default)."""
+        self.requires_grad_(False)
+        self.eval()
+
+    def train_mode(self) -> list[nn.Parameter]:
+        """Enable fine-tuning: exactly the trainable modules get gradients and train mode (dropout).
+
+        Returns the trainable parameters (the optimizer's). The image encoder, prompt encoder,
+        ``obj_ptr_proj``, ``mask_downsample`` and DINOv2 stay frozen and in eval mode.
+        """
+        self.freeze()
+        params = []
+        for module in self.trainable_modules().values():
+            module.train()
+            module.requires_grad_(True)
+            params.extend(module.parameters())
+        return params
+
+    # ------------------------------------------------------------------------------------ inference
+
+    def _autocast(self, device: torch.device):
+        return autocast_context(device, self.config.precision)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> EncodedImages:
+        """Frozen encoders. images: (N, 3, H, W) float RGB 0..255 (resized to the model sizes)."""
+        images = images.to(self.sam2.device)
+        with self._autocast(images.device):
+            sam = encode_image(self.sam2, images)
+            dino = self.dino(images).float() if self.dino is not None else None
+        return EncodedImages(sam, dino)
+
+    def predict(
+        self,
+        query: EncodedImages,
+        supports: EncodedImages,
+        support_masks: Tensor,
+        query_mask: Tensor | None = None,
+        return_intermediates: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Any]]:
+        """Foreground logits of the queries.
+
+        Args:
+            query: features of B query images.
+            supports: features of B*K support images, ordered (b0k0, b0k1, ..., b1k0, ...).
+            support_masks: (B, K, S, S) in {0, 1, 255}; 255 counts as background.
+            query_mask: (B, S, S) in {0, 1, 255}; only for ``prior="oracle"``.
+        Returns:
+            (B, S, S) logits, and with ``return_intermediates`` a dict of priors, memories and IMR steps.
+        """
+        cfg, sam = self.config, self.sam2
+        b, k, size = support_masks.shape[0], support_masks.shape[1], cfg.image_size
+        if tuple(support_masks.shape[-2:]) != (size, size):
+            raise FssBenchError(f"support masks must be {size}x{size}, got {tuple(support_masks.shape[-2:])}")
+        if len(supports) != b * k or len(query) != b:
+            raise FssBenchError(
+                f"expected {b} query and {b * k} support feature sets, got {len(query)}, {len(supports)}"
+            )
+        device = query.sam2.top.device
+        s_mask = (support_masks.to(device) == 1).float()
+        with self._autocast(device):
+            inter: dict[str, Any] = {}
+            s_mem = mask_to_memory(
+                sam, supports.sam2, s_mask.reshape(b * k, 1, size, size), cfg.round_memory_to_bf16
+            )
+            shot_mems = [
+                MaskMemory(
+                    *(x.reshape(b, k, *x.shape[1:])[:, i] for x in (s_mem.features, s_mem.pos, s_mem.obj_ptr))
+                )
+                for i in range(k)
+            ]
+            q_mem = self._query_memory(query, supports, s_mask, s_mem, query_mask, inter)
+            memories = shot_mems + ([q_mem] if q_mem is not None else [])
+            tokens, tokens_pos = spatial_memory_tokens(sam, memories)
+            ptrs, ptrs_pos = pointer_tokens(sam, [m.obj_ptr for m in memories])
+            h, w = q_mem.features.shape[-2:] if q_mem is not None else s_mem.features.shape[-2:]
+            layout = MemoryLayout(shots=k, tokens_per_memory=h * w, ptr_tokens=ptrs.shape[0] // len(memories),
+                                  has_query=q_mem is not None)  # fmt: skip
+            calibration = None
+            if cfg.scma and q_mem is not None:
+                grid_masks = F.interpolate(s_mask, size=(h, w), mode="nearest")
+                calibration = Calibration(grid_masks, cfg.scma_scale, released=cfg.kshot_mode == "released")
+            vision_feats, vision_pos, _ = flatten_levels(sam, query.sam2)
+            pix = memory_attention(
+                sam.memory_attention,
+                vision_feats[-1],
+                vision_pos[-1],
+                torch.cat([tokens, ptrs]),
+                torch.cat([tokens_pos, ptrs_pos]),
+                num_obj_ptr_tokens=ptrs.shape[0],
+                layout=layout,
+                average=cfg.kshot_mode == "intended",
+                calibration=calibration,
+            )
+            pix = pix.permute(1, 2, 0).reshape(b, sam.hidden_dim, h, w)
+            out = decode(sam, pix, query.sam2)
+        logits = out.logits.float()
+        if not return_intermediates:
+            return logits
+        inter.update(
+            support_memory=s_mem.features.reshape(b, k, *s_mem.features.shape[1:]),
+            memory=None if q_mem is None else q_mem.features,
+            multimask_logits=out.multimask_logits,
+            ious=out.ious,
+            object_score_logits=out.object_score_logits,
+        )
+        return logits, inter
+
+    def _query_memory(
+        self,
+        query: EncodedImages,
+        supports: EncodedImages,
+        s_mask: Tensor,
+        s_mem: MaskMemory,
+        query_mask: Tensor | None,
+        inter: dict[str, Any],
+    ) -> MaskMemory | None:
+        """The pseudo-query memory for the configured prior (None for ``prior="none"``)."""
+        cfg, sam = self.config, self.sam2
+        b, k, size = s_mask.shape[0], s_mask.shape[1], cfg.image_size
+        r16 = cfg.round_memory_to_bf16
+        if cfg.prior == "none":
+            return None
+        if cfg.prior == "oracle":
+            if query_mask is None:
+                raise FssBenchError("prior='oracle' needs the query's ground-truth mask (query_mask=...)")
+            gt = (query_mask.to(s_mask.device) == 1).float().reshape(b, 1, size, size)
+            inter.update(prior_fg=gt, prior_disc=gt)
+            return mask_to_memory(sam, query.sam2, gt, r16)
+        if query.dino is None or supports.dino is None:
+            raise FssBenchError(
+                f"prior={cfg.prior!r} needs DINOv2 features; encode the images with DINOv2 enabled"
+            )
+        s_dino = supports.dino.reshape(b, k, *supports.dino.shape[1:])
+        prior_fg, prior_disc = pseudo_prompt_priors(query.dino.float(), s_dino.float(), s_mask, size)
+        inter.update(prior_fg=prior_fg, prior_disc=prior_disc)
+        fg_mem = mask_to_memory(sam, query.sam2, prior_fg, r16)
+        if cfg.prior == "fg":
+            inter.update(fg_memory=fg_mem.features)
+            return fg_mem
+        disc_mem = mask_to_memory(sam, query.sam2, prior_disc, r16)
+        imr = iterative_memory_refinement(
+            fg_mem.features,
+            disc_mem.features,
+            s_mem.features.reshape(b, k, *s_mem.features.shape[1:]),
+            s_mask,
+            prior_fg,
+            prior_disc,
+            iters=cfg.imr_iters,
+            version=cfg.imr_version,
+        )
+        inter.update(
+            fg_memory=fg_mem.features,
+            disc_memory=disc_mem.features,
+            imr_disc_memories=imr.disc_memories,
+            imr_weights=imr.weights,
+            # the Disc prior after each IMR iteration, at image size (figures draw these)
+            imr_disc_priors=[resize(p, size) for p in imr.disc_priors],
+        )
+        return MaskMemory(imr.memory, disc_mem.pos, disc_mem.obj_ptr)
+
+    def forward(
+        self,
+        query: Tensor,
+        supports: Tensor,
+        support_masks: Tensor,
+        query_mask: Tensor | None = None,
+        return_intermediates: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Any]]:
+        """query (B,3,S,S) and supports (B,K,3,S,S) float RGB 0..255, support_masks (B,K,S,S) in {0,1,255}
+        -> (B,S,S) foreground logits (and the intermediates when asked)."""
+        b, k = supports.shape[:2]
+        q = self.encode_images(query)
+        s = self.encode_images(supports.reshape(b * k, *supports.shape[2:]))
+        return self.predict(
+            q, s, support_masks, query_mask=query_mask, return_intermediates=return_intermediates
+        )
+
+    @classmethod
+    def from_authors_checkpoint(
+        cls,
+        path: str | Path,
+        sam2_config: str = "sam2_hiera_s",
+        image_size: int = 512,
+        dinov2: str = "vitb14",
+        **switches: Any,
+    ) -> FSSAM:
+        """Build FSSAM and load a checkpoint saved by the authors' train.py (see fssam/checkpoint.py)."""
+        from fssam.checkpoint import load_authors_checkpoint
+
+        return load_authors_checkpoint(cls, path, sam2_config, image_size, dinov2, **switches)

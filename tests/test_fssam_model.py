@@ -1,0 +1,219 @@
+"""FSSAM on tiny random-init models (SAM 2-T at 256 px, DINOv2-S at 224 px), CPU, fp32."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from baselines.naive_sam2 import NaiveSAM2
+from benchmark.errors import FssBenchError
+from fssam import FSSAM, FSSAMConfig
+from fssam.ops import cosine_map, weighted_gap
+from fssam.scma import Calibration, MemoryLayout, calibration_bias, memory_attention, rope_cross_attention
+from fssam.train import dice_loss, make_optimizer, train_step
+
+S = 256
+
+
+def tiny_config(**kw) -> FSSAMConfig:
+    return FSSAMConfig(
+        sam2_size="t", image_size=S, dinov2="vits14", dinov2_input_size=224, random_init=True, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> FSSAM:
+    return FSSAM(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def episode():
+    g = torch.Generator().manual_seed(0)
+    query = torch.rand(2, 3, S, S, generator=g) * 255
+    supports = torch.rand(2, 3, 3, S, S, generator=g) * 255
+    masks = (torch.rand(2, 3, S, S, generator=g) > 0.6).long()
+    masks[:, :, :4] = 255  # ignore band
+    qmask = (torch.rand(2, S, S, generator=g) > 0.5).long()
+    return query, supports, masks, qmask
+
+
+def variant(model: FSSAM, **switches) -> FSSAM:
+    """The same weights under other switches (a new FSSAM sharing the modules)."""
+    return FSSAM(dataclasses.replace(model.config, **switches), sam2=model.sam2, dino=model.dino)
+
+
+def test_shapes_dtypes_and_determinism(model, episode):
+    query, supports, masks, _ = episode
+    q = model.encode_images(query)
+    s = model.encode_images(supports.flatten(0, 1))
+    assert [tuple(x.shape) for x in q.sam2.levels] == [(2, 32, 64, 64), (2, 64, 32, 32), (2, 256, 16, 16)]
+    assert q.dino.shape == (2, 384, 16, 16) and len(s) == 6
+    logits, inter = model.predict(q, s, masks, return_intermediates=True)
+    assert logits.shape == (2, S, S) and logits.dtype == torch.float32
+    assert inter["prior_fg"].shape == inter["prior_disc"].shape == (2, 1, S, S)
+    assert inter["support_memory"].shape == (2, 3, 64, 16, 16) and inter["memory"].shape == (2, 64, 16, 16)
+    assert len(inter["imr_disc_priors"]) == 4 and inter["imr_disc_priors"][-1].shape == (2, 1, S, S)
+    assert inter["multimask_logits"].shape == (2, 3, 64, 64) and inter["ious"].shape == (2, 3)
+    again = model(query, supports, masks)
+    assert torch.equal(logits, again)  # deterministic, and forward == encode + predict
+
+
+def test_scma_bias_range_and_exact_zero_region():
+    g = torch.Generator().manual_seed(1)
+    b, nh, k, side, d, nq = 2, 1, 2, 4, 8, 16
+    n = side * side
+    q = torch.randn(b, nh, nq, d, generator=g)
+    k_sup = torch.randn(b, nh, k, n, d, generator=g)
+    k_q = torch.randn(b, nh, n, d, generator=g)
+    masks = (torch.rand(b, k, side, side, generator=g) > 0.5).float()
+    bias = calibration_bias(q, k_sup, k_q, masks, scale=10.0)
+    assert bias.shape == (b, nh, nq, n) and bias.min() >= -10 and bias.max() <= 0
+    # independent recomputation with loops
+    for bi in range(b):
+        c = torch.zeros(n)
+        for s in range(k):
+            proto = weighted_gap(
+                k_sup[bi, 0, s].T.reshape(1, d, side, side), masks[bi, s].reshape(1, 1, side, side)
+            )
+            cos = cosine_map(k_q[bi, 0].T.reshape(1, d, side, side), proto).flatten()
+            c += (cos - cos.min()) / (cos.max() - cos.min() + 1e-7)
+        c /= k
+        for i in range(nq):
+            a = torch.stack([q[bi, 0, i] @ k_q[bi, 0, j] / d**0.5 for j in range(n)])
+            a_hat = (a - a.min()) / (a.max() - a.min() + 1e-7)
+            total = a_hat + c
+            expected = torch.where(total >= 1, torch.zeros(n), 10 * (total - 1))
+            assert torch.allclose(bias[bi, 0, i], expected, atol=1e-5)
+            assert (bias[bi, 0, i][total >= 1 + 1e-5] == 0).all()  # exactly zero there
+    assert (bias == 0).any() and (bias < 0).any()
+
+
+def test_scma_off_equals_sam2_cross_attention(model):
+    layer = model.sam2.memory_attention.layers[0]
+    attn = layer.cross_attn_image
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 256, 256, generator=g)  # 16x16 query tokens
+    mem = torch.randn(2, 2 * 256 + 8, 64, generator=g)  # two spatial memories + 2 pointers
+    ours = rope_cross_attention(attn, q, mem, mem, num_k_exclude_rope=8)
+    theirs = attn(q, mem.clone(), mem, num_k_exclude_rope=8)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    # the whole memory-attention stack, too
+    curr, curr_pos = torch.randn(256, 2, 256, generator=g), torch.randn(256, 2, 256, generator=g)
+    memory, memory_pos = mem.transpose(0, 1), torch.randn(2 * 256 + 8, 2, 64, generator=g)
+    ours = memory_attention(model.sam2.memory_attention, curr, curr_pos, memory, memory_pos, 8)
+    theirs = model.sam2.memory_attention(curr, memory, curr_pos, memory_pos.clone(), num_obj_ptr_tokens=8)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    # with calibration the output changes
+    layout = MemoryLayout(shots=1, tokens_per_memory=256, ptr_tokens=4, has_query=True)
+    cal = Calibration((torch.rand(2, 1, 16, 16, generator=g) > 0.5).float())
+    calibrated = rope_cross_attention(attn, q, mem, mem, 8, layout=layout, calibration=cal)
+    assert not torch.allclose(calibrated, rope_cross_attention(attn, q, mem, mem, 8), atol=1e-4)
+
+
+def test_k_identical_shots_equal_one_shot_in_intended_mode(model, episode):
+    query, supports, masks, _ = episode
+    one = model(query, supports[:, :1], masks[:, :1])
+    three = model(query, supports[:, :1].repeat(1, 3, 1, 1, 1), masks[:, :1].repeat(1, 3, 1, 1))
+    assert torch.allclose(one, three, atol=1e-3), (one - three).abs().max()
+    released = variant(model, kshot_mode="released")
+    assert torch.equal(released(query, supports[:, :1], masks[:, :1]), one)  # same for one shot
+    r3 = released(query, supports[:, :1].repeat(1, 3, 1, 1, 1), masks[:, :1].repeat(1, 3, 1, 1))
+    assert not torch.allclose(r3, one, atol=1e-3)  # the released 5-shot path is not shot-invariant
+
+
+def test_switches(model, episode):
+    query, supports, masks, qmask = episode
+    q, s = model.encode_images(query), model.encode_images(supports.flatten(0, 1))
+    base, inter = model.predict(q, s, masks, return_intermediates=True)
+    _, no_imr = variant(model, imr_iters=0).predict(q, s, masks, return_intermediates=True)
+    assert torch.equal(no_imr["memory"], no_imr["disc_memory"])
+    assert not torch.equal(inter["memory"], inter["disc_memory"])
+    assert not torch.allclose(variant(model, scma=False).predict(q, s, masks), base, atol=1e-4)
+    _, fg = variant(model, prior="fg").predict(q, s, masks, return_intermediates=True)
+    assert torch.equal(fg["memory"], fg["fg_memory"]) and "disc_memory" not in fg
+    oracle = variant(model, prior="oracle")
+    _, o = oracle.predict(q, s, masks, query_mask=qmask, return_intermediates=True)
+    assert torch.equal(o["prior_fg"][:, 0], (qmask == 1).float())
+    with pytest.raises(FssBenchError, match="query_mask"):
+        oracle.predict(q, s, masks)
+    none_logits, none_inter = variant(model, prior="none").predict(q, s, masks, return_intermediates=True)
+    assert none_inter["memory"] is None and none_logits.shape == (2, S, S)
+    v2 = variant(model, imr_version="v2").predict(q, s, masks)
+    assert not torch.allclose(v2, base, atol=1e-5)
+    # scale 0 makes every bias 0, i.e. SCMA == plain attention
+    assert torch.allclose(
+        variant(model, scma_scale=0.0).predict(q, s, masks),
+        variant(model, scma=False).predict(q, s, masks),
+        atol=1e-5,
+    )
+
+
+def test_config_validation():
+    with pytest.raises(FssBenchError, match="prior"):
+        tiny_config(prior="dino")
+    with pytest.raises(FssBenchError, match="imr_iters"):
+        tiny_config(imr_iters=-1)
+    with pytest.raises(FssBenchError, match="unknown FSSAM setting"):
+        FSSAMConfig.from_dict({"imr_iter": 3})
+    with pytest.raises(FssBenchError, match="random_init=True"):
+        FSSAM(FSSAMConfig(sam2_size="t", image_size=S))
+
+
+def test_naive_baseline_memory_matches_sam2_conditioning(model, episode):
+    query, supports, masks, _ = episode
+    naive = NaiveSAM2(model.config, sam2=model.sam2)
+    q, s = naive.encode_images(query), naive.encode_images(supports[:, :2].flatten(0, 1))
+    memory, memory_pos, n_ptr = naive.support_memory(s, masks[:, :2])
+    # sam2's own memory construction for two conditioning frames and a query frame
+    sam = model.sam2
+    from fssam.sam2_adapter import flatten_levels, mask_to_memory
+
+    s_mask = (masks[:, :2] == 1).float()
+    outputs = {}
+    for i in range(2):
+        mem = mask_to_memory(sam, s.select([i, 2 + i]).sam2, s_mask[:, i : i + 1])  # shot i of both episodes
+        outputs[i] = {"maskmem_features": mem.features, "maskmem_pos_enc": [mem.pos], "obj_ptr": mem.obj_ptr}
+    feats, pos, sizes = flatten_levels(sam, q.sam2)
+    expected = sam._prepare_memory_conditioned_features(
+        frame_idx=2, is_init_cond_frame=False, current_vision_feats=feats[-1:], current_vision_pos_embeds=pos[-1:],
+        feat_sizes=sizes[-1:], output_dict={"cond_frame_outputs": outputs, "non_cond_frame_outputs": {}}, num_frames=3,
+    )  # fmt: skip
+    ours = memory_attention(sam.memory_attention, feats[-1], pos[-1], memory, memory_pos, n_ptr)
+    assert torch.allclose(ours.permute(1, 2, 0).reshape(2, 256, 16, 16), expected, atol=1e-5)
+    assert naive(query, supports, masks).shape == (2, S, S)
+
+
+def test_training_exposes_exactly_the_trainable_modules(episode):
+    model = FSSAM(tiny_config(imr_iters=1))
+    query, supports, masks, qmask = episode
+    opt = make_optimizer(model)
+    trainable = {id(p) for m in model.trainable_modules().values() for p in m.parameters()}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable
+    assert [g["name"] for g in opt.param_groups] == ["sam_mask_decoder", "memory_encoder", "memory_attention"]
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (id(p) in trainable), name
+    assert (
+        not model.dino.training
+        and not model.sam2.image_encoder.training
+        and model.sam2.memory_attention.training
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = train_step(model, {"query": query[:1], "supports": supports[:1, :1], "support_masks": masks[:1, :1],
+                              "query_mask": qmask[:1]}, opt)  # fmt: skip
+    assert 0 <= loss <= 1
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(
+        n.startswith(("sam2.sam_mask_decoder", "sam2.memory_encoder", "sam2.memory_attention"))
+        for n in changed
+    )
+    assert any(n.startswith("sam2.memory_encoder") for n in changed)
+    assert any(n.startswith("sam2.memory_attention") for n in changed)
+
+
+def test_dice_loss_hand_computed():
+    logits = torch.tensor([[[0.0, 100.0], [-100.0, 0.0]]])  # p = .5, 1, 0, .5
+    target = torch.tensor([[[1, 1], [255, 0]]])  # t = 1, 1, 0, 0
+    # 1 - 2 (0.5 + 1) / ((0.25 + 1 + 0 + 0.25) + 2) = 1 - 3 / 3.5
+    assert torch.allclose(dice_loss(logits, target), torch.tensor(1 - 3 / 3.5), atol=1e-6)
