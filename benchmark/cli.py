@@ -125,6 +125,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_model(args: argparse.Namespace) -> int:
+    from benchmark.model_bench import bench_model, print_bench
+
+    print_bench(
+        bench_model(
+            args.sam2_size, args.dinov2, args.image_size, args.shots, args.repeats, args.device, args.threads
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fssbench", description="Few-shot segmentation benchmark suite for SAM 2 / FSSAM."
@@ -182,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="manifest file to write (JSON)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing manifest with other content")
     e.set_defaults(fn=_cmd_episodes)
+
+    b = sub.add_parser("bench-model", help="time one FSSAM episode with and without precomputed features")
+    b.add_argument("--sam2-size", default="s", choices=("t", "s", "b+", "l"))
+    b.add_argument("--dinov2", default="vitb14", choices=("vits14", "vitb14", "vitl14", "vitg14"))
+    b.add_argument("--image-size", type=int, default=512)
+    b.add_argument("--shots", type=int, default=1)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    b.set_defaults(fn=_cmd_bench_model)
 
     d = sub.add_parser("demo", help="the whole pipeline on generated data, end to end")
     d.add_argument("--out", default="fssbench-demo", help="working folder (reused if it exists)")

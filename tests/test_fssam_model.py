@@ -217,3 +217,16 @@ def test_dice_loss_hand_computed():
     target = torch.tensor([[[1, 1], [255, 0]]])  # t = 1, 1, 0, 0
     # 1 - 2 (0.5 + 1) / ((0.25 + 1 + 0 + 0.25) + 2) = 1 - 3 / 3.5
     assert torch.allclose(dice_loss(logits, target), torch.tensor(1 - 3 / 3.5), atol=1e-6)
+
+
+def test_bench_model_command_reports_both_timings(capsys):
+    from benchmark.cli import main
+
+    assert (
+        main(
+            ["bench-model", "--sam2-size", "t", "--dinov2", "vits14", "--image-size", "256", "--repeats", "1"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "RANDOM-INIT WEIGHTS" in out and "predict on precomputed features" in out and "ratio" in out
