@@ -230,3 +230,11 @@ def test_bench_model_command_reports_both_timings(capsys):
     )
     out = capsys.readouterr().out
     assert "RANDOM-INIT WEIGHTS" in out and "predict on precomputed features" in out and "ratio" in out
+
+
+def test_sam2_1_configs_run(episode):
+    query, supports, masks, _ = episode
+    m = FSSAM(tiny_config(sam2_version="2.1", prior="fg"))
+    assert m.sam2.add_tpos_enc_to_obj_ptrs and m.sam2.no_obj_embed_spatial is not None
+    out = m(query[:1], supports[:1, :2], masks[:1, :2])
+    assert out.shape == (1, S, S) and torch.isfinite(out).all()
