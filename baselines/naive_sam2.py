@@ -25,6 +25,7 @@ from fssam.sam2_adapter import (
     flatten_levels,
     mask_to_memory,
     pointer_tokens,
+    sam2_feature_identity,
     spatial_memory_tokens,
     weights_id,
 )
@@ -59,12 +60,21 @@ class NaiveSAM2(nn.Module):
     def weight_hashes(self) -> dict[str, str]:
         return {"sam2": weights_id(self.sam2, self.config.seed)}
 
+    dino = None  # the baseline has no priors
+
+    def feature_identity(self) -> dict[str, dict[str, Any]]:
+        """The SAM 2 feature identity (the same as FSSAM's for the same image encoder)."""
+        return {"sam2": sam2_feature_identity(self.sam2)}
+
     @torch.no_grad()
-    def encode_images(self, images: Tensor) -> EncodedImages:
-        """(N, 3, H, W) float RGB 0..255 -> SAM 2 features (no DINOv2: the baseline has no priors)."""
+    def encode_sam2(self, images: Tensor):
         images = images.to(self.sam2.device)
         with autocast_context(images.device, self.config.precision):
-            return EncodedImages(encode_image(self.sam2, images))
+            return encode_image(self.sam2, images)
+
+    def encode_images(self, images: Tensor) -> EncodedImages:
+        """(N, 3, H, W) float RGB 0..255 -> SAM 2 features."""
+        return EncodedImages(self.encode_sam2(images))
 
     def support_memory(self, supports: EncodedImages, support_masks: Tensor) -> tuple[Tensor, Tensor, int]:
         """Memory tokens [S_1..S_K ; pointers] (M, B, 64), their positions, and the pointer-token count."""

@@ -136,6 +136,50 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+        return i, n
+    except ValueError:
+        raise FssBenchError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/2") from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.runner import StudyRunner, summary_table
+    from benchmark.study import load_study
+
+    study = load_study(Path(args.study), args.overrides)
+    runner = StudyRunner(
+        study,
+        tracking_uri=args.tracking_uri,
+        work_dir=Path(args.work_dir),
+        force=args.force,
+        use_cache=not args.no_cache,
+        progress=not args.quiet,
+        shard=_parse_shard(args.shard),
+    )
+    try:
+        cells = runner.run()
+    except KeyboardInterrupt:
+        print(
+            "fssbench: interrupted; finished episodes are kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    print()
+    print(summary_table(cells).to_markdown(index=False, floatfmt=".1f"))
+    print()
+    print(runner.cache.stats.summary() + f"; on disk: {runner.cache.disk_size() / 2**20:.1f} MiB")
+    print(
+        f"tracking: {runner.tracker.uri} (experiment {study.name!r}); cells: {runner.work_dir / 'studies' / study.name / 'cells.csv'}"
+    )
+    if study.random_init:
+        print("WARNING: RANDOM-INIT WEIGHTS: these numbers check the pipeline, they are not results")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fssbench", description="Few-shot segmentation benchmark suite for SAM 2 / FSSAM."
@@ -193,6 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="manifest file to write (JSON)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing manifest with other content")
     e.set_defaults(fn=_cmd_episodes)
+
+    r = sub.add_parser("run", help="run a study: every variant x dataset x fold x shot x seed cell")
+    r.add_argument("study", help="study file (YAML), e.g. ablations/component-ablation.yaml")
+    r.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. episodes=50 model.random_init=true"
+    )
+    r.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    r.add_argument("--work-dir", default="fssbench-runs", help="manifests, episode journals, feature cache")
+    r.add_argument("--force", action="store_true", help="rerun cells that are already finished")
+    r.add_argument("--no-cache", action="store_true", help="recompute frozen features for every episode")
+    r.add_argument(
+        "--shard", default="0/1", help="run only cells i, i+N, ... (I/N), to split a study over processes"
+    )
+    r.set_defaults(fn=_cmd_run)
 
     b = sub.add_parser("bench-model", help="time one FSSAM episode with and without precomputed features")
     b.add_argument("--sam2-size", default="s", choices=("t", "s", "b+", "l"))

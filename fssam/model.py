@@ -12,7 +12,6 @@ image once and reuse the features across variants and episodes::
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from fssam.imr import iterative_memory_refinement
 from fssam.ops import resize
 from fssam.priors import pseudo_prompt_priors
 from fssam.sam2_adapter import (
+    PREPROCESSING_VERSION,
     MaskMemory,
     SAM2Features,
     autocast_context,
@@ -36,14 +36,14 @@ from fssam.sam2_adapter import (
     encode_image,
     flatten_levels,
     mask_to_memory,
+    module_sha256,
     pointer_tokens,
+    sam2_feature_identity,
     sam2_trainable_modules,
     spatial_memory_tokens,
     weights_id,
 )
 from fssam.scma import Calibration, MemoryLayout, memory_attention
-
-PREPROCESSING_VERSION = "fssam-pre/1"  # bump when encode_images' preprocessing changes
 
 
 @dataclass
@@ -137,23 +137,39 @@ class FSSAM(nn.Module):
             )
         return out
 
-    def feature_identity(self) -> dict[str, Any]:
-        """What determines ``encode_images``' output: encoder weights, architectures, preprocessing."""
-        c = self.config
-        ident = {
-            "sam2": f"{c.sam2_version}-{c.sam2_size}",
-            "sam2_weights": self.weight_hashes()["sam2"],
-            "image_size": c.image_size,
-            "preprocessing": PREPROCESSING_VERSION,
-            "platform": platform.machine(),
-        }
+    def feature_identity(self) -> dict[str, dict[str, Any]]:
+        """What ``encode_images``' outputs depend on, per encoder (the feature-cache keys).
+
+        ``sam2``: architecture, image size, hash of the image-encoder weights, preprocessing version;
+        ``dino`` (when the prior needs DINOv2): architecture, input size, weights hash, preprocessing.
+        """
+        ident: dict[str, dict[str, Any]] = {"sam2": sam2_feature_identity(self.sam2)}
         if self.dino is not None:
-            ident.update(
-                dinov2=c.dinov2,
-                dinov2_weights=self.weight_hashes()["dinov2"],
-                dinov2_input=c.dinov2_input_size,
-            )
+            if not hasattr(self.dino, "_fss_sha256"):
+                self.dino._fss_sha256 = module_sha256(self.dino)
+            ident["dino"] = {
+                "encoder": f"dinov2-{self.dino.arch}",
+                "weights": self.dino._fss_sha256,
+                "input_size": self.dino.input_size,
+                "preprocessing": PREPROCESSING_VERSION,
+            }
         return ident
+
+    @torch.no_grad()
+    def encode_sam2(self, images: Tensor) -> SAM2Features:
+        """SAM 2 frozen features only. images: (N, 3, H, W) float RGB 0..255."""
+        images = images.to(self.sam2.device)
+        with self._autocast(images.device):
+            return encode_image(self.sam2, images)
+
+    @torch.no_grad()
+    def encode_dino(self, images: Tensor) -> Tensor:
+        """DINOv2 patch tokens only, (N, C, g, g)."""
+        if self.dino is None:
+            raise FssBenchError(f"prior={self.config.prior!r} uses no DINOv2 backbone")
+        images = images.to(self.sam2.device)
+        with self._autocast(images.device):
+            return self.dino(images).float()
 
     # ------------------------------------------------------------------------------------ training
 
@@ -185,14 +201,11 @@ class FSSAM(nn.Module):
     def _autocast(self, device: torch.device):
         return autocast_context(device, self.config.precision)
 
-    @torch.no_grad()
     def encode_images(self, images: Tensor) -> EncodedImages:
         """Frozen encoders. images: (N, 3, H, W) float RGB 0..255 (resized to the model sizes)."""
-        images = images.to(self.sam2.device)
-        with self._autocast(images.device):
-            sam = encode_image(self.sam2, images)
-            dino = self.dino(images).float() if self.dino is not None else None
-        return EncodedImages(sam, dino)
+        return EncodedImages(
+            self.encode_sam2(images), self.encode_dino(images) if self.dino is not None else None
+        )
 
     def predict(
         self,

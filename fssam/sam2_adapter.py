@@ -165,6 +165,44 @@ def build_sam2_model(
     return model.to(device).eval()
 
 
+def module_sha256(*modules: torch.nn.Module) -> str:
+    """SHA-256 of the named tensors (parameters and buffers) of modules: the identity of their weights."""
+    h = hashlib.sha256()
+    for m in modules:
+        for name, t in sorted(m.state_dict().items()):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def image_encoder_sha256(sam) -> str:
+    """Hash of what ``encode_image`` depends on: the image encoder and the decoder's conv_s0/conv_s1.
+
+    Fine-tuning FSSAM leaves these unchanged, so a pretrained SAM 2 and the authors' fine-tuned
+    checkpoints share cached features.
+    """
+    if not hasattr(sam, "_fss_encoder_sha256"):
+        mods = [sam.image_encoder]
+        if sam.use_high_res_features_in_sam:
+            mods += [sam.sam_mask_decoder.conv_s0, sam.sam_mask_decoder.conv_s1]
+        sam._fss_encoder_sha256 = module_sha256(*mods)
+    return sam._fss_encoder_sha256
+
+
+PREPROCESSING_VERSION = "fssam-pre/1"  # bump when the images' preprocessing for the encoders changes
+
+
+def sam2_feature_identity(sam) -> dict[str, object]:
+    """What :func:`encode_image`'s output depends on (the feature-cache key of SAM 2 features)."""
+    return {
+        "encoder": f"sam2-{sam.fss_version}-{sam.fss_size}",
+        "weights": image_encoder_sha256(sam),
+        "image_size": sam.image_size,
+        "preprocessing": PREPROCESSING_VERSION,
+    }
+
+
 def weights_id(sam, seed: int) -> str:
     """sha256 of the SAM 2 checkpoint file, or ``random-init:seed<S>:torch<version>``."""
     return getattr(sam, "fss_weights_sha256", None) or f"random-init:seed{seed}:torch{torch.__version__}"

@@ -1,0 +1,118 @@
+"""Frozen-feature cache: each image is encoded once per encoder and reused by every variant, fold
+and shot. In memory (LRU, bounded by bytes) and on disk (safetensors files), keyed by the encoder's
+identity (architecture, hash of the encoder weights, input size, preprocessing version) and the
+SHA-256 of the image file's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+Features = dict[str, torch.Tensor]
+
+
+def identity_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    disk_bytes_written: int = 0
+
+    @property
+    def hits(self) -> int:
+        return self.memory_hits + self.disk_hits
+
+    def summary(self) -> str:
+        total = self.hits + self.misses
+        rate = 100 * self.hits / total if total else 0.0
+        return (f"feature cache: {self.hits}/{total} hits ({rate:.0f}%: {self.memory_hits} memory, {self.disk_hits} disk), "
+                f"{self.misses} computed, {self.disk_bytes_written / 2**20:.1f} MiB written")  # fmt: skip
+
+
+class FeatureCache:
+    """get_or_compute(identity, image_sha256, compute) -> features (dict of CPU tensors).
+
+    ``directory=None`` keeps features in memory only; ``enabled=False`` always computes.
+    """
+
+    def __init__(self, directory: Path | None, memory_bytes: int = 2 << 30, enabled: bool = True):
+        self.directory = Path(directory) if directory is not None else None
+        self.memory_bytes = memory_bytes
+        self.enabled = enabled
+        self.stats = CacheStats()
+        self._memory: OrderedDict[str, Features] = OrderedDict()
+        self._memory_used = 0
+
+    def _path(self, key: str, ident: str) -> Path:
+        assert self.directory is not None
+        return self.directory / ident[:16] / key[:2] / f"{key}.safetensors"
+
+    def _remember(self, key: str, feats: Features) -> None:
+        size = sum(t.numel() * t.element_size() for t in feats.values())
+        if size > self.memory_bytes:
+            return
+        self._memory[key] = feats
+        self._memory_used += size
+        while self._memory_used > self.memory_bytes:
+            _, old = self._memory.popitem(last=False)
+            self._memory_used -= sum(t.numel() * t.element_size() for t in old.values())
+
+    def get_or_compute(self, identity: dict, image_sha256: str, compute: Callable[[], Features]) -> Features:
+        if not self.enabled:
+            self.stats.misses += 1
+            return compute()
+        ident = identity_hash(identity)
+        key = hashlib.sha256(f"{ident}:{image_sha256}".encode()).hexdigest()
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.stats.memory_hits += 1
+            return self._memory[key]
+        if self.directory is not None:
+            path = self._path(key, ident)
+            if path.is_file():
+                try:
+                    feats = load_file(str(path))
+                    self.stats.disk_hits += 1
+                    self._remember(key, feats)
+                    return feats
+                except Exception:  # a corrupt cache file is recomputed, never trusted
+                    path.unlink(missing_ok=True)
+        feats = {k: v.detach().to("cpu").contiguous() for k, v in compute().items()}
+        self.stats.misses += 1
+        if self.directory is not None:
+            path = self._path(key, ident)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not (self.directory / ident[:16] / "identity.json").exists():
+                (self.directory / ident[:16] / "identity.json").write_text(
+                    json.dumps(identity, indent=1, sort_keys=True)
+                )
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            try:
+                save_file(feats, tmp)
+                os.replace(tmp, path)
+                self.stats.disk_bytes_written += path.stat().st_size
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        self._remember(key, feats)
+        return feats
+
+    def disk_size(self) -> int:
+        if self.directory is None or not self.directory.exists():
+            return 0
+        return sum(p.stat().st_size for p in self.directory.rglob("*.safetensors"))

@@ -1,0 +1,49 @@
+"""Qualitative overlays: an image with its ground truth and a prediction (PNG), IoU in the title."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float], alpha: float = 0.5
+) -> np.ndarray:
+    """(H, W, 3) uint8 image with a boolean (H, W) mask tinted in ``color`` (0..1 RGB)."""
+    out = image.astype(np.float32) / 255.0
+    m = mask.astype(bool)
+    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, dtype=np.float32)
+    return (out * 255).clip(0, 255).astype(np.uint8)
+
+
+def save_episode_overlay(
+    path: Path,
+    query: np.ndarray,
+    target: np.ndarray,
+    pred: np.ndarray,
+    title: str,
+    support: np.ndarray | None = None,
+    support_mask: np.ndarray | None = None,
+) -> Path:
+    """Panels: [support with its mask,] query with GT (green), query with prediction (red)."""
+    panels = []
+    if support is not None and support_mask is not None:
+        panels.append(("support", overlay(support, support_mask == 1, (0.1, 0.4, 1.0))))
+    panels.append(("ground truth", overlay(query, target == 1, (0.1, 0.9, 0.2))))
+    panels.append(("prediction", overlay(query, pred.astype(bool), (1.0, 0.15, 0.1))))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    for ax, (name, img) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(img)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
