@@ -121,7 +121,7 @@ def _cmd_episodes(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.demo import run_demo
 
-    run_demo(Path(args.out), episodes=args.episodes, progress=not args.quiet)
+    run_demo(Path(args.out), episodes=args.episodes, tracking_uri=args.tracking_uri, progress=not args.quiet)
     return 0
 
 
@@ -177,6 +177,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if study.random_init:
         print("WARNING: RANDOM-INIT WEIGHTS: these numbers check the pipeline, they are not results")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from benchmark.profile import print_profile, profile_study
+    from benchmark.study import load_study
+
+    study = load_study(Path(args.study), args.overrides)
+    print_profile(
+        study, profile_study(study, Path(args.work_dir) if args.work_dir else None, progress=not args.quiet)
+    )
     return 0
 
 
@@ -256,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(fn=_cmd_run)
 
+    pr = sub.add_parser(
+        "profile", help="episodes/s and peak memory per variant, and the feature cache's speed-up"
+    )
+    pr.add_argument("study", help="study file (YAML)")
+    pr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. episodes=20")
+    pr.add_argument(
+        "--work-dir", default=None, help="where the temporary runs go (default: the system temp folder)"
+    )
+    pr.set_defaults(fn=_cmd_profile)
+
     b = sub.add_parser("bench-model", help="time one FSSAM episode with and without precomputed features")
     b.add_argument("--sam2-size", default="s", choices=("t", "s", "b+", "l"))
     b.add_argument("--dinov2", default="vitb14", choices=("vits14", "vitb14", "vitl14", "vitg14"))
@@ -268,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole pipeline on generated data, end to end")
     d.add_argument("--out", default="fssbench-demo", help="working folder (reused if it exists)")
-    d.add_argument("--episodes", type=int, default=40, help="episodes per manifest")
+    d.add_argument("--episodes", type=int, default=24, help="episodes per manifest")
+    d.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<out>/mlflow.db)"
+    )
     d.set_defaults(fn=_cmd_demo)
     return p
 

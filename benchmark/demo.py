@@ -1,9 +1,14 @@
-"""``fssbench demo``: the whole pipeline on generated data, with no arguments and no downloads.
+"""``fssbench demo``: the suite's main job on embedded defaults, with no arguments and no downloads.
 
-Today it runs what exists: generate a synthetic dataset in the raw VOC2012 + SBD format, prepare it
-with the real preparation code, check it, write hashed episode manifests (fold 0, 1 and 5 shots),
-score the model-free reference predictors on them with the real metrics (class-wise mIoU, FB-IoU,
-bootstrap CIs) and write a Markdown report. Reruns reuse the generated data.
+1. generate a synthetic dataset in the raw VOC2012 + SBD format and prepare it with the real code;
+2. check it;
+3. run the demo study (FSSAM, naive SAM 2, no IMR, no SCMA, FG prior, oracle prior; fold 0; 1 and 5
+   shots; 24 episodes per manifest) with tiny RANDOM-INIT models at 256 px, logged to a SQLite MLflow
+   store;
+4. score the model-free reference predictors on the same manifests;
+5. print the summary and write a Markdown report.
+
+A rerun reuses the generated data and skips finished cells.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from tqdm import tqdm
 
 from baselines.trivial import all_foreground, mean_colour
@@ -19,28 +25,53 @@ from benchmark.data.check import check_prepared
 from benchmark.data.episode_data import load_episode
 from benchmark.data.prepare_pascal import prepare_pascal
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes import build_manifest, load_manifest, manifest_episodes, save_manifest
+from benchmark.episodes import load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_text_atomic
-from benchmark.metrics import FSSEvaluator, bootstrap_ci, paired_bootstrap_diff, prediction_at_label_size
+from benchmark.metrics import FSSEvaluator, bootstrap_ci, prediction_at_label_size
 
-PREDICTORS = {"mean-colour": mean_colour, "all-foreground": all_foreground}
-IMAGE_SIZE = 256
-FOLD = 0
-SHOTS = (1, 5)
+REFERENCE_PREDICTORS = {"mean-colour": mean_colour, "all-foreground": all_foreground}
+DEMO_VARIANTS = {
+    "fssam": {},
+    "naive-sam2": {"method": "naive_sam2"},
+    "no-imr": {"imr_iters": 0},
+    "no-scma": {"scma": False},
+    "fg-prior": {"prior": "fg"},
+    "oracle-prior": {"prior": "oracle"},
+}
+
+
+def demo_study(data_root: Path, episodes: int) -> dict:
+    """The embedded demo study (also written next to the results as demo-study.yaml)."""
+    return {
+        "name": "fssbench-demo",
+        "description": "FSSAM, naive SAM 2 and ablations on synthetic data with tiny RANDOM-INIT models",
+        "data": {"pascal": str(data_root)},
+        "protocol": "fssam",
+        "folds": [0],
+        "shots": [1, 5],
+        "seeds": [321],
+        "episodes": episodes,
+        "model": {
+            "sam2_version": "2.0",
+            "sam2_size": "t",
+            "image_size": 256,
+            "dinov2": "vits14",
+            "dinov2_input_size": 224,
+            "random_init": True,
+            "device": "auto",
+        },  # fmt: skip
+        "variants": DEMO_VARIANTS,
+    }
 
 
 def _step(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def run_demo(out: Path, episodes: int = 40, progress: bool = True) -> Path:
-    """Run the demo in ``out`` and return the path of the report it wrote."""
+def prepare_demo_data(out: Path, progress: bool) -> Path:
     from benchmark.cli import synth_dataset, synth_raw_roots
 
-    t_start = time.perf_counter()
-    out = Path(out).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     raw, root = out / "raw" / "pascal", out / "data" / "pascal"
     if not (raw / "VOCdevkit").is_dir():
         _step(f"generating a synthetic PASCAL dataset in the raw VOC2012 + SBD format -> {raw}")
@@ -59,71 +90,88 @@ def run_demo(out: Path, episodes: int = 40, progress: bool = True) -> Path:
             f"{root}: data check found {len(report.problems)} problem(s), first: {report.problems[0]}"
         )
     _step(f"data check OK ({report.checked_images} image/mask pairs)")
-    ds = PreparedDataset(root)
+    return root
 
-    (out / "report").mkdir(parents=True, exist_ok=True)
-    rows, details = [], []
-    for shot in SHOTS:
-        mpath = out / "manifests" / f"pascal-fold{FOLD}-{shot}shot-fssam-seed321-n{episodes}.json"
-        manifest = build_manifest(root, fold=FOLD, shot=shot, protocol="fssam", episodes=episodes)
-        save_manifest(manifest, mpath)
-        manifest = load_manifest(mpath)
-        _step(f"manifest {mpath.name}: sha256 {manifest['sha256'][:16]}...")
-        classes = manifest["classes"]
-        evaluators = {name: FSSEvaluator(classes) for name in PREDICTORS}
-        for ep in tqdm(
-            manifest_episodes(manifest), desc=f"{shot}-shot episodes", disable=not progress, leave=False
-        ):
-            data = load_episode(ds, manifest["images"], ep, IMAGE_SIZE)
-            for name, fn in PREDICTORS.items():
+
+def score_reference_predictors(root: Path, manifests: list[Path], size: int, progress: bool) -> pd.DataFrame:
+    """The model-free predictors on the study's manifests (a floor the models should beat)."""
+    ds = PreparedDataset(root)
+    rows = []
+    for path in manifests:
+        manifest = load_manifest(path)
+        evaluators = {name: FSSEvaluator(manifest["classes"]) for name in REFERENCE_PREDICTORS}
+        for ep in tqdm(manifest_episodes(manifest), desc=path.stem, disable=not progress, leave=False):
+            data = load_episode(ds, manifest["images"], ep, size)
+            for name, fn in REFERENCE_PREDICTORS.items():
                 logits = fn(data.query[None], data.supports[None], data.support_masks[None])[0]
                 pred = prediction_at_label_size(logits, tuple(data.query_target.shape))
                 evaluators[name].process(ep.id, ep.cls, pred, data.query_target)
-        tables = {name: ev.table() for name, ev in evaluators.items()}
         for name, ev in evaluators.items():
             s = ev.evaluate()
-            ci = bootstrap_ci(tables[name], classes, metric="miou")
-            write_text_atomic(
-                out / "report" / f"episodes-{name}-{shot}shot.csv", tables[name].to_csv(index=False)
-            )
-            rows.append(
-                {
-                    "predictor": name,
-                    "shot": shot,
-                    "mIoU": 100 * s["miou"],
-                    "mIoU 95% CI": f"[{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]",
-                    "FB-IoU": 100 * s["fb_iou"],
-                    "fg-IoU": 100 * s["fg_iou"],
-                    "episodes": s["n_episodes"],
-                }
-            )
-        d = paired_bootstrap_diff(tables["mean-colour"], tables["all-foreground"], classes, metric="miou")
-        details.append(
-            f"- {shot}-shot, mean-colour minus all-foreground mIoU: {100 * d['diff']:+.1f} "
-            f"(paired 95% CI [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-            f"{', excludes 0' if d['excludes_zero'] else ''}); manifest sha256 `{manifest['sha256']}`"
-        )
+            ci = bootstrap_ci(ev.table(), manifest["classes"])
+            rows.append({"predictor": name, "shot": manifest["shot"], "mIoU": 100 * s["miou"],
+                         "mIoU 95% CI": f"[{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]",
+                         "FB-IoU": 100 * s["fb_iou"], "episodes": s["n_episodes"]})  # fmt: skip
+    return pd.DataFrame(rows)
 
-    table = pd.DataFrame(rows)
-    md = table.to_markdown(index=False, floatfmt=".1f")
+
+def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, progress: bool = True) -> Path:
+    """Run the demo in ``out`` and return the path of the report it wrote."""
+    import os
+
+    from benchmark.runner import StudyRunner, summary_table
+    from benchmark.study import parse_study
+
+    t_start = time.perf_counter()
+    out = Path(out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    root = prepare_demo_data(out, progress)
+    raw_study = demo_study(root, episodes)
+    write_text_atomic(out / "demo-study.yaml", yaml.safe_dump(raw_study, sort_keys=False))
+    study = parse_study(raw_study, source=str(out / "demo-study.yaml"))
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
+    _step(f"running the demo study: {len(study.variants)} variants x 2 shots, {episodes} episodes each, "
+          f"tiny RANDOM-INIT models at 256 px; tracking: {uri}")  # fmt: skip
+    runner = StudyRunner(study, tracking_uri=uri, work_dir=out / "runs", progress=progress)
+    cells = runner.run()
+    summary = summary_table(cells)
+    manifests = sorted({Path(p) for p in (out / "runs" / "manifests").glob("*.json")})
+    _step("scoring the model-free reference predictors on the same manifests")
+    reference = score_reference_predictors(root, manifests, 256, progress)
+
     elapsed = time.perf_counter() - t_start
-    report_path = out / "report" / "demo-report.md"
+    report_dir = out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p)['sha256']}`" for p in manifests)
+    md_models = summary.to_markdown(index=False, floatfmt=".1f")
+    md_ref = reference.to_markdown(index=False, floatfmt=".1f")
+    report = report_dir / "demo-report.md"
     write_text_atomic(
-        report_path,
+        report,
         "# fssbench demo report\n\n"
-        "**Synthetic data and model-free reference predictors** (no SAM 2 / FSSAM weights are involved): "
-        "these numbers check the pipeline, they are not results.\n\n"
-        f"PASCAL-format synthetic data, fold {FOLD}, protocol fssam, {episodes} episodes per manifest, "
-        f"inputs resized to {IMAGE_SIZE} px, metrics at the original label resolution.\n\n"
-        f"{md}\n\n" + "\n".join(details) + f"\n\nRun time: {elapsed:.1f} s.\n",
+        "> **RANDOM-INIT WEIGHTS.** The SAM 2 and DINOv2 models of this demo are randomly initialised tiny "
+        "models (SAM 2.0-T at 256 px, DINOv2-S at 224 px): their numbers check the pipeline and are not "
+        "results. Point the study at real checkpoints for real numbers.\n\n"
+        "Synthetic PASCAL-format data, fold 0, protocol fssam, seed 321, metrics at the original label "
+        "resolution (class-wise mIoU, FB-IoU, percent).\n\n"
+        f"## Models (mean over folds)\n\n{md_models}\n\n"
+        f"## Model-free reference predictors (same manifests)\n\n{md_ref}\n\n"
+        f"## Provenance\n\n{manifest_lines}\n\nTracking store: `{uri}`, experiment `{study.name}`. "
+        f"Run time: {elapsed:.0f} s.\n",
     )
     print()
-    print(md)
+    print("RANDOM-INIT tiny models (numbers check the pipeline, they are not results):")
+    print(md_models)
     print()
-    print("\n".join(details))
-    _step(f"report written to {report_path} ({elapsed:.1f} s in all)")
-    _step(
-        "real data: fssbench data prepare pascal --voc VOC2012 --sbd SBD/dataset --out data/pascal, then "
-        "fssbench episodes --dataset pascal --data-root data/pascal --fold 0 --shot 1 --out m.json"
-    )
-    return report_path
+    print("model-free reference predictors:")
+    print(md_ref)
+    print()
+    print(runner.cache.stats.summary())
+    _step(f"report written to {report} ({elapsed:.0f} s in all)")
+    if uri.startswith("sqlite:///"):
+        _step(f"browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+    _step("real data and weights: fssbench data prepare pascal --voc VOC2012 --sbd SBD/dataset --out data/pascal; "
+          "then fssbench run ablations/main-table.yaml data.pascal=data/pascal "
+          "model.sam2_checkpoint=checkpoints/sam2_hiera_small.pt model.dinov2_checkpoint=checkpoints/dinov2_vitb14_pretrain.pth "
+          "(see README: Studies)")  # fmt: skip
+    return report

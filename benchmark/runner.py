@@ -323,7 +323,9 @@ class StudyRunner:
         }  # fmt: skip
         rid = self.tracker.log_cell(self.experiment, self.parent, cell.name, flat_params("", resolved), tags, metrics,
                                     artifacts)  # fmt: skip
-        return row | {"mIoU": summary["miou"], "FB-IoU": summary["fb_iou"], "status": "run", "run_id": rid}
+        return row | {"mIoU": summary["miou"], "FB-IoU": summary["fb_iou"], "status": "run", "run_id": rid,
+                      "episodes_run": run.episodes_run, "seconds": run.seconds,
+                      "episodes_per_s": metrics.get("episodes_per_s"), "peak_mem_mb": peak_mb}  # fmt: skip
 
     def _write_artifacts(
         self, cell, cell_dir, model, manifest, feat, table, summary, key

@@ -210,6 +210,9 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
                 )
         settings = {**model, **{k: v for k, v in switches.items() if k != "method"}}
         settings.setdefault("device", "auto")
+        if settings.get("random_init"):  # random weights replace any checkpoint (tests, demos, timing)
+            for key in CHECKPOINT_FIELDS:
+                settings.pop(key, None)
         for key in CHECKPOINT_FIELDS:
             if settings.get(key) and not Path(str(settings[key])).is_absolute():
                 settings[key] = str(base_dir / str(settings[key]))

@@ -1,24 +1,32 @@
-"""The demo runs end to end and its report agrees with its own per-episode tables."""
+"""The demo runs end to end: data, study with MLflow, reference predictors, report."""
 
 from __future__ import annotations
 
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
 from benchmark.demo import run_demo
-from benchmark.metrics import miou
 
 
 def test_demo_end_to_end(tmp_path, capsys):
-    report = run_demo(tmp_path / "demo", episodes=12, progress=False)
+    out = tmp_path / "demo"
+    report = run_demo(out, episodes=4, progress=False)
     text = report.read_text()
-    assert "Synthetic data and model-free reference predictors" in text
-    for shot in (1, 5):
-        table = pd.read_csv(tmp_path / "demo" / "report" / f"episodes-mean-colour-{shot}shot.csv")
-        assert len(table) == 12
-        value = 100 * miou(table, [1, 2, 3, 4, 5])
-        assert f"| mean-colour    |      {shot} |   {value:4.1f} |" in text
-    out = capsys.readouterr().out
-    assert "report written to" in out
-    # a second run reuses the generated data
-    run_demo(tmp_path / "demo", episodes=12, progress=False)
-    assert "reusing prepared data" in capsys.readouterr().out
+    assert "RANDOM-INIT WEIGHTS" in text
+    for variant in ("fssam", "naive-sam2", "no-imr", "no-scma", "fg-prior", "oracle-prior"):
+        assert f"| {variant}" in text
+    assert "mean-colour" in text and "sha256" in text
+    printed = capsys.readouterr().out
+    assert "report written to" in printed and "mlflow ui --backend-store-uri" in printed
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fssbench-demo")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`fss.kind` = 'cell'")
+    assert len(runs) == 12 and all(r.data.tags["fss.random_init"] == "true" for r in runs)
+    cells = pd.read_csv(out / "runs" / "studies" / "fssbench-demo" / "cells.csv")
+    assert set(cells["shot"]) == {1, 5} and (cells["status"] == "run").all()
+    # a second run reuses the data and skips every finished cell
+    run_demo(out, episodes=4, progress=False)
+    printed = capsys.readouterr().out
+    assert "reusing prepared data" in printed
+    cells = pd.read_csv(out / "runs" / "studies" / "fssbench-demo" / "cells.csv")
+    assert (cells["status"] == "skipped (done)").all()

@@ -1,0 +1,166 @@
+"""The study runner: MLflow contents, shared manifests, cache correctness, skip, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from benchmark.metrics import miou
+from benchmark.runner import StudyRunner
+from benchmark.study import load_study
+
+MODEL = {
+    "sam2_size": "t",
+    "image_size": 256,
+    "dinov2": "vits14",
+    "dinov2_input_size": 224,
+    "random_init": True,
+}
+
+
+def write_study(tmp_path: Path, root: Path, episodes: int = 4, **variants) -> Path:
+    d = {"name": "unit", "data": {"pascal": str(root)}, "folds": [0], "shots": [1], "episodes": episodes,
+         "model": MODEL, "variants": variants or {"fssam": {}, "naive": {"method": "naive_sam2"}}}  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def runs_of(uri: str, name: str) -> pd.DataFrame:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    rows = []
+    for r in client.search_runs([exp.experiment_id], max_results=1000):
+        rows.append({"run_id": r.info.run_id, "status": r.info.status, **{f"tags.{k}": v for k, v in r.data.tags.items()},
+                     **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
+                     **{f"params.{k}": v for k, v in r.data.params.items()}})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def small_run(pascal_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    runner = StudyRunner(load_study(write_study(tmp, pascal_root)), tracking_uri=uri, work_dir=tmp / "work",
+                         progress=False)  # fmt: skip
+    cells = runner.run()
+    return tmp, uri, runner, cells
+
+
+def test_mlflow_contents(small_run):
+    tmp, uri, runner, cells = small_run
+    runs = runs_of(uri, "unit")
+    parent = runs[runs["tags.fss.kind"] == "study"]
+    children = runs[runs["tags.fss.kind"] == "cell"]
+    assert len(parent) == 1 and len(children) == 2
+    assert set(children["tags.mlflow.parentRunId"]) == set(parent["run_id"])
+    for _, r in children.iterrows():
+        assert r["status"] == "FINISHED"
+        for tag in ("variant", "dataset", "fold", "shot", "seed", "manifest_sha256", "weights.sam2", "random_init",
+                    "git_commit", "versions", "device", "cell_key"):  # fmt: skip
+            assert isinstance(r[f"tags.fss.{tag}"], str) and r[f"tags.fss.{tag}"], tag
+        assert r["tags.fss.random_init"] == "true"
+        assert json.loads(r["tags.fss.versions"])["torch"]
+        for m in ("miou", "fb_iou", "fg_iou", "episodes_per_s", "peak_mem_mb", "iou_class_1", "iou_class_5"):
+            assert r[f"metrics.{m}"] >= 0, m
+        assert r["params.image_size"] == "256" and r["params.fold"] == "0" and r["params.sam2_size"] == "t"
+        assert r["params.method"] in ("fssam", "naive_sam2")
+    # artifacts: the per-episode table recomputes the logged mIoU exactly
+    client = MlflowClient(uri)
+    rid = children[children["tags.fss.variant"] == "fssam"]["run_id"].iloc[0]
+    names = {a.path for a in client.list_artifacts(rid)} | {
+        a.path for a in client.list_artifacts(rid, "qualitative")
+    }
+    assert {"episodes.parquet", "per_class.csv", "config.json"} <= names
+    assert sum(n.startswith("qualitative/") and n.endswith(".png") for n in names) == 3
+    local = client.download_artifacts(rid, "episodes.parquet", str(tmp))
+    table = pd.read_parquet(local)
+    assert len(table) == 4
+    assert miou(table, [1, 2, 3, 4, 5]) == pytest.approx(
+        children.set_index("tags.fss.variant").loc["fssam", "metrics.miou"]
+    )
+
+
+def test_every_variant_sees_the_same_manifest(small_run):
+    _, uri, _, _ = small_run
+    children = runs_of(uri, "unit").query("`tags.fss.kind` == 'cell'")
+    assert children["tags.fss.manifest_sha256"].nunique() == 1
+    assert children["tags.fss.cell_key"].nunique() == 2
+
+
+def test_rerun_skips_finished_cells(small_run, pascal_root):
+    tmp, uri, _, cells = small_run
+    again = StudyRunner(
+        load_study(write_study(tmp, pascal_root)), tracking_uri=uri, work_dir=tmp / "work", progress=False
+    )
+    cells2 = again.run()
+    assert list(cells2["status"]) == ["skipped (done)"] * 2
+    assert list(cells2["mIoU"]) == pytest.approx(list(cells["mIoU"]))
+    assert again.cache.stats.misses == 0  # nothing was recomputed
+    runs = runs_of(uri, "unit")
+    assert (runs["tags.fss.kind"] == "cell").sum() == 2  # no duplicate child runs
+
+
+def test_cached_and_uncached_predictions_are_identical(small_run, pascal_root):
+    tmp, _, runner, _ = small_run
+    assert runner.cache.stats.hits > 0  # the second variant reused the first one's features
+    other = tmp / "nocache"
+    other.mkdir()
+    plain = StudyRunner(load_study(write_study(other, pascal_root)), tracking_uri=f"sqlite:///{other / 'm.db'}",
+                        work_dir=other / "work", use_cache=False, progress=False)  # fmt: skip
+    plain.run()
+    assert plain.cache.stats.hits == 0
+    for key in runner.results[0]["cell_key"], runner.results[1]["cell_key"]:
+        a = pd.read_parquet(tmp / "work" / "cells" / key[:20] / "artifacts" / "episodes.parquet")
+        b = pd.read_parquet(other / "work" / "cells" / key[:20] / "artifacts" / "episodes.parquet")
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(pascal_root, tmp_path):
+    study = write_study(tmp_path, pascal_root, episodes=12, fssam={})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "benchmark.cli", "-q", "run", str(study), "--work-dir", str(tmp_path / "work"),
+           "--tracking-uri", f"sqlite:///{tmp_path / 'killed.db'}"]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = None
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        found = (
+            list((tmp_path / "work" / "cells").glob("*/episodes.jsonl"))
+            if (tmp_path / "work").exists()
+            else []
+        )
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            journal = found[0]
+            break
+        time.sleep(0.02)
+    assert journal is not None, "the run never reached the middle of its cell"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(journal.read_text().splitlines())
+    assert 3 <= done_before < 12
+    subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    ids = [json.loads(x)["episode"] for x in journal.read_text().splitlines()]
+    assert sorted(ids) == list(range(12))  # no lost and no duplicated episodes
+    # an uninterrupted run of the same study elsewhere
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    subprocess.run([*cmd[:-4], "--work-dir", str(clean / "work"), "--tracking-uri", f"sqlite:///{clean / 'c.db'}"],
+                   cwd=root, env=env, check=True, capture_output=True)  # fmt: skip
+    killed = runs_of(f"sqlite:///{tmp_path / 'killed.db'}", "unit").query("`tags.fss.kind` == 'cell'")
+    uninterrupted = runs_of(f"sqlite:///{clean / 'c.db'}", "unit").query("`tags.fss.kind` == 'cell'")
+    assert len(killed) == 1 and killed["status"].iloc[0] == "FINISHED"  # no duplicate child runs
+    for m in ("metrics.miou", "metrics.fb_iou", "metrics.fg_iou"):
+        assert killed[m].iloc[0] == uninterrupted[m].iloc[0]
+    assert killed["tags.fss.cell_key"].iloc[0] == uninterrupted["tags.fss.cell_key"].iloc[0]
