@@ -191,6 +191,38 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from reports.build import build_report
+
+    how: str | list[int] | None = "best-median-worst"
+    if args.no_qualitative:
+        how = None
+    elif args.episodes:
+        try:
+            how = [int(x) for x in args.episodes.split(",")]
+        except ValueError:
+            raise FssBenchError(
+                f"--episodes {args.episodes!r}: expected comma-separated episode ids, e.g. 3,17"
+            ) from None
+    res = build_report(
+        args.experiment,
+        Path(args.out) if args.out else None,
+        tracking_uri=args.tracking_uri,
+        reference=args.reference,
+        qualitative=how,
+        qualitative_variant=args.variant,
+        log_to_mlflow=not args.no_log,
+    )
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"{len(res.tables)} tables (Markdown, LaTeX, CSV) in {res.out / 'tables'}")
+    print(f"{len(res.figures)} figure files (PNG, PDF) in {res.out / 'figures'}")
+    print(f"HTML report: {res.html}")
+    if res.run_id:
+        print(f"logged to MLflow run {res.run_id} (artifacts under report/)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fssbench", description="Few-shot segmentation benchmark suite for SAM 2 / FSSAM."
@@ -276,6 +308,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir", default=None, help="where the temporary runs go (default: the system temp folder)"
     )
     pr.set_defaults(fn=_cmd_profile)
+
+    rp = sub.add_parser("report", help="tables, figures and an HTML report from an experiment's tracked runs")
+    rp.add_argument("--experiment", required=True, help="MLflow experiment (the study name)")
+    rp.add_argument("--out", default=None, help="output folder (default: reports-out/<experiment>)")
+    rp.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    rp.add_argument(
+        "--reference", default=None, help="variant the ablation differences are taken from (default: fssam)"
+    )
+    rp.add_argument(
+        "--variant", default=None, help="variant of the qualitative figure (default: the reference)"
+    )
+    rp.add_argument(
+        "--episodes",
+        default=None,
+        help="episode ids for the qualitative figure (default: best, median, worst)",
+    )
+    rp.add_argument(
+        "--no-qualitative", action="store_true", help="skip the qualitative figure (no model re-run)"
+    )
+    rp.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    rp.set_defaults(fn=_cmd_report)
 
     b = sub.add_parser("bench-model", help="time one FSSAM episode with and without precomputed features")
     b.add_argument("--sam2-size", default="s", choices=("t", "s", "b+", "l"))

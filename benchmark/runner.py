@@ -339,6 +339,7 @@ class StudyRunner:
         per_class.to_csv(art / "per_class.csv", index=False)
         config = {"cell": cell.name, "cell_key": key, "method": cell.variant.method, "settings": cell.variant.settings,
                   "manifest": str(cell.manifest_path), "manifest_sha256": manifest["sha256"],
+                  "classes": manifest["classes"], "class_split": manifest["class_split"],
                   "weights": model.weight_hashes(), "code_sha256": self.code}  # fmt: skip
         (art / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         out = [(art / "episodes.parquet", None), (art / "per_class.csv", None), (art / "config.json", None)]

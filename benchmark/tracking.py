@@ -59,6 +59,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)

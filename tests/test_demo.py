@@ -17,7 +17,10 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert f"| {variant}" in text
     assert "mean-colour" in text and "sha256" in text
     printed = capsys.readouterr().out
-    assert "report written to" in printed and "mlflow ui --backend-store-uri" in printed
+    assert "summary written to" in printed and "mlflow ui --backend-store-uri" in printed
+    assert (
+        f"report: {out / 'report' / 'report.html'}" in printed and (out / "report" / "report.html").is_file()
+    )
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name("fssbench-demo")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`fss.kind` = 'cell'")

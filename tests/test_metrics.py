@@ -26,6 +26,7 @@ from benchmark.metrics import (
     mean_over_folds,
     miou,
     paired_bootstrap_diff,
+    paired_bootstrap_diff_over_folds,
     prediction_at_label_size,
     summarize,
 )
@@ -541,3 +542,24 @@ def test_bootstrap_argument_checks() -> None:
         bootstrap_ci(table, [1, 2], confidence=1.0)
     with pytest.raises(ValueError, match="empty"):
         bootstrap_ci(episode_table([]), [1, 2])
+
+
+def test_paired_diff_over_folds_reduces_to_the_single_pair_and_averages() -> None:
+    rng = np.random.default_rng(5)
+
+    def table(n: int, bias: int):
+        rows = []
+        for e in range(n):
+            u = int(rng.integers(20, 40))
+            i = int(rng.integers(0, u // 2)) + bias
+            rows.append((e, 1 + e % 2, 50, 60, min(i, u), u))
+        return episode_table(rows)
+
+    a1, b1, a2, b2 = table(30, 5), table(30, 0), table(30, 2), table(30, 0)
+    single = paired_bootstrap_diff(a1, b1, [1, 2], n_boot=300, seed=3)
+    multi1 = paired_bootstrap_diff_over_folds([(a1, b1, [1, 2])], n_boot=300, seed=3)
+    assert multi1 == single
+    two = paired_bootstrap_diff_over_folds([(a1, b1, [1, 2]), (a2, b2, [1, 2])], n_boot=300, seed=3)
+    d2 = paired_bootstrap_diff(a2, b2, [1, 2], n_boot=300, seed=4)["diff"]
+    assert two["diff"] == pytest.approx((single["diff"] + d2) / 2)
+    assert two["low"] <= two["diff"] <= two["high"]

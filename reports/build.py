@@ -1,0 +1,167 @@
+"""``fssbench report``: tables, figures and a self-contained HTML page from an experiment's runs.
+
+Everything written under ``--out`` is also logged to MLflow, as the artifacts of a run tagged
+``fss.kind = report`` in the same experiment.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.errors import FssBenchError
+from benchmark.io_utils import write_text_atomic
+from benchmark.tracking import Tracker, git_commit
+from reports import figures as F
+from reports.collect import ExperimentData, collect_experiment
+from reports.html import Section, write_html
+from reports.tables import (
+    Table,
+    ablation_frame,
+    ablation_table,
+    main_table,
+    per_class_table,
+    reference_variant,
+    seeds_table,
+)
+
+RANDOM_INIT_WARNING = (
+    "RANDOM-INIT WEIGHTS: at least one run of this experiment used randomly initialised models. "
+    "Its numbers check the pipeline; they are not results."
+)
+
+
+@dataclass
+class ReportOutput:
+    out: Path
+    html: Path
+    markdown: Path
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    run_id: str | None = None
+
+
+def _write_table(t: Table, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / f"{t.name}.md", t.to_markdown())
+    write_text_atomic(folder / f"{t.name}.tex", t.to_latex())
+    write_text_atomic(folder / f"{t.name}.csv", t.to_csv())
+
+
+def build_report(
+    experiment: str,
+    out: Path | None = None,
+    tracking_uri: str | None = None,
+    reference: str | None = None,
+    qualitative: str | list[int] | None = "best-median-worst",
+    qualitative_variant: str | None = None,
+    log_to_mlflow: bool = True,
+    tracker: Tracker | None = None,
+) -> ReportOutput:
+    """Build the report of ``experiment`` into ``out`` (default ``reports-out/<experiment>``)."""
+    tracker = tracker or Tracker(tracking_uri)
+    out = Path(out or Path("reports-out") / experiment).absolute()
+    tables_dir, fig_dir = out / "tables", out / "figures"
+    with tempfile.TemporaryDirectory(prefix="fssbench-report-") as tmp:
+        data = collect_experiment(tracker, experiment, Path(tmp))
+    rnd = data.random_init
+    ref = reference_variant(data, reference)
+    result = ReportOutput(out, out / "report.html", out / "report.md")
+    sections: list[Section] = []
+
+    # ---- tables
+    datasets = list(dict.fromkeys(data.cells["dataset"]))
+    for ds in datasets:
+        for metric in ("miou", "fb_iou"):
+            result.tables.append(main_table(data, ds, metric))
+        st = seeds_table(data, ds)
+        if st is not None:
+            result.tables.append(st)
+    ablation = ablation_frame(data, ref)
+    for (ds, shot), _ in ablation.groupby(["dataset", "shot"], sort=False):
+        result.tables.append(ablation_table(data, ablation, ds, int(shot)))
+    for (ds, shot, fold), _ in data.cells.groupby(["dataset", "shot", "fold"], sort=True):
+        result.tables.append(per_class_table(data, ds, int(shot), int(fold)))
+    for t in result.tables:
+        _write_table(t, tables_dir)
+    write_text_atomic(out / "cells.csv", data.cells.to_csv(index=False))
+
+    # ---- figures
+    def fig(figure, stem: str) -> Path:
+        paths = F.save_figure(figure, fig_dir / stem)
+        result.figures.extend(paths)
+        return next(p for p in paths if p.suffix == ".png")
+
+    fig_sections: list[Section] = []
+    abl_png = fig(F.ablation_bar_chart(ablation, rnd), "ablation-bars")
+    fig_sections.append(Section("Ablation", images=[abl_png],
+                                text=f"Mean mIoU per variant; error bars from the paired 95% CI of the difference from {ref}."))  # fmt: skip
+    fssam_cells = data.cells[(data.cells["method"] == "fssam") & data.cells["imr_iters"].notna()]
+    if fssam_cells["imr_iters"].nunique() > 1:
+        fig_sections.append(
+            Section("IMR iterations", images=[fig(F.imr_curve(data.cells, rnd), "imr-iterations")])
+        )
+    heat, bars = [], []
+    for (ds, shot), _ in data.cells.groupby(["dataset", "shot"], sort=False):
+        heat.append(
+            fig(F.fold_variant_heatmap(data.cells, ds, int(shot), "miou", rnd), f"heatmap-{ds}-{shot}shot")
+        )
+        bars.append(fig(F.per_class_bars(data.per_class, ds, int(shot), rnd), f"per-class-{ds}-{shot}shot"))
+    fig_sections.append(Section("Folds x variants (mIoU)", images=heat))
+    fig_sections.append(Section("Per-class IoU", images=bars))
+    if qualitative:
+        q_images = []
+        variant = qualitative_variant or ref
+        from reports.episodes import episode_panels
+
+        sel = data.cells[data.cells["variant"] == variant]
+        if sel.empty:
+            raise FssBenchError(f"--qualitative-variant {variant!r} is not a variant of this experiment")
+        for (ds, shot), group in sel.groupby(["dataset", "shot"], sort=False):
+            run_id = group.sort_values(["fold", "seed"]).iloc[0]["run_id"]
+            try:
+                panels = episode_panels(data, tracker, run_id, qualitative)
+            except FssBenchError as e:
+                result.notes.append(f"qualitative figure for {variant} {ds} {shot}-shot skipped: {e}")
+                continue
+            q_images.append(fig(F.qualitative_grid(panels, rnd), f"qualitative-{variant}-{ds}-{shot}shot"))
+        if q_images:
+            fig_sections.insert(0, Section("Qualitative results", images=q_images,
+                                           text="Support with mask, query, FG prior, Disc prior, Disc prior after each "
+                                                "IMR iteration, prediction and ground truth; IoU in each row title."))  # fmt: skip
+
+    # ---- HTML and Markdown
+    for t in result.tables:
+        sections.append(Section(t.title, html=t.to_html()))
+    footer = f"fssam-bench report of MLflow experiment {experiment!r} ({tracker.uri}), code {git_commit()}."
+    write_html(result.html, f"fssbench report: {experiment}", sections + fig_sections,
+               warning=RANDOM_INIT_WARNING if rnd else None, footer=footer)  # fmt: skip
+    md = [f"# fssbench report: {experiment}", ""]
+    if rnd:
+        md += [f"> **{RANDOM_INIT_WARNING}**", ""]
+    md += [t.to_markdown() for t in result.tables]
+    md += [f"![{p.stem}](figures/{p.name})" for p in result.figures if p.suffix == ".png"]
+    md += ["", *[f"- {n}" for n in result.notes], "", footer]
+    write_text_atomic(result.markdown, "\n".join(md) + "\n")
+
+    if log_to_mlflow:
+        result.run_id = _log_report(tracker, data, out)
+    return result
+
+
+def _log_report(tracker: Tracker, data: ExperimentData, out: Path) -> str:
+    run = tracker.client.create_run(data.experiment_id, run_name=f"report {pd.Timestamp.now():%Y-%m-%d %H:%M:%S}",
+                                    tags={"fss.kind": "report", "fss.random_init": str(data.random_init).lower(),
+                                          "fss.git_commit": git_commit()})  # fmt: skip
+    rid = run.info.run_id
+    try:
+        tracker.client.log_artifacts(rid, str(out), "report")
+    except BaseException:
+        tracker.end_run(rid, "FAILED")
+        raise
+    tracker.end_run(rid, "FINISHED")
+    return rid

@@ -1,0 +1,133 @@
+"""Tracked runs -> DataFrames: what every table and figure of a report is computed from.
+
+Only FINISHED cell runs (``fss.kind = cell``) count. Per-episode tables come from each run's
+``episodes.parquet`` artifact, so confidence intervals are computed from the same numbers the
+metrics were.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmark.data.classes import class_names
+from benchmark.errors import FssBenchError
+
+
+@dataclass
+class ExperimentData:
+    name: str
+    experiment_id: str
+    cells: pd.DataFrame  # one row per cell run
+    per_class: pd.DataFrame  # long: variant, dataset, fold, shot, seed, class, class_name, iou
+    episodes: dict[str, pd.DataFrame] = field(default_factory=dict)  # run_id -> per-episode table
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> config.json
+
+    @property
+    def random_init(self) -> bool:
+        return bool(self.cells["random_init"].any())
+
+
+def _float(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def collect_experiment(tracker, experiment: str, download_dir: Path) -> ExperimentData:
+    """Read every finished cell run of ``experiment`` and its per-episode table and config."""
+    client = tracker.client
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise FssBenchError(f"no experiment {experiment!r} in {tracker.uri}; experiments there: {names}")
+    runs = []
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string="tags.`fss.kind` = 'cell'", max_results=1000,
+                                  page_token=token)  # fmt: skip
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    runs = [r for r in runs if r.info.status == "FINISHED"]
+    if not runs:
+        raise FssBenchError(
+            f"experiment {experiment!r} has no finished cell runs; run a study first (fssbench run)"
+        )
+    rows, per_class, episodes, configs = [], [], {}, {}
+    latest: dict[str, Any] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        latest[r.data.tags.get("fss.cell_key", r.info.run_id)] = r
+    for r in latest.values():
+        t, m, p = r.data.tags, r.data.metrics, r.data.params
+        rid = r.info.run_id
+        row = {
+            "run_id": rid, "variant": t["fss.variant"], "method": t.get("fss.method", p.get("method")),
+            "dataset": t["fss.dataset"], "fold": int(t["fss.fold"]), "shot": int(t["fss.shot"]),
+            "seed": int(t["fss.seed"]), "miou": m.get("miou"), "fb_iou": m.get("fb_iou"), "fg_iou": m.get("fg_iou"),
+            "miou_ci_low": m.get("miou_ci_low"), "miou_ci_high": m.get("miou_ci_high"),
+            "imr_iters": _float(p.get("imr_iters")) if t.get("fss.method", "fssam") == "fssam" else float("nan"),
+            "random_init": t.get("fss.random_init") == "true", "manifest_sha256": t.get("fss.manifest_sha256"),
+            "weights_sam2": t.get("fss.weights.sam2"), "weights_dinov2": t.get("fss.weights.dinov2"),
+            "study": t.get("fss.study", experiment), "cell_key": t.get("fss.cell_key"),
+            "episodes_per_s": m.get("episodes_per_s"), "data_root": p.get("data_root"),
+        }  # fmt: skip
+        rows.append(row)
+        names = class_names(row["dataset"])
+        for key, value in m.items():
+            if key.startswith("iou_class_"):
+                c = int(key[len("iou_class_") :])
+                per_class.append({k: row[k] for k in ("variant", "dataset", "fold", "shot", "seed")}
+                                 | {"class": c, "class_name": names[c - 1], "iou": value})  # fmt: skip
+        local = Path(client.download_artifacts(rid, "episodes.parquet", str(download_dir / rid)))
+        episodes[rid] = pd.read_parquet(local)
+        try:
+            cfg = Path(client.download_artifacts(rid, "config.json", str(download_dir / rid)))
+            configs[rid] = json.loads(cfg.read_text())
+        except Exception:
+            configs[rid] = {}
+    cells = pd.DataFrame(rows).sort_values(["dataset", "shot", "variant", "fold", "seed"], kind="stable")
+    order = _variant_order(latest.values())
+    cells["variant"] = pd.Categorical(cells["variant"], categories=order, ordered=True)
+    cells = cells.sort_values(["dataset", "shot", "variant", "fold", "seed"], kind="stable").reset_index(
+        drop=True
+    )
+    cells["variant"] = cells["variant"].astype(str)
+    pc = pd.DataFrame(per_class)
+    return ExperimentData(experiment, exp.experiment_id, cells, pc, episodes, configs)
+
+
+def _variant_order(runs) -> list[str]:
+    """Variants in the order of the study file when known (first appearance in run start order)."""
+    seen: dict[str, None] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        seen.setdefault(r.data.tags["fss.variant"], None)
+    return list(seen)
+
+
+def manifest_classes(data: ExperimentData, run_id: str) -> list[int]:
+    """The classes of a run's manifest (recorded in its config.json artifact)."""
+    from benchmark.data.classes import novel_classes
+
+    cfg = data.configs.get(run_id, {})
+    if cfg.get("classes"):
+        return [int(c) for c in cfg["classes"]]
+    row = data.cells.set_index("run_id").loc[run_id]
+    return novel_classes(row["dataset"], int(row["fold"]), cfg.get("class_split") or "interleaved")
+
+
+def mean_std_over_seeds(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
+    g = cells.groupby(["dataset", "shot", "variant", "fold"], sort=False)[metric]
+    return g.agg(["mean", "std", "count"]).reset_index()
+
+
+def nanmean(values) -> float:
+    v = np.asarray(list(values), dtype=float)
+    return float(np.nanmean(v)) if v.size else float("nan")

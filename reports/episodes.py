@@ -1,0 +1,112 @@
+"""Re-run chosen episodes of a tracked cell with intermediates, for qualitative figures (Fig. 5).
+
+The model is rebuilt from the run's recorded settings (config.json): random-init weights are
+reproducible from their seed, real ones are read from the recorded checkpoint paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.data.prepared import PreparedDataset
+from benchmark.episodes import build_manifest, load_manifest, manifest_episodes
+from benchmark.errors import FssBenchError
+from benchmark.feature_cache import FeatureCache
+from benchmark.harness import Featurizer, ImageStore, episode_inputs, predict_episode
+from benchmark.metrics import prediction_at_label_size
+from benchmark.runner import ModelPool
+from benchmark.study import Variant
+from reports.collect import ExperimentData
+from reports.figures import EpisodePanels
+
+
+def select_episodes(table, how: str | list[int]) -> list[tuple[int, str]]:
+    """(episode id, label) pairs: ``"best-median-worst"`` by per-episode FG IoU, or given ids."""
+    if isinstance(how, list):
+        missing = sorted(set(how) - set(table["episode"]))
+        if missing:
+            raise FssBenchError(
+                f"episode id(s) {missing} are not in this cell (0..{int(table['episode'].max())})"
+            )
+        return [(int(e), f"episode {e}") for e in how]
+    iou = (table["I_fg"] / table["U_fg"].where(table["U_fg"] > 0, 1)).to_numpy()
+    order = np.argsort(iou, kind="stable")
+    ids = table["episode"].to_numpy()
+    return [
+        (int(ids[order[-1]]), "best"),
+        (int(ids[order[len(order) // 2]]), "median"),
+        (int(ids[order[0]]), "worst"),
+    ]
+
+
+def _manifest_for(data: ExperimentData, run_id: str, params: dict) -> dict:
+    cfg = data.configs.get(run_id, {})
+    path = Path(cfg.get("manifest", ""))
+    if path.is_file():
+        m = load_manifest(path)
+        if m["sha256"] == cfg.get("manifest_sha256"):
+            return m
+    m = build_manifest(Path(params["data_root"]), int(params["fold"]), int(params["shot"]), params["protocol"],
+                       int(params["seed"]), int(params["episodes"]), "test", params.get("split") or "interleaved",
+                       params["dataset"])  # fmt: skip
+    if m["sha256"] != cfg.get("manifest_sha256"):
+        raise FssBenchError(
+            f"run {run_id}: cannot rebuild its manifest (data changed?); qualitative figure skipped"
+        )
+    return m
+
+
+def episode_panels(data: ExperimentData, tracker, run_id: str, how: str | list[int] = "best-median-worst",
+                   pool: ModelPool | None = None) -> list[EpisodePanels]:  # fmt: skip
+    """Panels (images, priors, IMR steps, prediction) of chosen episodes of one cell run."""
+    run = tracker.client.get_run(run_id)
+    params = run.data.params
+    cfg = data.configs.get(run_id, {})
+    if not cfg.get("settings"):
+        raise FssBenchError(f"run {run_id} has no config.json artifact; cannot rebuild its model")
+    variant = Variant(run.data.tags["fss.variant"], cfg["method"], dict(cfg["settings"]))
+    root = Path(params["data_root"])
+    if not (root / "dataset.json").is_file():
+        raise FssBenchError(
+            f"run {run_id}: data root {root} is not available here; qualitative figure skipped"
+        )
+    manifest = _manifest_for(data, run_id, params)
+    pool = pool or ModelPool()
+    model = pool.get(variant, params["dataset"], int(params["fold"]), int(params["shot"]))
+    feat = Featurizer(model, FeatureCache(None), ImageStore(PreparedDataset(root)), model.config.image_size)
+    episodes = {e.id: e for e in manifest_episodes(manifest)}
+    out = []
+    for ep_id, label in select_episodes(data.episodes[run_id], how):
+        ep = episodes[ep_id]
+        inp = episode_inputs(ep, manifest["images"], feat)
+        logits, inter = predict_episode(model, inp, return_intermediates=True)
+        pred = prediction_at_label_size(logits[0].float().cpu(), inp.target.shape).numpy()
+        tgt = inp.target
+        valid = tgt != 255
+        inter_ = int(((pred == 1) & (tgt == 1) & valid).sum())
+        union = int((((pred == 1) | (tgt == 1)) & valid).sum())
+        s_img_rel, s_lab_rel = manifest["images"][ep.supports[0]]
+        s_lab = feat.store.label(s_lab_rel)
+        s_mask = np.where(s_lab == 255, 255, (s_lab == ep.cls).astype(np.uint8))
+
+        def arr(x):
+            return None if x is None else x[0, 0].float().cpu().numpy()
+
+        out.append(
+            EpisodePanels(
+                title=f"{variant.name} {params['dataset']} fold{params['fold']} {params['shot']}-shot "
+                f"episode {ep.id} ({label})",
+                iou=inter_ / union if union else 0.0,
+                support_image=feat.store.image(s_img_rel),
+                support_mask=s_mask,
+                query_image=feat.store.image(manifest["images"][ep.query][0]),
+                gt=tgt,
+                pred=pred.astype(bool),
+                prior_fg=arr(inter.get("prior_fg")),
+                prior_disc=arr(inter.get("prior_disc")),
+                imr_disc_priors=[p[0, 0].float().cpu().numpy() for p in inter.get("imr_disc_priors", [])[1:]],
+            )
+        )
+    return out

@@ -1,0 +1,336 @@
+"""Paper tables from tracked runs, rendered as Markdown, LaTeX (booktabs), CSV and HTML.
+
+A :class:`Table` holds numbers (percent) and formatting intent (bold cells, grouped column headers,
+a provenance footer); the renderers turn it into text. All numbers are computed from the cell runs
+and their per-episode tables (reports/collect.py).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from benchmark.metrics import paired_bootstrap_diff_over_folds
+from reports.collect import ExperimentData, manifest_classes
+
+
+@dataclass
+class Table:
+    """Rows of formatted cells under (group, column) headers. ``values`` keeps the raw numbers (CSV)."""
+
+    title: str
+    name: str  # file stem
+    columns: list[tuple[str, str]]  # (group, column); group "" for ungrouped
+    row_header: str
+    rows: list[str]
+    cells: list[list[str]]  # formatted text, rows x columns
+    values: list[list[float | str]]  # raw values for CSV
+    bold: list[list[bool]] = field(default_factory=list)
+    footer: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.bold:
+            self.bold = [[False] * len(self.columns) for _ in self.rows]
+
+    # ------------------------------------------------------------------------------------ renderers
+    def _header_names(self) -> list[str]:
+        return [f"{g} {c}".strip() if g else c for g, c in self.columns]
+
+    def to_markdown(self) -> str:
+        head = [self.row_header, *self._header_names()]
+        lines = [
+            f"**{self.title}**",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join([":--"] + ["--:"] * len(self.columns)) + "|",
+        ]
+        for r, label in enumerate(self.rows):
+            cells = [f"**{c}**" if b else c for c, b in zip(self.cells[r], self.bold[r], strict=True)]
+            lines.append("| " + " | ".join([label, *cells]) + " |")
+        lines += [""] + [f"> {f}" for f in self.footer]
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        esc = latex_escape
+        n = len(self.columns)
+        out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(self.title)}}}", f"\\label{{tab:{self.name}}}",
+               "\\begin{tabular}{l" + "c" * n + "}", "\\toprule"]  # fmt: skip
+        groups = _group_spans(self.columns)
+        if any(g for g, _, _ in groups):
+            heads, rules = [""], []
+            for g, start, span in groups:
+                heads.append(f"\\multicolumn{{{span}}}{{c}}{{{esc(g)}}}" if span > 1 else esc(g))
+                if g:
+                    rules.append(f"\\cmidrule(lr){{{start + 2}-{start + span + 1}}}")
+            out.append(" & ".join(heads) + " \\\\")
+            out.append(" ".join(rules))
+        out.append(" & ".join([esc(self.row_header), *[esc(c) for _, c in self.columns]]) + " \\\\")
+        out.append("\\midrule")
+        for r, label in enumerate(self.rows):
+            cells = [
+                f"\\textbf{{{esc(c)}}}" if b else esc(c)
+                for c, b in zip(self.cells[r], self.bold[r], strict=True)
+            ]
+            out.append(" & ".join([esc(label), *cells]) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}"]
+        if self.footer:
+            out.append("\\par\\smallskip{\\footnotesize " + " \\\\ ".join(esc(f) for f in self.footer) + "}")
+        out.append("\\end{table}")
+        return "\n".join(out) + "\n"
+
+    def to_csv(self) -> str:
+        df = pd.DataFrame(
+            self.values, columns=self._header_names(), index=pd.Index(self.rows, name=self.row_header)
+        )
+        buf = io.StringIO()
+        df.to_csv(buf)
+        return buf.getvalue()
+
+    def to_html(self) -> str:
+        e = html.escape
+        groups = _group_spans(self.columns)
+        out = ["<table>", "<thead>"]
+        if any(g for g, _, _ in groups):
+            out.append(
+                "<tr><th></th>"
+                + "".join(f'<th colspan="{span}">{e(g)}</th>' for g, _, span in groups)
+                + "</tr>"
+            )
+        out.append(
+            "<tr><th>"
+            + e(self.row_header)
+            + "</th>"
+            + "".join(f"<th>{e(c)}</th>" for _, c in self.columns)
+            + "</tr>"
+        )
+        out.append("</thead><tbody>")
+        for r, label in enumerate(self.rows):
+            cells = "".join(f"<td><b>{e(c)}</b></td>" if b else f"<td>{e(c)}</td>"
+                            for c, b in zip(self.cells[r], self.bold[r], strict=True))  # fmt: skip
+            out.append(f"<tr><th>{e(label)}</th>{cells}</tr>")
+        out.append("</tbody></table>")
+        if self.footer:
+            out.append('<p class="footer">' + "<br>".join(e(f) for f in self.footer) + "</p>")
+        return "\n".join(out)
+
+
+def latex_escape(text: str) -> str:
+    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+    return "".join(rep.get(ch, ch) for ch in str(text))
+
+
+def _group_spans(columns: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
+    spans: list[tuple[str, int, int]] = []
+    for i, (g, _) in enumerate(columns):
+        if spans and spans[-1][0] == g:
+            spans[-1] = (g, spans[-1][1], spans[-1][2] + 1)
+        else:
+            spans.append((g, i, 1))
+    return spans
+
+
+def _bold_max(values: list[list[float]]) -> list[list[bool]]:
+    arr = np.array(values, dtype=float)
+    best = np.nanmax(np.where(np.isnan(arr), -np.inf, arr), axis=0) if arr.size else []
+    return [[bool(np.isfinite(v) and v == best[j]) for j, v in enumerate(row)] for row in arr]
+
+
+def provenance(data: ExperimentData, cells: pd.DataFrame | None = None) -> list[str]:
+    """Footer lines: study, manifest hashes, weight hashes, and a random-init warning."""
+    cells = data.cells if cells is None else cells
+    lines = []
+    if cells["random_init"].any():
+        lines.append(
+            "WARNING: RANDOM-INIT WEIGHTS in these runs: the numbers check the pipeline, they are not results."
+        )
+    lines.append(f"Study: {', '.join(sorted(set(cells['study'])))} (MLflow experiment {data.name!r}).")
+    manifests = sorted(set(cells["manifest_sha256"].dropna()))
+    lines.append("Manifests (sha256): " + ", ".join(m[:12] for m in manifests) + ".")
+    w = sorted(set(cells["weights_sam2"].dropna()) | set(cells["weights_dinov2"].dropna()))
+    lines.append("Weights: " + ", ".join(x if x.startswith("random-init") else x[:12] for x in w) + ".")
+    return lines
+
+
+def _fmt(v: float) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.1f}"
+
+
+def main_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Table:
+    """Paper layout: rows = variants; columns = fold 0..3 and mean, grouped by shot (percent).
+
+    Fold values are means over seeds; the mean column is the mean over the folds present. Best value
+    per column in bold.
+    """
+    cells = data.cells[data.cells["dataset"] == dataset]
+    label = {"miou": "mIoU", "fb_iou": "FB-IoU", "fg_iou": "fg-IoU"}[metric]
+    shots = sorted(cells["shot"].unique())
+    folds = sorted(cells["fold"].unique())
+    variants = list(dict.fromkeys(cells["variant"]))
+    columns = [c for s in shots for c in [*[(f"{s}-shot", f"fold{f}") for f in folds], (f"{s}-shot", "mean")]]
+    per_fold = cells.groupby(["variant", "shot", "fold"])[metric].mean() * 100
+    values = []
+    for v in variants:
+        row = []
+        for s in shots:
+            fold_vals = [per_fold.get((v, s, f), np.nan) for f in folds]
+            row += [*fold_vals, float(np.nanmean(fold_vals)) if np.isfinite(fold_vals).any() else np.nan]
+        values.append(row)
+    return Table(
+        title=f"{label} (%) on {_dataset_name(dataset)}, mean over seeds; mean = mean over folds",
+        name=f"main-{dataset}-{metric}",
+        columns=columns,
+        row_header="method",
+        rows=variants,
+        cells=[[_fmt(x) for x in row] for row in values],
+        values=values,
+        bold=_bold_max(values),
+        footer=provenance(data, cells),
+    )
+
+
+def _dataset_name(ds: str) -> str:
+    return {"pascal": "PASCAL-5i", "coco": "COCO-20i"}.get(ds, ds)
+
+
+def reference_variant(data: ExperimentData, requested: str | None = None) -> str:
+    variants = list(dict.fromkeys(data.cells["variant"]))
+    if requested:
+        if requested not in variants:
+            from benchmark.errors import FssBenchError
+
+            raise FssBenchError(f"--reference {requested!r} is not a variant of this experiment: {variants}")
+        return requested
+    for name in ("fssam", "disc-prior", "imr-3"):
+        if name in variants:
+            return name
+    return variants[0]
+
+
+def ablation_frame(data: ExperimentData, reference: str, n_boot: int = 1000) -> pd.DataFrame:
+    """Per (dataset, shot, variant): mean mIoU over folds and seeds, the difference from ``reference``
+    and its paired bootstrap 95% CI over episodes (pairs of cells on the same manifest)."""
+    rows = []
+    cells = data.cells
+    for (ds, shot), group in cells.groupby(["dataset", "shot"], sort=False):
+        ref = group[group["variant"] == reference].set_index("manifest_sha256")
+        for variant in dict.fromkeys(group["variant"]):
+            mine = group[group["variant"] == variant]
+            pairs = []
+            for _, r in mine.iterrows():
+                if r["manifest_sha256"] in ref.index:
+                    ref_run = ref.loc[r["manifest_sha256"], "run_id"]
+                    if isinstance(ref_run, pd.Series):
+                        ref_run = ref_run.iloc[0]
+                    pairs.append(
+                        (
+                            data.episodes[r["run_id"]],
+                            data.episodes[ref_run],
+                            manifest_classes(data, r["run_id"]),
+                        )
+                    )
+            res = paired_bootstrap_diff_over_folds(pairs, n_boot=n_boot) if pairs else None
+            rows.append({"variant": variant, "dataset": ds, "shot": int(shot), "miou": float(mine["miou"].mean()),
+                         "diff": res["diff"] if res else np.nan, "low": res["low"] if res else np.nan,
+                         "high": res["high"] if res else np.nan,
+                         "excludes_zero": bool(res["excludes_zero"]) if res else False,
+                         "pairs": len(pairs), "reference": reference})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def ablation_table(data: ExperimentData, ablation: pd.DataFrame, dataset: str, shot: int) -> Table:
+    df = ablation[(ablation["dataset"] == dataset) & (ablation["shot"] == shot)]
+    ref = df["reference"].iloc[0]
+    values, cells = [], []
+    for _, r in df.iterrows():
+        is_ref = r["variant"] == ref
+        values.append([100 * r["miou"], 100 * r["diff"], 100 * r["low"], 100 * r["high"], r["pairs"]])
+        mark = " *" if r["excludes_zero"] and not is_ref else ""
+        cells.append([
+            _fmt(100 * r["miou"]),
+            "(reference)" if is_ref else f"{100 * r['diff']:+.1f}{mark}",
+            "" if is_ref else f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]",
+            str(int(r["pairs"])),
+        ])  # fmt: skip
+    footer = [f"Δ = variant − {ref}, mIoU points; 95% paired bootstrap CI over episodes (each fold's manifest "
+              "resampled within classes, 1000 resamples), * = CI excludes 0."] + provenance(
+        data, data.cells[(data.cells["dataset"] == dataset) & (data.cells["shot"] == shot)])  # fmt: skip
+    return Table(
+        title=f"Ablation on {_dataset_name(dataset)}, {shot}-shot: mIoU (%) and difference from {ref}",
+        name=f"ablation-{dataset}-{shot}shot",
+        columns=[("", "mIoU"), ("", "Δ"), ("", "95% CI of Δ"), ("", "paired manifests")],
+        row_header="variant",
+        rows=list(df["variant"]),
+        cells=cells,
+        values=[[v[0], v[1], f"[{v[2]:.3f}, {v[3]:.3f}]", v[4]] for v in values],
+        footer=footer,
+    )
+
+
+def per_class_table(data: ExperimentData, dataset: str, shot: int, fold: int) -> Table:
+    """Per-class IoU (%) of each variant on one fold, mean ± std over seeds where there are several."""
+    pc = data.per_class
+    pc = pc[(pc["dataset"] == dataset) & (pc["shot"] == shot) & (pc["fold"] == fold)]
+    classes = sorted(pc["class"].unique())
+    names = dict(zip(pc["class"], pc["class_name"], strict=False))
+    variants = list(dict.fromkeys(data.cells[(data.cells["dataset"] == dataset)]["variant"]))
+    variants = [v for v in variants if v in set(pc["variant"])]
+    stats = pc.groupby(["variant", "class"])["iou"].agg(["mean", "std", "count"])
+    cells, values = [], []
+    for v in variants:
+        crow, vrow = [], []
+        for c in classes:
+            m, sd, n = stats.loc[(v, c)] if (v, c) in stats.index else (np.nan, np.nan, 0)
+            vrow.append(100 * m)
+            crow.append(f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else _fmt(100 * m))
+        cells.append(crow)
+        values.append(vrow)
+    return Table(
+        title=f"Per-class IoU (%) on {_dataset_name(dataset)} fold {fold}, {shot}-shot"
+        + (" (mean ± std over seeds)" if (stats["count"] > 1).any() else ""),
+        name=f"per-class-{dataset}-fold{fold}-{shot}shot",
+        columns=[("", f"{c} {names[c]}") for c in classes],
+        row_header="variant",
+        rows=variants,
+        cells=cells,
+        values=values,
+        bold=_bold_max(values),
+        footer=provenance(
+            data, data.cells[(data.cells["dataset"] == dataset) & (data.cells["fold"] == fold)]
+        ),
+    )
+
+
+def seeds_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Table | None:
+    """Mean ± std over seeds per variant, shot and fold (only for studies with several seeds)."""
+    cells = data.cells[data.cells["dataset"] == dataset]
+    if cells["seed"].nunique() < 2:
+        return None
+    g = cells.groupby(["variant", "shot", "fold"], sort=False)[metric].agg(["mean", "std", "count"])
+    shots, folds = sorted(cells["shot"].unique()), sorted(cells["fold"].unique())
+    variants = list(dict.fromkeys(cells["variant"]))
+    columns = [(f"{s}-shot", f"fold{f}") for s in shots for f in folds]
+    cells_txt, values = [], []
+    for v in variants:
+        ct, vt = [], []
+        for s in shots:
+            for f in folds:
+                m, sd, n = g.loc[(v, s, f)] if (v, s, f) in g.index else (np.nan, np.nan, 0)
+                ct.append(f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else _fmt(100 * m))
+                vt.append(100 * m)
+        cells_txt.append(ct)
+        values.append(vt)
+    return Table(
+        title=f"{metric} (%) on {_dataset_name(dataset)}: mean ± std over {cells['seed'].nunique()} seeds",
+        name=f"seeds-{dataset}-{metric}",
+        columns=columns,
+        row_header="method",
+        rows=variants,
+        cells=cells_txt,
+        values=values,
+        footer=provenance(data, cells),
+    )

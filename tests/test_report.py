@@ -1,0 +1,154 @@
+"""`fssbench report` on a small real study: numbers checked against the per-episode tables."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from benchmark.cli import main
+from benchmark.data.classes import novel_classes
+from benchmark.runner import StudyRunner
+from benchmark.study import load_study
+
+MODEL = {
+    "sam2_size": "t",
+    "image_size": 256,
+    "dinov2": "vits14",
+    "dinov2_input_size": 224,
+    "random_init": True,
+}
+
+
+def class_wise_miou(table: pd.DataFrame, classes: list[int]) -> float:
+    """Independent recomputation: accumulate I and U per class, IoU per class, mean over classes."""
+    ious = []
+    for c in classes:
+        sel = table[table["class"] == c]
+        u = sel["U_fg"].sum()
+        ious.append(sel["I_fg"].sum() / u if u else 0.0)
+    return float(np.mean(ious))
+
+
+@pytest.fixture(scope="module")
+def report(pascal_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    study = {"name": "rep", "data": {"pascal": str(pascal_root)}, "folds": [0, 1], "shots": [1], "seeds": [321, 7],
+             "episodes": 3, "model": MODEL, "variants": {"fssam": {}, "no-imr": {"imr_iters": 0}}}  # fmt: skip
+    (tmp / "s.yaml").write_text(yaml.safe_dump(study))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    StudyRunner(
+        load_study(tmp / "s.yaml"), tracking_uri=uri, work_dir=tmp / "w", progress=False, qualitative=0
+    ).run()
+    code = main(["-q", "report", "--experiment", "rep", "--tracking-uri", uri, "--out", str(tmp / "out")])
+    assert code == 0
+    # the per-episode tables, read back from MLflow independently of the report code
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rep")
+    episodes = {}
+    for r in client.search_runs([exp.experiment_id], filter_string="tags.`fss.kind` = 'cell'"):
+        t = r.data.tags
+        path = client.download_artifacts(r.info.run_id, "episodes.parquet", str(tmp / "dl" / r.info.run_id))
+        episodes[(t["fss.variant"], int(t["fss.fold"]), int(t["fss.seed"]))] = pd.read_parquet(path)
+    return tmp / "out", uri, episodes
+
+
+def md_rows(path) -> dict[str, list[str]]:
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("| ") and not line.startswith("| method") and not line.startswith("| variant"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_main_table_matches_per_episode_tables(report):
+    out, _, episodes = report
+    rows = md_rows(out / "tables" / "main-pascal-miou.md")
+    expected = {}
+    for variant in ("fssam", "no-imr"):
+        folds = []
+        for fold in (0, 1):
+            seeds = [
+                class_wise_miou(episodes[(variant, fold, s)], novel_classes("pascal", fold)) for s in (321, 7)
+            ]
+            folds.append(100 * np.mean(seeds))
+        expected[variant] = [*folds, np.mean(folds)]
+        got = [float(c.strip("*")) for c in rows[variant]]
+        assert got == pytest.approx([round(x, 1) for x in expected[variant]], abs=0.051)
+    # the best value of each column is bold
+    for j in range(3):
+        best = max(expected, key=lambda v: expected[v][j])
+        assert rows[best][j].startswith("**")
+    csv = pd.read_csv(out / "tables" / "main-pascal-miou.csv", index_col=0)
+    assert csv.loc["fssam"].tolist() == pytest.approx(expected["fssam"], abs=1e-9)
+
+
+def test_ablation_table_difference_is_the_paired_mean(report):
+    out, _, episodes = report
+    rows = md_rows(out / "tables" / "ablation-pascal-1shot.md")
+    diffs = [
+        class_wise_miou(episodes[("no-imr", f, s)], novel_classes("pascal", f))
+        - class_wise_miou(episodes[("fssam", f, s)], novel_classes("pascal", f))
+        for f in (0, 1) for s in (321, 7)
+    ]  # fmt: skip
+    assert rows["fssam"][1] == "(reference)"
+    assert float(rows["no-imr"][1].rstrip(" *")) == pytest.approx(100 * np.mean(diffs), abs=0.051)
+    low, high = (float(x) for x in re.findall(r"[-+]?\d+\.\d", rows["no-imr"][2]))
+    assert (
+        low <= float(rows["no-imr"][1].rstrip(" *")) + 0.05
+        and high >= float(rows["no-imr"][1].rstrip(" *")) - 0.05
+    )
+    assert rows["no-imr"][3] == "4"  # 2 folds x 2 seeds paired on identical manifests
+
+
+def test_per_class_table_is_mean_and_std_over_seeds(report):
+    out, _, episodes = report
+    rows = md_rows(out / "tables" / "per-class-pascal-fold1-1shot.md")
+    c = 6  # bus, fold 1's first class
+    vals = []
+    for s in (321, 7):
+        t = episodes[("fssam", 1, s)]
+        sel = t[t["class"] == c]
+        vals.append(100 * (sel["I_fg"].sum() / sel["U_fg"].sum() if sel["U_fg"].sum() else 0.0))
+    mean, sd = np.mean(vals), np.std(vals, ddof=1)
+    assert rows["fssam"][0].strip("*") == f"{mean:.1f} ± {sd:.1f}"
+
+
+def test_latex_structure_and_provenance(report):
+    out, _, _ = report
+    tex = (out / "tables" / "main-pascal-miou.tex").read_text()
+    assert tex.startswith("\\begin{table}") and tex.rstrip().endswith("\\end{table}")
+    assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule")
+    assert tex.count("{") == tex.count("}") + tex.count("\\{") - tex.count("\\}")
+    body = tex[tex.index("\\midrule") + 8 : tex.index("\\bottomrule")].strip().splitlines()
+    assert len(body) == 2 and all(
+        line.count("&") == 3 and line.endswith("\\\\") for line in body
+    )  # fold0, fold1, mean
+    assert "\\textbf{" in tex and "RANDOM-INIT" in tex and "Manifests (sha256)" in tex
+
+
+def test_figures_html_and_mlflow_artifacts(report):
+    out, uri, _ = report
+    figs = {p.name for p in (out / "figures").iterdir()}
+    for stem in (
+        "ablation-bars",
+        "heatmap-pascal-1shot",
+        "per-class-pascal-1shot",
+        "qualitative-fssam-pascal-1shot",
+    ):
+        assert f"{stem}.png" in figs and f"{stem}.pdf" in figs
+    html = (out / "report.html").read_text()
+    assert "RANDOM-INIT" in html and html.count("data:image/png;base64,") >= 4
+    assert "Ablation on PASCAL-5i, 1-shot" in html and "<table" in html
+    assert not re.search(r'(src|href)="https?://', html)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rep")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`fss.kind` = 'report'")
+    assert len(runs) == 1
+    arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/tables", "report/figures"} <= arts
