@@ -17,16 +17,15 @@ from benchmark.errors import FssBenchError
 from fssam.config import FSSAMConfig
 from fssam.model import EncodedImages
 from fssam.sam2_adapter import (
-    MaskMemory,
     autocast_context,
     build_sam2_model,
     decode,
     encode_image,
     flatten_levels,
     mask_to_memory,
-    pointer_tokens,
+    memory_tokens,
     sam2_feature_identity,
-    spatial_memory_tokens,
+    split_shots,
     weights_id,
 )
 from fssam.scma import memory_attention
@@ -82,13 +81,7 @@ class NaiveSAM2(nn.Module):
         b, k, size = support_masks.shape[0], support_masks.shape[1], self.config.image_size
         s_mask = (support_masks.to(supports.sam2.top.device) == 1).float().reshape(b * k, 1, size, size)
         mem = mask_to_memory(sam, supports.sam2, s_mask, self.config.round_memory_to_bf16)
-        shots = [
-            MaskMemory(*(x.reshape(b, k, *x.shape[1:])[:, i] for x in (mem.features, mem.pos, mem.obj_ptr)))
-            for i in range(k)
-        ]
-        tokens, pos = spatial_memory_tokens(sam, shots)
-        ptrs, ptrs_pos = pointer_tokens(sam, [m.obj_ptr for m in shots])
-        return torch.cat([tokens, ptrs]), torch.cat([pos, ptrs_pos]), ptrs.shape[0]
+        return memory_tokens(sam, split_shots(mem, b, k))
 
     def predict(
         self,

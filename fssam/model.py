@@ -36,11 +36,11 @@ from fssam.sam2_adapter import (
     encode_image,
     flatten_levels,
     mask_to_memory,
+    memory_tokens,
     module_sha256,
-    pointer_tokens,
     sam2_feature_identity,
     sam2_trainable_modules,
-    spatial_memory_tokens,
+    split_shots,
     weights_id,
 )
 from fssam.scma import Calibration, MemoryLayout, memory_attention
@@ -240,18 +240,11 @@ class FSSAM(nn.Module):
             s_mem = mask_to_memory(
                 sam, supports.sam2, s_mask.reshape(b * k, 1, size, size), cfg.round_memory_to_bf16
             )
-            shot_mems = [
-                MaskMemory(
-                    *(x.reshape(b, k, *x.shape[1:])[:, i] for x in (s_mem.features, s_mem.pos, s_mem.obj_ptr))
-                )
-                for i in range(k)
-            ]
             q_mem = self._query_memory(query, supports, s_mask, s_mem, query_mask, inter)
-            memories = shot_mems + ([q_mem] if q_mem is not None else [])
-            tokens, tokens_pos = spatial_memory_tokens(sam, memories)
-            ptrs, ptrs_pos = pointer_tokens(sam, [m.obj_ptr for m in memories])
-            h, w = q_mem.features.shape[-2:] if q_mem is not None else s_mem.features.shape[-2:]
-            layout = MemoryLayout(shots=k, tokens_per_memory=h * w, ptr_tokens=ptrs.shape[0] // len(memories),
+            memories = split_shots(s_mem, b, k) + ([q_mem] if q_mem is not None else [])
+            memory, memory_pos, n_ptr = memory_tokens(sam, memories)
+            h, w = s_mem.features.shape[-2:]
+            layout = MemoryLayout(shots=k, tokens_per_memory=h * w, ptr_tokens=n_ptr // len(memories),
                                   has_query=q_mem is not None)  # fmt: skip
             calibration = None
             if cfg.scma and q_mem is not None:
@@ -262,9 +255,9 @@ class FSSAM(nn.Module):
                 sam.memory_attention,
                 vision_feats[-1],
                 vision_pos[-1],
-                torch.cat([tokens, ptrs]),
-                torch.cat([tokens_pos, ptrs_pos]),
-                num_obj_ptr_tokens=ptrs.shape[0],
+                memory,
+                memory_pos,
+                num_obj_ptr_tokens=n_ptr,
                 layout=layout,
                 average=cfg.kshot_mode == "intended",
                 calibration=calibration,

@@ -357,6 +357,29 @@ def spatial_memory_tokens(sam, memories: list[MaskMemory]) -> tuple[torch.Tensor
     return torch.cat(toks, dim=0), torch.cat(pos, dim=0)
 
 
+def split_shots(memory: MaskMemory, batch: int, shots: int) -> list[MaskMemory]:
+    """Memories of B*K support images (b-major) -> K memories of batch B, one per shot."""
+    return [
+        MaskMemory(
+            *(
+                x.reshape(batch, shots, *x.shape[1:])[:, i]
+                for x in (memory.features, memory.pos, memory.obj_ptr)
+            )
+        )
+        for i in range(shots)
+    ]
+
+
+def memory_tokens(sam, memories: list[MaskMemory]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The memory bank of conditioning-frame memories: [spatial tokens of each ; pointer tokens of each].
+
+    Returns (M, B, 64) tokens, their positions, and the number of (trailing) pointer tokens.
+    """
+    tokens, pos = spatial_memory_tokens(sam, memories)
+    ptrs, ptrs_pos = pointer_tokens(sam, [m.obj_ptr for m in memories])
+    return torch.cat([tokens, ptrs]), torch.cat([pos, ptrs_pos]), ptrs.shape[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Decoding
 
