@@ -259,7 +259,8 @@ class FSSAM(nn.Module):
                 memory_pos,
                 num_obj_ptr_tokens=n_ptr,
                 layout=layout,
-                average=cfg.kshot_mode == "intended",
+                # the intended multi-shot averaging is part of the SCMA branch, as in the authors' code
+                average=calibration is not None and cfg.kshot_mode == "intended",
                 calibration=calibration,
             )
             pix = pix.permute(1, 2, 0).reshape(b, sam.hidden_dim, h, w)

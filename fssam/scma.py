@@ -13,9 +13,12 @@ object-pointer tokens). With ``calibrate`` the logits of the pseudo-query memory
     attention = softmax_j([a_iS ; a_iQ + b_iQ ; a_iP])  then dropout (training) and the values
 
 K shots:
-* ``intended`` (as the authors wrote it): the support keys and values are averaged position-wise
-  over shots (one support block), ``c_j`` is averaged over the shots' prototypes, and the K support
-  object pointers are averaged too, so that K identical shots give exactly the 1-shot result;
+* ``intended`` (as the authors wrote it): inside the calibrated attention the support keys and values
+  are averaged position-wise over shots (one support block) and ``c_j`` is averaged over the shots'
+  prototypes. One addition of ours: the K support object-pointer tokens are averaged too (the
+  authors' code keeps all K+1 pointers), so that K identical shots give exactly the 1-shot result.
+  Without SCMA nothing is averaged (the authors' plain branch), i.e. plain attention over all K
+  support memories;
 * ``released`` (what FSSAM5s actually runs, spec bug B2): no averaging; only shot 0's mask reaches
   the attention, so tokens [0:N] are the "support" block and tokens [N:2N] (support #2 when K > 1)
   are calibrated as if they were the pseudo-query memory.
