@@ -142,12 +142,13 @@ def test_switches(model, episode):
     assert none_inter["memory"] is None and none_logits.shape == (2, S, S)
     v2 = variant(model, imr_version="v2").predict(q, s, masks)
     assert not torch.allclose(v2, base, atol=1e-5)
-    # scale 0 makes every bias 0, i.e. SCMA == plain attention
-    assert torch.allclose(
-        variant(model, scma_scale=0.0).predict(q, s, masks),
-        variant(model, scma=False).predict(q, s, masks),
-        atol=1e-5,
-    )
+    # scale 0 makes every bias 0, i.e. SCMA == plain attention (1 shot: no K-shot averaging involved)
+    s1, m1 = s.select([0, 3]), masks[:, :1]
+    zero = variant(model, scma_scale=0.0).predict(q, s1, m1)
+    assert torch.allclose(zero, variant(model, scma=False).predict(q, s1, m1), atol=1e-5)
+    # with K shots, intended SCMA averages the supports while plain attention (scma off) does not
+    assert not torch.allclose(variant(model, scma_scale=0.0).predict(q, s, masks),
+                              variant(model, scma=False).predict(q, s, masks), atol=1e-5)  # fmt: skip
 
 
 def test_config_validation():
