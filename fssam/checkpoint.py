@@ -15,11 +15,11 @@ from typing import Any
 from torch import Tensor
 
 from benchmark.errors import FssBenchError
+from benchmark.io_utils import file_sha256
 from fssam.config import FSSAMConfig
 from fssam.dinov2 import dinov2_from_meta_state_dict, export_meta_state_dict
 from fssam.sam2_adapter import (
     build_sam2_model,
-    file_sha256,
     load_state_dict_strict,
     parse_sam2_config,
     read_checkpoint,

@@ -42,7 +42,6 @@ timm vs Meta architecture (checked against dinov2/hub/backbones.py and dinov2/mo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -57,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import FssBenchError
+from benchmark.io_utils import file_sha256
 
 __all__ = [
     "DINOV2_ARCHS",
@@ -373,14 +373,6 @@ def _create_vit(
     return vit
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _first_line(exc: BaseException, limit: int = 160) -> str:
     text = str(exc)
     marker = "WeightsUnpickler error:"  # torch.load(weights_only=True): the useful part is after the preamble
@@ -475,7 +467,7 @@ def build_dinov2(
             f"DINOv2 checkpoint not found: {path} (expected Meta's {spec.checkpoint_file} from {spec.checkpoint_url})"
         )
     try:
-        sha = _sha256_file(path)
+        sha = file_sha256(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt / truncated / not a torch file / unreadable
         raise DINOv2Error(

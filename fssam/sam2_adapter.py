@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import FssBenchError
+from benchmark.io_utils import file_sha256
 
 SAM2_VERSIONS = ("2.0", "2.1")
 SAM2_SIZES = ("t", "s", "b+", "l")
@@ -56,14 +57,6 @@ def parse_sam2_config(name: str) -> tuple[str, str]:
     if not m:
         raise FssBenchError(f"unknown SAM 2 config {name!r}; expected e.g. sam2_hiera_s or sam2.1_hiera_b+")
     return ("2.1" if m.group(1) else "2.0"), m.group(2)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _key_summary(keys: list[str], n: int = 5) -> str:

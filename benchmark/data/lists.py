@@ -13,7 +13,6 @@ are derived from these records, so the rules live in one place:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -129,11 +128,3 @@ def read_records(path: Path) -> list[ImageRecord]:
         raise FssBenchError(
             f"{path}: corrupt class statistics file ({e}); re-run `fssbench data prepare`"
         ) from None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
