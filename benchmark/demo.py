@@ -178,8 +178,12 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     _step(f"done in {time.perf_counter() - t_start:.0f} s")
     if uri.startswith("sqlite:///"):
         _step(f"browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
-    _step("real data and weights: fssbench data prepare pascal --voc VOC2012 --sbd SBD/dataset --out data/pascal; "
-          "then fssbench run ablations/main-table.yaml data.pascal=data/pascal "
-          "model.sam2_checkpoint=checkpoints/sam2_hiera_small.pt model.dinov2_checkpoint=checkpoints/dinov2_vitb14_pretrain.pth "
-          "(see README: Studies)")  # fmt: skip
+    _step(
+        "real data and weights: fssbench data prepare pascal --voc VOC2012 --sbd SBD/dataset --out data/pascal"
+    )
+    _step("  then: fssbench run ablations/component-ablation.yaml data.pascal=data/pascal "
+          "model.fssam_checkpoint='exp/{dataset}/{arch}/split{fold}/small/snapshot/best_{shot}shot.pth'")  # fmt: skip
+    _step("  or with pretrained weights only: ... model.fssam_checkpoint=null "
+          "model.sam2_checkpoint=sam2_hiera_small.pt model.dinov2_checkpoint=dinov2_vitb14_pretrain.pth "
+          "(README: Studies)")  # fmt: skip
     return report
