@@ -80,16 +80,21 @@ class Featurizer:
         sam_levels, dinos = [], []
         for rel in rels:
             sha = self.store.sha256(rel)
+            decoded: list[torch.Tensor] = []  # decode and resize an image at most once, on a cache miss
+
+            def image(rel: str = rel, decoded: list[torch.Tensor] = decoded) -> torch.Tensor:
+                if not decoded:
+                    decoded.append(self._tensor(rel))
+                return decoded[0]
+
             f = self.cache.get_or_compute(
                 self.identity["sam2"], sha,
-                lambda rel=rel: {f"l{i}": x for i, x in enumerate(self.model.encode_sam2(self._tensor(rel)).levels)},
+                lambda image=image: {f"l{i}": x for i, x in enumerate(self.model.encode_sam2(image()).levels)},
             )  # fmt: skip
             sam_levels.append([f[f"l{i}"] for i in range(len(f))])
             if "dino" in self.identity:
                 d = self.cache.get_or_compute(
-                    self.identity["dino"],
-                    sha,
-                    lambda rel=rel: {"dino": self.model.encode_dino(self._tensor(rel))},
+                    self.identity["dino"], sha, lambda image=image: {"dino": self.model.encode_dino(image())}
                 )
                 dinos.append(d["dino"])
         device = self.model.sam2.device
