@@ -160,6 +160,11 @@ def _fmt(v: float) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{v:.1f}"
 
 
+def _mean_std(mean: float, std: float, n: int) -> str:
+    """Percent text: ``mean ± std`` over several seeds, the mean alone for one."""
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else _fmt(100 * mean)
+
+
 def main_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Table:
     """Paper layout: rows = variants; columns = fold 0..3 and mean, grouped by shot (percent).
 
@@ -286,7 +291,7 @@ def per_class_table(data: ExperimentData, dataset: str, shot: int, fold: int) ->
         for c in classes:
             m, sd, n = stats.loc[(v, c)] if (v, c) in stats.index else (np.nan, np.nan, 0)
             vrow.append(100 * m)
-            crow.append(f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else _fmt(100 * m))
+            crow.append(_mean_std(m, sd, n))
         cells.append(crow)
         values.append(vrow)
     return Table(
@@ -320,7 +325,7 @@ def seeds_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Tab
         for s in shots:
             for f in folds:
                 m, sd, n = g.loc[(v, s, f)] if (v, s, f) in g.index else (np.nan, np.nan, 0)
-                ct.append(f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else _fmt(100 * m))
+                ct.append(_mean_std(m, sd, n))
                 vt.append(100 * m)
         cells_txt.append(ct)
         values.append(vt)
