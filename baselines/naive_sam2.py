@@ -8,15 +8,17 @@ harness can score both on the same cached features.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from benchmark.errors import FssBenchError
 from fssam.config import FSSAMConfig
+from fssam.errors import FSSAMError
 from fssam.model import EncodedImages
 from fssam.sam2_adapter import (
+    SAM2ImageEncoder,
     autocast_context,
     build_sam2_model,
     decode,
@@ -24,7 +26,6 @@ from fssam.sam2_adapter import (
     flatten_levels,
     mask_to_memory,
     memory_tokens,
-    sam2_feature_identity,
     split_shots,
     weights_id,
 )
@@ -61,9 +62,21 @@ class NaiveSAM2(nn.Module):
 
     dino = None  # the baseline has no priors
 
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam2.device
+
+    @property
+    def encoders(self) -> dict[str, SAM2ImageEncoder]:
+        """SAM 2's image encoder only (the same identity, and so the same cached features, as FSSAM's)."""
+        return {"sam2": SAM2ImageEncoder(self.sam2, self.config.precision)}
+
     def feature_identity(self) -> dict[str, dict[str, Any]]:
-        """The SAM 2 feature identity (the same as FSSAM's for the same image encoder)."""
-        return {"sam2": sam2_feature_identity(self.sam2)}
+        return {name: enc.identity() for name, enc in self.encoders.items()}
 
     @torch.no_grad()
     def encode_sam2(self, images: Tensor):
@@ -85,17 +98,18 @@ class NaiveSAM2(nn.Module):
 
     def predict(
         self,
-        query: EncodedImages,
-        supports: EncodedImages,
+        query: EncodedImages | Mapping[str, Tensor],
+        supports: EncodedImages | Mapping[str, Tensor],
         support_masks: Tensor,
         query_mask: Tensor | None = None,
         return_intermediates: bool = False,
     ) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """(B, S, S) foreground logits; same arguments as :meth:`fssam.FSSAM.predict`."""
         sam, size = self.sam2, self.config.image_size
+        query, supports = EncodedImages.coerce(query), EncodedImages.coerce(supports)
         b, k = support_masks.shape[:2]
         if len(supports) != b * k:
-            raise FssBenchError(f"expected {b * k} support feature sets, got {len(supports)}")
+            raise FSSAMError(f"expected {b * k} support feature sets, got {len(supports)}")
         with autocast_context(query.sam2.top.device, self.config.precision):
             memory, memory_pos, n_ptr = self.support_memory(supports, support_masks)
             feats, pos, sizes = flatten_levels(sam, query.sam2)

@@ -12,29 +12,12 @@ from pathlib import Path
 
 from benchmark import __version__
 from benchmark.data.classes import COCO_SPLITS, DATASETS
-from benchmark.errors import FssBenchError
-
-
-def synth_raw_roots(dataset: str, out: Path) -> dict[str, Path]:
-    """Where the raw roots of a synthetic dataset lie (what ``data prepare`` takes)."""
-    if dataset == "pascal":
-        return {"voc": out / "VOCdevkit" / "VOC2012", "sbd": out / "benchmark_RELEASE" / "dataset"}
-    return {"coco": out}
-
-
-def synth_dataset(
-    dataset: str, out: Path, seed: int = 0, overwrite: bool = False, progress: bool = True
-) -> dict:
-    """Generate a synthetic raw dataset atomically at ``out``; returns the generator's summary."""
-    from benchmark.data.synth import synth_coco, synth_pascal
-    from benchmark.io_utils import atomic_directory
-
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        fn = synth_pascal if dataset == "pascal" else synth_coco
-        return fn(tmp, seed=seed, progress=progress)
+from benchmark.errors import USER_ERRORS, FssBenchError
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from benchmark.data.synth import synth_dataset, synth_raw_roots
+
     out = Path(args.out)
     synth_dataset(args.dataset, out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
     roots = " ".join(f"--{k} {v}" for k, v in synth_raw_roots(args.dataset, out).items())
@@ -159,6 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         progress=not args.quiet,
         shard=_parse_shard(args.shard),
+        fail_fast=args.fail_fast,
     )
     try:
         cells = runner.run()
@@ -168,15 +152,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    print()
-    print(summary_table(cells).to_markdown(index=False, floatfmt=".1f"))
+    summary = summary_table(cells)
+    if not summary.empty:
+        print()
+        print(summary.to_markdown(index=False, floatfmt=".1f"))
     print()
     print(runner.cache.stats.summary() + f"; on disk: {runner.cache.disk_size() / 2**20:.1f} MiB")
-    print(
-        f"tracking: {runner.tracker.uri} (experiment {study.name!r}); cells: {runner.work_dir / 'studies' / study.name / 'cells.csv'}"
-    )
+    csv = runner.work_dir / "studies" / study.name / "cells.csv"
+    print(f"tracking: {runner.tracker.uri} (experiment {study.name!r}); cells: {csv}")
     if study.random_init:
         print("WARNING: RANDOM-INIT WEIGHTS: these numbers check the pipeline, they are not results")
+    if runner.failures:
+        print(
+            f"{len(runner.failures)} cell(s) FAILED (recorded as FAILED in MLflow, tag fss.error):",
+            file=sys.stderr,
+        )
+        for f in runner.failures:
+            print(f"  {f.cell}: {f.error}", file=sys.stderr)
+        print("fix the cause and rerun the same command: finished cells are skipped", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -297,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--shard", default="0/1", help="run only cells i, i+N, ... (I/N), to split a study over processes"
     )
+    r.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first failing cell (default: record it, go on)"
+    )
     r.set_defaults(fn=_cmd_run)
 
     pr = sub.add_parser(
@@ -358,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except FssBenchError as e:
+    except USER_ERRORS as e:
         print(f"fssbench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

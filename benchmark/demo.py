@@ -20,17 +20,16 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from baselines.trivial import all_foreground, mean_colour
+from benchmark.cell import CellSpec, evaluate_cell
 from benchmark.data.check import check_prepared
-from benchmark.data.episode_data import load_episode
 from benchmark.data.prepare_pascal import prepare_pascal
-from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes import load_manifest, manifest_episodes
+from benchmark.data.synth import synth_dataset, synth_raw_roots
+from benchmark.episodes import load_manifest
 from benchmark.errors import FssBenchError
+from benchmark.feature_cache import FeatureCache
 from benchmark.io_utils import write_text_atomic
-from benchmark.metrics import FSSEvaluator, bootstrap_ci, prediction_at_label_size
 
-REFERENCE_PREDICTORS = {"mean-colour": mean_colour, "all-foreground": all_foreground}
+REFERENCE_PREDICTORS = {"mean-colour": "mean_colour", "all-foreground": "all_foreground"}
 DEMO_VARIANTS = {
     "fssam": {},
     "naive-sam2": {"method": "naive_sam2"},
@@ -60,7 +59,7 @@ def demo_study(data_root: Path, episodes: int) -> dict:
             "dinov2_input_size": 224,
             "random_init": True,
             "device": "auto",
-        },  # fmt: skip
+        },
         "variants": DEMO_VARIANTS,
     }
 
@@ -70,8 +69,6 @@ def _step(msg: str) -> None:
 
 
 def prepare_demo_data(out: Path, progress: bool) -> Path:
-    from benchmark.cli import synth_dataset, synth_raw_roots
-
     raw, root = out / "raw" / "pascal", out / "data" / "pascal"
     if not (raw / "VOCdevkit").is_dir():
         _step(f"generating a synthetic PASCAL dataset in the raw VOC2012 + SBD format -> {raw}")
@@ -94,24 +91,25 @@ def prepare_demo_data(out: Path, progress: bool) -> Path:
 
 
 def score_reference_predictors(root: Path, manifests: list[Path], size: int, progress: bool) -> pd.DataFrame:
-    """The model-free predictors on the study's manifests (a floor the models should beat)."""
-    ds = PreparedDataset(root)
+    """The model-free predictors on the study's manifests (a floor the models should beat), scored
+    by the same cell function as the study, without tracking."""
     rows = []
-    for path in manifests:
-        manifest = load_manifest(path)
-        evaluators = {name: FSSEvaluator(manifest["classes"]) for name in REFERENCE_PREDICTORS}
-        for ep in tqdm(manifest_episodes(manifest), desc=path.stem, disable=not progress, leave=False):
-            data = load_episode(ds, manifest["images"], ep, size)
-            for name, fn in REFERENCE_PREDICTORS.items():
-                logits = fn(data.query[None], data.supports[None], data.support_masks[None])[0]
-                pred = prediction_at_label_size(logits, tuple(data.query_target.shape))
-                evaluators[name].process(ep.id, ep.cls, pred, data.query_target)
-        for name, ev in evaluators.items():
-            s = ev.evaluate()
-            ci = bootstrap_ci(ev.table(), manifest["classes"])
-            rows.append({"predictor": name, "shot": manifest["shot"], "mIoU": 100 * s["miou"],
-                         "mIoU 95% CI": f"[{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]",
-                         "FB-IoU": 100 * s["fb_iou"], "episodes": s["n_episodes"]})  # fmt: skip
+    cache = FeatureCache(None, enabled=False)
+    jobs = [(path, label, method) for path in manifests for label, method in REFERENCE_PREDICTORS.items()]
+    for path, label, method in tqdm(jobs, desc="reference predictors", disable=not progress, leave=False):
+        spec = CellSpec(method, {"image_size": size}, path, root, "cpu", f"{label}/{path.stem}")
+        r = evaluate_cell(spec, cache)
+        low, high = r.summary["miou_ci"]
+        rows.append(
+            {
+                "predictor": label,
+                "shot": r.manifest["shot"],
+                "mIoU": 100 * r.summary["miou"],
+                "mIoU 95% CI": f"[{100 * low:.1f}, {100 * high:.1f}]",
+                "FB-IoU": 100 * r.summary["fb_iou"],
+                "episodes": r.summary["n_episodes"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -130,10 +128,16 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     write_text_atomic(out / "demo-study.yaml", yaml.safe_dump(raw_study, sort_keys=False))
     study = parse_study(raw_study, source=str(out / "demo-study.yaml"))
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
-    _step(f"running the demo study: {len(study.variants)} variants x 2 shots, {episodes} episodes each, "
-          f"tiny RANDOM-INIT models at 256 px; tracking: {uri}")  # fmt: skip
+    _step(
+        f"running the demo study: {len(study.variants)} variants x 2 shots, {episodes} episodes each, "
+        f"tiny RANDOM-INIT models at 256 px; tracking: {uri}"
+    )
     runner = StudyRunner(study, tracking_uri=uri, work_dir=out / "runs", progress=progress)
     cells = runner.run()
+    if runner.failures:
+        raise FssBenchError(
+            f"{len(runner.failures)} demo cell(s) failed, first: {runner.failures[0].cell}: {runner.failures[0].error}"
+        )
     summary = summary_table(cells)
     manifests = sorted({Path(p) for p in (out / "runs" / "manifests").glob("*.json")})
     _step("scoring the model-free reference predictors on the same manifests")
@@ -181,9 +185,13 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     _step(
         "real data and weights: fssbench data prepare pascal --voc VOC2012 --sbd SBD/dataset --out data/pascal"
     )
-    _step("  then: fssbench run ablations/component-ablation.yaml data.pascal=data/pascal "
-          "model.fssam_checkpoint='exp/{dataset}/{arch}/split{fold}/small/snapshot/best_{shot}shot.pth'")  # fmt: skip
-    _step("  or with pretrained weights only: ... model.fssam_checkpoint=null "
-          "model.sam2_checkpoint=sam2_hiera_small.pt model.dinov2_checkpoint=dinov2_vitb14_pretrain.pth "
-          "(README: Studies)")  # fmt: skip
+    _step(
+        "  then: fssbench run ablations/component-ablation.yaml data.pascal=data/pascal "
+        "model.fssam_checkpoint='exp/{dataset}/{arch}/split{fold}/small/snapshot/best_{shot}shot.pth'"
+    )
+    _step(
+        "  or with pretrained weights only: ... model.fssam_checkpoint=null "
+        "model.sam2_checkpoint=sam2_hiera_small.pt model.dinov2_checkpoint=dinov2_vitb14_pretrain.pth "
+        "(README: Studies)"
+    )
     return report

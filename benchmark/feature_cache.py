@@ -1,7 +1,11 @@
 """Frozen-feature cache: each image is encoded once per encoder and reused by every variant, fold
 and shot. In memory (LRU, bounded by bytes) and on disk (safetensors files), keyed by the encoder's
-identity (architecture, hash of the encoder weights, input size, preprocessing version) and the
-SHA-256 of the image file's bytes.
+identity and the SHA-256 of the image file's bytes. The identity is the encoder's own
+``identity()``: everything that changes a feature (architecture, weight hash, every resize in the
+chain, the precision the encoder ran in, the preprocessing version) and nothing else.
+
+Files are written to a temporary name in the same folder, fsynced and renamed, so processes that
+fill one cache directory together only ever see complete files; an unreadable file is recomputed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from benchmark.io_utils import write_text_atomic
 
 Features = dict[str, torch.Tensor]
 
@@ -39,8 +45,10 @@ class CacheStats:
     def summary(self) -> str:
         total = self.hits + self.misses
         rate = 100 * self.hits / total if total else 0.0
-        return (f"feature cache: {self.hits}/{total} hits ({rate:.0f}%: {self.memory_hits} memory, {self.disk_hits} disk), "
-                f"{self.misses} computed, {self.disk_bytes_written / 2**20:.1f} MiB written")  # fmt: skip
+        return (
+            f"feature cache: {self.hits}/{total} hits ({rate:.0f}%: {self.memory_hits} memory, {self.disk_hits} disk), "
+            f"{self.misses} computed, {self.disk_bytes_written / 2**20:.1f} MiB written"
+        )
 
 
 class FeatureCache:
@@ -97,13 +105,19 @@ class FeatureCache:
             path = self._path(key, ident)
             path.parent.mkdir(parents=True, exist_ok=True)
             if not (self.directory / ident[:16] / "identity.json").exists():
-                (self.directory / ident[:16] / "identity.json").write_text(
-                    json.dumps(identity, indent=1, sort_keys=True)
+                write_text_atomic(
+                    self.directory / ident[:16] / "identity.json",
+                    json.dumps(identity, indent=1, sort_keys=True),
                 )
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             os.close(fd)
             try:
                 save_file(feats, tmp)
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
                 self.stats.disk_bytes_written += path.stat().st_size
             finally:

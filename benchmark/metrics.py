@@ -5,7 +5,7 @@ Everything here is a pure function (arrays/tensors in, numbers/tables out), exce
 
 Pipeline for one episode (1-way, K-shot), following FSSAM/BAM/PFENet ``test.py``::
 
-    target = episode_target(label, cls)                  # (H, W) uint8 in {0, 1, 255}
+    target = episode_target(label, cls)                  # (H, W) uint8 in {0, 1, 255} (the episode loader)
     pred = prediction_at_label_size(logits, (H, W))      # (H, W) bool
     I_bg, U_bg, I_fg, U_fg = intersection_union(pred, target)
 
@@ -53,7 +53,6 @@ __all__ = [
     "check_table",
     "class_iou",
     "episode_table",
-    "episode_target",
     "fb_iou",
     "fg_iou",
     "intersection_union",
@@ -82,33 +81,6 @@ class MetricsError(FssBenchError, ValueError):
 # ---------------------------------------------------------------------------------------------------
 # Per-episode quantities
 # ---------------------------------------------------------------------------------------------------
-
-
-def episode_target(label: ArrayT, cls: int) -> ArrayT:
-    """Binary target of one episode from a semantic label map.
-
-    Args:
-        label: ``(H, W)`` semantic label (numpy array or torch tensor, any integer dtype) holding
-            1-based class ids, 0 for background and :data:`IGNORE_LABEL` (255) for "ignore".
-        cls: the episode's target class id, in ``1..254``.
-
-    Returns:
-        Same type (and, for tensors, device) as ``label``, shape ``(H, W)``, dtype uint8:
-        1 where ``label == cls``, 255 where ``label == 255``, 0 elsewhere (other classes included).
-    """
-    cls = _as_int(cls, "cls")
-    if not 0 < cls < IGNORE_LABEL:
-        raise MetricsError(f"episode_target: class id must be in 1..{IGNORE_LABEL - 1}, got {cls}")
-    if isinstance(label, torch.Tensor):
-        out_t = torch.zeros(label.shape, dtype=torch.uint8, device=label.device)
-        out_t[label == cls] = 1
-        out_t[label == IGNORE_LABEL] = IGNORE_LABEL
-        return out_t
-    arr = np.asarray(label)
-    out = np.zeros(arr.shape, dtype=np.uint8)
-    out[arr == cls] = 1
-    out[arr == IGNORE_LABEL] = IGNORE_LABEL
-    return out
 
 
 def prediction_at_label_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -79,8 +79,10 @@ def bench_model(
 
 def print_bench(r: dict) -> None:
     print("RANDOM-INIT WEIGHTS (timing only; predictions are meaningless)")
-    print(f"FSSAM episode, {r['sam2']} + DINOv2 {r['dinov2']}, {r['image_size']} px, {r['shots']}-shot, "
-          f"{r['device']} ({r['machine']})")  # fmt: skip
+    print(
+        f"FSSAM episode, {r['sam2']} + DINOv2 {r['dinov2']}, {r['image_size']} px, {r['shots']}-shot, "
+        f"{r['device']} ({r['machine']})"
+    )
     print(f"  encoders + predict (no cache):   {r['seconds_full']:.3f} s/episode")
     print(f"  predict on precomputed features: {r['seconds_cached']:.3f} s/episode")
     print(f"  ratio: {r['ratio']:.1f}x")

@@ -21,9 +21,16 @@ from benchmark.study import Study
 def _timed_run(
     study: Study, work: Path, cache_dir: Path, use_cache: bool, progress: bool
 ) -> tuple[float, pd.DataFrame, str]:
-    runner = StudyRunner(study, tracking_uri=f"sqlite:///{work / 'mlflow.db'}", work_dir=work, use_cache=use_cache,
-                         cache_dir=cache_dir, progress=progress, qualitative=0)  # fmt: skip
-    runner.log = lambda *a, **k: None
+    runner = StudyRunner(
+        study,
+        tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+        work_dir=work,
+        use_cache=use_cache,
+        cache_dir=cache_dir,
+        progress=progress,
+        qualitative=0,
+        log=lambda *a, **k: None,
+    )
     t0 = time.perf_counter()
     cells = runner.run()
     return time.perf_counter() - t0, cells, runner.cache.stats.summary()
@@ -43,9 +50,14 @@ def profile_study(study: Study, work_dir: Path | None = None, progress: bool = T
     for label, (_, cells, _) in runs.items():
         g = cells.groupby("variant", sort=False)
         for variant, df in g:
-            per_variant.append({"variant": variant, "run": label,
-                                "episodes/s": df["episodes_run"].sum() / df["seconds"].sum(),
-                                "peak MiB": df["peak_mem_mb"].max()})  # fmt: skip
+            per_variant.append(
+                {
+                    "variant": variant,
+                    "run": label,
+                    "episodes/s": df["episodes_run"].sum() / df["seconds"].sum(),
+                    "peak MiB": df["peak_mem_mb"].max(),
+                }
+            )
     table = pd.DataFrame(per_variant).pivot(index="variant", columns="run", values="episodes/s")
     table = table.loc[
         [v.name for v in study.variants], ["no cache", "cold cache", "warm cache"]
@@ -71,8 +83,10 @@ def print_profile(study: Study, r: dict) -> None:
 
     if study.random_init:
         print("RANDOM-INIT WEIGHTS (timing only)")
-    print(f"study {study.name!r}: {r['cells']} cells, {r['episodes']} episodes per run; "
-          f"{platform.machine()}, {torch.get_num_threads()} torch threads, cuda={torch.cuda.is_available()}")  # fmt: skip
+    print(
+        f"study {study.name!r}: {r['cells']} cells, {r['episodes']} episodes per run; "
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, cuda={torch.cuda.is_available()}"
+    )
     print()
     print(r["per_variant"].to_markdown(index=False, floatfmt=".2f"))
     print()

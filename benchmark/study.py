@@ -16,11 +16,13 @@ A study file is YAML (see ``ablations/``)::
       no-imr: {imr_iters: 0}
       naive: {method: naive_sam2}
 
-Model settings are ``FSSAMConfig`` fields plus ``device`` (auto | cpu | cuda[:i]) and
-``fssam_checkpoint``, the authors' trained checkpoint, a template that may use ``{dataset}``,
-``{fold}``, ``{shot}`` and ``{arch}`` (FSSAM for 1 shot, FSSAM5s otherwise), e.g.
-``exp/{dataset}/{arch}/split{fold}/small/snapshot/best_{shot}shot.pth``. A variant may override any
-model setting. ``key=value`` overrides from the command line use dotted paths
+A variant's ``method`` is a registered method (``benchmark.methods``: fssam, naive_sam2,
+mean_colour, all_foreground); each method validates its own switches, and its resolved settings
+(every default filled in) are what a cell records. ``model`` holds defaults for every variant: a
+variant takes those its method accepts (a key no method of the study accepts is an error), plus
+``device`` (auto | cpu | cuda[:i]). FSSAM's ``fssam_checkpoint``, the authors' trained checkpoint,
+is a template that may use ``{dataset}``, ``{fold}``, ``{shot}`` and ``{arch}`` (FSSAM for 1 shot,
+FSSAM5s otherwise), e.g. ``exp/{dataset}/{arch}/split{fold}/small/snapshot/best_{shot}shot.pth``. ``key=value`` overrides from the command line use dotted paths
 (``episodes=20``, ``model.random_init=true``, ``variants.fssam.imr_iters=2``).
 """
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +40,37 @@ from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes import PROTOCOLS
 from benchmark.errors import FssBenchError
-from fssam.config import FSSAMConfig
+from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
 
-METHODS = ("fssam", "naive_sam2")
-MODEL_EXTRA_FIELDS = ("device", "fssam_checkpoint")
-CHECKPOINT_FIELDS = ("sam2_checkpoint", "dinov2_checkpoint", "fssam_checkpoint")
-TOP_LEVEL = ("name", "description", "data", "protocol", "folds", "shots", "seeds", "episodes", "split", "model",
-             "variants")  # fmt: skip
+TOP_LEVEL = (
+    "name",
+    "description",
+    "data",
+    "protocol",
+    "folds",
+    "shots",
+    "seeds",
+    "episodes",
+    "split",
+    "model",
+    "variants",
+)
+HARNESS_FIELDS = ("device",)  # model-block settings that belong to the harness, not to a method
 
 
 @dataclass(frozen=True)
 class Variant:
+    """A named method with its resolved settings (every setting of the method, defaults included;
+    checkpoint templates not yet filled in) and the device it runs on."""
+
     name: str
     method: str
-    settings: dict[str, Any]  # resolved model settings: FSSAMConfig fields + device + fssam_checkpoint
+    settings: dict[str, Any]
+    device: str = "auto"
 
-    def fssam_config(self) -> FSSAMConfig:
-        return FSSAMConfig.from_dict({k: v for k, v in self.settings.items() if k not in MODEL_EXTRA_FIELDS})
-
-    def checkpoint_for(self, dataset: str, fold: int, shot: int) -> str | None:
-        """The authors' checkpoint path of a cell (template filled in), or None."""
-        template = self.settings.get("fssam_checkpoint")
-        if not template or self.method != "fssam":
-            return None
-        return str(template).format(
-            dataset=dataset, fold=fold, shot=shot, arch="FSSAM" if shot == 1 else "FSSAM5s"
-        )
+    def cell_settings(self, dataset: str, fold: int, shot: int) -> dict[str, Any]:
+        """The settings of one cell: checkpoint templates filled in for (dataset, fold, shot)."""
+        return fill_templates(get_method(self.method), self.settings, dataset=dataset, fold=fold, shot=shot)
 
 
 @dataclass
@@ -186,43 +193,29 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     model = raw.get("model") or {}
     if not isinstance(model, dict):
         raise FssBenchError(f"{source}: model: expected a mapping of model settings")
-    allowed = {f.name for f in fields(FSSAMConfig)} | set(MODEL_EXTRA_FIELDS)
-    for key in model:
-        if key not in allowed:
-            raise FssBenchError(f"{source}: model.{key}: unknown setting; known: {sorted(allowed)}")
     variants_raw = raw.get("variants")
     if not isinstance(variants_raw, dict) or not variants_raw:
         raise FssBenchError(f"{source}: variants: expected a non-empty mapping name -> switches")
-    variants = []
     for vname, switches in variants_raw.items():
-        switches = switches or {}
-        if not isinstance(switches, dict):
+        if switches is not None and not isinstance(switches, dict):
             raise FssBenchError(f"{source}: variants.{vname}: expected a mapping of switches")
-        method = switches.get("method", "fssam")
-        if method not in METHODS:
+        method = (switches or {}).get("method", "fssam")
+        if method not in method_names():
             raise FssBenchError(
-                f"{source}: variants.{vname}.method: {method!r} is not one of {list(METHODS)}"
+                f"{source}: variants.{vname}.method: {method!r} is not one of {method_names()}"
             )
-        for key in switches:
-            if key != "method" and key not in allowed:
-                raise FssBenchError(
-                    f"{source}: variants.{vname}.{key}: unknown switch; known: {sorted(allowed)}"
-                )
-        settings = {**model, **{k: v for k, v in switches.items() if k != "method"}}
-        settings.setdefault("device", "auto")
-        if settings.get("random_init"):  # random weights replace any checkpoint (tests, demos, timing)
-            for key in CHECKPOINT_FIELDS:
-                settings.pop(key, None)
-        for key in CHECKPOINT_FIELDS:
-            if settings.get(key) and not Path(str(settings[key])).is_absolute():
-                settings[key] = str(base_dir / str(settings[key]))
-        variant = Variant(str(vname), method, settings)
-        try:
-            variant.fssam_config()
-        except FssBenchError as e:
-            raise FssBenchError(f"{source}: variants.{vname}: {e}") from None
-        _check_weights(variant, roots, folds, shots, source)
-        variants.append(variant)
+    entries = {get_method((sw or {}).get("method", "fssam")) for sw in variants_raw.values()}
+    known = set(HARNESS_FIELDS).union(*(e.defaults for e in entries))
+    for key in model:
+        if key not in known:
+            raise FssBenchError(
+                f"{source}: model.{key}: unknown setting for the study's methods "
+                f"({', '.join(sorted(e.name for e in entries))}); known: {sorted(known)}"
+            )
+    variants = [
+        _parse_variant(str(vname), switches or {}, model, roots, folds, shots, source, base_dir)
+        for vname, switches in variants_raw.items()
+    ]
     return Study(
         name=name.strip(),
         data=roots,
@@ -239,30 +232,49 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     )
 
 
-def _check_weights(
-    variant: Variant, roots: dict[str, Path], folds: list[int], shots: list[int], source: str
-) -> None:
-    s, where = variant.settings, f"{source}: variants.{variant.name}"
-    if s.get("random_init"):
-        return
-    if variant.method == "fssam" and s.get("fssam_checkpoint"):
-        for ds in roots:
-            for fold in folds:
-                for shot in shots:
-                    check_checkpoint_file(variant.checkpoint_for(ds, fold, shot), f"{where}.fssam_checkpoint")
-        return
-    if not s.get("sam2_checkpoint"):
-        raise FssBenchError(
-            f"{where}: no weights: set model.sam2_checkpoint (and model.dinov2_checkpoint), or "
-            "model.fssam_checkpoint, or model.random_init: true for random weights (tests and demos only)"
-        )
-    check_checkpoint_file(s["sam2_checkpoint"], f"{where}.sam2_checkpoint")
-    if variant.method == "fssam" and variant.fssam_config().needs_dinov2:
-        if not s.get("dinov2_checkpoint"):
-            raise FssBenchError(
-                f"{where}.dinov2_checkpoint: prior {s.get('prior', 'disc')!r} needs DINOv2 weights"
-            )
-        check_checkpoint_file(s["dinov2_checkpoint"], f"{where}.dinov2_checkpoint")
+def _parse_variant(
+    vname: str,
+    switches: dict[str, Any],
+    model: dict[str, Any],
+    roots: dict[str, Path],
+    folds: list[int],
+    shots: list[int],
+    source: str,
+    base_dir: Path,
+) -> Variant:
+    """One variant: the model defaults the method accepts, the variant's switches over them, each
+    validated by the method itself; weights checked for every cell before any work."""
+    where = f"{source}: variants.{vname}"
+    entry = get_method(switches.get("method", "fssam"))
+    own = {k: v for k, v in switches.items() if k not in ("method", *HARNESS_FIELDS)}
+    inherited = {k: v for k, v in model.items() if k in entry.defaults}
+    device = str(switches.get("device", model.get("device", "auto")))
+    settings = entry.resolve({**inherited, **own}, where=where)
+    if settings.get("random_init"):  # random weights replace any checkpoint (tests, demos, timing)
+        settings.update({key: None for key in entry.checkpoints})
+    for key in entry.checkpoints:
+        if settings.get(key) and not Path(str(settings[key])).is_absolute():
+            settings[key] = str(base_dir / str(settings[key]))
+    variant = Variant(vname, entry.name, settings, device)
+    for ds in roots:
+        for fold in folds:
+            for shot in shots:
+                try:
+                    sources = entry.weight_sources(variant.cell_settings(ds, fold, shot))
+                except FssBenchError as e:
+                    raise FssBenchError(f"{where}.{e}") from None
+                for role, path in sources.items():
+                    if not path.startswith("random-init:"):
+                        check_checkpoint_file(path, f"{where}.{_checkpoint_field(entry, role)}")
+    return variant
+
+
+def _checkpoint_field(entry: MethodEntry, role: str) -> str:
+    """The setting that names the weights of ``role`` (``sam2`` -> ``sam2_checkpoint``)."""
+    for key in entry.checkpoints:
+        if key.startswith(role):
+            return key
+    return role
 
 
 def load_study(path: Path, overrides: list[str] | None = None) -> Study:

@@ -8,6 +8,7 @@ cell is found again by its ``fss.cell_key`` tag, which is how resume works acros
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmark.errors import FssBenchError
 
 CELL_KEY_TAG = "fss.cell_key"
 
@@ -32,8 +35,13 @@ def git_commit() -> str:
         )
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -62,31 +70,43 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
-        try:
-            self.client.search_experiments(max_results=1)  # creates and migrates a SQLite store once, here
-        except Exception as e:
-            from benchmark.errors import FssBenchError
+        with self.store_lock():  # processes started together never race on the first migration
+            self.client = MlflowClient(self.uri)
+            try:
+                self.client.search_experiments(max_results=1)  # creates and migrates a SQLite store once
+            except Exception as e:
+                raise FssBenchError(
+                    f"tracking store {self.uri} is not usable ({type(e).__name__}: {str(e)[:200]})"
+                ) from None
 
-            raise FssBenchError(
-                f"tracking store {self.uri} is not usable ({type(e).__name__}: {str(e)[:200]})"
-            ) from None
+    def store_lock(self) -> contextlib.AbstractContextManager:
+        """An inter-process lock beside a local SQLite store (schema creation, experiment creation);
+        a no-op for servers, which serialise these themselves."""
+        if not self.is_local_sqlite:
+            return contextlib.nullcontext()
+        from filelock import FileLock
+
+        db = Path(self.uri[len("sqlite:///") :])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(db) + ".lock", timeout=600)
 
     @property
     def is_local_sqlite(self) -> bool:
         return self.uri.startswith("sqlite:///")
 
     def experiment_id(self, name: str) -> str:
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        location = None
-        if self.is_local_sqlite:
-            db = Path(self.uri[len("sqlite:///") :])
-            location = (db.parent / "mlartifacts").resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        """The experiment of a study, created once (under the store lock) if it does not exist."""
+        with self.store_lock():
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                return exp.experiment_id
+            location = None
+            if self.is_local_sqlite:
+                db = Path(self.uri[len("sqlite:///") :])
+                location = (db.parent / "mlartifacts").resolve().as_uri()
+            return self.client.create_experiment(name, artifact_location=location)
 
     def start_parent(
         self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, Any]
@@ -109,6 +129,23 @@ class Tracker:
         done = [r for r in self.cell_runs(experiment_id, key) if r.info.status == "FINISHED"]
         return done[0] if done else None
 
+    def finished_cells(self, experiment_id: str) -> dict[str, Any]:
+        """cell key -> its FINISHED cell run, for the whole experiment in a few queries."""
+        out: dict[str, Any] = {}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id],
+                filter_string="tags.`fss.kind` = 'cell' and attributes.status = 'FINISHED'",
+                max_results=1000,
+                page_token=token,
+            )
+            for r in page:
+                out.setdefault(r.data.tags.get(CELL_KEY_TAG, ""), r)
+            token = page.token
+            if not token:
+                return out
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -116,20 +153,12 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
 
-    def log_cell(
-        self,
-        experiment_id: str,
-        parent_id: str,
-        run_name: str,
-        params: dict[str, Any],
-        tags: dict[str, str],
-        metrics: dict[str, float],
-        artifacts: list[tuple[Path, str | None]],
+    def start_cell(
+        self, experiment_id: str, parent_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
     ) -> str:
-        """Create, fill and finish a child run for a cell; earlier unfinished runs of the same cell
-        (an interrupted log) are deleted first, so each cell has exactly one run."""
-        from mlflow.entities import Metric, RunTag
-
+        """A RUNNING child run for a cell, with its params and tags. The caller holds the cell's lock:
+        earlier unfinished runs of the same cell (killed, failed, torn) are deleted first, so each
+        cell has exactly one run."""
         for old in self.cell_runs(experiment_id, tags[CELL_KEY_TAG]):
             if old.info.status != "FINISHED":
                 self.client.delete_run(old.info.run_id)
@@ -138,21 +167,33 @@ class Tracker:
             run_name=run_name,
             tags={**tags, "mlflow.parentRunId": parent_id, "fss.kind": "cell"},
         )
-        rid = run.info.run_id
-        try:
-            self.log_params(rid, params)
-            now = int(time.time() * 1000)
-            ms = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
-            for i in range(0, len(ms), 500):
-                self.client.log_batch(rid, metrics=ms[i : i + 500], synchronous=True)
-            self.client.log_batch(rid, tags=[RunTag("fss.logged", "true")], synchronous=True)
-            for path, artifact_path in artifacts:
-                self.client.log_artifact(rid, str(path), artifact_path)
-        except BaseException:
-            self.client.set_terminated(rid, status="FAILED")
-            raise
-        self.client.set_terminated(rid, status="FINISHED")
-        return rid
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def finish_cell(
+        self,
+        run_id: str,
+        metrics: dict[str, float],
+        artifacts: list[tuple[Path, str | None]],
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Log a cell's metrics, tags and artifacts, then mark it FINISHED (only then is it done)."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
+        for i in range(0, len(ms), 500):
+            self.client.log_batch(run_id, metrics=ms[i : i + 500], synchronous=True)
+        extra = [RunTag(k, str(v)) for k, v in sorted((tags or {}).items())] + [RunTag("fss.logged", "true")]
+        self.client.log_batch(run_id, tags=extra, synchronous=True)
+        for path, artifact_path in artifacts:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail_cell(self, run_id: str, error: str, status: str = "FAILED") -> None:
+        """Mark a cell FAILED (or KILLED) with the error text as the ``fss.error`` tag."""
+        self.client.set_tag(run_id, "fss.error", error[:5000])
+        self.client.set_terminated(run_id, status=status)
 
 
 def flat_params(prefix: str, d: dict[str, Any]) -> dict[str, str]:

@@ -14,10 +14,10 @@ from typing import Any
 
 from torch import Tensor
 
-from benchmark.errors import FssBenchError
-from benchmark.io_utils import file_sha256
 from fssam.config import FSSAMConfig
 from fssam.dinov2 import dinov2_from_meta_state_dict, export_meta_state_dict
+from fssam.errors import FSSAMError
+from fssam.hashing import file_sha256
 from fssam.sam2_adapter import (
     build_sam2_model,
     load_state_dict_strict,
@@ -31,7 +31,7 @@ def authors_state_dict(path: str | Path) -> dict[str, Tensor]:
     ckpt = read_checkpoint(Path(path))
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not sd:
-        raise FssBenchError(f"{path}: not an FSSAM checkpoint (expected a dict with 'state_dict')")
+        raise FSSAMError(f"{path}: not an FSSAM checkpoint (expected a dict with 'state_dict')")
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
@@ -43,9 +43,9 @@ def split_authors_state_dict(
     dino = {k[len("dino.") :]: v for k, v in sd.items() if k.startswith("dino.")}
     other = sorted(k for k in sd if not k.startswith(("sam2.", "dino.")))
     if other:
-        raise FssBenchError(f"{source}: unexpected keys outside sam2.* and dino.*: {', '.join(other[:5])}")
+        raise FSSAMError(f"{source}: unexpected keys outside sam2.* and dino.*: {', '.join(other[:5])}")
     if not sam2:
-        raise FssBenchError(f"{source}: no sam2.* keys; is this an FSSAM checkpoint?")
+        raise FSSAMError(f"{source}: no sam2.* keys; is this an FSSAM checkpoint?")
     return sam2, dino
 
 
@@ -57,7 +57,7 @@ def load_authors_checkpoint(
     version, size = parse_sam2_config(sam2_config)
     for reserved in ("sam2_version", "sam2_size", "image_size", "dinov2", "random_init", "sam2_checkpoint"):
         if reserved in switches:
-            raise FssBenchError(f"{reserved} is set by from_authors_checkpoint's arguments, not a switch")
+            raise FSSAMError(f"{reserved} is set by from_authors_checkpoint's arguments, not a switch")
     config = FSSAMConfig(
         sam2_version=version, sam2_size=size, image_size=image_size, dinov2=dinov2, **switches
     )
@@ -69,7 +69,7 @@ def load_authors_checkpoint(
     dino = None
     if config.needs_dinov2:
         if not dino_sd:
-            raise FssBenchError(f"{path}: no dino.* keys, but prior={config.prior!r} needs DINOv2")
+            raise FSSAMError(f"{path}: no dino.* keys, but prior={config.prior!r} needs DINOv2")
         dino = dinov2_from_meta_state_dict(dinov2, dino_sd, f"{path} (dino.*)", sha, config.dinov2_input_size)
     model = cls(config, sam2=sam, dino=dino)
     model.checkpoint_path = str(path)

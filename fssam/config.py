@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from benchmark.errors import FssBenchError
+from fssam.errors import FSSAMError
 from fssam.imr import IMR_VERSIONS
 from fssam.sam2_adapter import SAM2_SIZES, SAM2_VERSIONS
 from fssam.scma import KSHOT_MODES
@@ -48,7 +48,7 @@ class FSSAMConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise FssBenchError naming the first bad field."""
+        """Raise FSSAMError naming the first bad field."""
         choices = {
             "sam2_version": SAM2_VERSIONS,
             "sam2_size": SAM2_SIZES,
@@ -60,17 +60,17 @@ class FSSAMConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise FssBenchError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+                raise FSSAMError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         if not isinstance(self.imr_iters, int) or self.imr_iters < 0:
-            raise FssBenchError(f"imr_iters must be an integer >= 0, got {self.imr_iters!r}")
+            raise FSSAMError(f"imr_iters must be an integer >= 0, got {self.imr_iters!r}")
         if self.image_size % 64 or self.image_size <= 0:
-            raise FssBenchError(f"image_size must be a positive multiple of 64, got {self.image_size!r}")
+            raise FSSAMError(f"image_size must be a positive multiple of 64, got {self.image_size!r}")
         if self.dinov2_input_size % 14 or self.dinov2_input_size <= 0:
-            raise FssBenchError(
+            raise FSSAMError(
                 f"dinov2_input_size must be a positive multiple of 14, got {self.dinov2_input_size!r}"
             )
         if self.scma_scale < 0:
-            raise FssBenchError(f"scma_scale must be >= 0, got {self.scma_scale!r}")
+            raise FSSAMError(f"scma_scale must be >= 0, got {self.scma_scale!r}")
 
     @property
     def needs_dinov2(self) -> bool:
@@ -84,5 +84,5 @@ class FSSAMConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise FssBenchError(f"unknown FSSAM setting(s) {unknown}; known: {sorted(known)}")
+            raise FSSAMError(f"unknown FSSAM setting(s) {unknown}; known: {sorted(known)}")
         return cls(**d)

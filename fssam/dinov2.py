@@ -55,8 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.errors import FssBenchError
-from benchmark.io_utils import file_sha256
+from fssam.errors import FSSAMError
+from fssam.hashing import file_sha256
 
 __all__ = [
     "DINOV2_ARCHS",
@@ -82,7 +82,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FSSAM_INPUT_SIZE = 560
 
 
-class DINOv2Error(FssBenchError, ValueError):
+class DINOv2Error(FSSAMError, ValueError):
     """A DINOv2 build/load error (one-line message naming the file and the arch). Also a ValueError."""
 
 

@@ -12,6 +12,7 @@ image once and reuse the features across variants and episodes::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.errors import FssBenchError
 from fssam.config import FSSAMConfig
 from fssam.dinov2 import build_dinov2
+from fssam.errors import FSSAMError
 from fssam.imr import iterative_memory_refinement
 from fssam.ops import resize
 from fssam.priors import pseudo_prompt_priors
@@ -30,15 +31,16 @@ from fssam.sam2_adapter import (
     PREPROCESSING_VERSION,
     MaskMemory,
     SAM2Features,
+    SAM2ImageEncoder,
     autocast_context,
     build_sam2_model,
     decode,
+    effective_precision,
     encode_image,
     flatten_levels,
     mask_to_memory,
     memory_tokens,
     module_sha256,
-    sam2_feature_identity,
     sam2_trainable_modules,
     split_shots,
     weights_id,
@@ -81,9 +83,47 @@ class EncodedImages:
         return out
 
     @staticmethod
-    def from_tensors(d: dict[str, Tensor]) -> EncodedImages:
+    def from_tensors(d: Mapping[str, Tensor]) -> EncodedImages:
         levels = [d[f"sam2.{i}"] for i in range(sum(k.startswith("sam2.") for k in d))]
         return EncodedImages(SAM2Features(levels), d.get("dino"))
+
+    @staticmethod
+    def coerce(x: EncodedImages | Mapping[str, Tensor]) -> EncodedImages:
+        """Accept features as EncodedImages or as the flat dict the encoders return (``to_tensors``)."""
+        return x if isinstance(x, EncodedImages) else EncodedImages.from_tensors(x)
+
+
+class DINOv2PriorEncoder:
+    """The DINOv2 backbone of the priors as a cacheable encoder (the harness's ``FrozenEncoder``).
+
+    ``encode``: (N, 3, S, S) float RGB 0..255 at SAM 2's image size S -> ``{"dino": (N, C, g, g)}``.
+    The backbone resizes S to its own input size, so both sizes of that chain are in ``identity()``.
+    """
+
+    def __init__(self, dino: nn.Module, source_size: int, precision: str = "auto"):
+        self.dino, self.source_size, self.precision = dino, source_size, precision
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dino.parameters()).device
+
+    def identity(self) -> dict[str, Any]:
+        if not hasattr(self.dino, "_fss_sha256"):
+            self.dino._fss_sha256 = module_sha256(self.dino)
+        return {
+            "encoder": f"dinov2-{self.dino.arch}",
+            "weights": self.dino._fss_sha256,
+            "resize_chain": [self.source_size, self.dino.input_size],  # loader -> S, backbone -> input size
+            "input_size": self.dino.input_size,
+            "preprocessing": PREPROCESSING_VERSION,
+            "precision": effective_precision(self.device, self.precision),
+        }
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> dict[str, Tensor]:
+        images = images.to(self.device)
+        with autocast_context(images.device, self.precision):
+            return {"dino": self.dino(images).float()}
 
 
 class FSSAM(nn.Module):
@@ -114,9 +154,7 @@ class FSSAM(nn.Module):
                 seed=config.seed + 1,
             )
         if sam2.image_size != config.image_size:
-            raise FssBenchError(
-                f"SAM 2 model runs at {sam2.image_size} px but image_size={config.image_size}"
-            )
+            raise FSSAMError(f"SAM 2 model runs at {sam2.image_size} px but image_size={config.image_size}")
         self.sam2 = sam2
         self.dino = dino
         self.freeze()
@@ -137,23 +175,30 @@ class FSSAM(nn.Module):
             )
         return out
 
-    def feature_identity(self) -> dict[str, dict[str, Any]]:
-        """What ``encode_images``' outputs depend on, per encoder (the feature-cache keys).
+    @property
+    def image_size(self) -> int:
+        """S: the side images and masks are resized to before the encoders."""
+        return self.config.image_size
 
-        ``sam2``: architecture, image size, hash of the image-encoder weights, preprocessing version;
-        ``dino`` (when the prior needs DINOv2): architecture, input size, weights hash, preprocessing.
+    @property
+    def device(self) -> torch.device:
+        return self.sam2.device
+
+    @property
+    def encoders(self) -> dict[str, SAM2ImageEncoder | DINOv2PriorEncoder]:
+        """The frozen encoders, by name: ``sam2`` always, ``dino`` when the prior needs DINOv2.
+
+        Their outputs are a pure function of the image and ``identity()``, so a harness may cache
+        them; ``predict`` takes the merged dicts of their outputs.
         """
-        ident: dict[str, dict[str, Any]] = {"sam2": sam2_feature_identity(self.sam2)}
+        out: dict[str, Any] = {"sam2": SAM2ImageEncoder(self.sam2, self.config.precision)}
         if self.dino is not None:
-            if not hasattr(self.dino, "_fss_sha256"):
-                self.dino._fss_sha256 = module_sha256(self.dino)
-            ident["dino"] = {
-                "encoder": f"dinov2-{self.dino.arch}",
-                "weights": self.dino._fss_sha256,
-                "input_size": self.dino.input_size,
-                "preprocessing": PREPROCESSING_VERSION,
-            }
-        return ident
+            out["dino"] = DINOv2PriorEncoder(self.dino, self.image_size, self.config.precision)
+        return out
+
+    def feature_identity(self) -> dict[str, dict[str, Any]]:
+        """What ``encode_images``' outputs depend on, per encoder (the feature-cache keys)."""
+        return {name: enc.identity() for name, enc in self.encoders.items()}
 
     @torch.no_grad()
     def encode_sam2(self, images: Tensor) -> SAM2Features:
@@ -166,7 +211,7 @@ class FSSAM(nn.Module):
     def encode_dino(self, images: Tensor) -> Tensor:
         """DINOv2 patch tokens only, (N, C, g, g)."""
         if self.dino is None:
-            raise FssBenchError(f"prior={self.config.prior!r} uses no DINOv2 backbone")
+            raise FSSAMError(f"prior={self.config.prior!r} uses no DINOv2 backbone")
         images = images.to(self.sam2.device)
         with self._autocast(images.device):
             return self.dino(images).float()
@@ -209,8 +254,8 @@ class FSSAM(nn.Module):
 
     def predict(
         self,
-        query: EncodedImages,
-        supports: EncodedImages,
+        query: EncodedImages | Mapping[str, Tensor],
+        supports: EncodedImages | Mapping[str, Tensor],
         support_masks: Tensor,
         query_mask: Tensor | None = None,
         return_intermediates: bool = False,
@@ -218,7 +263,8 @@ class FSSAM(nn.Module):
         """Foreground logits of the queries.
 
         Args:
-            query: features of B query images.
+            query: features of B query images (EncodedImages, or the merged dict of ``encoders``'
+                outputs: ``sam2.0..2`` and ``dino``).
             supports: features of B*K support images, ordered (b0k0, b0k1, ..., b1k0, ...).
             support_masks: (B, K, S, S) in {0, 1, 255}; 255 counts as background.
             query_mask: (B, S, S) in {0, 1, 255}; only for ``prior="oracle"``.
@@ -226,11 +272,12 @@ class FSSAM(nn.Module):
             (B, S, S) logits, and with ``return_intermediates`` a dict of priors, memories and IMR steps.
         """
         cfg, sam = self.config, self.sam2
+        query, supports = EncodedImages.coerce(query), EncodedImages.coerce(supports)
         b, k, size = support_masks.shape[0], support_masks.shape[1], cfg.image_size
         if tuple(support_masks.shape[-2:]) != (size, size):
-            raise FssBenchError(f"support masks must be {size}x{size}, got {tuple(support_masks.shape[-2:])}")
+            raise FSSAMError(f"support masks must be {size}x{size}, got {tuple(support_masks.shape[-2:])}")
         if len(supports) != b * k or len(query) != b:
-            raise FssBenchError(
+            raise FSSAMError(
                 f"expected {b} query and {b * k} support feature sets, got {len(query)}, {len(supports)}"
             )
         device = query.sam2.top.device
@@ -244,8 +291,12 @@ class FSSAM(nn.Module):
             memories = split_shots(s_mem, b, k) + ([q_mem] if q_mem is not None else [])
             memory, memory_pos, n_ptr = memory_tokens(sam, memories)
             h, w = s_mem.features.shape[-2:]
-            layout = MemoryLayout(shots=k, tokens_per_memory=h * w, ptr_tokens=n_ptr // len(memories),
-                                  has_query=q_mem is not None)  # fmt: skip
+            layout = MemoryLayout(
+                shots=k,
+                tokens_per_memory=h * w,
+                ptr_tokens=n_ptr // len(memories),
+                has_query=q_mem is not None,
+            )
             calibration = None
             if cfg.scma and q_mem is not None:
                 grid_masks = F.interpolate(s_mask, size=(h, w), mode="nearest")
@@ -294,12 +345,12 @@ class FSSAM(nn.Module):
             return None
         if cfg.prior == "oracle":
             if query_mask is None:
-                raise FssBenchError("prior='oracle' needs the query's ground-truth mask (query_mask=...)")
+                raise FSSAMError("prior='oracle' needs the query's ground-truth mask (query_mask=...)")
             gt = (query_mask.to(s_mask.device) == 1).float().reshape(b, 1, size, size)
             inter.update(prior_fg=gt, prior_disc=gt)
             return mask_to_memory(sam, query.sam2, gt, r16)
         if query.dino is None or supports.dino is None:
-            raise FssBenchError(
+            raise FSSAMError(
                 f"prior={cfg.prior!r} needs DINOv2 features; encode the images with DINOv2 enabled"
             )
         s_dino = supports.dino.reshape(b, k, *supports.dino.shape[1:])

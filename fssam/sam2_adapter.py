@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import FssBenchError
-from benchmark.io_utils import file_sha256
+from fssam.errors import FSSAMError
+from fssam.hashing import file_sha256
 
 SAM2_VERSIONS = ("2.0", "2.1")
 SAM2_SIZES = ("t", "s", "b+", "l")
@@ -37,9 +37,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def sam2_config_name(version: str, size: str) -> str:
     """Hydra config name inside the sam2 package for a version and size."""
     if version not in SAM2_VERSIONS:
-        raise FssBenchError(f"sam2 version must be one of {SAM2_VERSIONS}, got {version!r}")
+        raise FSSAMError(f"sam2 version must be one of {SAM2_VERSIONS}, got {version!r}")
     if size not in SAM2_SIZES:
-        raise FssBenchError(f"sam2 size must be one of {SAM2_SIZES}, got {size!r}")
+        raise FSSAMError(f"sam2 size must be one of {SAM2_SIZES}, got {size!r}")
     if version == "2.0":
         return f"configs/sam2/sam2_hiera_{size}.yaml"
     return f"configs/sam2.1/sam2.1_hiera_{size}.yaml"
@@ -55,7 +55,7 @@ def parse_sam2_config(name: str) -> tuple[str, str]:
     """``"sam2_hiera_s"`` / ``"sam2.1_hiera_b+.yaml"`` (the authors' config names) -> (version, size)."""
     m = re.fullmatch(r"(?:.*/)?sam2(\.1)?_hiera_(t|s|b\+|l)(?:\.yaml)?", name)
     if not m:
-        raise FssBenchError(f"unknown SAM 2 config {name!r}; expected e.g. sam2_hiera_s or sam2.1_hiera_b+")
+        raise FSSAMError(f"unknown SAM 2 config {name!r}; expected e.g. sam2_hiera_s or sam2.1_hiera_b+")
     return ("2.1" if m.group(1) else "2.0"), m.group(2)
 
 
@@ -78,9 +78,7 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, source: st
             parts.append(f"unexpected keys: {_key_summary(unexpected)}")
         if shape:
             parts.append(f"shape mismatch: {_key_summary(shape)}")
-        raise FssBenchError(
-            f"{source} does not fit {what} ({'; '.join(parts)}); check the version/size/config"
-        )
+        raise FSSAMError(f"{source} does not fit {what} ({'; '.join(parts)}); check the version/size/config")
     module.load_state_dict(state_dict, strict=True)
 
 
@@ -88,11 +86,11 @@ def read_checkpoint(path: Path) -> dict:
     """``torch.load`` a checkpoint file (weights only) with a one-line error for missing/corrupt files."""
     path = Path(path)
     if not path.is_file():
-        raise FssBenchError(f"{path}: checkpoint file not found")
+        raise FSSAMError(f"{path}: checkpoint file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt/pickled-object files
-        raise FssBenchError(
+        raise FSSAMError(
             f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
 
@@ -100,7 +98,7 @@ def read_checkpoint(path: Path) -> dict:
 def sam2_overrides(image_size: int) -> list[str]:
     """Hydra overrides that run SAM 2 at ``image_size`` (RoPE grids follow the stride-16 feature size)."""
     if image_size % 64:
-        raise FssBenchError(
+        raise FSSAMError(
             f"image_size must be a multiple of 64 (SAM 2 needs stride-64 inputs), got {image_size}"
         )
     g = image_size // 16
@@ -130,12 +128,12 @@ def build_sam2_model(
 
     config = sam2_config_name(version, size)
     if checkpoint is None and not random_init:
-        raise FssBenchError(
+        raise FSSAMError(
             f"no SAM 2 checkpoint given: pass the path of {sam2_checkpoint_name(version, size)} "
             "(sam2_checkpoint=...), or random_init=True for a randomly initialised model (tests, demos)"
         )
     if checkpoint is not None and random_init:
-        raise FssBenchError("give either a SAM 2 checkpoint or random_init=True, not both")
+        raise FSSAMError("give either a SAM 2 checkpoint or random_init=True, not both")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -147,7 +145,7 @@ def build_sam2_model(
         ckpt = read_checkpoint(Path(checkpoint))
         sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(sd, dict):
-            raise FssBenchError(
+            raise FSSAMError(
                 f"{checkpoint}: not a SAM 2 checkpoint (expected a dict with a 'model' state dict)"
             )
         load_state_dict_strict(model, sd, str(checkpoint), f"SAM 2 {version} size {size}")
@@ -201,10 +199,15 @@ def weights_id(sam, seed: int) -> str:
     return getattr(sam, "fss_weights_sha256", None) or f"random-init:seed{seed}:torch{torch.__version__}"
 
 
+def effective_precision(device: torch.device | str, precision: str) -> str:
+    """The precision a model really runs in: "bf16" (autocast) on CUDA for "auto"/"bf16", else "fp32"."""
+    return "bf16" if torch.device(device).type == "cuda" and precision in ("auto", "bf16") else "fp32"
+
+
 def autocast_context(device: torch.device, precision: str):
     """bf16 autocast on CUDA for precision "auto"/"bf16"; nothing elsewhere ("bf16" off CUDA is an error)."""
     if precision == "bf16" and device.type != "cuda":
-        raise FssBenchError("precision='bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
+        raise FSSAMError("precision='bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -266,6 +269,30 @@ def encode_image(sam, images: torch.Tensor) -> SAM2Features:
     backbone_out = sam.forward_image(sam2_preprocess(images, sam.image_size))
     levels = backbone_out["backbone_fpn"][-sam.num_feature_levels :]
     return SAM2Features([x.float() for x in levels])
+
+
+class SAM2ImageEncoder:
+    """SAM 2's frozen image encoder as a cacheable encoder (the harness's ``FrozenEncoder``).
+
+    ``encode``: (N, 3, S, S) float RGB 0..255 -> ``{"sam2.0": (N, 32, S/4, S/4), "sam2.1": (N, 64,
+    S/8, S/8), "sam2.2": (N, 256, S/16, S/16)}`` (fp32). ``identity()`` names everything the output
+    depends on: architecture, image size, image-encoder weights, preprocessing and precision.
+    """
+
+    def __init__(self, sam, precision: str = "auto"):
+        self.sam, self.precision = sam, precision
+
+    def identity(self) -> dict[str, object]:
+        return sam2_feature_identity(self.sam) | {
+            "precision": effective_precision(self.sam.device, self.precision)
+        }
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = images.to(self.sam.device)
+        with autocast_context(images.device, self.precision):
+            feats = encode_image(self.sam, images)
+        return {f"sam2.{i}": x for i, x in enumerate(feats.levels)}
 
 
 def flatten_levels(

@@ -98,8 +98,13 @@ def build_report(
 
     fig_sections: list[Section] = []
     abl_png = fig(F.ablation_bar_chart(ablation, rnd), "ablation-bars")
-    fig_sections.append(Section("Ablation", images=[abl_png],
-                                text=f"Mean mIoU per variant; error bars from the paired 95% CI of the difference from {ref}."))  # fmt: skip
+    fig_sections.append(
+        Section(
+            "Ablation",
+            images=[abl_png],
+            text=f"Mean mIoU per variant; error bars from the paired 95% CI of the difference from {ref}.",
+        )
+    )
     fssam_cells = data.cells[(data.cells["method"] == "fssam") & data.cells["imr_iters"].notna()]
     if fssam_cells["imr_iters"].nunique() > 1:
         fig_sections.append(
@@ -130,16 +135,27 @@ def build_report(
                 continue
             q_images.append(fig(F.qualitative_grid(panels, rnd), f"qualitative-{variant}-{ds}-{shot}shot"))
         if q_images:
-            fig_sections.insert(0, Section("Qualitative results", images=q_images,
-                                           text="Support with mask, query, FG prior, Disc prior, Disc prior after each "
-                                                "IMR iteration, prediction and ground truth; IoU in each row title."))  # fmt: skip
+            fig_sections.insert(
+                0,
+                Section(
+                    "Qualitative results",
+                    images=q_images,
+                    text="Support with mask, query, FG prior, Disc prior, Disc prior after each "
+                    "IMR iteration, prediction and ground truth; IoU in each row title.",
+                ),
+            )
 
     # ---- HTML and Markdown
     for t in result.tables:
         sections.append(Section(t.title, html=t.to_html()))
     footer = f"fssam-bench report of MLflow experiment {experiment!r} ({tracker.uri}), code {git_commit()}."
-    write_html(result.html, f"fssbench report: {experiment}", sections + fig_sections,
-               warning=RANDOM_INIT_WARNING if rnd else None, footer=footer)  # fmt: skip
+    write_html(
+        result.html,
+        f"fssbench report: {experiment}",
+        sections + fig_sections,
+        warning=RANDOM_INIT_WARNING if rnd else None,
+        footer=footer,
+    )
     md = [f"# fssbench report: {experiment}", ""]
     if rnd:
         md += [f"> **{RANDOM_INIT_WARNING}**", ""]
@@ -154,9 +170,15 @@ def build_report(
 
 
 def _log_report(tracker: Tracker, data: ExperimentData, out: Path) -> str:
-    run = tracker.client.create_run(data.experiment_id, run_name=f"report {pd.Timestamp.now():%Y-%m-%d %H:%M:%S}",
-                                    tags={"fss.kind": "report", "fss.random_init": str(data.random_init).lower(),
-                                          "fss.git_commit": git_commit()})  # fmt: skip
+    run = tracker.client.create_run(
+        data.experiment_id,
+        run_name=f"report {pd.Timestamp.now():%Y-%m-%d %H:%M:%S}",
+        tags={
+            "fss.kind": "report",
+            "fss.random_init": str(data.random_init).lower(),
+            "fss.git_commit": git_commit(),
+        },
+    )
     rid = run.info.run_id
     try:
         tracker.client.log_artifacts(rid, str(out), "report")

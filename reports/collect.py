@@ -50,8 +50,9 @@ def collect_experiment(tracker, experiment: str, download_dir: Path) -> Experime
     runs = []
     token = None
     while True:
-        page = client.search_runs([exp.experiment_id], filter_string="tags.`fss.kind` = 'cell'", max_results=1000,
-                                  page_token=token)  # fmt: skip
+        page = client.search_runs(
+            [exp.experiment_id], filter_string="tags.`fss.kind` = 'cell'", max_results=1000, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -69,23 +70,39 @@ def collect_experiment(tracker, experiment: str, download_dir: Path) -> Experime
         t, m, p = r.data.tags, r.data.metrics, r.data.params
         rid = r.info.run_id
         row = {
-            "run_id": rid, "variant": t["fss.variant"], "method": t.get("fss.method", p.get("method")),
-            "dataset": t["fss.dataset"], "fold": int(t["fss.fold"]), "shot": int(t["fss.shot"]),
-            "seed": int(t["fss.seed"]), "miou": m.get("miou"), "fb_iou": m.get("fb_iou"), "fg_iou": m.get("fg_iou"),
-            "miou_ci_low": m.get("miou_ci_low"), "miou_ci_high": m.get("miou_ci_high"),
-            "imr_iters": _float(p.get("imr_iters")) if t.get("fss.method", "fssam") == "fssam" else float("nan"),
-            "random_init": t.get("fss.random_init") == "true", "manifest_sha256": t.get("fss.manifest_sha256"),
-            "weights_sam2": t.get("fss.weights.sam2"), "weights_dinov2": t.get("fss.weights.dinov2"),
-            "study": t.get("fss.study", experiment), "cell_key": t.get("fss.cell_key"),
-            "episodes_per_s": m.get("episodes_per_s"), "data_root": p.get("data_root"),
-        }  # fmt: skip
+            "run_id": rid,
+            "variant": t["fss.variant"],
+            "method": t.get("fss.method", p.get("method")),
+            "dataset": t["fss.dataset"],
+            "fold": int(t["fss.fold"]),
+            "shot": int(t["fss.shot"]),
+            "seed": int(t["fss.seed"]),
+            "miou": m.get("miou"),
+            "fb_iou": m.get("fb_iou"),
+            "fg_iou": m.get("fg_iou"),
+            "miou_ci_low": m.get("miou_ci_low"),
+            "miou_ci_high": m.get("miou_ci_high"),
+            "imr_iters": _float(p.get("imr_iters"))
+            if t.get("fss.method", "fssam") == "fssam"
+            else float("nan"),
+            "random_init": t.get("fss.random_init") == "true",
+            "manifest_sha256": t.get("fss.manifest_sha256"),
+            "weights_sam2": t.get("fss.weights.sam2"),
+            "weights_dinov2": t.get("fss.weights.dinov2"),
+            "study": t.get("fss.study", experiment),
+            "cell_key": t.get("fss.cell_key"),
+            "episodes_per_s": m.get("episodes_per_s"),
+            "data_root": p.get("data_root"),
+        }
         rows.append(row)
         names = class_names(row["dataset"])
         for key, value in m.items():
             if key.startswith("iou_class_"):
                 c = int(key[len("iou_class_") :])
-                per_class.append({k: row[k] for k in ("variant", "dataset", "fold", "shot", "seed")}
-                                 | {"class": c, "class_name": names[c - 1], "iou": value})  # fmt: skip
+                per_class.append(
+                    {k: row[k] for k in ("variant", "dataset", "fold", "shot", "seed")}
+                    | {"class": c, "class_name": names[c - 1], "iou": value}
+                )
         local = Path(client.download_artifacts(rid, "episodes.parquet", str(download_dir / rid)))
         episodes[rid] = pd.read_parquet(local)
         try:

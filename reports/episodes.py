@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.cell import predict_episode, resolve_device
+from benchmark.data.episode_data import ImageStore, load_episode
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes import build_manifest, load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
-from benchmark.harness import Featurizer, ImageStore, episode_inputs, predict_episode
+from benchmark.features import Featurizer
+from benchmark.methods import WeightPool, build_method, get_method
 from benchmark.metrics import prediction_at_label_size
-from benchmark.runner import ModelPool
-from benchmark.study import Variant
 from reports.collect import ExperimentData
 from reports.figures import EpisodePanels
 
@@ -48,9 +49,17 @@ def _manifest_for(data: ExperimentData, run_id: str, params: dict) -> dict:
         m = load_manifest(path)
         if m["sha256"] == cfg.get("manifest_sha256"):
             return m
-    m = build_manifest(Path(params["data_root"]), int(params["fold"]), int(params["shot"]), params["protocol"],
-                       int(params["seed"]), int(params["episodes"]), "test", params.get("split") or "interleaved",
-                       params["dataset"])  # fmt: skip
+    m = build_manifest(
+        Path(params["data_root"]),
+        int(params["fold"]),
+        int(params["shot"]),
+        params["protocol"],
+        int(params["seed"]),
+        int(params["episodes"]),
+        "test",
+        params.get("split") or "interleaved",
+        params["dataset"],
+    )
     if m["sha256"] != cfg.get("manifest_sha256"):
         raise FssBenchError(
             f"run {run_id}: cannot rebuild its manifest (data changed?); qualitative figure skipped"
@@ -58,50 +67,55 @@ def _manifest_for(data: ExperimentData, run_id: str, params: dict) -> dict:
     return m
 
 
-def episode_panels(data: ExperimentData, tracker, run_id: str, how: str | list[int] = "best-median-worst",
-                   pool: ModelPool | None = None) -> list[EpisodePanels]:  # fmt: skip
+def episode_panels(
+    data: ExperimentData,
+    tracker,
+    run_id: str,
+    how: str | list[int] = "best-median-worst",
+    pool: WeightPool | None = None,
+) -> list[EpisodePanels]:
     """Panels (images, priors, IMR steps, prediction) of chosen episodes of one cell run."""
     run = tracker.client.get_run(run_id)
     params = run.data.params
     cfg = data.configs.get(run_id, {})
     if not cfg.get("settings"):
         raise FssBenchError(f"run {run_id} has no config.json artifact; cannot rebuild its model")
-    variant = Variant(run.data.tags["fss.variant"], cfg["method"], dict(cfg["settings"]))
+    entry = get_method(cfg["method"])
+    settings = {k: v for k, v in cfg["settings"].items() if k in entry.defaults}
     root = Path(params["data_root"])
     if not (root / "dataset.json").is_file():
         raise FssBenchError(
             f"run {run_id}: data root {root} is not available here; qualitative figure skipped"
         )
     manifest = _manifest_for(data, run_id, params)
-    pool = pool or ModelPool()
-    model = pool.get(variant, params["dataset"], int(params["fold"]), int(params["shot"]))
-    feat = Featurizer(model, FeatureCache(None), ImageStore(PreparedDataset(root)), model.config.image_size)
+    device = resolve_device("cuda" if str(cfg.get("device", "cpu")).startswith("cuda") else "cpu")
+    method = build_method(entry.name, entry.resolve(settings), device, pool)
+    store = ImageStore(PreparedDataset(root))
+    feat = Featurizer(method, FeatureCache(None))
     episodes = {e.id: e for e in manifest_episodes(manifest)}
+    variant = run.data.tags["fss.variant"]
     out = []
     for ep_id, label in select_episodes(data.episodes[run_id], how):
         ep = episodes[ep_id]
-        inp = episode_inputs(ep, manifest["images"], feat)
-        logits, inter = predict_episode(model, inp, return_intermediates=True)
-        pred = prediction_at_label_size(logits[0].float().cpu(), inp.target.shape).numpy()
-        tgt = inp.target
+        inp = load_episode(store, manifest["images"], ep, method.image_size)
+        logits, inter = predict_episode(method, feat, inp, return_intermediates=True)
+        pred = prediction_at_label_size(logits[0].float().cpu(), inp.query_target.shape).numpy()
+        tgt = inp.query_target
         valid = tgt != 255
         inter_ = int(((pred == 1) & (tgt == 1) & valid).sum())
         union = int((((pred == 1) | (tgt == 1)) & valid).sum())
-        s_img_rel, s_lab_rel = manifest["images"][ep.supports[0]]
-        s_lab = feat.store.label(s_lab_rel)
-        s_mask = np.where(s_lab == 255, 255, (s_lab == ep.cls).astype(np.uint8))
 
         def arr(x):
             return None if x is None else x[0, 0].float().cpu().numpy()
 
         out.append(
             EpisodePanels(
-                title=f"{variant.name} {params['dataset']} fold{params['fold']} {params['shot']}-shot "
+                title=f"{variant} {params['dataset']} fold{params['fold']} {params['shot']}-shot "
                 f"episode {ep.id} ({label})",
                 iou=inter_ / union if union else 0.0,
-                support_image=feat.store.image(s_img_rel),
-                support_mask=s_mask,
-                query_image=feat.store.image(manifest["images"][ep.query][0]),
+                support_image=inp.supports[0].original(),
+                support_mask=inp.support_labels[0],
+                query_image=inp.query.original(),
                 gt=tgt,
                 pred=pred.astype(bool),
                 prior_fg=arr(inter.get("prior_fg")),

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from reports.qualitative import overlay  # noqa: E402
+from benchmark.qualitative import overlay  # noqa: E402
 
 RANDOM_INIT_LABEL = "RANDOM-INIT WEIGHTS"
 """Text put on every figure drawn from random-init (smoke test) weights."""

@@ -57,8 +57,14 @@ class Table:
     def to_latex(self) -> str:
         esc = latex_escape
         n = len(self.columns)
-        out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(self.title)}}}", f"\\label{{tab:{self.name}}}",
-               "\\begin{tabular}{l" + "c" * n + "}", "\\toprule"]  # fmt: skip
+        out = [
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{esc(self.title)}}}",
+            f"\\label{{tab:{self.name}}}",
+            "\\begin{tabular}{l" + "c" * n + "}",
+            "\\toprule",
+        ]
         groups = _group_spans(self.columns)
         if any(g for g, _, _ in groups):
             heads, rules = [""], []
@@ -109,8 +115,10 @@ class Table:
         )
         out.append("</thead><tbody>")
         for r, label in enumerate(self.rows):
-            cells = "".join(f"<td><b>{e(c)}</b></td>" if b else f"<td>{e(c)}</td>"
-                            for c, b in zip(self.cells[r], self.bold[r], strict=True))  # fmt: skip
+            cells = "".join(
+                f"<td><b>{e(c)}</b></td>" if b else f"<td>{e(c)}</td>"
+                for c, b in zip(self.cells[r], self.bold[r], strict=True)
+            )
             out.append(f"<tr><th>{e(label)}</th>{cells}</tr>")
         out.append("</tbody></table>")
         if self.footer:
@@ -119,8 +127,18 @@ class Table:
 
 
 def latex_escape(text: str) -> str:
-    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+    rep = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(rep.get(ch, ch) for ch in str(text))
 
 
@@ -239,11 +257,20 @@ def ablation_frame(data: ExperimentData, reference: str, n_boot: int = 1000) -> 
                         )
                     )
             res = paired_bootstrap_diff_over_folds(pairs, n_boot=n_boot) if pairs else None
-            rows.append({"variant": variant, "dataset": ds, "shot": int(shot), "miou": float(mine["miou"].mean()),
-                         "diff": res["diff"] if res else np.nan, "low": res["low"] if res else np.nan,
-                         "high": res["high"] if res else np.nan,
-                         "excludes_zero": bool(res["excludes_zero"]) if res else False,
-                         "pairs": len(pairs), "reference": reference})  # fmt: skip
+            rows.append(
+                {
+                    "variant": variant,
+                    "dataset": ds,
+                    "shot": int(shot),
+                    "miou": float(mine["miou"].mean()),
+                    "diff": res["diff"] if res else np.nan,
+                    "low": res["low"] if res else np.nan,
+                    "high": res["high"] if res else np.nan,
+                    "excludes_zero": bool(res["excludes_zero"]) if res else False,
+                    "pairs": len(pairs),
+                    "reference": reference,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -255,15 +282,18 @@ def ablation_table(data: ExperimentData, ablation: pd.DataFrame, dataset: str, s
         is_ref = r["variant"] == ref
         values.append([100 * r["miou"], 100 * r["diff"], 100 * r["low"], 100 * r["high"], r["pairs"]])
         mark = " *" if r["excludes_zero"] and not is_ref else ""
-        cells.append([
-            _fmt(100 * r["miou"]),
-            "(reference)" if is_ref else f"{100 * r['diff']:+.1f}{mark}",
-            "" if is_ref else f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]",
-            str(int(r["pairs"])),
-        ])  # fmt: skip
-    footer = [f"Δ = variant − {ref}, mIoU points; 95% paired bootstrap CI over episodes (each fold's manifest "
-              "resampled within classes, 1000 resamples), * = CI excludes 0."] + provenance(
-        data, data.cells[(data.cells["dataset"] == dataset) & (data.cells["shot"] == shot)])  # fmt: skip
+        cells.append(
+            [
+                _fmt(100 * r["miou"]),
+                "(reference)" if is_ref else f"{100 * r['diff']:+.1f}{mark}",
+                "" if is_ref else f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]",
+                str(int(r["pairs"])),
+            ]
+        )
+    footer = [
+        f"Δ = variant − {ref}, mIoU points; 95% paired bootstrap CI over episodes (each fold's manifest "
+        "resampled within classes, 1000 resamples), * = CI excludes 0."
+    ] + provenance(data, data.cells[(data.cells["dataset"] == dataset) & (data.cells["shot"] == shot)])
     return Table(
         title=f"Ablation on {_dataset_name(dataset)}, {shot}-shot: mIoU (%) and difference from {ref}",
         name=f"ablation-{dataset}-{shot}shot",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cli import synth_dataset, synth_raw_roots
 from benchmark.data.prepare_coco import prepare_coco
 from benchmark.data.prepare_pascal import prepare_pascal
+from benchmark.data.synth import synth_dataset, synth_raw_roots
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,19 @@ def run(args: list[str], capsys) -> tuple[int, str]:
 
 
 def prepare_pascal_args(raw: Path, out: Path) -> list[str]:
-    return ["data", "prepare", "pascal", "--voc", str(raw / "VOCdevkit"), "--sbd", str(raw / "benchmark_RELEASE"),
-            "--out", str(out), "--workers", "1"]  # fmt: skip
+    return [
+        "data",
+        "prepare",
+        "pascal",
+        "--voc",
+        str(raw / "VOCdevkit"),
+        "--sbd",
+        str(raw / "benchmark_RELEASE"),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+    ]
 
 
 def assert_clean_failure(code: int, err: str, out: Path, names: str) -> None:
@@ -36,8 +47,20 @@ def a_val_id(raw: Path) -> str:
 
 def test_missing_directory(tmp_path, capsys):
     out = tmp_path / "out"
-    code, err = run(["data", "prepare", "pascal", "--voc", str(tmp_path / "nope"), "--sbd", str(tmp_path),
-                     "--out", str(out)], capsys)  # fmt: skip
+    code, err = run(
+        [
+            "data",
+            "prepare",
+            "pascal",
+            "--voc",
+            str(tmp_path / "nope"),
+            "--sbd",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert_clean_failure(code, err, out, str(tmp_path / "nope"))
 
 
@@ -107,14 +130,42 @@ def test_failed_overwrite_keeps_the_previous_output(pascal_raw_copy, tmp_path, c
 
 def test_class_with_too_few_images_for_the_shot(pascal_root, tmp_path, capsys):
     out = tmp_path / "m.json"
-    code, err = run(["episodes", "--dataset", "pascal", "--data-root", str(pascal_root), "--fold", "0",
-                     "--shot", "40", "--out", str(out)], capsys)  # fmt: skip
+    code, err = run(
+        [
+            "episodes",
+            "--dataset",
+            "pascal",
+            "--data-root",
+            str(pascal_root),
+            "--fold",
+            "0",
+            "--shot",
+            "40",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 2 and len(err.splitlines()) == 1
     assert "sub_class_file_list_0.txt" in err and "a 40-shot episode needs at least 41" in err
     assert not out.exists()
 
 
 def test_episodes_on_an_unprepared_folder(tmp_path, capsys):
-    code, err = run(["episodes", "--dataset", "pascal", "--data-root", str(tmp_path), "--fold", "0", "--shot", "1",
-                     "--out", str(tmp_path / "m.json")], capsys)  # fmt: skip
+    code, err = run(
+        [
+            "episodes",
+            "--dataset",
+            "pascal",
+            "--data-root",
+            str(tmp_path),
+            "--fold",
+            "0",
+            "--shot",
+            "1",
+            "--out",
+            str(tmp_path / "m.json"),
+        ],
+        capsys,
+    )
     assert code == 2 and "no dataset.json" in err and str(tmp_path) in err

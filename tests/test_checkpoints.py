@@ -7,10 +7,10 @@ import hashlib
 import pytest
 import torch
 
-from benchmark.errors import FssBenchError
 from fssam import FSSAM, FSSAMConfig
 from fssam.checkpoint import to_authors_state_dict
 from fssam.dinov2 import build_dinov2, export_meta_state_dict
+from fssam.errors import FSSAMError
 from fssam.sam2_adapter import build_sam2_model
 
 S = 256
@@ -36,16 +36,16 @@ def test_sam2_checkpoint_loads_strictly_and_records_its_hash(tiny_sam2_file):
 def test_sam2_checkpoint_mismatches_name_the_keys(tiny_sam2_file, tmp_path):
     _, path = tiny_sam2_file
     with pytest.raises(
-        FssBenchError, match=r"sam2_hiera_tiny\.pt does not fit SAM 2 2\.0 size s .*(missing|shape)"
+        FSSAMError, match=r"sam2_hiera_tiny\.pt does not fit SAM 2 2\.0 size s .*(missing|shape)"
     ):
         build_sam2_model("2.0", "s", S, checkpoint=path)
-    with pytest.raises(FssBenchError, match=r"missing keys: .*no_obj_embed_spatial"):
+    with pytest.raises(FSSAMError, match=r"missing keys: .*no_obj_embed_spatial"):
         build_sam2_model("2.1", "t", S, checkpoint=path)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
-    with pytest.raises(FssBenchError, match=r"bad\.pt: unreadable checkpoint"):
+    with pytest.raises(FSSAMError, match=r"bad\.pt: unreadable checkpoint"):
         build_sam2_model("2.0", "t", S, checkpoint=bad)
-    with pytest.raises(FssBenchError, match="not found"):
+    with pytest.raises(FSSAMError, match="not found"):
         build_sam2_model("2.0", "t", S, checkpoint=tmp_path / "missing.pt")
 
 
@@ -58,8 +58,11 @@ def authors_files(tmp_path_factory, tiny_sam2_file):
     meta = export_meta_state_dict(dino518)
     dino_path = d / "dinov2_vits14_pretrain.pth"
     torch.save(meta, dino_path)
-    src = FSSAM(FSSAMConfig(sam2_size="t", image_size=S, dinov2="vits14", dinov2_input_size=518, random_init=True),
-                sam2=sam, dino=dino518)  # fmt: skip
+    src = FSSAM(
+        FSSAMConfig(sam2_size="t", image_size=S, dinov2="vits14", dinov2_input_size=518, random_init=True),
+        sam2=sam,
+        dino=dino518,
+    )
     sd = to_authors_state_dict(src, dino_meta=meta, ddp=True)
     assert all(k.startswith(("module.sam2.", "module.dino.")) for k in sd)
     path = d / "best_1shot.pth"
@@ -76,8 +79,16 @@ def test_authors_checkpoint_round_trip_gives_identical_outputs(authors_files):
     assert (
         not ours.random_init and ours.weight_hashes()["sam2"] == hashlib.sha256(path.read_bytes()).hexdigest()
     )
-    official = FSSAM(FSSAMConfig(sam2_size="t", image_size=S, dinov2="vits14", sam2_checkpoint=str(sam_path),
-                                 dinov2_checkpoint=str(dino_path), **kw))  # fmt: skip
+    official = FSSAM(
+        FSSAMConfig(
+            sam2_size="t",
+            image_size=S,
+            dinov2="vits14",
+            sam2_checkpoint=str(sam_path),
+            dinov2_checkpoint=str(dino_path),
+            **kw,
+        )
+    )
     g = torch.Generator().manual_seed(0)
     query, supports = torch.rand(1, 3, S, S, generator=g) * 255, torch.rand(1, 1, 3, S, S, generator=g) * 255
     masks = (torch.rand(1, 1, S, S, generator=g) > 0.5).long()
@@ -91,14 +102,14 @@ def test_authors_checkpoint_with_a_wrong_key_set_fails_readably(authors_files, t
     broken["module.sam2.extra.weight"] = torch.zeros(1)
     p = tmp_path / "broken.pth"
     torch.save({"epoch": 1, "state_dict": broken, "optimizer": {}}, p)
-    with pytest.raises(FssBenchError) as e:
+    with pytest.raises(FSSAMError) as e:
         FSSAM.from_authors_checkpoint(p, sam2_config="sam2_hiera_t", image_size=S, dinov2="vits14")
     msg = str(e.value)
     assert "memory_encoder.out_proj.weight" in msg and "extra.weight" in msg and str(p) in msg
     assert len(msg.splitlines()) == 1
-    with pytest.raises(FssBenchError, match="DINOv2|dino"):
+    with pytest.raises(FSSAMError, match="DINOv2|dino"):
         FSSAM.from_authors_checkpoint(
             authors_files[0], sam2_config="sam2_hiera_t", image_size=S, dinov2="vitb14"
         )
-    with pytest.raises(FssBenchError, match="unknown SAM 2 config"):
+    with pytest.raises(FSSAMError, match="unknown SAM 2 config"):
         FSSAM.from_authors_checkpoint(authors_files[0], sam2_config="hiera_small")

@@ -17,10 +17,27 @@ def test_pascal_folds_partition_the_20_classes():
 def test_coco_interleaved_fold_names_match_the_fwb_split():
     fold0 = [C.COCO_CLASSES[c - 1] for c in C.novel_classes("coco", 0)]
     assert fold0 == [
-        "person", "airplane", "boat", "parking meter", "dog", "elephant", "backpack", "suitcase",
-        "sports ball", "skateboard", "wine glass", "spoon", "sandwich", "hot dog", "chair",
-        "dining table", "mouse", "microwave", "refrigerator", "scissors",
-    ]  # fmt: skip
+        "person",
+        "airplane",
+        "boat",
+        "parking meter",
+        "dog",
+        "elephant",
+        "backpack",
+        "suitcase",
+        "sports ball",
+        "skateboard",
+        "wine glass",
+        "spoon",
+        "sandwich",
+        "hot dog",
+        "chair",
+        "dining table",
+        "mouse",
+        "microwave",
+        "refrigerator",
+        "scissors",
+    ]
     fold3 = [C.COCO_CLASSES[c - 1] for c in C.novel_classes("coco", 3)]
     assert fold3[:4] == ["motorcycle", "truck", "stop sign", "cat"] and fold3[-1] == "toothbrush"
     assert C.novel_classes("coco", 1)[:3] == [2, 6, 10]

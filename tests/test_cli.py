@@ -16,8 +16,23 @@ from benchmark.episodes import load_manifest
 
 
 def episodes(root: Path, dataset: str, out: Path, *extra: str) -> int:
-    return main(["-q", "episodes", "--dataset", dataset, "--data-root", str(root), "--fold", "1", "--shot", "5",
-                 "--out", str(out), *extra])  # fmt: skip
+    return main(
+        [
+            "-q",
+            "episodes",
+            "--dataset",
+            dataset,
+            "--data-root",
+            str(root),
+            "--fold",
+            "1",
+            "--shot",
+            "5",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_episodes_are_byte_identical_and_seed_dependent(pascal_root, tmp_path, capsys):

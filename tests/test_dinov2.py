@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
-from benchmark.errors import FssBenchError
 from fssam.dinov2 import (
     DINOV2_ARCHS,
     DINOv2Backbone,
@@ -27,6 +26,7 @@ from fssam.dinov2 import (
     convert_meta_state_dict,
     resample_pos_embed_meta,
 )
+from fssam.errors import FSSAMError
 
 TOL = 1e-4
 
@@ -326,7 +326,7 @@ def test_convert_meta_state_dict_layout() -> None:
     }
     out2 = convert_meta_state_dict(chunked, model.vit)
     assert set(out2) == set(out)
-    with pytest.raises(FssBenchError, match="register"):
+    with pytest.raises(FSSAMError, match="register"):
         convert_meta_state_dict({**sd, "register_tokens": torch.zeros(1, 4, 64)}, model)
 
 
@@ -336,39 +336,39 @@ def test_convert_meta_state_dict_layout() -> None:
 def test_wrong_arch_file_names_keys(vits_small_ckpt, tmp_path: Path) -> None:
     path, sd = vits_small_ckpt
     # ViT-S file for a ViT-B model (reduced depth for speed): shape mismatches
-    with pytest.raises(FssBenchError) as ei:
+    with pytest.raises(FSSAMError) as ei:
         build_dinov2("vitb14", checkpoint=path, depth=2)
     msg = str(ei.value)
     assert "\n" not in msg and str(path) in msg and "vitb14" in msg
     assert "shape mismatches [cls_token (1, 1, 384) vs (1, 1, 768)" in msg
     assert isinstance(ei.value, ValueError)
     # depth-2 file for a depth-3 model: missing keys; depth-2 file for a depth-1 model: unexpected keys
-    with pytest.raises(FssBenchError, match=r"missing keys \[blocks\.2\.") as ei:
+    with pytest.raises(FSSAMError, match=r"missing keys \[blocks\.2\.") as ei:
         build_dinov2("vits14", checkpoint=path, depth=3)
     assert str(path) in str(ei.value) and "vits14" in str(ei.value)
-    with pytest.raises(FssBenchError, match=r"unexpected keys \[blocks\.1\."):
+    with pytest.raises(FSSAMError, match=r"unexpected keys \[blocks\.1\."):
         build_dinov2("vits14", checkpoint=path, depth=1)
     # ViT-g (SwiGLU) file for an MLP model of the same width
     g = save(meta_state_dict(384, 1, 6, swiglu=True), tmp_path / "g.pth")
-    with pytest.raises(FssBenchError, match=r"blocks\.0\.mlp\.fc1\.weight"):
+    with pytest.raises(FSSAMError, match=r"blocks\.0\.mlp\.fc1\.weight"):
         build_dinov2("vits14", checkpoint=g, depth=1)
     # a key missing from an otherwise fine file
     broken = dict(sd)
     del broken["norm.bias"]
     p = save(broken, tmp_path / "no_norm_bias.pth")
-    with pytest.raises(FssBenchError, match=r"missing keys \[norm\.bias\]"):
+    with pytest.raises(FSSAMError, match=r"missing keys \[norm\.bias\]"):
         build_dinov2("vits14", checkpoint=p, depth=2)
 
 
 def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "dinov2_vitb14_pretrain.pth"
-    with pytest.raises(FssBenchError, match="not found") as ei:
+    with pytest.raises(FSSAMError, match="not found") as ei:
         build_dinov2("vitb14", checkpoint=missing)
     assert str(missing) in str(ei.value)
 
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    with pytest.raises(FssBenchError) as ei:
+    with pytest.raises(FSSAMError) as ei:
         build_dinov2("vitb14", checkpoint=corrupt)
     assert str(corrupt) in str(ei.value) and "\n" not in str(ei.value)
 
@@ -376,25 +376,25 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     full = tmp_path / "full.pth"
     save(meta_state_dict(32, 1, 2), full)
     truncated.write_bytes(full.read_bytes()[:2000])
-    with pytest.raises(FssBenchError, match="cannot read") as ei:
+    with pytest.raises(FSSAMError, match="cannot read") as ei:
         build_dinov2("vits14", checkpoint=truncated)
     assert str(truncated) in str(ei.value)
 
     not_a_dict = save([torch.zeros(3)], tmp_path / "list.pth")
-    with pytest.raises(FssBenchError, match="not a state dict"):
+    with pytest.raises(FSSAMError, match="not a state dict"):
         build_dinov2("vits14", checkpoint=not_a_dict)
 
 
 def test_weights_are_never_silently_random(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"checkpoint.*random_init=True"):
         build_dinov2()
-    with pytest.raises(FssBenchError, match="random_init=True"):
+    with pytest.raises(FSSAMError, match="random_init=True"):
         build_dinov2("vits14", checkpoint=None, random_init=False)
-    with pytest.raises(FssBenchError, match="not both"):
+    with pytest.raises(FSSAMError, match="not both"):
         build_dinov2("vits14", checkpoint=tmp_path / "x.pth", random_init=True)
-    with pytest.raises(FssBenchError, match="unknown DINOv2 arch"):
+    with pytest.raises(FSSAMError, match="unknown DINOv2 arch"):
         build_dinov2("vith14", random_init=True)
-    with pytest.raises(FssBenchError, match="multiple of the patch size"):
+    with pytest.raises(FSSAMError, match="multiple of the patch size"):
         build_dinov2("vits14", random_init=True, input_size=500, depth=1)
 
 
@@ -420,7 +420,7 @@ def test_preprocess_constant_image() -> None:
     mean, std = 0.485 * 255, 0.229 * 255
     assert abs(y[0, 0, 0, 0].item() - (0 - mean) / std) < 1e-5
     assert abs(y[0, 0, -1, -1].item() - (11 - mean) / std) < 1e-5
-    with pytest.raises(FssBenchError, match=r"\(B, 3, H, W\)"):
+    with pytest.raises(FSSAMError, match=r"\(B, 3, H, W\)"):
         model.preprocess(torch.zeros(3, 10, 10))
 
 
@@ -437,7 +437,7 @@ def test_shape_determinism_and_frozen_state() -> None:
     a, b = model(x), model(x)
     assert a.shape == (2, 384, 40, 40) and torch.equal(a, b)
     assert not a.requires_grad
-    with pytest.raises(FssBenchError, match="560x560"):
+    with pytest.raises(FSSAMError, match="560x560"):
         model.forward_preprocessed(torch.zeros(1, 3, 518, 518))
 
 

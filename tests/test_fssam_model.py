@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from baselines.naive_sam2 import NaiveSAM2
-from benchmark.errors import FssBenchError
 from fssam import FSSAM, FSSAMConfig
+from fssam.errors import FSSAMError
 from fssam.ops import cosine_map, weighted_gap
 from fssam.scma import Calibration, MemoryLayout, calibration_bias, memory_attention, rope_cross_attention
 from fssam.train import dice_loss, make_optimizer, train_step
@@ -136,7 +136,7 @@ def test_switches(model, episode):
     oracle = variant(model, prior="oracle")
     _, o = oracle.predict(q, s, masks, query_mask=qmask, return_intermediates=True)
     assert torch.equal(o["prior_fg"][:, 0], (qmask == 1).float())
-    with pytest.raises(FssBenchError, match="query_mask"):
+    with pytest.raises(FSSAMError, match="query_mask"):
         oracle.predict(q, s, masks)
     none_logits, none_inter = variant(model, prior="none").predict(q, s, masks, return_intermediates=True)
     assert none_inter["memory"] is None and none_logits.shape == (2, S, S)
@@ -147,18 +147,21 @@ def test_switches(model, episode):
     zero = variant(model, scma_scale=0.0).predict(q, s1, m1)
     assert torch.allclose(zero, variant(model, scma=False).predict(q, s1, m1), atol=1e-5)
     # with K shots, intended SCMA averages the supports while plain attention (scma off) does not
-    assert not torch.allclose(variant(model, scma_scale=0.0).predict(q, s, masks),
-                              variant(model, scma=False).predict(q, s, masks), atol=1e-5)  # fmt: skip
+    assert not torch.allclose(
+        variant(model, scma_scale=0.0).predict(q, s, masks),
+        variant(model, scma=False).predict(q, s, masks),
+        atol=1e-5,
+    )
 
 
 def test_config_validation():
-    with pytest.raises(FssBenchError, match="prior"):
+    with pytest.raises(FSSAMError, match="prior"):
         tiny_config(prior="dino")
-    with pytest.raises(FssBenchError, match="imr_iters"):
+    with pytest.raises(FSSAMError, match="imr_iters"):
         tiny_config(imr_iters=-1)
-    with pytest.raises(FssBenchError, match="unknown FSSAM setting"):
+    with pytest.raises(FSSAMError, match="unknown FSSAM setting"):
         FSSAMConfig.from_dict({"imr_iter": 3})
-    with pytest.raises(FssBenchError, match="random_init=True"):
+    with pytest.raises(FSSAMError, match="random_init=True"):
         FSSAM(FSSAMConfig(sam2_size="t", image_size=S))
 
 
@@ -178,9 +181,14 @@ def test_naive_baseline_memory_matches_sam2_conditioning(model, episode):
         outputs[i] = {"maskmem_features": mem.features, "maskmem_pos_enc": [mem.pos], "obj_ptr": mem.obj_ptr}
     feats, pos, sizes = flatten_levels(sam, q.sam2)
     expected = sam._prepare_memory_conditioned_features(
-        frame_idx=2, is_init_cond_frame=False, current_vision_feats=feats[-1:], current_vision_pos_embeds=pos[-1:],
-        feat_sizes=sizes[-1:], output_dict={"cond_frame_outputs": outputs, "non_cond_frame_outputs": {}}, num_frames=3,
-    )  # fmt: skip
+        frame_idx=2,
+        is_init_cond_frame=False,
+        current_vision_feats=feats[-1:],
+        current_vision_pos_embeds=pos[-1:],
+        feat_sizes=sizes[-1:],
+        output_dict={"cond_frame_outputs": outputs, "non_cond_frame_outputs": {}},
+        num_frames=3,
+    )
     ours = memory_attention(sam.memory_attention, feats[-1], pos[-1], memory, memory_pos, n_ptr)
     assert torch.allclose(ours.permute(1, 2, 0).reshape(2, 256, 16, 16), expected, atol=1e-5)
     assert naive(query, supports, masks).shape == (2, S, S)
@@ -201,8 +209,16 @@ def test_training_exposes_exactly_the_trainable_modules(episode):
         and model.sam2.memory_attention.training
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    loss = train_step(model, {"query": query[:1], "supports": supports[:1, :1], "support_masks": masks[:1, :1],
-                              "query_mask": qmask[:1]}, opt)  # fmt: skip
+    loss = train_step(
+        model,
+        {
+            "query": query[:1],
+            "supports": supports[:1, :1],
+            "support_masks": masks[:1, :1],
+            "query_mask": qmask[:1],
+        },
+        opt,
+    )
     assert 0 <= loss <= 1
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(

@@ -9,8 +9,14 @@ BIG, SMALL = 2048, 2047  # MIN_CLASS_PIXELS is 2*32*32 = 2048: BIG counts, SMALL
 
 
 def rec(i, **pixels):
-    return ImageRecord(i, f"JPEGImages/{i}.jpg", f"SegmentationClassAug/{i}.png", 10, 20,
-                       {int(k[1:]): v for k, v in pixels.items()})  # fmt: skip
+    return ImageRecord(
+        i,
+        f"JPEGImages/{i}.jpg",
+        f"SegmentationClassAug/{i}.png",
+        10,
+        20,
+        {int(k[1:]): v for k, v in pixels.items()},
+    )
 
 
 RECORDS = [

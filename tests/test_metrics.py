@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmark import metrics as M
+from benchmark.data.episode_data import episode_target
 from benchmark.errors import FssBenchError
 from benchmark.metrics import (
     EPISODE_COLUMNS,
@@ -19,7 +20,6 @@ from benchmark.metrics import (
     bootstrap_ci,
     class_iou,
     episode_table,
-    episode_target,
     fb_iou,
     fg_iou,
     intersection_union,
@@ -64,9 +64,9 @@ def test_episode_target_numpy_and_torch() -> None:
     assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.uint8
     np.testing.assert_array_equal(out_t.numpy(), expected)
 
-    with pytest.raises(ValueError, match="class id"):
+    with pytest.raises(FssBenchError, match="class id"):
         episode_target(label, 0)
-    with pytest.raises(ValueError, match="class id"):
+    with pytest.raises(FssBenchError, match="class id"):
         episode_target(label, 255)
 
 

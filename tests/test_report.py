@@ -37,8 +37,16 @@ def class_wise_miou(table: pd.DataFrame, classes: list[int]) -> float:
 @pytest.fixture(scope="module")
 def report(pascal_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    study = {"name": "rep", "data": {"pascal": str(pascal_root)}, "folds": [0, 1], "shots": [1], "seeds": [321, 7],
-             "episodes": 3, "model": MODEL, "variants": {"fssam": {}, "no-imr": {"imr_iters": 0}}}  # fmt: skip
+    study = {
+        "name": "rep",
+        "data": {"pascal": str(pascal_root)},
+        "folds": [0, 1],
+        "shots": [1],
+        "seeds": [321, 7],
+        "episodes": 3,
+        "model": MODEL,
+        "variants": {"fssam": {}, "no-imr": {"imr_iters": 0}},
+    }
     (tmp / "s.yaml").write_text(yaml.safe_dump(study))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     StudyRunner(
@@ -94,8 +102,9 @@ def test_ablation_table_difference_is_the_paired_mean(report):
     diffs = [
         class_wise_miou(episodes[("no-imr", f, s)], novel_classes("pascal", f))
         - class_wise_miou(episodes[("fssam", f, s)], novel_classes("pascal", f))
-        for f in (0, 1) for s in (321, 7)
-    ]  # fmt: skip
+        for f in (0, 1)
+        for s in (321, 7)
+    ]
     assert rows["fssam"][1] == "(reference)"
     assert float(rows["no-imr"][1].rstrip(" *")) == pytest.approx(100 * np.mean(diffs), abs=0.051)
     low, high = (float(x) for x in re.findall(r"[-+]?\d+\.\d", rows["no-imr"][2]))

@@ -29,8 +29,15 @@ MODEL = {
 
 
 def write_study(tmp_path: Path, root: Path, episodes: int = 4, **variants) -> Path:
-    d = {"name": "unit", "data": {"pascal": str(root)}, "folds": [0], "shots": [1], "episodes": episodes,
-         "model": MODEL, "variants": variants or {"fssam": {}, "naive": {"method": "naive_sam2"}}}  # fmt: skip
+    d = {
+        "name": "unit",
+        "data": {"pascal": str(root)},
+        "folds": [0],
+        "shots": [1],
+        "episodes": episodes,
+        "model": MODEL,
+        "variants": variants or {"fssam": {}, "naive": {"method": "naive_sam2"}},
+    }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(d))
     return path
@@ -41,9 +48,15 @@ def runs_of(uri: str, name: str) -> pd.DataFrame:
     exp = client.get_experiment_by_name(name)
     rows = []
     for r in client.search_runs([exp.experiment_id], max_results=1000):
-        rows.append({"run_id": r.info.run_id, "status": r.info.status, **{f"tags.{k}": v for k, v in r.data.tags.items()},
-                     **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
-                     **{f"params.{k}": v for k, v in r.data.params.items()}})  # fmt: skip
+        rows.append(
+            {
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                **{f"tags.{k}": v for k, v in r.data.tags.items()},
+                **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
+                **{f"params.{k}": v for k, v in r.data.params.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -51,8 +64,9 @@ def runs_of(uri: str, name: str) -> pd.DataFrame:
 def small_run(pascal_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    runner = StudyRunner(load_study(write_study(tmp, pascal_root)), tracking_uri=uri, work_dir=tmp / "work",
-                         progress=False)  # fmt: skip
+    runner = StudyRunner(
+        load_study(write_study(tmp, pascal_root)), tracking_uri=uri, work_dir=tmp / "work", progress=False
+    )
     cells = runner.run()
     return tmp, uri, runner, cells
 
@@ -66,8 +80,20 @@ def test_mlflow_contents(small_run):
     assert set(children["tags.mlflow.parentRunId"]) == set(parent["run_id"])
     for _, r in children.iterrows():
         assert r["status"] == "FINISHED"
-        for tag in ("variant", "dataset", "fold", "shot", "seed", "manifest_sha256", "weights.sam2", "random_init",
-                    "git_commit", "versions", "device", "cell_key"):  # fmt: skip
+        for tag in (
+            "variant",
+            "dataset",
+            "fold",
+            "shot",
+            "seed",
+            "manifest_sha256",
+            "weights.sam2",
+            "random_init",
+            "git_commit",
+            "versions",
+            "device",
+            "cell_key",
+        ):
             assert isinstance(r[f"tags.fss.{tag}"], str) and r[f"tags.fss.{tag}"], tag
         assert r["tags.fss.random_init"] == "true"
         assert json.loads(r["tags.fss.versions"])["torch"]
@@ -116,8 +142,13 @@ def test_cached_and_uncached_predictions_are_identical(small_run, pascal_root):
     assert runner.cache.stats.hits > 0  # the second variant reused the first one's features
     other = tmp / "nocache"
     other.mkdir()
-    plain = StudyRunner(load_study(write_study(other, pascal_root)), tracking_uri=f"sqlite:///{other / 'm.db'}",
-                        work_dir=other / "work", use_cache=False, progress=False)  # fmt: skip
+    plain = StudyRunner(
+        load_study(write_study(other, pascal_root)),
+        tracking_uri=f"sqlite:///{other / 'm.db'}",
+        work_dir=other / "work",
+        use_cache=False,
+        progress=False,
+    )
     plain.run()
     assert plain.cache.stats.hits == 0
     for key in runner.results[0]["cell_key"], runner.results[1]["cell_key"]:
@@ -129,8 +160,18 @@ def test_cached_and_uncached_predictions_are_identical(small_run, pascal_root):
 def test_resume_after_kill_matches_an_uninterrupted_run(pascal_root, tmp_path):
     study = write_study(tmp_path, pascal_root, episodes=12, fssam={})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "benchmark.cli", "-q", "run", str(study), "--work-dir", str(tmp_path / "work"),
-           "--tracking-uri", f"sqlite:///{tmp_path / 'killed.db'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmark.cli",
+        "-q",
+        "run",
+        str(study),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'killed.db'}",
+    ]
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = None
@@ -141,23 +182,30 @@ def test_resume_after_kill_matches_an_uninterrupted_run(pascal_root, tmp_path):
             if (tmp_path / "work").exists()
             else []
         )
-        if found and len(found[0].read_text().splitlines()) >= 3:
+        if found and len(found[0].read_text().splitlines()) >= 4:  # header + 3 episodes
             journal = found[0]
             break
         time.sleep(0.02)
     assert journal is not None, "the run never reached the middle of its cell"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(journal.read_text().splitlines())
+    done_before = len(journal.read_text().splitlines()) - 1  # line 1 is the journal's header
     assert 3 <= done_before < 12
     subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    ids = [json.loads(x)["episode"] for x in journal.read_text().splitlines()]
+    lines = journal.read_text().splitlines()
+    assert "journal" in json.loads(lines[0])
+    ids = [json.loads(x)["episode"] for x in lines[1:]]
     assert sorted(ids) == list(range(12))  # no lost and no duplicated episodes
     # an uninterrupted run of the same study elsewhere
     clean = tmp_path / "clean"
     clean.mkdir()
-    subprocess.run([*cmd[:-4], "--work-dir", str(clean / "work"), "--tracking-uri", f"sqlite:///{clean / 'c.db'}"],
-                   cwd=root, env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*cmd[:-4], "--work-dir", str(clean / "work"), "--tracking-uri", f"sqlite:///{clean / 'c.db'}"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     killed = runs_of(f"sqlite:///{tmp_path / 'killed.db'}", "unit").query("`tags.fss.kind` == 'cell'")
     uninterrupted = runs_of(f"sqlite:///{clean / 'c.db'}", "unit").query("`tags.fss.kind` == 'cell'")
     assert len(killed) == 1 and killed["status"].iloc[0] == "FINISHED"  # no duplicate child runs

@@ -20,10 +20,15 @@ def study_dict(root: Path, **kw) -> dict:
         "folds": [0],
         "shots": [1],
         "episodes": 4,
-        "model": {"sam2_size": "t", "image_size": 256, "dinov2": "vits14", "dinov2_input_size": 224,
-                  "random_init": True},
+        "model": {
+            "sam2_size": "t",
+            "image_size": 256,
+            "dinov2": "vits14",
+            "dinov2_input_size": 224,
+            "random_init": True,
+        },
         "variants": {"fssam": {}, "naive": {"method": "naive_sam2"}},
-    }  # fmt: skip
+    }
     d.update(kw)
     return d
 
@@ -43,17 +48,30 @@ def test_valid_study_and_overrides(pascal_root):
     ("change", "message"),
     [
         (lambda d: d["variants"]["fssam"].update(imr_iter=2), r"variants\.fssam\.imr_iter: unknown switch"),
-        (lambda d: d["variants"]["fssam"].update(prior="dino"), r"variants\.fssam: prior='dino' is not one of"),
+        (
+            lambda d: d["variants"]["fssam"].update(prior="dino"),
+            r"variants\.fssam: method 'fssam': prior='dino' is not one of",
+        ),
         (lambda d: d["variants"].update(x={"method": "sam3"}), r"variants\.x\.method: 'sam3' is not one of"),
-        (lambda d: d.update(data={"pascal": "/nonexistent/root"}), r"data\.pascal: /nonexistent/root: data root not found"),
+        (
+            lambda d: d.update(data={"pascal": "/nonexistent/root"}),
+            r"data\.pascal: /nonexistent/root: data root not found",
+        ),
         (lambda d: d.update(data={"voc": "/x"}), r"data\.voc: unknown dataset"),
         (lambda d: d.update(folds=[4]), r"folds: 4 is out of range"),
         (lambda d: d.update(protocl="fssam"), r"unknown field\(s\) \['protocl'\]"),
-        (lambda d: d["model"].update(random_init=False), r"variants\.fssam: no weights: set model\.sam2_checkpoint"),
-        (lambda d: d["model"].update(random_init=False, sam2_checkpoint="/nope/sam2.pt"),
-         r"variants\.fssam\.sam2_checkpoint: checkpoint /nope/sam2\.pt not found"),
+        (
+            lambda d: d["model"].update(random_init=False),
+            r"variants\.fssam\.sam2_checkpoint: no weights: set model\.sam2_checkpoint",
+        ),
+        (
+            lambda d: d["model"].update(
+                    random_init=False, sam2_checkpoint="/nope/sam2.pt", dinov2_checkpoint="/nope/dino.pth"
+                ),
+            r"variants\.fssam\.sam2_checkpoint: checkpoint /nope/sam2\.pt not found",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_study_fields_are_named(pascal_root, change, message):
     d = study_dict(pascal_root)
     change(d)
@@ -75,8 +93,17 @@ def test_unreadable_checkpoint_fails_before_any_work(pascal_root, tmp_path, caps
     ):
         load_study(path)
     # from the CLI: one line, exit 2, and nothing was created (no tracking store, no work dir)
-    code = main(["-q", "run", str(path), "--work-dir", str(tmp_path / "work"),
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "run",
+            str(path),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "is not a PyTorch checkpoint" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "work").exists() and not (tmp_path / "mlflow.db").exists()

@@ -10,8 +10,13 @@ from benchmark.runner import StudyRunner
 from benchmark.study import load_study
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("*.yaml"))
-TINY = ["model.sam2_size=t", "model.image_size=256", "model.dinov2=vits14", "model.dinov2_input_size=224",
-        "model.random_init=true"]  # fmt: skip
+TINY = [
+    "model.sam2_size=t",
+    "model.image_size=256",
+    "model.dinov2=vits14",
+    "model.dinov2_input_size=224",
+    "model.random_init=true",
+]
 
 
 def overrides_for(path: Path, pascal_root: Path, coco_root: Path | None) -> list[str]:
@@ -33,8 +38,15 @@ def test_study_file_is_valid(path, pascal_root, coco_root):
 
 def test_shipped_study_files_cover_the_paper_tables():
     names = {p.stem for p in ABLATIONS}
-    assert {"main-table", "component-ablation", "prior-ablation", "imr-iterations", "backbone-sizes",
-            "component-prior-ablation", "demo"} <= names  # fmt: skip
+    assert {
+        "main-table",
+        "component-ablation",
+        "prior-ablation",
+        "imr-iterations",
+        "backbone-sizes",
+        "component-prior-ablation",
+        "demo",
+    } <= names
 
 
 @pytest.mark.slow
@@ -45,7 +57,12 @@ def test_study_file_runs(path, pascal_root, coco_root, tmp_path):
     study = load_study(path, raw_overrides)
     for v in study.variants:  # shrink the size variants too
         v.settings.update(sam2_size="t", dinov2="vits14", image_size=256, dinov2_input_size=224)
-    cells = StudyRunner(study, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", work_dir=tmp_path / "w",
-                        progress=False, qualitative=0).run()  # fmt: skip
+    cells = StudyRunner(
+        study,
+        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        work_dir=tmp_path / "w",
+        progress=False,
+        qualitative=0,
+    ).run()
     # shrunk size variants can coincide with another variant's cell: those are skipped as done
     assert cells["status"].isin(["run", "skipped (done)"]).all() and (cells["status"] == "run").any()

@@ -1,22 +1,69 @@
-"""Turn a manifest episode into model inputs at the model's image size (FSSAM's test transform).
+"""The episode loader: one manifest episode -> everything a method and the scorer need.
 
-FSSAM (BAM ``transform_new.Resize``) resizes query and supports directly to ``size x size``:
-images with linear interpolation (cv2 INTER_LINEAR == torch bilinear, align_corners=False, no
-antialias) and labels with nearest neighbour (cv2 INTER_NEAREST == torch "nearest"). The query
-label is kept at its ORIGINAL size for the metric.
+The only place where an episode's pixels are read and transformed. FSSAM (BAM
+``transform_new.Resize``) resizes query and supports directly to ``S x S``: images with linear
+interpolation (cv2 INTER_LINEAR == torch bilinear, align_corners=False, no antialias), labels with
+nearest neighbour (cv2 INTER_NEAREST == torch "nearest"). The query target stays at its ORIGINAL
+size for the metric. Data flows one way::
+
+    manifest episode --load_episode--> EpisodeData --method--> logits --metrics--> counts
+
+Images are decoded lazily (:class:`EpisodeImage`), so an episode whose features are all cached
+never decodes a JPEG; labels and image hashes are memoised with a bounded LRU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import io
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from benchmark.data.classes import IGNORE_LABEL
+from benchmark.data.images import read_label
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes import Episode
-from benchmark.metrics import episode_target
+from benchmark.errors import FssBenchError
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def episode_target(label: ArrayT, cls: int) -> ArrayT:
+    """Binary target of one episode from a semantic label map.
+
+    Args:
+        label: ``(H, W)`` semantic label (numpy array or torch tensor, any integer dtype) holding
+            1-based class ids, 0 for background and ``IGNORE_LABEL`` (255) for "ignore".
+        cls: the episode's target class id, in ``1..254``.
+
+    Returns:
+        Same type (and, for tensors, device) as ``label``, shape ``(H, W)``, dtype uint8:
+        1 where ``label == cls``, 255 where ``label == 255``, 0 elsewhere (other classes included).
+    """
+    if isinstance(cls, bool) or int(cls) != cls:
+        raise FssBenchError(f"episode_target: class id must be an integer, got {cls!r}")
+    cls = int(cls)
+    if not 0 < cls < IGNORE_LABEL:
+        raise FssBenchError(f"episode_target: class id must be in 1..{IGNORE_LABEL - 1}, got {cls}")
+    if isinstance(label, torch.Tensor):
+        out_t = torch.zeros(label.shape, dtype=torch.uint8, device=label.device)
+        out_t[label == cls] = 1
+        out_t[label == IGNORE_LABEL] = IGNORE_LABEL
+        return out_t
+    arr = np.asarray(label)
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    out[arr == cls] = 1
+    out[arr == IGNORE_LABEL] = IGNORE_LABEL
+    return out
 
 
 def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
@@ -31,33 +78,110 @@ def resize_label(label: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(y, size=(size, size), mode="nearest")[0, 0].to(torch.uint8)
 
 
+class LRU(OrderedDict[K, V]):
+    """A dict that keeps at most ``maxsize`` entries, dropping the least recently used."""
+
+    def __init__(self, maxsize: int):
+        super().__init__()
+        self.maxsize = maxsize
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+        return value
+
+
+class ImageStore:
+    """Images (bytes, SHA-256, decoded on demand) and labels of a prepared root.
+
+    Label arrays and image hashes are memoised in bounded LRUs (``max_labels``, ``max_hashes``), so
+    memory stays flat over a 1000-episode cell and a whole study.
+    """
+
+    def __init__(self, ds: PreparedDataset, max_labels: int = 256, max_hashes: int = 65536):
+        self.ds = ds
+        self._sha: LRU[str, str] = LRU(max_hashes)
+        self._labels: LRU[str, np.ndarray] = LRU(max_labels)
+
+    def _read(self, rel: str) -> bytes:
+        path = self.ds.root / rel
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise FssBenchError(f"{path}: cannot read image ({e}); run `fssbench data check`") from None
+
+    def sha256(self, rel: str) -> str:
+        return self._sha.get_or_make(rel, lambda: hashlib.sha256(self._read(rel)).hexdigest())
+
+    def image(self, rel: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, decoded now (not memoised: images are big and features are cached)."""
+        data = self._read(rel)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"))
+        except OSError as e:
+            path = self.ds.root / rel
+            raise FssBenchError(f"{path}: unreadable image ({e}); run `fssbench data check`") from None
+
+    def label(self, rel: str) -> np.ndarray:
+        """(H, W) uint8 class ids, 255 = ignore."""
+        return self._labels.get_or_make(rel, lambda: read_label(self.ds.root / rel))
+
+
+@dataclass
+class EpisodeImage:
+    """One image of an episode: its path, content hash, and its pixels at size S on demand."""
+
+    rel: str
+    sha256: str
+    size: int
+    store: ImageStore = field(repr=False)
+    _tensor: torch.Tensor | None = field(default=None, repr=False)
+
+    def tensor(self) -> torch.Tensor:
+        """(3, S, S) float32 RGB 0..255, decoded and resized once."""
+        if self._tensor is None:
+            self._tensor = resize_image(self.store.image(self.rel), self.size)
+        return self._tensor
+
+    def original(self) -> np.ndarray:
+        """(H, W, 3) uint8 at the original resolution (figures)."""
+        return self.store.image(self.rel)
+
+
 @dataclass
 class EpisodeData:
-    """Inputs of one episode. Shapes for K shots at model size S, original query size (H, W)."""
+    """Inputs and target of one episode: K shots at model size S, original query size (H, W)."""
 
     episode: Episode
-    query: torch.Tensor  # (3, S, S) float32 0..255
-    supports: torch.Tensor  # (K, 3, S, S) float32 0..255
+    query: EpisodeImage
+    supports: list[EpisodeImage]
     support_masks: torch.Tensor  # (K, S, S) uint8 in {0, 1, 255}
-    query_target: torch.Tensor  # (H, W) uint8 in {0, 1, 255}, original resolution
-    query_image: np.ndarray  # (H, W, 3) uint8, original (for figures)
+    query_mask: torch.Tensor  # (S, S) uint8 in {0, 1, 255}: the query target at model size (oracle prior)
+    query_target: np.ndarray  # (H, W) uint8 in {0, 1, 255}: what the metric scores
+    support_labels: list[np.ndarray] = field(repr=False, default_factory=list)  # (H_k, W_k) targets
 
 
-def load_episode(ds: PreparedDataset, images: dict[str, list[str]], ep: Episode, size: int) -> EpisodeData:
-    """Load and transform one episode. ``images`` is the manifest's id -> [image, label] table."""
-    q_img_rel, q_lab_rel = images[ep.query]
-    q_img = ds.load_image(q_img_rel)
-    q_lab = ds.load_label(q_lab_rel)
-    sup, sup_m = [], []
-    for sid in ep.supports:
-        s_img_rel, s_lab_rel = images[sid]
-        sup.append(resize_image(ds.load_image(s_img_rel), size))
-        sup_m.append(resize_label(episode_target(ds.load_label(s_lab_rel), ep.cls), size))
+def load_episode(store: ImageStore, images: dict[str, list[str]], ep: Episode, size: int) -> EpisodeData:
+    """Load one episode. ``images`` is the manifest's id -> [image, label] table; ``size`` is S."""
+
+    def image(image_id: str) -> EpisodeImage:
+        rel = images[image_id][0]
+        return EpisodeImage(rel, store.sha256(rel), size, store)
+
+    target = episode_target(store.label(images[ep.query][1]), ep.cls)
+    support_targets = [episode_target(store.label(images[s][1]), ep.cls) for s in ep.supports]
     return EpisodeData(
         episode=ep,
-        query=resize_image(q_img, size),
-        supports=torch.stack(sup),
-        support_masks=torch.stack(sup_m),
-        query_target=torch.from_numpy(episode_target(q_lab, ep.cls)),
-        query_image=q_img,
+        query=image(ep.query),
+        supports=[image(s) for s in ep.supports],
+        support_masks=torch.stack([resize_label(t, size) for t in support_targets]),
+        query_mask=resize_label(target, size),
+        query_target=target,
+        support_labels=support_targets,
     )

@@ -597,3 +597,21 @@ def synth_coco(
         summary[f"n_{split}_annotations"] = len(annotations)
         summary[f"n_{split}_crowd"] = n_crowd
     return summary
+
+
+def synth_raw_roots(dataset: str, out: Path) -> dict[str, Path]:
+    """Where the raw roots of a synthetic dataset lie (what ``data prepare`` takes)."""
+    if dataset == "pascal":
+        return {"voc": out / "VOCdevkit" / "VOC2012", "sbd": out / "benchmark_RELEASE" / "dataset"}
+    return {"coco": out}
+
+
+def synth_dataset(
+    dataset: str, out: Path, seed: int = 0, overwrite: bool = False, progress: bool = True
+) -> dict:
+    """Generate a synthetic raw dataset atomically at ``out``; returns the generator's summary."""
+    from benchmark.io_utils import atomic_directory
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        fn = synth_pascal if dataset == "pascal" else synth_coco
+        return fn(tmp, seed=seed, progress=progress)

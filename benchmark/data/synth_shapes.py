@@ -20,9 +20,17 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 SHAPES: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "cross",
-    "ring", "diamond", "hexagon", "crescent", "blob",
-)  # fmt: skip
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "ring",
+    "diamond",
+    "hexagon",
+    "crescent",
+    "blob",
+)
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "dots", "checker", "gradient")
 N_IDENTITIES = 3
 

@@ -1,4 +1,8 @@
-"""Qualitative overlays: an image with its ground truth and a prediction (PNG), IoU in the title."""
+"""Qualitative overlays of one episode: image, ground truth and prediction (PNG), IoU in the title.
+
+Pure drawing (arrays in, a PNG out): the cell function writes these as artifacts and the reports
+reuse `overlay` for their figures.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,453 @@
+"""The cell function: evaluate one (method, resolved settings, manifest, device), with no tracking.
+
+``evaluate_cell(spec, cache) -> CellResult`` is what every engine calls: ``fssbench run`` (the local
+engine, ``benchmark.runner``), ``fssbench profile``, the demo, and the search and Ray engines.
+MLflow logging, progress bars and printing stay with the callers (``on_episode`` reports progress).
+
+Data flows one way through it::
+
+    manifest -> load_episode (episode loader) -> Featurizer (cache) -> method.predict -> metrics
+
+A cell's key (:func:`cell_key`) is known before any model is built: it hashes the method and its
+resolved settings, the effective precision, the manifest hash, the weight files' SHA-256 (cached
+by path, size and mtime) or the random-init seed, the source that determines the numbers and the
+versions of the packages that do.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import resource
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.data.episode_data import EpisodeData, ImageStore, load_episode
+from benchmark.data.prepared import PreparedDataset
+from benchmark.episodes import load_manifest, manifest_episodes
+from benchmark.errors import FssBenchError
+from benchmark.feature_cache import FeatureCache
+from benchmark.features import Featurizer
+from benchmark.io_utils import canonical_json, write_text_atomic
+from benchmark.journal import CellJournal
+from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
+from benchmark.metrics import bootstrap_ci, intersection_union, prediction_at_label_size, summarize
+from fssam.hashing import file_sha256
+from fssam.sam2_adapter import effective_precision
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_PATHS = (
+    "fssam",
+    "baselines",
+    "benchmark/methods",
+    "benchmark/metrics.py",
+    "benchmark/data/episode_data.py",
+    "benchmark/features.py",
+)
+"""The source that determines a cell's numbers (the models, episode loading, features, scoring)."""
+CODE_EXCLUDED = ("fssam/train.py",)  # cannot change a prediction
+NUMBER_PACKAGES = ("torch", "sam2", "timm", "pillow")  # pillow decodes the JPEGs
+
+
+@functools.cache
+def code_hash() -> str:
+    """SHA-256 of the source files in :data:`CODE_PATHS` (minus :data:`CODE_EXCLUDED`)."""
+    h = hashlib.sha256()
+    for rel in CODE_PATHS:
+        p = ROOT / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            name = str(f.relative_to(ROOT))
+            if name not in CODE_EXCLUDED:
+                h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@functools.cache
+def number_package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in NUMBER_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise FssBenchError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FssBenchError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    return dev
+
+
+class CheckpointHashes:
+    """SHA-256 of weight files, remembered by (absolute path, size, mtime) in a JSON file.
+
+    Hashing a 900 MB checkpoint takes seconds; a rerun of a finished study must not pay it again.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path is not None else None
+        self._known: dict[str, dict[str, Any]] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                self._known = json.loads(self.path.read_text())
+            except ValueError:
+                self._known = {}
+        self.computed = 0
+
+    def sha256(self, file: str | Path) -> str:
+        p = Path(file).absolute()
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise FssBenchError(f"checkpoint {p} not found ({e.strerror})") from None
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        known = self._known.get(str(p))
+        if known is not None and {k: known.get(k) for k in stamp} == stamp:
+            return known["sha256"]
+        sha = file_sha256(p)
+        self.computed += 1
+        self._known[str(p)] = {**stamp, "sha256": sha}
+        if self.path is not None:
+            write_text_atomic(self.path, json.dumps(self._known, indent=1, sort_keys=True))
+        return sha
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """What a cell computes: a method with resolved settings (defaults included, checkpoint
+    templates filled in) on a manifest of a prepared data root, on a device."""
+
+    method: str
+    settings: Mapping[str, Any]
+    manifest_path: Path
+    data_root: Path
+    device: str = "auto"
+    name: str = ""
+
+    @property
+    def precision(self) -> str:
+        """The effective precision on this machine ("bf16" autocast on CUDA, else "fp32")."""
+        return effective_precision(resolve_device(self.device), str(self.settings.get("precision", "auto")))
+
+
+def weight_ids(spec: CellSpec, hashes: CheckpointHashes | None = None) -> dict[str, str]:
+    """Role -> SHA-256 of the weight file, or the random-init id: without building any model."""
+    hashes = hashes or CheckpointHashes()
+    out = {}
+    for role, source in get_method(spec.method).weight_sources(dict(spec.settings)).items():
+        out[role] = source if source.startswith("random-init:") else hashes.sha256(source)
+    return out
+
+
+def cell_key(spec: CellSpec, manifest_sha256: str, weights: Mapping[str, str]) -> str:
+    """SHA-256 of everything that determines a cell's numbers (and nothing that does not)."""
+    entry = get_method(spec.method)
+    settings = {
+        k: v for k, v in spec.settings.items() if k not in entry.checkpoints and k != "precision"
+    }  # checkpoint paths are replaced by their hashes, the requested precision by the effective one
+    body = {
+        "method": spec.method,
+        "settings": settings,
+        "precision": spec.precision,
+        "manifest": manifest_sha256,
+        "weights": dict(weights),
+        "code": code_hash(),
+        "packages": number_package_versions(),
+    }
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA max allocated, or on CPU the growth of the process's RSS during
+    the block (sampled every 10 ms), not the process lifetime maximum."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes = 0
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "rss_growth"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        start = self._rss()
+        if start is None:  # no /proc: fall back to the lifetime peak
+            self.kind = "process_max_rss"
+            return self
+        self._start = self._max = start
+
+        def sample() -> None:
+            while not self._stop.wait(0.01):
+                self._max = max(self._max, self._rss() or 0)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._max = max(self._max, self._rss() or 0)
+            self.peak_bytes = self._max - self._start
+        else:
+            self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class CellResult:
+    """A cell's outcome: the per-episode table and everything derived from it, ready to log."""
+
+    spec: CellSpec
+    key: str | None
+    table: pd.DataFrame  # per-episode counts (EPISODE_COLUMNS), sorted by episode id
+    summary: dict[str, Any]  # metrics.summarize(...) plus the bootstrap CI ("miou_ci")
+    metrics: dict[str, float]  # flat, for tracking: fractions in [0, 1], timings, memory
+    seconds: float  # wall time of the episodes run now (not the resumed ones)
+    episodes_run: int
+    episodes_resumed: int
+    peak_memory_mb: float
+    peak_memory_kind: str
+    random_init: bool
+    weight_hashes: dict[str, str]
+    device: str
+    precision: str
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+    artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
+
+
+def predict_episode(
+    method: FewShotMethod, feat: Featurizer, data: EpisodeData, return_intermediates: bool = False
+):
+    """The method on one episode: (1, S, S) logits (and intermediates when asked)."""
+    query = feat.encode([data.query])
+    supports = feat.encode(data.supports)
+    with torch.no_grad():
+        return method.predict(
+            query,
+            supports,
+            data.support_masks[None],
+            query_mask=data.query_mask[None],
+            return_intermediates=return_intermediates,
+        )
+
+
+def score_episode(logits: torch.Tensor, data: EpisodeData) -> dict[str, int]:
+    """One row of the per-episode table from (1, S, S) logits."""
+    pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape)
+    i_bg, u_bg, i_fg, u_fg = intersection_union(pred, data.query_target)
+    ep = data.episode
+    return {"episode": ep.id, "class": ep.cls, "I_bg": i_bg, "U_bg": u_bg, "I_fg": i_fg, "U_fg": u_fg}
+
+
+def evaluate_cell(
+    spec: CellSpec,
+    cache: FeatureCache,
+    *,
+    key: str | None = None,
+    method: FewShotMethod | None = None,
+    pool: WeightPool | None = None,
+    journal_path: Path | None = None,
+    artifacts_dir: Path | None = None,
+    qualitative: int = 3,
+    on_start: Callable[[int, int], None] | None = None,
+    on_episode: Callable[[int, int], None] | None = None,
+) -> CellResult:
+    """Score ``spec``'s method on every episode of its manifest.
+
+    Args:
+        key: the cell key (recorded in the journal header and config.json); computed if omitted.
+        method: an already built method (else it is built from the registry, sharing ``pool``).
+        journal_path: the episode journal; episodes already in it are not run again (resume).
+        artifacts_dir: where to write episodes.parquet, per_class.csv, config.json and, with
+            ``qualitative`` > 0, PNG overlays of the worst, median and best episodes.
+        on_start: called as ``on_start(already_done, total)`` once the journal is read back.
+        on_episode: called as ``on_episode(done, total)`` after each episode (progress bars).
+    """
+    manifest = load_manifest(spec.manifest_path)
+    device = resolve_device(spec.device)
+    key = key or cell_key(spec, manifest["sha256"], weight_ids(spec))
+    if method is None:
+        method = build_method(spec.method, dict(spec.settings), device, pool)
+    store = ImageStore(PreparedDataset(spec.data_root))
+    feat = Featurizer(method, cache)
+    episodes = manifest_episodes(manifest)
+    header = {"cell_key": key, "manifest_sha256": manifest["sha256"]}
+    with (
+        CellJournal(journal_path, header, {e.id: e.cls for e in episodes}) as journal,
+        PeakMemory(device) as memory,
+    ):
+        todo = [e for e in episodes if e.id not in journal.rows]
+        resumed = len(episodes) - len(todo)
+        if on_start is not None:
+            on_start(resumed, len(episodes))
+        t0 = time.perf_counter()
+        for ep in todo:
+            data = load_episode(store, manifest["images"], ep, method.image_size)
+            journal.append(score_episode(predict_episode(method, feat, data), data))
+            if on_episode is not None:
+                on_episode(len(journal.rows), len(episodes))
+        seconds = time.perf_counter() - t0
+        table = journal.table()
+    if len(table) != manifest["num_episodes"]:
+        raise FssBenchError(f"{spec.name}: {len(table)} of {manifest['num_episodes']} episodes recorded")
+    classes = manifest["classes"]
+    summary = summarize(table, classes)
+    ci = bootstrap_ci(table, classes, metric="miou")
+    summary["miou_ci"] = (ci["low"], ci["high"])
+    peak_mb = memory.peak_bytes / 2**20
+    metrics = {
+        "miou": summary["miou"],
+        "fb_iou": summary["fb_iou"],
+        "fg_iou": summary["fg_iou"],
+        "miou_ci_low": ci["low"],
+        "miou_ci_high": ci["high"],
+        "peak_mem_mb": peak_mb,
+        "episodes": float(len(table)),
+        **{f"iou_class_{c}": v for c, v in summary["class_iou"].items()},
+    }
+    if todo:
+        metrics["episodes_per_s"] = len(todo) / max(seconds, 1e-9)
+    result = CellResult(
+        spec=spec,
+        key=key,
+        table=table,
+        summary=summary,
+        metrics=metrics,
+        seconds=seconds,
+        episodes_run=len(todo),
+        episodes_resumed=resumed,
+        peak_memory_mb=peak_mb,
+        peak_memory_kind=memory.kind,
+        random_init=bool(method.random_init),
+        weight_hashes=method.weight_hashes(),
+        device=str(device),
+        precision=spec.precision,
+        manifest=manifest,
+    )
+    if artifacts_dir is not None:
+        result.artifacts = write_artifacts(result, Path(artifacts_dir), method, feat, store, qualitative)
+    return result
+
+
+def cell_config(result: CellResult) -> dict[str, Any]:
+    """config.json: how to recompute the cell (method, resolved settings, manifest, weights, code)."""
+    spec, m = result.spec, result.manifest
+    return {
+        "cell": spec.name,
+        "cell_key": result.key,
+        "method": spec.method,
+        "settings": dict(spec.settings),
+        "device": result.device,
+        "precision_effective": result.precision,
+        "data_root": str(spec.data_root),
+        "manifest": str(spec.manifest_path),
+        "manifest_sha256": m.get("sha256"),
+        "classes": m.get("classes"),
+        "class_split": m.get("class_split"),
+        "weights": result.weight_hashes,
+        "random_init": result.random_init,
+        "code_sha256": code_hash(),
+        "packages": number_package_versions(),
+    }
+
+
+def write_artifacts(
+    result: CellResult,
+    folder: Path,
+    method: FewShotMethod,
+    feat: Featurizer,
+    store: ImageStore,
+    qualitative: int = 3,
+) -> list[tuple[Path, str | None]]:
+    """Write the cell's artifacts into ``folder`` (replaced); returns (path, artifact subdir) pairs."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    table, summary = result.table, result.summary
+    table.to_parquet(folder / "episodes.parquet", index=False)
+    classes = list(summary["class_iou"])
+    per_class = pd.DataFrame(
+        {
+            "class": classes,
+            "iou": [summary["class_iou"][c] for c in classes],
+            "episodes": [summary["episodes_per_class"].get(c, 0) for c in classes],
+        }
+    )
+    per_class.to_csv(folder / "per_class.csv", index=False)
+    write_text_atomic(
+        folder / "config.json", json.dumps(cell_config(result), indent=2, sort_keys=True, default=str)
+    )
+    out: list[tuple[Path, str | None]] = [
+        (folder / "episodes.parquet", None),
+        (folder / "per_class.csv", None),
+        (folder / "config.json", None),
+    ]
+    if qualitative:
+        out += [
+            (p, "qualitative")
+            for p in _qualitative(result, method, feat, store, folder / "qualitative", qualitative)
+        ]
+    return out
+
+
+def _qualitative(
+    result: CellResult, method: FewShotMethod, feat: Featurizer, store: ImageStore, folder: Path, count: int
+) -> list[Path]:
+    from benchmark.qualitative import save_episode_overlay
+
+    table, manifest = result.table, result.manifest
+    iou = table["I_fg"] / table["U_fg"].where(table["U_fg"] > 0, 1)
+    order = np.argsort(iou.to_numpy(), kind="stable")
+    picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
+    episodes = {e.id: e for e in manifest_episodes(manifest)}
+    paths = []
+    for label, idx in list(picks.items())[:count]:
+        ep = episodes[int(table["episode"].iloc[idx])]
+        data = load_episode(store, manifest["images"], ep, method.image_size)
+        logits = predict_episode(method, feat, data)
+        pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape).numpy()
+        title = f"{result.spec.name} episode {ep.id} ({label}) IoU {100 * float(iou.iloc[idx]):.1f}"
+        if result.random_init:
+            title = "RANDOM-INIT " + title
+        path = folder / f"{label}-ep{ep.id}.png"
+        support = data.supports[0].original()
+        paths.append(
+            save_episode_overlay(
+                path, data.query.original(), data.query_target, pred, title, support, data.support_labels[0]
+            )
+        )
+    return paths

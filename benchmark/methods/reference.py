@@ -1,0 +1,85 @@
+"""Registration of the model-free reference predictors (``baselines.trivial``): sanity floors.
+
+They see raw pixels through an ``rgb`` encoder that is not cached (it only resizes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from benchmark.methods.registry import BuildContext, MethodEntry
+
+
+class RGBEncoder:
+    """Pixels as features: (N, 3, S, S) -> {"rgb": (N, 3, S, S)} (nothing to cache)."""
+
+    cacheable = False
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def identity(self) -> dict[str, Any]:
+        return {"encoder": "rgb", "image_size": self.image_size}
+
+    def encode(self, images: Tensor) -> dict[str, Tensor]:
+        return {"rgb": images.float()}
+
+
+class ReferencePredictor:
+    """A pixel-level function (query (B,3,S,S), supports (B,K,3,S,S), masks (B,K,S,S)) as a method."""
+
+    random_init = False
+
+    def __init__(self, fn: Callable[[Tensor, Tensor, Tensor], Tensor], image_size: int, device: torch.device):
+        self.fn, self._size, self._device = fn, image_size, device
+
+    @property
+    def image_size(self) -> int:
+        return self._size
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def encoders(self) -> dict[str, RGBEncoder]:
+        return {"rgb": RGBEncoder(self._size)}
+
+    def weight_hashes(self) -> dict[str, str]:
+        return {}
+
+    def predict(self, query, supports, support_masks: Tensor, **extras: Any):
+        b, k = support_masks.shape[:2]
+        q = query["rgb"].to(self._device)
+        s = supports["rgb"].to(self._device).reshape(b, k, *q.shape[1:])
+        logits = self.fn(q, s, support_masks.to(self._device))
+        return (logits, {}) if extras.get("return_intermediates") else logits
+
+
+def _entry(name: str, description: str) -> MethodEntry:
+    def build(settings: dict[str, Any], ctx: BuildContext) -> ReferencePredictor:
+        from baselines import trivial
+
+        return ReferencePredictor(getattr(trivial, name), int(settings["image_size"]), ctx.device)
+
+    def validate(settings: dict[str, Any]) -> None:
+        size = settings["image_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"image_size must be a positive integer, got {size!r}")
+
+    return MethodEntry(
+        name=name,
+        description=description,
+        defaults={"image_size": 512},
+        build=build,
+        weight_sources=lambda settings: {},
+        validate=validate,
+    )
+
+
+MEAN_COLOUR = _entry("mean_colour", "reference: nearest support colour prototype (no model)")
+ALL_FOREGROUND = _entry("all_foreground", "reference: every pixel foreground (no model)")

@@ -1,0 +1,136 @@
+"""The method registry: a study file's ``method:`` name -> how to validate, key and build it.
+
+Adding a method is one file plus one registration: write the model (it satisfies
+:class:`~benchmark.methods.base.FewShotMethod`), then describe it with a :class:`MethodEntry` and
+``register`` it in ``benchmark/methods/__init__.py``. The harness only ever talks to entries.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from benchmark.errors import FssBenchError
+from benchmark.methods.base import FewShotMethod
+
+TEMPLATE_FIELDS = ("dataset", "fold", "shot", "arch")
+
+
+class WeightPool:
+    """Memoises loaded weights so variants that share them build them once.
+
+    ``get(key, make, group, keep)`` keeps at most ``keep`` entries of one ``group`` (fine-tuned
+    checkpoints differ per fold and shot, so only the latest few are held).
+    """
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+
+    def get(self, key: tuple, make: Callable[[], Any], group: str = "", keep: int | None = None) -> Any:
+        full = (group, *key)
+        if full in self._items:
+            self._items.move_to_end(full)
+            return self._items[full]
+        if keep is not None:
+            same = [k for k in self._items if k[0] == group]
+            while len(same) >= keep:
+                self._items.pop(same.pop(0))
+        value = self._items[full] = make()
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass
+class BuildContext:
+    """What a builder gets besides the settings: the device and the shared weight pool."""
+
+    device: torch.device
+    pool: WeightPool = field(default_factory=WeightPool)
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
+class MethodEntry:
+    """A registered method.
+
+    ``defaults``: every setting the method accepts, with its default (``None``: no default).
+    ``checkpoints``: the settings that are weight-file paths (templates over ``{dataset}``,
+    ``{fold}``, ``{shot}``, ``{arch}`` allowed).
+    ``validate(settings)``: raise ``ValueError``/``FssBenchError`` naming the bad field.
+    ``weight_sources(settings)``: role -> checkpoint path, or ``"random-init:..."``, for resolved
+    settings; raise ``FssBenchError`` (naming the field) when the weights are not given.
+    ``build(settings, ctx)``: the method, on ``ctx.device``.
+    """
+
+    name: str
+    description: str
+    defaults: Mapping[str, Any]
+    build: Callable[[dict[str, Any], BuildContext], FewShotMethod]
+    weight_sources: Callable[[dict[str, Any]], dict[str, str]]
+    validate: Callable[[dict[str, Any]], None] = lambda settings: None
+    checkpoints: tuple[str, ...] = ()
+
+    def resolve(self, settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+        """Every setting of the method, defaults filled in; unknown ones name the method and the field."""
+        prefix = f"{where}." if where else ""
+        unknown = sorted(set(settings) - set(self.defaults))
+        if unknown:
+            raise FssBenchError(
+                f"{prefix}{unknown[0]}: unknown switch for method {self.name!r}; known: {sorted(self.defaults)}"
+            )
+        resolved = {**self.defaults, **settings}
+        try:
+            self.validate(resolved)
+        except (ValueError, FssBenchError) as e:
+            raise FssBenchError(f"{where + ': ' if where else ''}method {self.name!r}: {e}") from None
+        return resolved
+
+
+_REGISTRY: dict[str, MethodEntry] = {}
+
+
+def register(entry: MethodEntry) -> MethodEntry:
+    if entry.name in _REGISTRY and _REGISTRY[entry.name] is not entry:
+        raise ValueError(f"method {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def get_method(name: str) -> MethodEntry:
+    if name not in _REGISTRY:
+        raise FssBenchError(f"method {name!r} is not one of {method_names()}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def fill_templates(entry: MethodEntry, settings: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+    """Settings with the checkpoint templates filled in for one cell (dataset, fold, shot)."""
+    shot = values.get("shot")
+    values.setdefault("arch", "FSSAM" if shot == 1 else "FSSAM5s")  # the authors' folder names
+    out = dict(settings)
+    for key in entry.checkpoints:
+        if out.get(key):
+            try:
+                out[key] = str(out[key]).format(**values)
+            except (KeyError, IndexError, ValueError) as e:
+                raise FssBenchError(
+                    f"{key}: template {out[key]!r} uses an unknown field ({e}); allowed: "
+                    + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+                ) from None
+    return out
+
+
+def build_method(
+    name: str, settings: dict[str, Any], device: torch.device, pool: WeightPool | None = None
+) -> FewShotMethod:
+    """Build a registered method from resolved settings (checkpoint templates filled in)."""
+    entry = get_method(name)
+    return entry.build(settings, BuildContext(device, pool or WeightPool()))
