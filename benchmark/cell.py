@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.data.episode_data import EpisodeData, ImageStore, load_episode
 from benchmark.data.prepared import PreparedDataset
+from benchmark.episode_loader import EpisodeData, ImageStore, load_episode
 from benchmark.episodes import load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
@@ -52,7 +52,7 @@ CODE_PATHS = (
     "baselines",
     "benchmark/methods",
     "benchmark/metrics.py",
-    "benchmark/data/episode_data.py",
+    "benchmark/episode_loader.py",
     "benchmark/features.py",
 )
 """The source that determines a cell's numbers (the models, episode loading, features, scoring)."""
@@ -60,16 +60,23 @@ CODE_EXCLUDED = ("fssam/train.py",)  # cannot change a prediction
 NUMBER_PACKAGES = ("torch", "sam2", "timm", "pillow")  # pillow decodes the JPEGs
 
 
-@functools.cache
-def code_hash() -> str:
-    """SHA-256 of the source files in :data:`CODE_PATHS` (minus :data:`CODE_EXCLUDED`)."""
-    h = hashlib.sha256()
+def code_files() -> list[Path]:
+    """The source files in :data:`CODE_PATHS`, minus :data:`CODE_EXCLUDED`, in a fixed order."""
+    out = []
     for rel in CODE_PATHS:
         p = ROOT / rel
         for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            name = str(f.relative_to(ROOT))
-            if name not in CODE_EXCLUDED:
-                h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+            if str(f.relative_to(ROOT)) not in CODE_EXCLUDED:
+                out.append(f)
+    return out
+
+
+@functools.cache
+def code_hash() -> str:
+    """SHA-256 of :func:`code_files` (names and contents)."""
+    h = hashlib.sha256()
+    for f in code_files():
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 

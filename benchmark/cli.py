@@ -113,7 +113,14 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
 
     print_bench(
         bench_model(
-            args.sam2_size, args.dinov2, args.image_size, args.shots, args.repeats, args.device, args.threads
+            args.sam2_size,
+            args.dinov2,
+            args.image_size,
+            args.shots,
+            args.repeats,
+            args.device,
+            args.threads,
+            args.method,
         )
     )
     return 0
@@ -331,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     rp.set_defaults(fn=_cmd_report)
 
-    b = sub.add_parser("bench-model", help="time one FSSAM episode with and without precomputed features")
+    b = sub.add_parser("bench-model", help="time one episode with and without precomputed features")
+    b.add_argument("--method", default="fssam", choices=("fssam", "naive_sam2"))
     b.add_argument("--sam2-size", default="s", choices=("t", "s", "b+", "l"))
     b.add_argument("--dinov2", default="vitb14", choices=("vits14", "vitb14", "vitl14", "vitg14"))
     b.add_argument("--image-size", type=int, default=512)

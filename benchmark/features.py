@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.data.episode_data import EpisodeImage
+from benchmark.episode_loader import EpisodeImage
 from benchmark.feature_cache import FeatureCache
 from benchmark.methods.base import Features, FewShotMethod
 

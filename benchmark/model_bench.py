@@ -1,4 +1,4 @@
-"""``fssbench bench-model``: time one FSSAM episode, with and without precomputed frozen features.
+"""``fssbench bench-model``: time one episode of a method, with and without precomputed frozen features.
 
 A measurement, not a test: it prints seconds per episode (median of the repeats after one warm-up)
 and the ratio, on random-init weights (timing does not depend on the weight values), loudly labelled.
@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from fssam import FSSAM, FSSAMConfig
+from benchmark.methods import build_method, get_method
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -33,28 +33,32 @@ def bench_model(
     repeats: int = 3,
     device: str = "cpu",
     threads: int | None = None,
+    method: str = "fssam",
 ) -> dict:
-    """Seconds per episode for ``model(...)`` (encoders included) and ``model.predict`` (features cached)."""
+    """Seconds per episode for encoders + ``predict`` and for ``predict`` alone (features cached)."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    cfg = FSSAMConfig(sam2_size=sam2_size, dinov2=dinov2, image_size=image_size, random_init=True)
-    model = FSSAM(cfg).to(dev)
+    entry = get_method(method)
+    wanted = {"sam2_size": sam2_size, "dinov2": dinov2, "image_size": image_size, "random_init": True}
+    model = build_method(method, entry.resolve({k: v for k, v in wanted.items() if k in entry.defaults}), dev)
     g = torch.Generator().manual_seed(0)
     query = (torch.rand(1, 3, image_size, image_size, generator=g) * 255).to(dev)
-    supports = (torch.rand(1, shots, 3, image_size, image_size, generator=g) * 255).to(dev)
+    supports = (torch.rand(shots, 3, image_size, image_size, generator=g) * 255).to(dev)
     masks = (torch.rand(1, shots, image_size, image_size, generator=g) > 0.5).long().to(dev)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    def encode(images):
+        return {k: v for enc in model.encoders.values() for k, v in enc.encode(images).items()}
+
     with torch.no_grad():
-        q = model.encode_images(query)
-        s = model.encode_images(supports.flatten(0, 1))
+        q, s = encode(query), encode(supports)
 
         def full():
-            model(query, supports, masks)
+            model.predict(encode(query), encode(supports), masks)
             sync()
 
         def cached():
@@ -64,6 +68,7 @@ def bench_model(
         t_full = _median_seconds(full, repeats)
         t_cached = _median_seconds(cached, repeats)
     return {
+        "method": method,
         "sam2": f"SAM 2.0-{sam2_size}",
         "dinov2": dinov2,
         "image_size": image_size,
@@ -80,7 +85,7 @@ def bench_model(
 def print_bench(r: dict) -> None:
     print("RANDOM-INIT WEIGHTS (timing only; predictions are meaningless)")
     print(
-        f"FSSAM episode, {r['sam2']} + DINOv2 {r['dinov2']}, {r['image_size']} px, {r['shots']}-shot, "
+        f"{r['method']} episode, {r['sam2']} + DINOv2 {r['dinov2']}, {r['image_size']} px, {r['shots']}-shot, "
         f"{r['device']} ({r['machine']})"
     )
     print(f"  encoders + predict (no cache):   {r['seconds_full']:.3f} s/episode")

@@ -204,13 +204,13 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
             raise FssBenchError(
                 f"{source}: variants.{vname}.method: {method!r} is not one of {method_names()}"
             )
-    entries = {get_method((sw or {}).get("method", "fssam")) for sw in variants_raw.values()}
-    known = set(HARNESS_FIELDS).union(*(e.defaults for e in entries))
+    # model-level defaults go to the variants whose method accepts them; a key no registered method
+    # accepts is a typo
+    known = set(HARNESS_FIELDS).union(*(get_method(m).defaults for m in method_names()))
     for key in model:
         if key not in known:
             raise FssBenchError(
-                f"{source}: model.{key}: unknown setting for the study's methods "
-                f"({', '.join(sorted(e.name for e in entries))}); known: {sorted(known)}"
+                f"{source}: model.{key}: unknown setting for every method; known: {sorted(known)}"
             )
     variants = [
         _parse_variant(str(vname), switches or {}, model, roots, folds, shots, source, base_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.cell import predict_episode, resolve_device
-from benchmark.data.episode_data import ImageStore, load_episode
 from benchmark.data.prepared import PreparedDataset
+from benchmark.episode_loader import ImageStore, load_episode
 from benchmark.episodes import build_manifest, load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache

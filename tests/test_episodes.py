@@ -112,6 +112,7 @@ def test_manifest_hash_and_tamper_detection(tmp_path):
         load_manifest(tmp_path / "missing.json")
 
 
+@pytest.mark.slow
 def test_sampling_is_identical_in_fresh_processes_with_different_hash_seeds():
     """Set/dict iteration order must not leak into episodes (PYTHONHASHSEED varies per process)."""
     code = (

@@ -154,6 +154,61 @@ def test_switches(model, episode):
     )
 
 
+def test_scma_off_is_sams_own_memory_attention_over_the_same_memories(model, episode):
+    """scma=False == sam2's MemoryAttention.forward (the official module, not our re-implementation)
+    over [support memories ; refined pseudo-query memory ; pointers], then the decoder."""
+    from fssam.sam2_adapter import (
+        MaskMemory,
+        decode,
+        flatten_levels,
+        mask_to_memory,
+        memory_tokens,
+        split_shots,
+    )
+
+    query, supports, masks, _ = episode
+    plain = variant(model, scma=False)
+    q, s = plain.encode_images(query), plain.encode_images(supports.flatten(0, 1))
+    logits, inter = plain.predict(q, s, masks, return_intermediates=True)
+    sam, (b, k) = plain.sam2, masks.shape[:2]
+    s_mem = mask_to_memory(sam, s.sam2, (masks == 1).float().reshape(b * k, 1, S, S))
+    disc = mask_to_memory(sam, q.sam2, inter["prior_disc"])
+    memories = [*split_shots(s_mem, b, k), MaskMemory(inter["memory"], disc.pos, disc.obj_ptr)]
+    memory, memory_pos, n_ptr = memory_tokens(sam, memories)
+    feats, pos, sizes = flatten_levels(sam, q.sam2)
+    with torch.no_grad():
+        pix = sam.memory_attention(
+            curr=[feats[-1]],
+            curr_pos=[pos[-1]],
+            memory=memory,
+            memory_pos=memory_pos,
+            num_obj_ptr_tokens=n_ptr,
+        )
+        h, w = sizes[-1]
+        expected = decode(sam, pix.permute(1, 2, 0).reshape(b, sam.hidden_dim, h, w), q.sam2).logits
+    assert torch.allclose(logits, expected, atol=1e-5)
+    # and the prior=none, scma=False model is exactly the naive SAM 2 baseline on the same weights
+    none = variant(model, prior="none", scma=False).predict(q, s, masks)
+    assert torch.allclose(none, NaiveSAM2(model.config, sam2=model.sam2).predict(q, s, masks), atol=1e-6)
+
+
+def test_oracle_prior_feeds_the_query_ground_truth_into_the_memory(model, episode):
+    from fssam.sam2_adapter import mask_to_memory
+
+    query, supports, masks, qmask = episode
+    oracle = variant(model, prior="oracle")
+    q, s = oracle.encode_images(query), oracle.encode_images(supports.flatten(0, 1))
+    _, inter = oracle.predict(q, s, masks, query_mask=qmask, return_intermediates=True)
+    gt = (qmask == 1).float()[:, None]
+    assert torch.equal(inter["prior_disc"], gt) and torch.equal(inter["prior_fg"], gt)
+    assert torch.equal(inter["memory"], mask_to_memory(oracle.sam2, q.sam2, gt).features)
+    # ignore pixels (255) of the query mask are not foreground
+    ignored = qmask.clone()
+    ignored[:, :8] = 255
+    _, inter2 = oracle.predict(q, s, masks, query_mask=ignored, return_intermediates=True)
+    assert inter2["prior_fg"][:, 0, :8].sum() == 0
+
+
 def test_config_validation():
     with pytest.raises(FSSAMError, match="prior"):
         tiny_config(prior="dino")

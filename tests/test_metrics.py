@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmark import metrics as M
-from benchmark.data.episode_data import episode_target
+from benchmark.episode_loader import episode_target
 from benchmark.errors import FssBenchError
 from benchmark.metrics import (
     EPISODE_COLUMNS,

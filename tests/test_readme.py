@@ -22,3 +22,20 @@ def test_python_api_example_runs():
     block = re.search(r"### Python API\n\n```python\n(.*?)```", README, re.S)
     assert block is not None
     exec(compile(block.group(1), "README.md", "exec"), {})
+
+
+def test_adding_a_method_example_runs(pascal_root, tmp_path, monkeypatch):
+    import benchmark.methods.registry as registry
+    from benchmark.cell import CellSpec, evaluate_cell
+    from benchmark.episodes import build_manifest, save_manifest
+    from benchmark.feature_cache import FeatureCache
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # unregistered afterwards
+    block = re.search(r"## Adding a method\n.*?```python\n(.*?)```", README, re.S)
+    assert block is not None
+    exec(compile(block.group(1), "README.md", "exec"), {})
+    manifest = build_manifest(pascal_root, 0, 1, "fssam", 321, 3, "test", "interleaved", "pascal")
+    save_manifest(manifest, tmp_path / "m.json")
+    spec = CellSpec("darker_colour", {"image_size": 128}, tmp_path / "m.json", pascal_root, "cpu")
+    result = evaluate_cell(spec, FeatureCache(None))
+    assert result.summary["n_episodes"] == 3 and 0 <= result.summary["miou"] <= 1

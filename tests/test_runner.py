@@ -157,6 +157,7 @@ def test_cached_and_uncached_predictions_are_identical(small_run, pascal_root):
         pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(pascal_root, tmp_path):
     study = write_study(tmp_path, pascal_root, episodes=12, fssam={})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -66,8 +66,8 @@ def test_valid_study_and_overrides(pascal_root):
         ),
         (
             lambda d: d["model"].update(
-                    random_init=False, sam2_checkpoint="/nope/sam2.pt", dinov2_checkpoint="/nope/dino.pth"
-                ),
+                random_init=False, sam2_checkpoint="/nope/sam2.pt", dinov2_checkpoint="/nope/dino.pth"
+            ),
             r"variants\.fssam\.sam2_checkpoint: checkpoint /nope/sam2\.pt not found",
         ),
     ],

@@ -1,0 +1,347 @@
+"""The cell function and the local engine around it: keys before models, skipping without loading,
+failure isolation, a second implementation of one cell's numbers, bounded memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+import benchmark.methods.registry as registry
+from baselines.naive_sam2 import NaiveSAM2
+from baselines.trivial import mean_colour
+from benchmark.cell import (
+    CellSpec,
+    CheckpointHashes,
+    PeakMemory,
+    cell_key,
+    code_files,
+    evaluate_cell,
+)
+from benchmark.cli import main
+from benchmark.data.prepared import PreparedDataset
+from benchmark.episode_loader import LRU, ImageStore
+from benchmark.episodes import build_manifest, manifest_episodes, save_manifest
+from benchmark.feature_cache import FeatureCache
+from benchmark.methods import FewShotMethod, MethodEntry, build_method, get_method, register
+from benchmark.methods.reference import ReferencePredictor
+from benchmark.runner import StudyRunner
+from benchmark.study import load_study
+from fssam import FSSAM
+
+TINY = {
+    "sam2_size": "t",
+    "image_size": 256,
+    "dinov2": "vits14",
+    "dinov2_input_size": 224,
+    "random_init": True,
+}
+
+
+def write_study(folder: Path, root: Path, variants: dict, model: dict | None = None, **kw) -> Path:
+    d = {"name": kw.pop("name", "cells"), "data": {"pascal": str(root)}, "folds": [0], "shots": [1]}
+    d |= {"episodes": 4, "model": model if model is not None else TINY, "variants": variants, **kw}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def runs(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return list(client.search_runs([exp.experiment_id], max_results=1000))
+
+
+# ------------------------------------------------------------------------------------- interface
+
+
+def test_every_method_satisfies_the_protocol():
+    fssam = build_method("fssam", get_method("fssam").resolve(TINY), torch.device("cpu"))
+    naive_entry = get_method("naive_sam2")
+    naive_settings = naive_entry.resolve({k: v for k, v in TINY.items() if k in naive_entry.defaults})
+    naive = build_method("naive_sam2", naive_settings, torch.device("cpu"))
+    ref = build_method("mean_colour", {"image_size": 64}, torch.device("cpu"))
+    assert isinstance(fssam, FSSAM) and isinstance(naive, NaiveSAM2) and isinstance(ref, ReferencePredictor)
+    for m in (fssam, naive, ref):
+        assert isinstance(m, FewShotMethod)
+    assert set(fssam.encoders) == {"sam2", "dino"} and set(naive.encoders) == {"sam2"}
+    # the baseline and FSSAM share SAM 2's image encoder identity, hence cached features
+    assert fssam.encoders["sam2"].identity() == naive.encoders["sam2"].identity()
+
+
+def test_each_method_validates_its_own_switches(pascal_root, tmp_path):
+    study = write_study(tmp_path, pascal_root, {"naive": {"method": "naive_sam2", "imr_iters": 2}})
+    with pytest.raises(
+        Exception, match=r"variants\.naive\.imr_iters: unknown switch for method 'naive_sam2'"
+    ):
+        load_study(study)
+    # a model-level default only some methods accept goes to those methods only
+    study = write_study(
+        tmp_path, pascal_root, {"fssam": {}, "naive": {"method": "naive_sam2"}}, {**TINY, "imr_iters": 1}
+    )
+    s = load_study(study)
+    assert s.variants[0].settings["imr_iters"] == 1 and "imr_iters" not in s.variants[1].settings
+    assert s.variants[1].settings["round_memory_to_bf16"] is True  # defaults are filled in
+    study = write_study(tmp_path, pascal_root, {"fssam": {}}, {**TINY, "imr_iter": 1})
+    with pytest.raises(Exception, match=r"model\.imr_iter: unknown setting for every method"):
+        load_study(study)
+
+
+# ------------------------------------------------------------------------------------ cell keys
+
+
+def test_checkpoint_hashes_are_cached_by_path_size_and_mtime(tmp_path):
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"weights v1")
+    store = tmp_path / "hashes.json"
+    h = CheckpointHashes(store)
+    assert h.sha256(ckpt) == hashlib.sha256(b"weights v1").hexdigest() and h.computed == 1
+    again = CheckpointHashes(store)  # a later process
+    assert again.sha256(ckpt) == hashlib.sha256(b"weights v1").hexdigest() and again.computed == 0
+    ckpt.write_bytes(b"weights v2 (changed)")
+    os.utime(ckpt, ns=(1, 1))
+    assert again.sha256(ckpt) == hashlib.sha256(b"weights v2 (changed)").hexdigest() and again.computed == 1
+
+
+def test_cell_key_covers_what_changes_numbers_and_nothing_else(tmp_path):
+    settings = get_method("fssam").resolve(TINY)
+    spec = CellSpec("fssam", settings, tmp_path / "m.json", tmp_path, "cpu")
+    base = cell_key(spec, "a" * 64, {"sam2": "s", "dinov2": "d"})
+
+    def key(**kw):
+        s = dataclasses.replace(spec, settings={**settings, **kw.pop("settings", {})}, **kw)
+        return cell_key(s, kw.get("manifest", "a" * 64), {"sam2": "s", "dinov2": "d"})
+
+    assert key(settings={"imr_iters": 2}) != base
+    assert key(settings={"scma_scale": 5.0}) != base
+    assert cell_key(spec, "b" * 64, {"sam2": "s", "dinov2": "d"}) != base  # another manifest
+    assert cell_key(spec, "a" * 64, {"sam2": "s2", "dinov2": "d"}) != base  # other weights
+    # not: where the checkpoint lies, the device name, the requested precision when the effective one is equal
+    assert key(settings={"sam2_checkpoint": "/elsewhere/same-file.pt"}) == base
+    assert key(device="auto") == base if not torch.cuda.is_available() else True
+    assert key(settings={"precision": "fp32"}) == base if not torch.cuda.is_available() else True
+    names = {str(f.relative_to(Path(__file__).resolve().parents[1])) for f in code_files()}
+    assert (
+        "fssam/model.py" in names
+        and "benchmark/metrics.py" in names
+        and "benchmark/episode_loader.py" in names
+    )
+    assert "fssam/train.py" not in names and "benchmark/runner.py" not in names  # cannot change a prediction
+
+
+# ---------------------------------------------------------------------------- skipping and resume
+
+
+@pytest.fixture(scope="module")
+def finished_study(pascal_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    study = write_study(tmp, pascal_root, {"fssam": {}, "naive": {"method": "naive_sam2"}})
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    StudyRunner(
+        load_study(study), tracking_uri=uri, work_dir=tmp / "work", progress=False, qualitative=0
+    ).run()
+    return tmp, study, uri
+
+
+def test_rerun_of_a_finished_study_builds_no_model_and_starts_no_run(finished_study, monkeypatch):
+    tmp, study, uri = finished_study
+    before = runs(uri, "cells")
+
+    def refuse(settings, ctx):
+        raise AssertionError("a finished cell built a model")
+
+    for name in ("fssam", "naive_sam2"):
+        monkeypatch.setitem(registry._REGISTRY, name, dataclasses.replace(get_method(name), build=refuse))
+    monkeypatch.setattr(FSSAM, "__init__", lambda *a, **k: pytest.fail("FSSAM built"))
+    said = []
+    runner = StudyRunner(
+        load_study(study), tracking_uri=uri, work_dir=tmp / "work", progress=False, log=said.append
+    )
+    cells = runner.run()
+    assert list(cells["status"]) == ["skipped (done)"] * 2
+    assert said == ["2 of 2 cells already finished, skipped"]
+    assert runner.cache.stats.misses == 0 and runner.hashes.computed == 0
+    assert len(runs(uri, "cells")) == len(before)  # no empty parent run
+
+
+def test_evaluate_cell_resumes_from_its_journal_without_counting_twice(pascal_root, tmp_path):
+    manifest = build_manifest(pascal_root, 0, 1, "fssam", 321, 6, "test", "interleaved", "pascal")
+    path = tmp_path / "m.json"
+    save_manifest(manifest, path)
+    spec = CellSpec("mean_colour", {"image_size": 64}, path, pascal_root, "cpu", "ref")
+    whole = evaluate_cell(spec, FeatureCache(None))
+    journal = tmp_path / "j.jsonl"
+    seen = []
+
+    def stop_after_two(done, total):
+        seen.append(done)
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_cell(spec, FeatureCache(None), journal_path=journal, on_episode=stop_after_two)
+    starts = []
+    resumed = evaluate_cell(
+        spec, FeatureCache(None), journal_path=journal, on_start=lambda d, t: starts.append((d, t))
+    )
+    assert starts == [(2, 6)] and resumed.episodes_run == 4 and resumed.episodes_resumed == 2
+    assert resumed.table.equals(whole.table) and resumed.summary["miou"] == whole.summary["miou"]
+
+
+def test_evaluate_cell_matches_a_second_implementation(pascal_root, tmp_path):
+    """mean_colour through the harness == the same episodes scored here from the raw files."""
+    manifest = build_manifest(pascal_root, 0, 5, "fssam", 321, 5, "test", "interleaved", "pascal")
+    path = tmp_path / "m.json"
+    save_manifest(manifest, path)
+    result = evaluate_cell(
+        CellSpec("mean_colour", {"image_size": 96}, path, pascal_root, "cpu"), FeatureCache(None)
+    )
+    ds = PreparedDataset(pascal_root)
+
+    def img(rel):
+        x = torch.from_numpy(np.array(Image.open(pascal_root / rel).convert("RGB"))).permute(2, 0, 1)
+        return F.interpolate(x[None].float(), size=(96, 96), mode="bilinear", align_corners=False)[0]
+
+    for ep, row in zip(manifest_episodes(manifest), result.table.itertuples(), strict=True):
+        q_img, q_lab = manifest["images"][ep.query]
+        label = ds.load_label(q_lab)
+        sup = torch.stack([img(manifest["images"][s][0]) for s in ep.supports])
+        masks = []
+        for s in ep.supports:
+            lab = torch.from_numpy(ds.load_label(manifest["images"][s][1]).astype(np.int64))
+            m = torch.where(lab == 255, 255, (lab == ep.cls).long()).float()
+            masks.append(F.interpolate(m[None, None], size=(96, 96), mode="nearest")[0, 0].long())
+        logits = mean_colour(img(q_img)[None], sup[None], torch.stack(masks)[None])[0]
+        up = F.interpolate(logits[None, None], size=label.shape, mode="bilinear", align_corners=True)[0, 0]
+        pred, valid = up.numpy() >= 0, label != 255
+        fg = label == ep.cls
+        assert row.I_fg == int((pred & fg & valid).sum()) and row.U_fg == int(((pred | fg) & valid).sum())
+        assert row.I_bg == int((~pred & ~fg & valid).sum()) and row.U_bg == int(((~pred | ~fg) & valid).sum())
+
+
+# ----------------------------------------------------------------------------- failure isolation
+
+
+FAIL = {"on": True}
+
+
+def _explodes(settings, ctx):
+    def fn(query, supports, masks):
+        if FAIL["on"]:
+            raise RuntimeError("boom: a synthetic failure")
+        return mean_colour(query, supports, masks)
+
+    return ReferencePredictor(fn, int(settings["image_size"]), ctx.device)
+
+
+@pytest.fixture
+def explodes(monkeypatch):
+    """A new method is one entry plus one registration (here: one that fails while FAIL is on)."""
+    entry = MethodEntry("explodes", "fails on purpose", {"image_size": 64}, _explodes, lambda s: {})
+    monkeypatch.setitem(registry._REGISTRY, "explodes", entry)
+    FAIL["on"] = True
+    assert register(entry) is entry  # registering the same entry again is harmless
+    return entry
+
+
+def test_a_failing_cell_is_recorded_and_the_study_goes_on(pascal_root, tmp_path, explodes, capsys):
+    variants = {"bad": {"method": "explodes"}, "ok": {"method": "mean_colour", "image_size": 64}}
+    study = write_study(tmp_path, pascal_root, variants, model={}, name="fail")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["-q", "run", str(study), "--work-dir", str(tmp_path / "work"), "--tracking-uri", uri]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 cell(s) FAILED" in err and "bad/pascal/fold0/1shot/seed321: RuntimeError: boom" in err
+    by_variant = {r.data.tags.get("fss.variant"): r for r in runs(uri, "fail")}
+    assert by_variant["bad"].info.status == "FAILED" and "boom" in by_variant["bad"].data.tags["fss.error"]
+    assert by_variant["ok"].info.status == "FINISHED"
+    assert by_variant[None].info.status == "FAILED"  # the parent says the study had failures
+    # the cause fixed, a rerun retries only the failed cell; it ends with exactly one run
+    FAIL["on"] = False
+    assert main(args) == 0
+    cells = [r for r in runs(uri, "fail") if r.data.tags.get("fss.kind") == "cell"]
+    assert sorted((r.data.tags["fss.variant"], r.info.status) for r in cells) == [
+        ("bad", "FINISHED"),
+        ("ok", "FINISHED"),
+    ]
+
+
+def test_fail_fast_stops_at_the_first_failure(pascal_root, tmp_path, explodes):
+    variants = {"bad": {"method": "explodes"}, "ok": {"method": "mean_colour", "image_size": 64}}
+    study = write_study(tmp_path, pascal_root, variants, model={}, name="fast")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert (
+        main(
+            ["-q", "run", str(study), "--work-dir", str(tmp_path / "w"), "--tracking-uri", uri, "--fail-fast"]
+        )
+        == 2
+    )
+    cells = [r for r in runs(uri, "fast") if r.data.tags.get("fss.kind") == "cell"]
+    assert [(r.data.tags["fss.variant"], r.info.status) for r in cells] == [("bad", "FAILED")]
+
+
+def test_an_unreadable_image_fails_its_cell_naming_the_file(pascal_root, tmp_path):
+    root = tmp_path / "pascal"
+    shutil.copytree(pascal_root, root, symlinks=False)
+    manifest = build_manifest(root, 0, 1, "fssam", 321, 4, "test", "interleaved", "pascal")
+    bad = manifest["images"][manifest_episodes(manifest)[0].query][0]
+    (root / bad).write_bytes(b"\xff\xd8 not a jpeg")
+    study = write_study(
+        tmp_path, root, {"ref": {"method": "mean_colour", "image_size": 64}}, model={}, name="img"
+    )
+    runner = StudyRunner(
+        load_study(study),
+        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        work_dir=tmp_path / "w",
+        progress=False,
+        log=lambda *a: None,
+    )
+    cells = runner.run()
+    assert list(cells["status"]) == ["failed"]
+    assert len(runner.failures) == 1 and str(root / bad) in runner.failures[0].error
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+
+def test_peak_memory_is_the_growth_during_the_block_not_the_process_maximum():
+    big = np.ones(300 * 2**20 // 8)  # 300 MiB, freed before the measured block
+    del big
+    with PeakMemory(torch.device("cpu")) as small:
+        x = np.ones(2**20)
+        del x
+    with PeakMemory(torch.device("cpu")) as large:
+        y = np.ones(200 * 2**20 // 8)  # 200 MiB
+        y[::512] = 2.0
+        import time
+
+        time.sleep(0.05)
+        del y
+    assert small.kind == "rss_growth"
+    assert small.peak_bytes < 100 * 2**20 <= 150 * 2**20 <= large.peak_bytes
+
+
+def test_label_and_hash_memos_are_bounded(pascal_root):
+    store = ImageStore(PreparedDataset(pascal_root), max_labels=3, max_hashes=5)
+    labels = sorted(
+        p.relative_to(pascal_root).as_posix() for p in (pascal_root / "SegmentationClassAug").glob("*.png")
+    )
+    for rel in labels[:10]:
+        store.label(rel)
+    assert list(store._labels) == labels[7:10]
+    lru = LRU(2)
+    lru.get_or_make("a", lambda: 1)
+    lru.get_or_make("b", lambda: 2)
+    lru.get_or_make("a", lambda: pytest.fail("recomputed"))  # a is now the most recent
+    lru.get_or_make("c", lambda: 3)
+    assert list(lru) == ["a", "c"]
