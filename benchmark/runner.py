@@ -116,6 +116,7 @@ class StudyRunner:
         self.results: list[dict[str, Any]] = []
         self.failures: list[CellFailure] = []
         self.tracker: Tracker | None = None
+        self._ran: set[str] = set()  # cell keys this invocation has run
 
     # ---------------------------------------------------------------------------------- planning
     def build_manifests(self) -> dict[tuple, Path]:
@@ -165,20 +166,22 @@ class StudyRunner:
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> pd.DataFrame:
         study = self.study
+        self.results, self.failures, self._ran = [], [], set()
         cells = self.cells(self.build_manifests())
-        keys = self.keys(cells)
+        keys = self.keys(cells)  # no model is built and no unchanged checkpoint is hashed again
         tracker = self.tracker = Tracker(self.tracking_uri)
         exp = tracker.experiment_id(study.name)
         finished = {} if self.force else tracker.finished_cells(exp)
         todo = [c for c in cells if keys[c.name][0] not in finished]
         for c in cells:
-            if c not in todo:
+            if keys[c.name][0] in finished:
                 self.results.append(self._skipped_row(c, keys[c.name][0], finished[keys[c.name][0]]))
         if len(todo) < len(cells):
             self.log(f"{len(cells) - len(todo)} of {len(cells)} cells already finished, skipped")
         if todo:
             self._run_cells(exp, todo, keys)
-        self.results.sort(key=lambda r: [c.name for c in cells].index(r["cell"]))
+        order = {c.name: i for i, c in enumerate(cells)}
+        self.results.sort(key=lambda r: order[r["cell"]])
         table = pd.DataFrame(self.results)
         out = self.work_dir / "studies" / study.name
         out.mkdir(parents=True, exist_ok=True)
@@ -245,9 +248,12 @@ class StudyRunner:
         try:
             assert self.tracker is not None
             done = self.tracker.finished_cell(exp, key)
-            if done is not None and (not self.force or block):
-                self.results.append(self._skipped_row(cell, key, done, "skipped (done by another process)"))
+            if done is not None and (not self.force or block or key in self._ran):
+                # finished meanwhile: by another process, or by this one (two variants, one cell)
+                how = "skipped (done)" if key in self._ran else "skipped (done by another process)"
+                self.results.append(self._skipped_row(cell, key, done, how))
                 return True
+            self._ran.add(key)
             self._run_cell(exp, parent, cell, key, key_weights[1])
             return True
         finally:
@@ -287,7 +293,8 @@ class StudyRunner:
         device = resolve_device(spec.device)
         resolved = {
             "method": spec.method,
-            **spec.settings,
+            # the method's own `seed` (random-init weights) is logged as init_seed: `seed` is the episodes'
+            **{("init_seed" if k == "seed" else k): v for k, v in spec.settings.items()},
             "dataset": cell.dataset,
             "data_root": str(spec.data_root),
             "fold": cell.fold,

@@ -345,3 +345,12 @@ def test_label_and_hash_memos_are_bounded(pascal_root):
     lru.get_or_make("a", lambda: pytest.fail("recomputed"))  # a is now the most recent
     lru.get_or_make("c", lambda: 3)
     assert list(lru) == ["a", "c"]
+
+
+def test_two_variants_with_the_same_cell_run_it_once(pascal_root, tmp_path):
+    same = {"method": "mean_colour", "image_size": 64}
+    study = write_study(tmp_path, pascal_root, {"a": same, "b": dict(same)}, model={}, name="twins")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cells = StudyRunner(load_study(study), tracking_uri=uri, work_dir=tmp_path / "w", progress=False).run()
+    assert list(cells["status"]) == ["run", "skipped (done)"] and cells["cell_key"].nunique() == 1
+    assert len([r for r in runs(uri, "twins") if r.data.tags.get("fss.kind") == "cell"]) == 1

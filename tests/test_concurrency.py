@@ -6,15 +6,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, run_command, wait_for_journal
+
 TINY = {
     "sam2_size": "t",
     "image_size": 256,
@@ -46,18 +45,7 @@ def test_two_processes_on_one_study_record_every_cell_exactly_once(pascal_root, 
         tmp_path, pascal_root, name="two", shots=[1, 5], episodes=16, model={}, variants=variants
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # not created yet: both processes race to create it
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmark.cli",
-        "-q",
-        "run",
-        str(study),
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--tracking-uri",
-        uri,
-    ]
+    cmd = run_command(study, tmp_path / "work", uri)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -87,30 +75,9 @@ def test_sigterm_marks_the_runs_killed_and_a_rerun_resumes(pascal_root, tmp_path
         tmp_path, pascal_root, name="term", shots=[1], episodes=12, model=TINY, variants={"fssam": {}}
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmark.cli",
-        "-q",
-        "run",
-        str(study),
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--tracking-uri",
-        uri,
-    ]
+    cmd = run_command(study, tmp_path / "work", uri)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, journal = time.time() + 240, None
-    while time.time() < deadline and journal is None:
-        found = (
-            list((tmp_path / "work" / "cells").glob("*/episodes.jsonl"))
-            if (tmp_path / "work").exists()
-            else []
-        )
-        if found and len(found[0].read_text().splitlines()) >= 4:
-            journal = found[0]
-        time.sleep(0.02)
-    assert journal is not None, "the run never reached the middle of its cell"
+    journal = wait_for_journal(tmp_path / "work", episodes=3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "rerun the same command to resume" in err

@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from benchmark.metrics import miou
 from benchmark.runner import StudyRunner
 from benchmark.study import load_study
+from tests.helpers import run_command, wait_for_journal
 
 MODEL = {
     "sam2_size": "t",
@@ -101,6 +100,13 @@ def test_mlflow_contents(small_run):
             assert r[f"metrics.{m}"] >= 0, m
         assert r["params.image_size"] == "256" and r["params.fold"] == "0" and r["params.sam2_size"] == "t"
         assert r["params.method"] in ("fssam", "naive_sam2")
+        assert r["params.seed"] == "321" and r["params.init_seed"] == "0"  # episodes' seed, weights' seed
+        assert r["params.precision"] == "auto" and r["params.precision_effective"] == "fp32"
+        assert r["params.round_memory_to_bf16"] == "True"  # defaults are logged too
+    fssam = children[children["params.method"] == "fssam"].iloc[0]
+    assert (fssam["params.imr_iters"], fssam["params.scma"], fssam["params.prior"]) == ("3", "True", "disc")
+    naive = children[children["params.method"] == "naive_sam2"].iloc[0]
+    assert pd.isna(naive.get("params.imr_iters"))  # not a setting of the baseline
     # artifacts: the per-episode table recomputes the logged mIoU exactly
     client = MlflowClient(uri)
     rid = children[children["tags.fss.variant"] == "fssam"]["run_id"].iloc[0]
@@ -161,33 +167,10 @@ def test_cached_and_uncached_predictions_are_identical(small_run, pascal_root):
 def test_resume_after_kill_matches_an_uninterrupted_run(pascal_root, tmp_path):
     study = write_study(tmp_path, pascal_root, episodes=12, fssam={})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmark.cli",
-        "-q",
-        "run",
-        str(study),
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path / 'killed.db'}",
-    ]
+    cmd = run_command(study, tmp_path / "work", f"sqlite:///{tmp_path / 'killed.db'}")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    journal = None
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        found = (
-            list((tmp_path / "work" / "cells").glob("*/episodes.jsonl"))
-            if (tmp_path / "work").exists()
-            else []
-        )
-        if found and len(found[0].read_text().splitlines()) >= 4:  # header + 3 episodes
-            journal = found[0]
-            break
-        time.sleep(0.02)
-    assert journal is not None, "the run never reached the middle of its cell"
+    journal = wait_for_journal(tmp_path / "work", episodes=3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(journal.read_text().splitlines()) - 1  # line 1 is the journal's header

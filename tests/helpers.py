@@ -1,0 +1,36 @@
+"""Helpers shared by the tests that drive ``fssbench run`` in real subprocesses."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_command(study: Path, work: Path, uri: str) -> list[str]:
+    """The ``fssbench run`` command line of a study (quiet), as a subprocess argument list."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmark.cli",
+        "-q",
+        "run",
+        str(study),
+        "--work-dir",
+        str(work),
+        "--tracking-uri",
+        uri,
+    ]
+
+
+def wait_for_journal(work: Path, episodes: int, timeout: float = 240) -> Path:
+    """Wait until a cell journal under ``work`` holds ``episodes`` rows (after its header line)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list((work / "cells").glob("*/episodes.jsonl")) if work.exists() else []
+        if found and len(found[0].read_text().splitlines()) >= episodes + 1:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no cell journal under {work} reached {episodes} episodes in {timeout} s")
