@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import os
 import resource
@@ -34,7 +35,7 @@ import pandas as pd
 import torch
 
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episode_loader import EpisodeData, ImageStore, load_episode
+from benchmark.episode_loader import ImageStore, load_episode
 from benchmark.episodes import load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
@@ -42,7 +43,8 @@ from benchmark.features import Featurizer
 from benchmark.io_utils import canonical_json, write_text_atomic
 from benchmark.journal import CellJournal
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
-from benchmark.metrics import bootstrap_ci, intersection_union, prediction_at_label_size, summarize
+from benchmark.metrics import bootstrap_ci, prediction_at_label_size, summarize
+from benchmark.predict import predict_episode, score_episode
 from fssam.hashing import file_sha256
 from fssam.sam2_adapter import effective_precision
 
@@ -51,11 +53,15 @@ CODE_PATHS = (
     "fssam",
     "baselines",
     "benchmark/methods",
-    "benchmark/metrics.py",
+    "benchmark/data/images.py",
+    "benchmark/data/classes.py",
     "benchmark/episode_loader.py",
     "benchmark/features.py",
+    "benchmark/predict.py",
+    "benchmark/metrics.py",
 )
-"""The source that determines a cell's numbers (the models, episode loading, features, scoring)."""
+"""The source that determines a cell's numbers: the models, label reading, episode loading, features,
+the episode step and scoring. A method registered from elsewhere adds the file of its builder."""
 CODE_EXCLUDED = ("fssam/train.py",)  # cannot change a prediction
 NUMBER_PACKAGES = ("torch", "sam2", "timm", "pillow")  # pillow decodes the JPEGs
 
@@ -167,6 +173,23 @@ def weight_ids(spec: CellSpec, hashes: CheckpointHashes | None = None) -> dict[s
     return out
 
 
+@functools.cache
+def _source_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def method_code_hash(entry: Any) -> str | None:
+    """SHA-256 of the file that defines a method's builder, when it lies outside :data:`CODE_PATHS`
+    (a method registered by a user's own module); None when it is covered or has no file."""
+    try:
+        path = Path(inspect.getsourcefile(entry.build) or "").resolve()
+    except TypeError:
+        return None
+    if not path.is_file() or path in set(code_files()):
+        return None
+    return _source_sha256(str(path))
+
+
 def cell_key(spec: CellSpec, manifest_sha256: str, weights: Mapping[str, str]) -> str:
     """SHA-256 of everything that determines a cell's numbers (and nothing that does not)."""
     entry = get_method(spec.method)
@@ -177,9 +200,11 @@ def cell_key(spec: CellSpec, manifest_sha256: str, weights: Mapping[str, str]) -
         "method": spec.method,
         "settings": settings,
         "precision": spec.precision,
+        "device_type": resolve_device(spec.device).type,  # CUDA kernels (TF32 convs) differ from CPU's
         "manifest": manifest_sha256,
         "weights": dict(weights),
         "code": code_hash(),
+        "method_code": method_code_hash(entry),
         "packages": number_package_versions(),
     }
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
@@ -207,7 +232,6 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
             return self
         start = self._rss()
         if start is None:  # no /proc: fall back to the lifetime peak
@@ -255,30 +279,6 @@ class CellResult:
     precision: str
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
-
-
-def predict_episode(
-    method: FewShotMethod, feat: Featurizer, data: EpisodeData, return_intermediates: bool = False
-):
-    """The method on one episode: (1, S, S) logits (and intermediates when asked)."""
-    query = feat.encode([data.query])
-    supports = feat.encode(data.supports)
-    with torch.no_grad():
-        return method.predict(
-            query,
-            supports,
-            data.support_masks[None],
-            query_mask=data.query_mask[None],
-            return_intermediates=return_intermediates,
-        )
-
-
-def score_episode(logits: torch.Tensor, data: EpisodeData) -> dict[str, int]:
-    """One row of the per-episode table from (1, S, S) logits."""
-    pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape)
-    i_bg, u_bg, i_fg, u_fg = intersection_union(pred, data.query_target)
-    ep = data.episode
-    return {"episode": ep.id, "class": ep.cls, "I_bg": i_bg, "U_bg": u_bg, "I_fg": i_fg, "U_fg": u_fg}
 
 
 def evaluate_cell(

@@ -165,7 +165,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(summary.to_markdown(index=False, floatfmt=".1f"))
     print()
     print(runner.cache.stats.summary() + f"; on disk: {runner.cache.disk_size() / 2**20:.1f} MiB")
-    csv = runner.work_dir / "studies" / study.name / "cells.csv"
+    csv = runner.cells_csv
     print(f"tracking: {runner.tracker.uri} (experiment {study.name!r}); cells: {csv}")
     if study.random_init:
         print("WARNING: RANDOM-INIT WEIGHTS: these numbers check the pipeline, they are not results")

@@ -32,6 +32,7 @@ from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes import Episode
 from benchmark.errors import FssBenchError
 
+LOADER_VERSION = "decode-rgb+resize-bilinear/1"  # bump when decoding or resizing of images changes
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 K = TypeVar("K")
 V = TypeVar("V")
@@ -64,6 +65,14 @@ def episode_target(label: ArrayT, cls: int) -> ArrayT:
     out[arr == cls] = 1
     out[arr == IGNORE_LABEL] = IGNORE_LABEL
     return out
+
+
+def loader_identity(size: int) -> dict[str, object]:
+    """What the pixels an encoder sees depend on besides the image file: how it was decoded and
+    resized to ``size`` (part of every feature-cache key)."""
+    import PIL
+
+    return {"version": LOADER_VERSION, "image_size": size, "pillow": PIL.__version__}
 
 
 def resize_image(image: np.ndarray, size: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.episode_loader import EpisodeImage
+from benchmark.episode_loader import EpisodeImage, loader_identity
 from benchmark.feature_cache import FeatureCache
 from benchmark.methods.base import Features, FewShotMethod
 
@@ -19,7 +19,8 @@ class Featurizer:
     def __init__(self, method: FewShotMethod, cache: FeatureCache):
         self.method, self.cache = method, cache
         self.encoders = dict(method.encoders)
-        self.identities = {name: enc.identity() for name, enc in self.encoders.items()}
+        loader = loader_identity(method.image_size)  # the decode and resize before any encoder
+        self.identities = {name: {**enc.identity(), "loader": loader} for name, enc in self.encoders.items()}
 
     def encode(self, images: list[EpisodeImage]) -> Features:
         per_image: list[Features] = []

@@ -55,8 +55,14 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` once; a second one during the clean-up is ignored, so the
+    runs are still marked KILLED."""
+    fired = []
+
     def handler(signum: int, frame: Any) -> None:
-        raise Terminated(f"signal {signum}")
+        if not fired:
+            fired.append(signum)
+            raise Terminated(f"signal {signum}")
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
@@ -165,8 +171,13 @@ class StudyRunner:
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> pd.DataFrame:
+        with sigterm_as_interrupt():
+            return self._run()
+
+    def _run(self) -> pd.DataFrame:
         study = self.study
         self.results, self.failures, self._ran = [], [], set()
+        self._started_ms = int(time.time() * 1000)  # runs that ended after this are this invocation's
         cells = self.cells(self.build_manifests())
         keys = self.keys(cells)  # no model is built and no unchanged checkpoint is hashed again
         tracker = self.tracker = Tracker(self.tracking_uri)
@@ -183,10 +194,19 @@ class StudyRunner:
         order = {c.name: i for i, c in enumerate(cells)}
         self.results.sort(key=lambda r: order[r["cell"]])
         table = pd.DataFrame(self.results)
-        out = self.work_dir / "studies" / study.name
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "cells.csv", table.to_csv(index=False))
+        write_text_atomic(self.cells_csv, table.to_csv(index=False))
         return table
+
+    @property
+    def cells_csv(self) -> Path:
+        """``<work-dir>/studies/<name>/cells.csv`` (``cells-shard<i>of<n>.csv`` for a shard)."""
+        i, n = self.shard
+        return (
+            self.work_dir
+            / "studies"
+            / self.study.name
+            / ("cells.csv" if n == 1 else f"cells-shard{i}of{n}.csv")
+        )
 
     def _run_cells(self, exp: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]) -> None:
         study, tracker = self.study, self.tracker
@@ -195,7 +215,7 @@ class StudyRunner:
             self.log(
                 "WARNING: RANDOM-INIT WEIGHTS in this study (tagged fss.random_init=true): numbers check the pipeline only"
             )
-        parent = tracker.start_parent(
+        parent = self.parent = tracker.start_parent(
             exp,
             run_name=f"{study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             tags={
@@ -208,22 +228,20 @@ class StudyRunner:
             params=flat_params("study.", {k: v for k, v in study.raw.items() if k != "variants"})
             | {"study.variants": ",".join(v.name for v in study.variants), "study.cells": len(todo)},
         )
-        self.parent = parent
         status = "FAILED"
         bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="cell", disable=not self.progress)
         try:
-            with sigterm_as_interrupt():
-                deferred = []
-                for cell in todo:
-                    bar.set_postfix_str(cell.name)
-                    if not self._try_cell(exp, parent, cell, keys[cell.name], block=False):
-                        deferred.append(cell)
-                        continue
-                    bar.update()
-                for cell in deferred:  # held by another process: wait, then re-check
-                    self.log(f"waiting for {cell.name}: another process is running it")
-                    self._try_cell(exp, parent, cell, keys[cell.name], block=True)
-                    bar.update()
+            deferred = []
+            for cell in todo:
+                bar.set_postfix_str(cell.name)
+                if not self._try_cell(exp, parent, cell, keys[cell.name], block=False):
+                    deferred.append(cell)
+                    continue
+                bar.update()
+            for cell in deferred:  # held by another process: wait, then re-check
+                self.log(f"waiting for {cell.name}: another process is running it")
+                self._try_cell(exp, parent, cell, keys[cell.name], block=True)
+                bar.update()
             status = "FAILED" if self.failures else "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -247,11 +265,21 @@ class StudyRunner:
             return False
         try:
             assert self.tracker is not None
-            done = self.tracker.finished_cell(exp, key)
-            if done is not None and (not self.force or block or key in self._ran):
-                # finished meanwhile: by another process, or by this one (two variants, one cell)
-                how = "skipped (done)" if key in self._ran else "skipped (done by another process)"
+            runs = self.tracker.cell_runs(exp, key)
+            done = next((r for r in runs if r.info.status == "FINISHED"), None)
+            mine = key in self._ran
+            if done is not None and (not self.force or mine or (done.info.end_time or 0) >= self._started_ms):
+                # finished meanwhile: by another process, or by this one (two variants, one cell);
+                # with --force, a run that ended after this invocation started is already the rerun
+                how = "skipped (done)" if mine else "skipped (done by another process)"
                 self.results.append(self._skipped_row(cell, key, done, how))
+                return True
+            failed = [r for r in runs if r.info.status == "FAILED" and r.info.start_time >= self._started_ms]
+            if failed:  # failed just now, here (a twin variant) or in another process: not again
+                row = self._row(cell, key) | {"run_id": failed[0].info.run_id}
+                row["error"] = failed[0].data.tags.get("fss.error", "")
+                row["status"] = "failed" if mine else "failed (in another process)"
+                self.results.append(row)
                 return True
             self._ran.add(key)
             self._run_cell(exp, parent, cell, key, key_weights[1])
@@ -323,8 +351,8 @@ class StudyRunner:
             "fss.code_sha256": code_hash(),
             **{f"fss.weights.{k}": v for k, v in weights.items()},
         }
-        rid = tracker.start_cell(exp, parent, cell.name, flat_params("", resolved), tags)
         bar = tqdm(desc=cell.name, unit="ep", leave=False, disable=not self.progress)
+        rid = None
 
         def on_start(done: int, total: int) -> None:
             bar.reset(total=total)
@@ -333,6 +361,7 @@ class StudyRunner:
                 self.log(f"resuming {cell.name} at episode {done} of {total}")
 
         try:
+            rid = tracker.start_cell(exp, parent, cell.name, flat_params("", resolved), tags)
             result = evaluate_cell(
                 spec,
                 self.cache,
@@ -348,20 +377,23 @@ class StudyRunner:
                 rid, result.metrics, result.artifacts, {"fss.peak_mem_kind": result.peak_memory_kind}
             )
         except KeyboardInterrupt:
-            tracker.fail_cell(rid, "interrupted (SIGINT/SIGTERM); rerun to resume", status="KILLED")
+            if rid is not None:
+                tracker.fail_cell(rid, "interrupted (SIGINT/SIGTERM); rerun to resume", status="KILLED")
             raise
         except Exception as e:  # one failing cell never stops the study (unless fail_fast)
             text = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
-            tracker.fail_cell(
-                rid, text + ("" if isinstance(e, USER_ERRORS) else "\n" + traceback.format_exc())
-            )
-            self.failures.append(CellFailure(cell.name, text.splitlines()[0] if text else type(e).__name__))
+            first = (text.splitlines() or [type(e).__name__])[0]
+            if rid is not None:
+                tracker.fail_cell(
+                    rid, text + ("" if isinstance(e, USER_ERRORS) else "\n" + traceback.format_exc())
+                )
+            self.failures.append(CellFailure(cell.name, first))
             self.results.append(self._row(cell, key) | {"status": "failed", "run_id": rid, "error": text})
-            self.log(f"FAILED {cell.name}: {text.splitlines()[0] if text else type(e).__name__}")
+            self.log(f"FAILED {cell.name}: {first}")
             if isinstance(e, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             if self.fail_fast:
-                raise FssBenchError(f"{cell.name} failed (--fail-fast): {text.splitlines()[0]}") from e
+                raise FssBenchError(f"{cell.name} failed (--fail-fast): {first}") from e
             return
         finally:
             bar.close()

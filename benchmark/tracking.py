@@ -106,14 +106,28 @@ class Tracker:
             if self.is_local_sqlite:
                 db = Path(self.uri[len("sqlite:///") :])
                 location = (db.parent / "mlartifacts").resolve().as_uri()
-            return self.client.create_experiment(name, artifact_location=location)
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except Exception:  # a server shared with other workers: one of them created it first
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                return exp.experiment_id
 
     def start_parent(
         self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, Any]
     ) -> str:
         run = self.client.create_run(experiment_id, run_name=run_name, tags={**tags, "fss.kind": "study"})
-        self.log_params(run.info.run_id, params)
+        self._params_or_kill(run.info.run_id, params)
         return run.info.run_id
+
+    def _params_or_kill(self, run_id: str, params: dict[str, Any]) -> None:
+        """Log params; if that is interrupted or fails, the new run is ended, never left RUNNING."""
+        try:
+            self.log_params(run_id, params)
+        except BaseException:
+            self.client.set_terminated(run_id, status="KILLED")
+            raise
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -167,7 +181,7 @@ class Tracker:
             run_name=run_name,
             tags={**tags, "mlflow.parentRunId": parent_id, "fss.kind": "cell"},
         )
-        self.log_params(run.info.run_id, params)
+        self._params_or_kill(run.info.run_id, params)
         return run.info.run_id
 
     def finish_cell(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.cell import predict_episode, resolve_device
+from benchmark.cell import resolve_device
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episode_loader import ImageStore, load_episode
 from benchmark.episodes import build_manifest, load_manifest, manifest_episodes
@@ -19,6 +19,7 @@ from benchmark.feature_cache import FeatureCache
 from benchmark.features import Featurizer
 from benchmark.methods import WeightPool, build_method, get_method
 from benchmark.metrics import prediction_at_label_size
+from benchmark.predict import predict_episode
 from reports.collect import ExperimentData
 from reports.figures import EpisodePanels
 

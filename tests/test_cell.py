@@ -157,12 +157,17 @@ def test_rerun_of_a_finished_study_builds_no_model_and_starts_no_run(finished_st
     tmp, study, uri = finished_study
     before = runs(uri, "cells")
 
-    def refuse(settings, ctx):
+    def refuse(*args, **kwargs):
         raise AssertionError("a finished cell built a model")
 
-    for name in ("fssam", "naive_sam2"):
-        monkeypatch.setitem(registry._REGISTRY, name, dataclasses.replace(get_method(name), build=refuse))
-    monkeypatch.setattr(FSSAM, "__init__", lambda *a, **k: pytest.fail("FSSAM built"))
+    # every way to a model fails (the registry entries stay as they are: they are part of the key)
+    import fssam.dinov2
+    import fssam.sam2_adapter
+
+    monkeypatch.setattr(fssam.sam2_adapter, "build_sam2_model", refuse)
+    monkeypatch.setattr(fssam.dinov2, "build_dinov2", refuse)
+    monkeypatch.setattr(FSSAM, "__init__", refuse)
+    monkeypatch.setattr(NaiveSAM2, "__init__", refuse)
     said = []
     runner = StudyRunner(
         load_study(study), tracking_uri=uri, work_dir=tmp / "work", progress=False, log=said.append
@@ -354,3 +359,53 @@ def test_two_variants_with_the_same_cell_run_it_once(pascal_root, tmp_path):
     cells = StudyRunner(load_study(study), tracking_uri=uri, work_dir=tmp_path / "w", progress=False).run()
     assert list(cells["status"]) == ["run", "skipped (done)"] and cells["cell_key"].nunique() == 1
     assert len([r for r in runs(uri, "twins") if r.data.tags.get("fss.kind") == "cell"]) == 1
+
+
+def test_a_failed_cell_shared_by_two_variants_fails_once(pascal_root, tmp_path, explodes):
+    study = write_study(
+        tmp_path, pascal_root, {"a": {"method": "explodes"}, "b": {"method": "explodes"}}, model={}
+    )
+    runner = StudyRunner(
+        load_study(study),
+        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        work_dir=tmp_path / "w",
+        progress=False,
+        log=lambda *a: None,
+    )
+    cells = runner.run()
+    assert list(cells["status"]) == ["failed", "failed"] and len(runner.failures) == 1
+    assert (
+        len(
+            [
+                r
+                for r in runs(f"sqlite:///{tmp_path / 'm.db'}", "cells")
+                if r.data.tags.get("fss.kind") == "cell"
+            ]
+        )
+        == 1
+    )
+
+
+def test_force_reruns_each_finished_cell_exactly_once(pascal_root, tmp_path):
+    same = {"method": "mean_colour", "image_size": 64}
+    study = write_study(tmp_path, pascal_root, {"a": same, "b": dict(same)}, model={}, name="force")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    first = StudyRunner(load_study(study), tracking_uri=uri, work_dir=tmp_path / "w", progress=False).run()
+    again = StudyRunner(
+        load_study(study), tracking_uri=uri, work_dir=tmp_path / "w", progress=False, force=True
+    )
+    cells = again.run()
+    assert list(cells["status"]) == ["run", "skipped (done)"]  # the twin is not forced a second time
+    finished = [r for r in runs(uri, "force") if r.data.tags.get("fss.kind") == "cell"]
+    assert len(finished) == 1 and finished[0].info.run_id != first["run_id"].iloc[0]
+
+
+def test_cell_key_covers_package_versions_and_a_user_methods_own_file(tmp_path, monkeypatch, explodes):
+    import benchmark.cell as cell
+
+    spec = CellSpec("explodes", {"image_size": 64}, tmp_path / "m.json", tmp_path, "cpu")
+    base = cell_key(spec, "a" * 64, {})
+    assert cell.method_code_hash(explodes) == hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    assert cell.method_code_hash(get_method("fssam")) is None  # already in code_files()
+    monkeypatch.setattr(cell, "number_package_versions", lambda: {"torch": "99.0"})
+    assert cell_key(spec, "a" * 64, {}) != base

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import ROOT, run_command, wait_for_journal
@@ -29,10 +30,10 @@ def study_file(folder: Path, root: Path, **d) -> Path:
     return path
 
 
-def cell_runs(uri: str, name: str) -> list:
+def cell_runs(uri: str, name: str, view: ViewType = ViewType.ACTIVE_ONLY) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
-    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)]
+    return list(client.search_runs([exp.experiment_id], run_view_type=view, max_results=1000))
 
 
 @pytest.mark.slow
@@ -53,7 +54,7 @@ def test_two_processes_on_one_study_record_every_cell_exactly_once(pascal_root, 
     ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    runs = cell_runs(uri, "two")
+    runs = cell_runs(uri, "two", ViewType.ALL)  # deleted runs too: no duplicate was made and removed
     cells = [r for r in runs if r.data.tags.get("fss.kind") == "cell"]
     assert len(cells) == 8 and {r.info.status for r in cells} == {"FINISHED"}
     assert len({r.data.tags["fss.cell_key"] for r in cells}) == 8  # every cell exactly once

@@ -102,6 +102,7 @@ def _fill(directory: str, worker: int) -> None:
         )
 
 
+@pytest.mark.slow
 def test_two_processes_filling_one_cache_leave_only_complete_files(tmp_path):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_fill, args=(str(tmp_path), w)) for w in range(2)]
@@ -119,3 +120,18 @@ def test_two_processes_filling_one_cache_leave_only_complete_files(tmp_path):
             {"encoder": "toy", "size": 8}, f"{i:064x}", lambda: pytest.fail("recomputed")
         )
         assert out["x"].shape == (1, 64, 64, 64) and bool((out["x"] == i).all())
+
+
+def test_the_loaders_decode_and_resize_are_part_of_every_key(models, pascal_root, tmp_path, monkeypatch):
+    import benchmark.episode_loader as loader
+
+    m256, _ = models
+    feat = Featurizer(m256, FeatureCache(tmp_path))
+    for ident in feat.identities.values():
+        assert ident["loader"]["image_size"] == 256 and ident["loader"]["version"] == loader.LOADER_VERSION
+        assert ident["loader"]["pillow"]  # a Pillow upgrade may decode JPEGs differently
+    feat.encode(images(pascal_root, 256, n=1))
+    monkeypatch.setattr(loader, "LOADER_VERSION", "changed-resize/2")
+    other = Featurizer(m256, feat.cache)
+    other.encode(images(pascal_root, 256, n=1))
+    assert feat.cache.stats.misses == 4 and feat.cache.stats.hits == 0

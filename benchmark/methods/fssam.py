@@ -37,6 +37,7 @@ def sam2_weights(settings: dict[str, Any], ctx: BuildContext):
             seed=cfg.seed,
         ),
         group="sam2",
+        keep=4,  # bounded: a backbone-size study must not keep every SAM 2 on the GPU
     )
 
 
@@ -101,6 +102,7 @@ def _build(settings: dict[str, Any], ctx: BuildContext):
                 seed=cfg.seed + 1,
             ),
             group="dinov2",
+            keep=4,
         )
     return FSSAM(cfg, sam2=sam, dino=dino).to(ctx.device)
 

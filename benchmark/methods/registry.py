@@ -84,6 +84,10 @@ class MethodEntry:
                 f"{prefix}{unknown[0]}: unknown switch for method {self.name!r}; known: {sorted(self.defaults)}"
             )
         resolved = {**self.defaults, **settings}
+        for k, default in self.defaults.items():  # 10 and 10.0 are one setting (and one cell key)
+            v = resolved[k]
+            if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+                resolved[k] = float(v)
         try:
             self.validate(resolved)
         except (ValueError, FssBenchError) as e:
