@@ -87,8 +87,8 @@ def collect_experiment(tracker, experiment: str, download_dir: Path) -> Experime
             else float("nan"),
             "random_init": t.get("fss.random_init") == "true",
             "manifest_sha256": t.get("fss.manifest_sha256"),
-            "weights_sam2": t.get("fss.weights.sam2"),
-            "weights_dinov2": t.get("fss.weights.dinov2"),
+            # every weight source of the cell (sam2, dinov2, or fssam for the authors' checkpoint)
+            "weights": tuple(sorted(v for k, v in t.items() if k.startswith("fss.weights."))),
             "study": t.get("fss.study", experiment),
             "cell_key": t.get("fss.cell_key"),
             "episodes_per_s": m.get("episodes_per_s"),

@@ -169,7 +169,7 @@ def provenance(data: ExperimentData, cells: pd.DataFrame | None = None) -> list[
     lines.append(f"Study: {', '.join(sorted(set(cells['study'])))} (MLflow experiment {data.name!r}).")
     manifests = sorted(set(cells["manifest_sha256"].dropna()))
     lines.append("Manifests (sha256): " + ", ".join(m[:12] for m in manifests) + ".")
-    w = sorted(set(cells["weights_sam2"].dropna()) | set(cells["weights_dinov2"].dropna()))
+    w = sorted({x for ws in cells["weights"] for x in ws})
     lines.append("Weights: " + ", ".join(x if x.startswith("random-init") else x[:12] for x in w) + ".")
     return lines
 
