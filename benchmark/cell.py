@@ -34,7 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
+from benchmark.device import resolve_device
 from benchmark.episode_loader import ImageStore, load_episode
 from benchmark.episodes import load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
@@ -97,19 +99,6 @@ def number_package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise FssBenchError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FssBenchError(f"device {name!r} asked for, but CUDA is not available on this machine")
-    return dev
 
 
 class CheckpointHashes:
@@ -407,9 +396,11 @@ def write_artifacts(
     table, summary = result.table, result.summary
     table.to_parquet(folder / "episodes.parquet", index=False)
     classes = list(summary["class_iou"])
+    names = class_names(result.manifest["dataset"])
     per_class = pd.DataFrame(
         {
             "class": classes,
+            "class_name": [names[c - 1] for c in classes],
             "iou": [summary["class_iou"][c] for c in classes],
             "episodes": [summary["episodes_per_class"].get(c, 0) for c in classes],
         }
@@ -418,10 +409,12 @@ def write_artifacts(
     write_text_atomic(
         folder / "config.json", json.dumps(cell_config(result), indent=2, sort_keys=True, default=str)
     )
+    shutil.copyfile(result.spec.manifest_path, folder / "manifest.json")  # the episodes themselves
     out: list[tuple[Path, str | None]] = [
         (folder / "episodes.parquet", None),
         (folder / "per_class.csv", None),
         (folder / "config.json", None),
+        (folder / "manifest.json", None),
     ]
     if qualitative:
         out += [

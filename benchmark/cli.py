@@ -137,10 +137,13 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.runner import StudyRunner, summary_table
-    from benchmark.study import load_study
+    from benchmark.study import load_study, with_device
 
-    study = load_study(Path(args.study), args.overrides)
+    study = load_study(Path(args.study), args.overrides)  # validated before torch or MLflow are imported
+    if args.device is not None:
+        study = with_device(study, args.device)
+    from benchmark.runner import StudyRunner, summary_table
+
     runner = StudyRunner(
         study,
         tracking_uri=args.tracking_uri,
@@ -224,37 +227,64 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the error names the option, exit status 2, before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's help shows its default (options whose default is None or off say it in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fssbench", description="Few-shot segmentation benchmark suite for SAM 2 / FSSAM."
+        prog="fssbench",
+        description="Few-shot segmentation benchmark suite for SAM 2 / FSSAM.",
+        formatter_class=_Help,
     )
     p.add_argument("--version", action="version", version=f"fssam-bench {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="generate, prepare and check datasets").add_subparsers(
+    def cmd(parent, name: str, help: str) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=help, formatter_class=_Help)
+
+    data = cmd(sub, "data", "generate, prepare and check datasets").add_subparsers(
         dest="data_cmd", required=True
     )
-    s = data.add_parser("synth", help="write a small synthetic dataset in the raw VOC/SBD or COCO format")
-    s.add_argument("--dataset", choices=DATASETS, required=True)
+    s = cmd(data, "synth", "write a small synthetic dataset in the raw VOC/SBD or COCO format")
+    s.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset's raw format")
     s.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same files)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(fn=_cmd_synth)
 
-    prep = data.add_parser("prepare", help="build a data root (masks, lists, fold lists) from raw downloads")
+    prep = cmd(data, "prepare", "build a data root (masks, lists, fold lists) from raw downloads")
     prep_sub = prep.add_subparsers(dest="dataset", required=True)
-    pp = prep_sub.add_parser("pascal", help="VOC2012 + SBD -> SegmentationClassAug and PASCAL-5i lists")
+    pp = cmd(prep_sub, "pascal", "VOC2012 + SBD -> SegmentationClassAug and PASCAL-5i lists")
     pp.add_argument("--voc", required=True, help="VOC2012 folder (or VOCdevkit, or its parent)")
     pp.add_argument("--sbd", required=True, help="SBD 'dataset' folder (or benchmark_RELEASE)")
-    pc = prep_sub.add_parser(
-        "coco", help="COCO 2014 images + instances JSON -> semantic masks and COCO-20i lists"
-    )
+    pc = cmd(prep_sub, "coco", "COCO 2014 images + instances JSON -> semantic masks and COCO-20i lists")
     pc.add_argument("--coco", required=True, help="folder with train2014/, val2014/, annotations/")
     for q in (pp, pc):
         q.add_argument("--out", required=True, help="prepared data root to create")
         q.add_argument(
-            "--workers", type=int, default=None, help="worker processes (default: CPU count, at most 8)"
+            "--workers",
+            type=positive_int,
+            default=None,
+            help="worker processes (default: CPU count, at most 8)",
         )
         q.add_argument("--overwrite", action="store_true", help="replace an existing output folder once done")
         q.add_argument(
@@ -262,18 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         q.set_defaults(fn=_cmd_prepare)
 
-    c = data.add_parser("check", help="validate a prepared data root and list every problem")
-    c.add_argument("root")
+    c = cmd(data, "check", "validate a prepared data root and list every problem")
+    c.add_argument("root", help="prepared data root (the --out of `data prepare`)")
     c.set_defaults(fn=_cmd_check)
 
-    e = sub.add_parser("episodes", help="write a hashed episode manifest")
-    e.add_argument("--dataset", choices=DATASETS, required=True)
+    e = cmd(sub, "episodes", "write a hashed episode manifest")
+    e.add_argument("--dataset", choices=DATASETS, required=True, help="dataset of the data root")
     e.add_argument("--data-root", required=True, help="prepared data root")
-    e.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0..3}")
-    e.add_argument("--shot", type=int, required=True)
-    e.add_argument("--protocol", choices=("fssam", "hsnet"), default="fssam")
-    e.add_argument("--seed", type=int, default=None, help="default: the protocol's (fssam 321, hsnet 0)")
-    e.add_argument("--episodes", type=int, default=None, help="default: the protocol's (1000)")
+    e.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0..3}", help="test fold")
+    e.add_argument("--shot", type=positive_int, required=True, help="supports per episode (K)")
+    e.add_argument("--protocol", choices=("fssam", "hsnet"), default="fssam", help="episode protocol")
+    e.add_argument(
+        "--seed", type=int, default=None, help="sampler seed (default: the protocol's, fssam 321, hsnet 0)"
+    )
+    e.add_argument(
+        "--episodes", type=positive_int, default=None, help="episodes (default: the protocol's, 1000)"
+    )
     e.add_argument(
         "--kind", choices=("test", "val"), default="test", help="test: novel classes; val: base classes"
     )
@@ -282,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing manifest with other content")
     e.set_defaults(fn=_cmd_episodes)
 
-    r = sub.add_parser("run", help="run a study: every variant x dataset x fold x shot x seed cell")
+    r = cmd(sub, "run", "run a study: every variant x dataset x fold x shot x seed cell")
     r.add_argument("study", help="study file (YAML), e.g. ablations/component-ablation.yaml")
     r.add_argument(
         "overrides", nargs="*", help="key=value overrides, e.g. episodes=50 model.random_init=true"
@@ -292,20 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
     )
-    r.add_argument("--work-dir", default="fssbench-runs", help="manifests, episode journals, feature cache")
+    r.add_argument(
+        "--work-dir", default="fssbench-runs", help="manifests, episode journals, locks, feature cache"
+    )
+    r.add_argument(
+        "--device",
+        default=None,
+        help="device of every variant: auto, cpu, cuda, cuda:1 (default: the study's)",
+    )
     r.add_argument("--force", action="store_true", help="rerun cells that are already finished")
     r.add_argument("--no-cache", action="store_true", help="recompute frozen features for every episode")
     r.add_argument(
         "--shard", default="0/1", help="run only cells i, i+N, ... (I/N), to split a study over processes"
     )
     r.add_argument(
-        "--fail-fast", action="store_true", help="stop at the first failing cell (default: record it, go on)"
+        "--fail-fast", action="store_true", help="stop at the first failing cell (else: record it, go on)"
     )
     r.set_defaults(fn=_cmd_run)
 
-    pr = sub.add_parser(
-        "profile", help="episodes/s and peak memory per variant, and the feature cache's speed-up"
-    )
+    pr = cmd(sub, "profile", "episodes/s and peak memory per variant, and the feature cache's speed-up")
     pr.add_argument("study", help="study file (YAML)")
     pr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. episodes=20")
     pr.add_argument(
@@ -313,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.set_defaults(fn=_cmd_profile)
 
-    rp = sub.add_parser("report", help="tables, figures and an HTML report from an experiment's tracked runs")
+    rp = cmd(sub, "report", "tables, figures and an HTML report from an experiment's tracked runs")
     rp.add_argument("--experiment", required=True, help="MLflow experiment (the study name)")
     rp.add_argument("--out", default=None, help="output folder (default: reports-out/<experiment>)")
     rp.add_argument(
@@ -330,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--episodes",
         default=None,
-        help="episode ids for the qualitative figure (default: best, median, worst)",
+        help="episode ids for the qualitative figure, e.g. 3,17 (default: best, median, worst)",
     )
     rp.add_argument(
         "--no-qualitative", action="store_true", help="skip the qualitative figure (no model re-run)"
@@ -338,20 +377,22 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     rp.set_defaults(fn=_cmd_report)
 
-    b = sub.add_parser("bench-model", help="time one episode with and without precomputed features")
-    b.add_argument("--method", default="fssam", choices=("fssam", "naive_sam2"))
-    b.add_argument("--sam2-size", default="s", choices=("t", "s", "b+", "l"))
-    b.add_argument("--dinov2", default="vitb14", choices=("vits14", "vitb14", "vitl14", "vitg14"))
-    b.add_argument("--image-size", type=int, default=512)
-    b.add_argument("--shots", type=int, default=1)
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    b = cmd(sub, "bench-model", "time one episode with and without precomputed features (random weights)")
+    b.add_argument("--method", default="fssam", choices=("fssam", "naive_sam2"), help="method to time")
+    b.add_argument("--sam2-size", default="s", choices=("t", "s", "b+", "l"), help="SAM 2 size")
+    b.add_argument(
+        "--dinov2", default="vitb14", choices=("vits14", "vitb14", "vitl14", "vitg14"), help="DINOv2"
+    )
+    b.add_argument("--image-size", type=positive_int, default=512, help="SAM 2 input size (a multiple of 64)")
+    b.add_argument("--shots", type=positive_int, default=1, help="supports per episode (K)")
+    b.add_argument("--repeats", type=positive_int, default=3, help="timed repeats after one warm-up (median)")
+    b.add_argument("--device", default="cpu", help="torch device")
+    b.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     b.set_defaults(fn=_cmd_bench_model)
 
-    d = sub.add_parser("demo", help="the whole pipeline on generated data, end to end")
+    d = cmd(sub, "demo", "the whole pipeline on generated data, end to end")
     d.add_argument("--out", default="fssbench-demo", help="working folder (reused if it exists)")
-    d.add_argument("--episodes", type=int, default=24, help="episodes per manifest")
+    d.add_argument("--episodes", type=positive_int, default=24, help="episodes per manifest")
     d.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<out>/mlflow.db)"
     )

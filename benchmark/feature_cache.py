@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from benchmark.io_utils import write_text_atomic
+from benchmark.io_utils import respect_umask, write_text_atomic
 
 Features = dict[str, torch.Tensor]
 
@@ -111,6 +111,7 @@ class FeatureCache:
                 )
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             os.close(fd)
+            respect_umask(tmp)
             try:
                 save_file(feats, tmp)
                 fd = os.open(tmp, os.O_RDONLY)

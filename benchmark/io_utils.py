@@ -19,12 +19,26 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: str | Path, directory: bool = False) -> None:
+    """Give a temporary file (0600) or folder (0700) the mode a plain open()/mkdir() would have given it,
+    so outputs renamed into place can be shared as the umask allows (a lab's prepared data root)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        respect_umask(tmp)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
@@ -53,6 +67,7 @@ def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    respect_umask(tmp, directory=True)
     try:
         yield tmp
     except BaseException:

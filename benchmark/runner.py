@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -37,9 +38,9 @@ from benchmark.cell import (
     cell_key,
     code_hash,
     evaluate_cell,
-    resolve_device,
     weight_ids,
 )
+from benchmark.device import resolve_device
 from benchmark.episodes import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
@@ -290,8 +291,8 @@ class StudyRunner:
     def _skipped_row(self, cell: Cell, key: str, run: Any, status: str = "skipped (done)") -> dict[str, Any]:
         m = run.data.metrics
         return self._row(cell, key) | {
-            "mIoU": m.get("miou"),
-            "FB-IoU": m.get("fb_iou"),
+            "miou_pct": _pct(m.get("miou")),
+            "fb_iou_pct": _pct(m.get("fb_iou")),
             "status": status,
             "run_id": run.info.run_id,
         }
@@ -349,9 +350,13 @@ class StudyRunner:
             "fss.versions": json.dumps(package_versions()),
             "fss.device": str(device),
             "fss.code_sha256": code_hash(),
+            "fss.metric_units": "fraction",  # metrics are in [0, 1]; printed tables and cells.csv use percent
             **{f"fss.weights.{k}": v for k, v in weights.items()},
         }
-        bar = tqdm(desc=cell.name, unit="ep", leave=False, disable=not self.progress)
+        # a nested bar only on a terminal: redirected logs get no cursor-up escapes
+        bar = tqdm(
+            desc=cell.name, unit="ep", leave=False, disable=not self.progress or not sys.stderr.isatty()
+        )
         rid = None
 
         def on_start(done: int, total: int) -> None:
@@ -401,8 +406,8 @@ class StudyRunner:
 
     def _result_row(self, cell: Cell, key: str, rid: str, result: CellResult) -> dict[str, Any]:
         return self._row(cell, key) | {
-            "mIoU": result.summary["miou"],
-            "FB-IoU": result.summary["fb_iou"],
+            "miou_pct": 100 * result.summary["miou"],
+            "fb_iou_pct": 100 * result.summary["fb_iou"],
             "status": "run",
             "run_id": rid,
             "episodes_run": result.episodes_run,
@@ -412,14 +417,23 @@ class StudyRunner:
         }
 
 
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
+
+
 def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """Mean mIoU / FB-IoU (percent) per variant, dataset and shot, over folds and seeds."""
-    if cells.empty or "mIoU" not in cells:
+    """Mean mIoU / FB-IoU in percent per variant, dataset and shot, over folds and seeds.
+
+    ``cells`` is the runner's table (cells.csv), whose ``*_pct`` columns are already percent.
+    """
+    if cells.empty or "miou_pct" not in cells:
         return pd.DataFrame()
-    ok = cells[cells["status"] != "failed"]
+    ok = cells[~cells["status"].str.startswith("failed")]
     g = ok.groupby(["dataset", "shot", "variant"], sort=False)
     out = g.agg(
-        mIoU=("mIoU", "mean"), FB_IoU=("FB-IoU", "mean"), folds=("fold", "nunique"), cells=("fold", "size")
+        miou=("miou_pct", "mean"),
+        fb_iou=("fb_iou_pct", "mean"),
+        folds=("fold", "nunique"),
+        cells=("fold", "size"),
     )
-    out[["mIoU", "FB_IoU"]] *= 100
-    return out.reset_index().rename(columns={"FB_IoU": "FB-IoU"})
+    return out.reset_index().rename(columns={"miou": "mIoU (%)", "fb_iou": "FB-IoU (%)"})

@@ -29,7 +29,10 @@ FSSAM5s otherwise), e.g. ``exp/{dataset}/{arch}/split{fold}/small/snapshot/best_
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ import yaml
 
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
+from benchmark.device import check_device
 from benchmark.episodes import PROTOCOLS
 from benchmark.errors import FssBenchError
 from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
@@ -140,7 +144,10 @@ def check_checkpoint_file(path: str, where: str) -> None:
     """Fail early, naming the study field, if a checkpoint is missing or not a PyTorch file."""
     p = Path(path)
     if not p.is_file():
-        raise FssBenchError(f"{where}: checkpoint {p} not found")
+        raise FssBenchError(
+            f"{where}: checkpoint {p} not found; download it (README: Real checkpoints lists Meta's SAM 2 and "
+            "DINOv2 files and the authors' FSSAM checkpoints), or set model.random_init: true for a pipeline check"
+        )
     try:
         ok = zipfile.is_zipfile(p) and any(n.endswith("data.pkl") for n in zipfile.ZipFile(p).namelist())
     except OSError as e:
@@ -155,7 +162,9 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         raise FssBenchError(f"{source}: a study file must be a YAML mapping")
     unknown = sorted(set(raw) - set(TOP_LEVEL))
     if unknown:
-        raise FssBenchError(f"{source}: unknown field(s) {unknown}; known: {list(TOP_LEVEL)}")
+        hint = did_you_mean(unknown[0], TOP_LEVEL)
+        more = f" (and {unknown[1:]})" if len(unknown) > 1 else ""
+        raise FssBenchError(f"{source}: {unknown[0]}: unknown field{hint}{more}; known: {list(TOP_LEVEL)}")
     base_dir = base_dir or Path.cwd()
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -168,7 +177,9 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     roots: dict[str, Path] = {}
     for ds, root in data.items():
         if ds not in DATASETS:
-            raise FssBenchError(f"{source}: data.{ds}: unknown dataset; expected one of {list(DATASETS)}")
+            raise FssBenchError(
+                f"{source}: data.{ds}: unknown dataset{did_you_mean(ds, DATASETS)}; expected one of {list(DATASETS)}"
+            )
         path = Path(str(root)) if Path(str(root)).is_absolute() else base_dir / str(root)
         try:
             prepared = PreparedDataset(path)
@@ -179,10 +190,15 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         roots[ds] = path
     protocol = raw.get("protocol", "fssam")
     if protocol not in PROTOCOLS:
-        raise FssBenchError(f"{source}: protocol: {protocol!r} is not one of {sorted(PROTOCOLS)}")
-    folds = _int_list({"folds": raw.get("folds", [0, 1, 2, 3])}, "folds", 0, NUM_FOLDS - 1)
-    shots = _int_list({"shots": raw.get("shots", [1])}, "shots", 1, None)
-    seeds = _int_list({"seeds": raw.get("seeds", [PROTOCOLS[protocol]["seed"]])}, "seeds")
+        raise FssBenchError(
+            f"{source}: protocol: {protocol!r} is not one of {sorted(PROTOCOLS)}{did_you_mean(protocol, PROTOCOLS)}"
+        )
+    try:
+        folds = _int_list({"folds": raw.get("folds", [0, 1, 2, 3])}, "folds", 0, NUM_FOLDS - 1)
+        shots = _int_list({"shots": raw.get("shots", [1])}, "shots", 1, None)
+        seeds = _int_list({"seeds": raw.get("seeds", [PROTOCOLS[protocol]["seed"]])}, "seeds")
+    except FssBenchError as e:
+        raise FssBenchError(f"{source}: {e}") from None
     episodes = raw.get("episodes")
     if episodes is not None and (not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1):
         raise FssBenchError(f"{source}: episodes: expected a positive integer or null, got {episodes!r}")
@@ -203,6 +219,7 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         if method not in method_names():
             raise FssBenchError(
                 f"{source}: variants.{vname}.method: {method!r} is not one of {method_names()}"
+                + did_you_mean(method, method_names())
             )
     # model-level defaults go to the variants whose method accepts them; a key no registered method
     # accepts is a typo
@@ -210,7 +227,8 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     for key in model:
         if key not in known:
             raise FssBenchError(
-                f"{source}: model.{key}: unknown setting for every method; known: {sorted(known)}"
+                f"{source}: model.{key}: unknown setting for every method{did_you_mean(key, known)}; "
+                f"known: {sorted(known)}"
             )
     variants = [
         _parse_variant(str(vname), switches or {}, model, roots, folds, shots, source, base_dir)
@@ -249,6 +267,7 @@ def _parse_variant(
     own = {k: v for k, v in switches.items() if k not in ("method", *HARNESS_FIELDS)}
     inherited = {k: v for k, v in model.items() if k in entry.defaults}
     device = str(switches.get("device", model.get("device", "auto")))
+    check_device(device, f"{where}.device" if "device" in switches else f"{source}: model.device")
     settings = entry.resolve({**inherited, **own}, where=where)
     if settings.get("random_init"):  # random weights replace any checkpoint (tests, demos, timing)
         settings.update({key: None for key in entry.checkpoints})
@@ -277,6 +296,14 @@ def _checkpoint_field(entry: MethodEntry, role: str) -> str:
     return role
 
 
+def with_device(study: Study, device: str, where: str = "--device") -> Study:
+    """The study with every variant on ``device`` (validated now, naming ``where``)."""
+    check_device(device, where)
+    return dataclasses.replace(
+        study, variants=[dataclasses.replace(v, device=device) for v in study.variants]
+    )
+
+
 def load_study(path: Path, overrides: list[str] | None = None) -> Study:
     """Read, override and validate a study file (relative paths resolve against the working directory)."""
     path = Path(path)
@@ -285,6 +312,34 @@ def load_study(path: Path, overrides: list[str] | None = None) -> Study:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise FssBenchError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise FssBenchError(
+            f"{where}: not valid YAML: {what}; fix the file at that line and column"
+        ) from None
     raw = apply_overrides(raw or {}, overrides or [])
-    return parse_study(raw, source=str(path), base_dir=Path.cwd())
+    try:
+        return parse_study(raw, source=str(path), base_dir=Path.cwd())
+    except FssBenchError as e:
+        raise _blame_override(e, str(path), overrides or []) from None
+
+
+def _blame_override(error: FssBenchError, source: str, overrides: list[str]) -> FssBenchError:
+    """If the bad field came from a command-line override, say so instead of blaming the file."""
+    text = str(error)
+    if not text.startswith(f"{source}: "):
+        return error
+    rest = text[len(source) + 2 :]
+    field = rest.split(":", 1)[0].strip()
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+            return FssBenchError(f"command-line override {item!r}: {rest}")
+    return error
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or nothing."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -66,6 +67,8 @@ class Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = tracking_uri or default_tracking_uri()

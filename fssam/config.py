@@ -6,9 +6,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fssam.errors import FSSAMError
-from fssam.imr import IMR_VERSIONS
-from fssam.sam2_adapter import SAM2_SIZES, SAM2_VERSIONS
-from fssam.scma import KSHOT_MODES
+
+# The switches' allowed values live here (no torch import), and the modules that implement them
+# import them from here.
+SAM2_VERSIONS = ("2.0", "2.1")
+SAM2_SIZES = ("t", "s", "b+", "l")
+IMR_VERSIONS = ("v1", "v2")
+KSHOT_MODES = ("intended", "released")
 
 PRIORS = ("disc", "fg", "none", "oracle")
 DINOV2_ARCH_NAMES = ("vits14", "vitb14", "vitl14", "vitg14")

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fssam.config import IMR_VERSIONS
 from fssam.ops import cosine_map, minmax, resize, weighted_gap
-
-IMR_VERSIONS = ("v1", "v2")
 
 
 @dataclass

@@ -24,11 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fssam.config import SAM2_SIZES, SAM2_VERSIONS
 from fssam.errors import FSSAMError
 from fssam.hashing import file_sha256
 
-SAM2_VERSIONS = ("2.0", "2.1")
-SAM2_SIZES = ("t", "s", "b+", "l")
 _CKPT_NAMES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

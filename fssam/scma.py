@@ -38,8 +38,6 @@ from torch import Tensor
 
 from fssam.ops import cosine_map, minmax, weighted_gap
 
-KSHOT_MODES = ("intended", "released")
-
 
 @dataclass
 class MemoryLayout:

@@ -61,8 +61,12 @@ def build_report(
     qualitative_variant: str | None = None,
     log_to_mlflow: bool = True,
     tracker: Tracker | None = None,
+    extra_tables: list[Table] | None = None,
 ) -> ReportOutput:
-    """Build the report of ``experiment`` into ``out`` (default ``reports-out/<experiment>``)."""
+    """Build the report of ``experiment`` into ``out`` (default ``reports-out/<experiment>``).
+
+    ``extra_tables`` (e.g. the demo's model-free reference predictors) are written, shown in the
+    HTML and Markdown and logged like the paper tables, after them."""
     tracker = tracker or Tracker(tracking_uri)
     out = Path(out or Path("reports-out") / experiment).absolute()
     tables_dir, fig_dir = out / "tables", out / "figures"
@@ -86,6 +90,7 @@ def build_report(
         result.tables.append(ablation_table(data, ablation, ds, int(shot)))
     for (ds, shot, fold), _ in data.cells.groupby(["dataset", "shot", "fold"], sort=True):
         result.tables.append(per_class_table(data, ds, int(shot), int(fold)))
+    result.tables.extend(extra_tables or [])
     for t in result.tables:
         _write_table(t, tables_dir)
     write_text_atomic(out / "cells.csv", data.cells.to_csv(index=False))

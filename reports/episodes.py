@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.cell import resolve_device
 from benchmark.data.prepared import PreparedDataset
+from benchmark.device import resolve_device
 from benchmark.episode_loader import ImageStore, load_episode
 from benchmark.episodes import build_manifest, load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError

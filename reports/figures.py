@@ -33,6 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmark.io_utils import respect_umask  # noqa: E402
 from benchmark.qualitative import overlay  # noqa: E402
 
 RANDOM_INIT_LABEL = "RANDOM-INIT WEIGHTS"
@@ -88,7 +89,7 @@ def save_figure(fig: Figure, stem: Path, dpi: int = 120) -> list[Path]:
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fig.savefig(fh, format=fmt, dpi=dpi)
-                os.chmod(tmp, 0o644)
+                respect_umask(tmp)
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

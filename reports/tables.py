@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 import io
+import unicodedata
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,20 +128,126 @@ class Table:
         return "\n".join(out)
 
 
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+# Non-ASCII characters the tables may contain (titles, headers, cells, footers, variant and class
+# names) -> LaTeX that pdflatex compiles with only booktabs and T1 fontenc. Markdown, HTML and CSV
+# keep the Unicode. Accented Latin letters not listed here are spelled with accent macros (see
+# :func:`latex_unicode`); tests/test_report_latex.py fails on any character neither covers.
+LATEX_UNICODE = {
+    "Δ": r"$\Delta$",
+    "δ": r"$\delta$",
+    "σ": r"$\sigma$",
+    "μ": r"$\mu$",
+    "µ": r"$\mu$",
+    "α": r"$\alpha$",
+    "β": r"$\beta$",
+    "γ": r"$\gamma$",
+    "λ": r"$\lambda$",
+    "τ": r"$\tau$",
+    "−": "$-$",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "·": r"$\cdot$",
+    "≤": r"$\leq$",
+    "≥": r"$\geq$",
+    "≈": r"$\approx$",
+    "≠": r"$\neq$",
+    "→": r"$\rightarrow$",
+    "←": r"$\leftarrow$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "∞": r"$\infty$",
+    "²": r"$^{2}$",
+    "³": r"$^{3}$",
+    "–": "--",
+    "—": "---",
+    "‐": "-",
+    "‑": "-",
+    "…": r"\dots{}",
+    "‘": "`",
+    "’": "'",
+    "“": "``",
+    "”": "''",
+    "°": r"\textdegree{}",
+    "§": r"\textsection{}",
+    "€": r"\texteuro{}",
+    "\u00a0": "~",
+    "\u2009": r"\,",
+    "\u202f": r"\,",
+    "ß": r"{\ss}",
+    "æ": r"{\ae}",
+    "Æ": r"{\AE}",
+    "œ": r"{\oe}",
+    "Œ": r"{\OE}",
+    "ø": r"{\o}",
+    "Ø": r"{\O}",
+    "ł": r"{\l}",
+    "Ł": r"{\L}",
+    "ı": r"{\i}",
+}
+
+# combining mark -> LaTeX accent macro, for letters such as é (e + U+0301) -> \'{e}
+_LATEX_ACCENTS = {
+    "\u0300": "\\`",
+    "\u0301": "\\'",
+    "\u0302": "\\^",
+    "\u0303": "\\~",
+    "\u0304": "\\=",
+    "\u0306": "\\u",
+    "\u0307": "\\.",
+    "\u0308": '\\"',
+    "\u030a": "\\r",
+    "\u030b": "\\H",
+    "\u030c": "\\v",
+    "\u0327": "\\c",
+    "\u0328": "\\k",
+}
+
+
+def latex_unicode(ch: str) -> str | None:
+    """LaTeX for one non-ASCII character: the :data:`LATEX_UNICODE` entry, an accent macro for an
+    accented Latin letter (``é`` -> ``\\'{e}``), or None when neither applies."""
+    if ch in LATEX_UNICODE:
+        return LATEX_UNICODE[ch]
+    base, *marks = unicodedata.normalize("NFD", ch)
+    if not base.isascii() or not base.isalpha() or not marks or any(m not in _LATEX_ACCENTS for m in marks):
+        return None
+    out = base
+    for m in marks:
+        out = f"{_LATEX_ACCENTS[m]}{{{out}}}"
+    return out
+
+
 def latex_escape(text: str) -> str:
-    rep = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "$": r"\$",
-        "#": r"\#",
-        "_": r"\_",
-        "{": r"\{",
-        "}": r"\}",
-        "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}",
-    }
-    return "".join(rep.get(ch, ch) for ch in str(text))
+    """``text`` as ASCII LaTeX source: special characters escaped, non-ASCII characters spelled
+    with :func:`latex_unicode`. A character without a spelling becomes ``?`` with a warning
+    (pdflatex would stop on it); tests/test_report_latex.py checks that no table text contains one."""
+    out = []
+    for ch in unicodedata.normalize("NFC", str(text)):
+        if ch.isascii():
+            out.append(_LATEX_SPECIAL.get(ch, ch))
+        else:
+            spelled = latex_unicode(ch)
+            if spelled is None:
+                warnings.warn(
+                    f"no LaTeX spelling for {ch!r} (U+{ord(ch):04X}) in {text!r}; written as '?'",
+                    stacklevel=2,
+                )
+                spelled = "?"
+            out.append(spelled)
+    return "".join(out)
 
 
 def _group_spans(columns: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
@@ -152,10 +260,30 @@ def _group_spans(columns: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def _bold_max(values: list[list[float]]) -> list[list[bool]]:
-    arr = np.array(values, dtype=float)
-    best = np.nanmax(np.where(np.isnan(arr), -np.inf, arr), axis=0) if arr.size else []
-    return [[bool(np.isfinite(v) and v == best[j]) for j, v in enumerate(row)] for row in arr]
+def _bold_max(values: list[list[float]], decimals: int = 1) -> list[list[bool]]:
+    """Bold the best value of each column as printed: values are compared rounded the way the cells
+    show them (``decimals``), so every cell that prints the column maximum is bold."""
+    if not values:
+        return []
+    shown = np.array([[_shown(v, decimals) for v in row] for row in values], dtype=float)
+    best = np.max(np.where(np.isfinite(shown), shown, -np.inf), axis=0)
+    return [[bool(np.isfinite(v) and v == best[j]) for j, v in enumerate(row)] for row in shown]
+
+
+def _shown(v: float | None, decimals: int = 1) -> float:
+    """``v`` as it prints with ``decimals`` decimals (NaN for a missing value)."""
+    if v is None or not np.isfinite(v):
+        return float("nan")
+    return float(f"{v:.{decimals}f}")
+
+
+def _num(v: float | None, decimals: int = 1, sign: bool = False, missing: str = "–") -> str:
+    """``v`` with ``decimals`` decimals, ``+`` on positive values with ``sign``; a value that rounds to
+    zero prints as plain ``0.0`` (never ``-0.0`` or ``+0.0``), a missing one as ``missing``."""
+    if v is None or not np.isfinite(v):
+        return missing
+    text = f"{v:+.{decimals}f}" if sign else f"{v:.{decimals}f}"
+    return f"{0:.{decimals}f}" if float(text) == 0 else text
 
 
 def provenance(data: ExperimentData, cells: pd.DataFrame | None = None) -> list[str]:
@@ -174,13 +302,13 @@ def provenance(data: ExperimentData, cells: pd.DataFrame | None = None) -> list[
     return lines
 
 
-def _fmt(v: float) -> str:
-    return "–" if v is None or not np.isfinite(v) else f"{v:.1f}"
+def _fmt(v: float | None) -> str:
+    return _num(v)
 
 
 def _mean_std(mean: float, std: float, n: int) -> str:
     """Percent text: ``mean ± std`` over several seeds, the mean alone for one."""
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else _fmt(100 * mean)
+    return f"{_num(100 * mean)} ± {_num(100 * std)}" if n > 1 else _fmt(100 * mean)
 
 
 def main_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Table:
@@ -282,11 +410,16 @@ def ablation_table(data: ExperimentData, ablation: pd.DataFrame, dataset: str, s
         is_ref = r["variant"] == ref
         values.append([100 * r["miou"], 100 * r["diff"], 100 * r["low"], 100 * r["high"], r["pairs"]])
         mark = " *" if r["excludes_zero"] and not is_ref else ""
+        ci = (
+            f"[{_num(100 * r['low'], sign=True)}, {_num(100 * r['high'], sign=True)}]"
+            if np.isfinite(r["low"]) and np.isfinite(r["high"])
+            else _fmt(None)
+        )
         cells.append(
             [
                 _fmt(100 * r["miou"]),
-                "(reference)" if is_ref else f"{100 * r['diff']:+.1f}{mark}",
-                "" if is_ref else f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]",
+                "(reference)" if is_ref else f"{_num(100 * r['diff'], sign=True)}{mark}",
+                "" if is_ref else ci,
                 str(int(r["pairs"])),
             ]
         )
@@ -301,7 +434,10 @@ def ablation_table(data: ExperimentData, ablation: pd.DataFrame, dataset: str, s
         row_header="variant",
         rows=list(df["variant"]),
         cells=cells,
-        values=[[v[0], v[1], f"[{v[2]:.3f}, {v[3]:.3f}]", v[4]] for v in values],
+        values=[
+            [v[0], v[1], f"[{_num(v[2], 3, missing='nan')}, {_num(v[3], 3, missing='nan')}]", v[4]]
+            for v in values
+        ],
         footer=footer,
     )
 

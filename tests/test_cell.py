@@ -333,7 +333,10 @@ def test_peak_memory_is_the_growth_during_the_block_not_the_process_maximum():
         time.sleep(0.05)
         del y
     assert small.kind == "rss_growth"
-    assert small.peak_bytes < 100 * 2**20 <= 150 * 2**20 <= large.peak_bytes
+    sizes = (small.peak_bytes / 2**20, large.peak_bytes / 2**20)
+    # the 300 MiB spike before the block is not counted (the process maximum would include it); the
+    # margin leaves room for pages a loaded machine swaps back in during the block
+    assert small.peak_bytes < 250 * 2**20 and 150 * 2**20 <= large.peak_bytes, f"MiB: {sizes}"
 
 
 def test_label_and_hash_memos_are_bounded(pascal_root):
@@ -409,3 +412,13 @@ def test_cell_key_covers_package_versions_and_a_user_methods_own_file(tmp_path, 
     assert cell.method_code_hash(get_method("fssam")) is None  # already in code_files()
     monkeypatch.setattr(cell, "number_package_versions", lambda: {"torch": "99.0"})
     assert cell_key(spec, "a" * 64, {}) != base
+
+
+def test_redirected_output_has_no_nested_bars_or_store_creation_chatter(pascal_root, tmp_path, capfd):
+    study = write_study(tmp_path, pascal_root, {"ref": {"method": "mean_colour", "image_size": 64}}, model={})
+    uri = f"sqlite:///{tmp_path / 'new' / 'm.db'}"  # a store that does not exist yet
+    assert main(["run", str(study), "--work-dir", str(tmp_path / "w"), "--tracking-uri", uri]) == 0
+    out, err = capfd.readouterr()
+    assert "\x1b[A" not in err and "ref/pascal/fold0/1shot/seed321:" not in err  # only the study bar
+    assert "Creating initial MLflow database tables" not in err + out
+    assert "mIoU (%)" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,6 +22,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "mean-colour" in text and "sha256" in text
     printed = capsys.readouterr().out
     assert "summary written to" in printed and "mlflow ui --backend-store-uri" in printed
+    # one run time, in the console and in the report
+    seconds = re.search(r"done in (\d+) s", printed).group(1)
+    assert f"Run time: {seconds} s." in text
+    # one report, one set of sections: the full report shows the reference predictors too
+    for page in (out / "report" / "report.md", out / "report" / "report.html"):
+        assert "Model-free reference predictors" in page.read_text() and "mean-colour" in page.read_text()
     assert (
         f"report: {out / 'report' / 'report.html'}" in printed and (out / "report" / "report.html").is_file()
     )

@@ -14,6 +14,7 @@ from benchmark.cli import main
 from benchmark.data.classes import novel_classes
 from benchmark.runner import StudyRunner
 from benchmark.study import load_study
+from tests.test_report_latex import compile_tex, require_pdflatex
 
 MODEL = {
     "sam2_size": "t",
@@ -139,6 +140,19 @@ def test_latex_structure_and_provenance(report):
         line.count("&") == 3 and line.endswith("\\\\") for line in body
     )  # fold0, fold1, mean
     assert "\\textbf{" in tex and "RANDOM-INIT" in tex and "Manifests (sha256)" in tex
+
+
+def test_every_report_tex_compiles_with_pdflatex(report, tmp_path):
+    """The ``.tex`` tables the report wrote (main, seeds, ablation, per-class) compile with booktabs."""
+    out, _, _ = report
+    pdflatex = require_pdflatex()
+    texs = sorted((out / "tables").glob("*.tex"))
+    assert "ablation-pascal-1shot.tex" in {p.name for p in texs} and len(texs) >= 5
+    for tex in texs:
+        assert tex.read_text(encoding="utf-8").isascii(), tex.name
+        compile_tex(pdflatex, tex, tmp_path / tex.stem)
+    md = (out / "tables" / "ablation-pascal-1shot.md").read_text()
+    assert "Δ" in md and not re.search(r"(?<![\d.])[-+]0\.0(?!\d)", md)
 
 
 def test_figures_html_and_mlflow_artifacts(report):

@@ -113,7 +113,14 @@ def test_mlflow_contents(small_run):
     names = {a.path for a in client.list_artifacts(rid)} | {
         a.path for a in client.list_artifacts(rid, "qualitative")
     }
-    assert {"episodes.parquet", "per_class.csv", "config.json"} <= names
+    assert {"episodes.parquet", "per_class.csv", "config.json", "manifest.json"} <= names
+    manifest = json.loads(Path(client.download_artifacts(rid, "manifest.json", str(tmp / "m"))).read_text())
+    assert (
+        manifest["sha256"] == children.set_index("tags.fss.variant").loc["fssam", "tags.fss.manifest_sha256"]
+    )
+    per_class = pd.read_csv(client.download_artifacts(rid, "per_class.csv", str(tmp / "pc")))
+    assert list(per_class["class_name"]) == ["aeroplane", "bicycle", "bird", "boat", "bottle"]  # fold 0
+    assert set(children["tags.fss.metric_units"]) == {"fraction"}
     assert sum(n.startswith("qualitative/") and n.endswith(".png") for n in names) == 3
     local = client.download_artifacts(rid, "episodes.parquet", str(tmp))
     table = pd.read_parquet(local)
@@ -137,7 +144,8 @@ def test_rerun_skips_finished_cells(small_run, pascal_root):
     )
     cells2 = again.run()
     assert list(cells2["status"]) == ["skipped (done)"] * 2
-    assert list(cells2["mIoU"]) == pytest.approx(list(cells["mIoU"]))
+    assert list(cells2["miou_pct"]) == pytest.approx(list(cells["miou_pct"]))
+    assert 0 < cells["miou_pct"].max() <= 100  # percent, as the column says
     assert again.cache.stats.misses == 0  # nothing was recomputed
     runs = runs_of(uri, "unit")
     assert (runs["tags.fss.kind"] == "cell").sum() == 2  # no duplicate child runs

@@ -59,7 +59,7 @@ def test_valid_study_and_overrides(pascal_root):
         ),
         (lambda d: d.update(data={"voc": "/x"}), r"data\.voc: unknown dataset"),
         (lambda d: d.update(folds=[4]), r"folds: 4 is out of range"),
-        (lambda d: d.update(protocl="fssam"), r"unknown field\(s\) \['protocl'\]"),
+        (lambda d: d.update(protocl="fssam"), r"protocl: unknown field \(did you mean 'protocol'\?\)"),
         (
             lambda d: d["model"].update(random_init=False),
             r"variants\.fssam\.sam2_checkpoint: no weights: set model\.sam2_checkpoint",

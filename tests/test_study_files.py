@@ -66,3 +66,13 @@ def test_study_file_runs(path, pascal_root, coco_root, tmp_path):
     ).run()
     # shrunk size variants can coincide with another variant's cell: those are skipped as done
     assert cells["status"].isin(["run", "skipped (done)"]).all() and (cells["status"] == "run").any()
+
+
+def test_the_shipped_demo_study_is_the_one_the_demo_runs(tmp_path):
+    import yaml
+
+    from benchmark.demo import demo_study
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "ablations" / "demo.yaml").read_text())
+    embedded = demo_study(Path("fssbench-demo/data/pascal"), 24)
+    assert shipped == embedded

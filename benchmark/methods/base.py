@@ -14,12 +14,13 @@ method packages never import the harness.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
-Features = dict[str, Tensor]
+Features = dict[str, "Tensor"]
 """Named feature tensors with the images along dim 0, e.g. ``{"sam2.2": (N, 256, S/16, S/16)}``."""
 
 

@@ -6,10 +6,11 @@ They see raw pixels through an ``rgb`` encoder that is not cached (it only resiz
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 from benchmark.methods.registry import BuildContext, MethodEntry
 

@@ -7,12 +7,14 @@ Adding a method is one file plus one registration: write the model (it satisfies
 
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from benchmark.errors import FssBenchError
 from benchmark.methods.base import FewShotMethod
@@ -80,8 +82,10 @@ class MethodEntry:
         prefix = f"{where}." if where else ""
         unknown = sorted(set(settings) - set(self.defaults))
         if unknown:
+            close = difflib.get_close_matches(unknown[0], list(self.defaults), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise FssBenchError(
-                f"{prefix}{unknown[0]}: unknown switch for method {self.name!r}; known: {sorted(self.defaults)}"
+                f"{prefix}{unknown[0]}: unknown switch for method {self.name!r}{hint}; known: {sorted(self.defaults)}"
             )
         resolved = {**self.defaults, **settings}
         for k, default in self.defaults.items():  # 10 and 10.0 are one setting (and one cell key)
