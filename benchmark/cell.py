@@ -440,7 +440,11 @@ def _qualitative(
         data = load_episode(store, manifest["images"], ep, method.image_size)
         logits = predict_episode(method, feat, data)
         pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape).numpy()
-        title = f"{result.spec.name} episode {ep.id} ({label}) IoU {100 * float(iou.iloc[idx]):.1f}"
+        name = class_names(manifest["dataset"])[ep.cls - 1]
+        title = (
+            f"{result.spec.name} episode {ep.id} ({label}): class {ep.cls} {name}, support 1 of "
+            f"{len(ep.supports)} shown, IoU {100 * float(iou.iloc[idx]):.1f}"
+        )
         if result.random_init:
             title = "RANDOM-INIT " + title
         path = folder / f"{label}-ep{ep.id}.png"

@@ -25,6 +25,20 @@ def overlay(
     return (out * 255).clip(0, 255).astype(np.uint8)
 
 
+def outline(
+    image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float], width: int = 3
+) -> np.ndarray:
+    """(H, W, 3) uint8 image with the outline (``width`` px inside the edge) of a boolean (H, W) mask
+    drawn in ``color``: visible on objects of any colour, unlike a tint."""
+    from scipy import ndimage
+
+    m = np.asarray(mask).astype(bool)
+    edge = m & ~ndimage.binary_erosion(m, iterations=width)
+    out = np.array(image, dtype=np.uint8, copy=True)
+    out[edge] = (np.asarray(color, dtype=np.float32) * 255).astype(np.uint8)
+    return out
+
+
 def save_episode_overlay(
     path: Path,
     query: np.ndarray,
@@ -34,11 +48,11 @@ def save_episode_overlay(
     support: np.ndarray | None = None,
     support_mask: np.ndarray | None = None,
 ) -> Path:
-    """Panels: [support with its mask,] query with GT (green), query with prediction (red)."""
+    """Panels: [support with its mask,] query with GT (magenta outline), query with prediction (red)."""
     panels = []
     if support is not None and support_mask is not None:
         panels.append(("support", overlay(support, support_mask == 1, (0.1, 0.4, 1.0))))
-    panels.append(("ground truth", overlay(query, target == 1, (0.1, 0.9, 0.2))))
+    panels.append(("ground truth", outline(query, target == 1, (1.0, 0.0, 1.0))))
     panels.append(("prediction", overlay(query, pred.astype(bool), (1.0, 0.15, 0.1))))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
     for ax, (name, img) in zip(np.atleast_1d(axes), panels, strict=True):

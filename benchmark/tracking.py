@@ -63,7 +63,9 @@ def package_versions() -> dict[str, str]:
 class Tracker:
     """A thin MlflowClient wrapper with the suite's conventions."""
 
-    def __init__(self, tracking_uri: str | None = None):
+    def __init__(self, tracking_uri: str | None = None, create: bool = True):
+        """``create=False`` (commands that read runs): a missing local store is an error naming it,
+        and nothing is created."""
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -72,6 +74,11 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = tracking_uri or default_tracking_uri()
+        if not create and self.is_local_sqlite and not Path(self.uri[len("sqlite:///") :]).is_file():
+            raise FssBenchError(
+                f"tracking store {self.uri} does not exist (nothing was created); pass --tracking-uri "
+                "(or set MLFLOW_TRACKING_URI) to the store your runs went to"
+            )
         mlflow.set_tracking_uri(self.uri)
         with self.store_lock():  # processes started together never race on the first migration
             self.client = MlflowClient(self.uri)

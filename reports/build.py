@@ -67,7 +67,7 @@ def build_report(
 
     ``extra_tables`` (e.g. the demo's model-free reference predictors) are written, shown in the
     HTML and Markdown and logged like the paper tables, after them."""
-    tracker = tracker or Tracker(tracking_uri)
+    tracker = tracker or Tracker(tracking_uri, create=False)
     out = Path(out or Path("reports-out") / experiment).absolute()
     tables_dir, fig_dir = out / "tables", out / "figures"
     with tempfile.TemporaryDirectory(prefix="fssbench-report-") as tmp:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
 from benchmark.episode_loader import ImageStore, load_episode
@@ -112,7 +113,8 @@ def episode_panels(
         out.append(
             EpisodePanels(
                 title=f"{variant} {params['dataset']} fold{params['fold']} {params['shot']}-shot "
-                f"episode {ep.id} ({label})",
+                f"episode {ep.id} ({label}): class {ep.cls} {class_names(params['dataset'])[ep.cls - 1]}, "
+                f"support 1 of {len(ep.supports)} shown",
                 iou=inter_ / union if union else 0.0,
                 support_image=inp.supports[0].original(),
                 support_mask=inp.support_labels[0],

@@ -34,7 +34,7 @@ from matplotlib.ticker import FixedLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmark.io_utils import respect_umask  # noqa: E402
-from benchmark.qualitative import overlay  # noqa: E402
+from benchmark.qualitative import outline, overlay  # noqa: E402
 
 RANDOM_INIT_LABEL = "RANDOM-INIT WEIGHTS"
 """Text put on every figure drawn from random-init (smoke test) weights."""
@@ -42,7 +42,7 @@ RANDOM_INIT_LABEL = "RANDOM-INIT WEIGHTS"
 _RANDOM_INIT_NOTE = f"{RANDOM_INIT_LABEL} - numbers are not meaningful"
 _SUPPORT_COLOR = (0.1, 0.4, 1.0)
 _PRED_COLOR = (1.0, 0.15, 0.1)
-_GT_COLOR = (0.1, 0.9, 0.2)
+_GT_COLOR = (1.0, 0.0, 1.0)  # magenta outline: visible on green (and most) objects
 _IGNORE_COLOR = (0.6, 0.6, 0.6)
 _PRIOR_CMAP = "jet"
 
@@ -148,6 +148,12 @@ def _resize_prior(prior: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
 
 
+def _outline_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float]) -> np.ndarray:
+    """``image`` with the outline of mask == 1 in ``color`` and ignore pixels (255) tinted grey."""
+    mask = np.asarray(mask)
+    return outline(overlay(image, mask == 255, _IGNORE_COLOR, alpha=0.5), mask == 1, color)
+
+
 def _mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float]) -> np.ndarray:
     """``image`` with mask == 1 tinted in ``color`` and ignore pixels (255) tinted grey."""
     mask = np.asarray(mask)
@@ -184,7 +190,7 @@ def qualitative_grid(episodes: list[EpisodePanels], random_init: bool) -> Figure
 
     Columns: support image with its mask (blue), query image, FG prior, Disc prior, the Disc prior
     after each IMR iteration ("IMR t=1..T", T = the most iterations of any episode), the prediction
-    (red) on the query, the ground truth (green, ignore grey) on the query. Priors are drawn as
+    (red) on the query, the ground truth (magenta outline, ignore grey) on the query. Priors are drawn as
     ``jet`` heatmaps on a fixed 0..1 scale, stretched from (S, S) to the query's (Hq, Wq) so they
     align with the query (the model squashes the query to a square). Missing priors (baselines, or
     fewer IMR iterations than T) show "n/a". Each row is titled with the episode title and its IoU
@@ -215,7 +221,7 @@ def qualitative_grid(episodes: list[EpisodePanels], random_init: bool) -> Figure
             ("image", ep.query_image),
             *[("prior", p) for p in priors],
             ("image", overlay(ep.query_image, np.asarray(ep.pred).astype(bool), _PRED_COLOR)),
-            ("image", _mask_overlay(ep.query_image, ep.gt, _GT_COLOR)),
+            ("image", _outline_overlay(ep.query_image, ep.gt, _GT_COLOR)),
         ]
         for c, (ax, (kind, data)) in enumerate(zip(axes, panels, strict=True)):
             if data is None:

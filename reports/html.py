@@ -10,6 +10,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.io_utils import respect_umask
+
 _MIME = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -82,16 +84,25 @@ def _slug(text: str, index: int, used: set[str]) -> str:
     return slug
 
 
-def _image_html(path: Path) -> str:
+def _image_html(path: Path, page_dir: Path | None = None) -> str:
+    """An inline image; when the file lies beside the page, a link to the full-size file too (wide
+    figures are shrunk to the page width)."""
     path = Path(path)
     caption = html_lib.escape(path.stem)
     if not path.is_file():
         return f'<p class="missing">missing image: {html_lib.escape(str(path))}</p>'
     mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
+    link = ""
+    if page_dir is not None:
+        try:
+            rel = path.resolve().relative_to(Path(page_dir).resolve()).as_posix()
+            link = f' (<a href="{html_lib.escape(rel)}">full size</a>)'
+        except ValueError:
+            pass
     return (
         f'<figure><img src="data:{mime};base64,{data}" alt="{caption}">'
-        f"<figcaption>{caption}</figcaption></figure>"
+        f"<figcaption>{caption}{link}</figcaption></figure>"
     )
 
 
@@ -100,8 +111,15 @@ def _paragraphs(text: str) -> str:
     return "\n".join(f"<p>{html_lib.escape(p).replace(chr(10), '<br>')}</p>" for p in parts)
 
 
-def render_html(title: str, sections: list[Section], warning: str | None = None, footer: str = "") -> str:
-    """The report as an HTML string (see :func:`write_html`)."""
+def render_html(
+    title: str,
+    sections: list[Section],
+    warning: str | None = None,
+    footer: str = "",
+    page_dir: Path | None = None,
+) -> str:
+    """The report as an HTML string (see :func:`write_html`); ``page_dir``: the folder the page will
+    be written to (images below it get a relative "full size" link)."""
     esc_title = html_lib.escape(title)
     used: set[str] = set()
     anchors = [_slug(s.heading, i, used) for i, s in enumerate(sections, start=1)]
@@ -131,7 +149,7 @@ def render_html(title: str, sections: list[Section], warning: str | None = None,
             out.append(_paragraphs(s.text))
         if s.html:
             out.append(f'<div class="table-wrap">{_bold(s.html)}</div>')
-        out.extend(_image_html(p) for p in s.images)
+        out.extend(_image_html(p, page_dir) for p in s.images)
         out.append("</section>")
     if footer:
         out.append(f"<footer>{_paragraphs(footer)}</footer>")
@@ -153,14 +171,14 @@ def write_html(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = render_html(title, sections, warning=warning, footer=footer)
+    doc = render_html(title, sections, warning=warning, footer=footer, page_dir=path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(doc)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        respect_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

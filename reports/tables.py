@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from benchmark.data.classes import NUM_FOLDS
 from benchmark.metrics import paired_bootstrap_diff_over_folds
 from reports.collect import ExperimentData, manifest_classes
 
@@ -318,11 +319,15 @@ def main_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Tabl
     per column in bold.
     """
     cells = data.cells[data.cells["dataset"] == dataset]
-    label = {"miou": "mIoU", "fb_iou": "FB-IoU", "fg_iou": "fg-IoU"}[metric]
+    label = METRIC_LABELS[metric]
     shots = sorted(cells["shot"].unique())
     folds = sorted(cells["fold"].unique())
     variants = list(dict.fromkeys(cells["variant"]))
-    columns = [c for s in shots for c in [*[(f"{s}-shot", f"fold{f}") for f in folds], (f"{s}-shot", "mean")]]
+    total = NUM_FOLDS
+    mean_label = "mean" if len(folds) == total else f"mean ({len(folds)} of {total} folds)"
+    columns = [
+        c for s in shots for c in [*[(f"{s}-shot", f"fold{f}") for f in folds], (f"{s}-shot", mean_label)]
+    ]
     per_fold = cells.groupby(["variant", "shot", "fold"])[metric].mean() * 100
     values = []
     for v in variants:
@@ -332,7 +337,8 @@ def main_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Tabl
             row += [*fold_vals, float(np.nanmean(fold_vals)) if np.isfinite(fold_vals).any() else np.nan]
         values.append(row)
     return Table(
-        title=f"{label} (%) on {_dataset_name(dataset)}, mean over seeds; mean = mean over folds",
+        title=f"{label} (%) on {_dataset_name(dataset)}: mean over seeds; mean = mean over "
+        + (f"the {total} folds" if len(folds) == total else f"{len(folds)} of {total} folds"),
         name=f"main-{dataset}-{metric}",
         columns=columns,
         row_header="method",
@@ -342,6 +348,9 @@ def main_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Tabl
         bold=_bold_max(values),
         footer=provenance(data, cells),
     )
+
+
+METRIC_LABELS = {"miou": "mIoU", "fb_iou": "FB-IoU", "fg_iou": "FG-IoU"}  # one spelling in every title
 
 
 def _dataset_name(ds: str) -> str:
@@ -471,7 +480,12 @@ def per_class_table(data: ExperimentData, dataset: str, shot: int, fold: int) ->
         values=values,
         bold=_bold_max(values),
         footer=provenance(
-            data, data.cells[(data.cells["dataset"] == dataset) & (data.cells["fold"] == fold)]
+            data,
+            data.cells[
+                (data.cells["dataset"] == dataset)
+                & (data.cells["fold"] == fold)
+                & (data.cells["shot"] == shot)
+            ],
         ),
     )
 
@@ -496,7 +510,8 @@ def seeds_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Tab
         cells_txt.append(ct)
         values.append(vt)
     return Table(
-        title=f"{metric} (%) on {_dataset_name(dataset)}: mean ± std over {cells['seed'].nunique()} seeds",
+        title=f"{METRIC_LABELS[metric]} (%) on {_dataset_name(dataset)}: mean ± std over "
+        f"{cells['seed'].nunique()} seeds",
         name=f"seeds-{dataset}-{metric}",
         columns=columns,
         row_header="method",

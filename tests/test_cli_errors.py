@@ -128,3 +128,13 @@ def test_help_and_study_validation_import_neither_torch_nor_mlflow():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_report_on_a_missing_store_creates_nothing_and_names_it(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
+    assert (
+        main(["-q", "report", "--experiment", "x", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
+    )
+    line = one_error_line(capsys)
+    assert f"tracking store {uri} does not exist" in line
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "r").exists()

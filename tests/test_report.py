@@ -175,3 +175,32 @@ def test_figures_html_and_mlflow_artifacts(report):
     assert len(runs) == 1
     arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/tables", "report/figures"} <= arts
+
+
+def test_qualitative_rows_name_the_class_and_the_page_links_full_size_figures(report, tmp_path):
+    from benchmark.data.classes import class_names
+    from benchmark.tracking import Tracker
+    from reports.collect import collect_experiment
+    from reports.episodes import episode_panels
+
+    out, uri, _ = report
+    page = (out / "report.html").read_text()
+    assert re.search(r'<a href="figures/qualitative-[^"]+\.png">full size</a>', page)
+    tracker = Tracker(uri, create=False)
+    data = collect_experiment(tracker, "rep", tmp_path)
+    rid = data.cells["run_id"].iloc[0]
+    first = int(data.episodes[rid]["episode"].iloc[0])
+    (panel,) = episode_panels(data, tracker, rid, [first])
+    cls = int(data.episodes[rid]["class"].iloc[0])
+    assert f"class {cls} {class_names('pascal')[cls - 1]}, support 1 of 1 shown" in panel.title
+
+
+def test_outline_marks_only_the_edge_of_the_mask():
+    from benchmark.qualitative import outline
+
+    image = np.zeros((10, 10, 3), dtype=np.uint8)
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2:8, 2:8] = True  # a 6 x 6 square
+    out = outline(image, mask, (1.0, 0.0, 1.0), width=1)
+    drawn = (out == [255, 0, 255]).all(axis=2)
+    assert drawn.sum() == 6 * 6 - 4 * 4 and not drawn[3:7, 3:7].any() and (drawn <= mask).all()

@@ -288,3 +288,17 @@ def test_values_that_round_to_zero_print_as_zero(tables):
     for t in tables:
         for text in (t.to_markdown(), t.to_latex(), t.to_csv()):
             assert not SIGNED_ZERO.search(text), (t.name, SIGNED_ZERO.findall(text))
+
+
+def test_footers_and_titles_say_what_the_table_covers(data):
+    main = main_table(data, "pascal", "miou")
+    assert ("1-shot", "mean (2 of 4 folds)") in main.columns and "2 of 4 folds" in main.title
+    assert seeds_table(data, "pascal").title.startswith("mIoU (%)")
+    assert main_table(data, "pascal", "fg_iou").title.startswith("FG-IoU (%)")
+    # a 5-shot cell of the same fold does not put its manifest in the 1-shot per-class footer
+    five = data.cells.iloc[[0]].assign(shot=5, manifest_sha256="z" * 64, run_id="run-5shot")
+    both = ExperimentData(
+        data.name, data.experiment_id, pd.concat([data.cells, five]), data.per_class, data.episodes, {}
+    )
+    footer = " ".join(per_class_table(both, "pascal", 1, int(five["fold"].iloc[0])).footer)
+    assert "zzzzzzzzzzzz" not in footer and "Manifests" in footer
