@@ -195,6 +195,16 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from reports.compare import compare_experiments
+
+    out = Path(args.out) if args.out else Path("reports-out") / ("compare-" + "-vs-".join(args.experiments))
+    for table in compare_experiments(args.experiments, args.tracking_uri, out):
+        print(table.to_markdown())
+    print(f"tables (Markdown, LaTeX, CSV) in {out}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from reports.build import build_report
 
@@ -376,6 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     rp.set_defaults(fn=_cmd_report)
+
+    cp = cmd(sub, "compare", "the same cells of several experiments side by side, with paired differences")
+    cp.add_argument(
+        "experiments", nargs="+", help="MLflow experiments; each after the first is compared with it"
+    )
+    cp.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    cp.add_argument("--out", default=None, help="output folder (default: reports-out/compare-A-vs-B)")
+    cp.set_defaults(fn=_cmd_compare)
 
     b = cmd(sub, "bench-model", "time one episode with and without precomputed features (random weights)")
     b.add_argument("--method", default="fssam", choices=("fssam", "naive_sam2"), help="method to time")
