@@ -40,12 +40,13 @@ from benchmark.cell import (
     evaluate_cell,
     weight_ids,
 )
+from benchmark.data.image_check import check_files
 from benchmark.device import resolve_device
 from benchmark.episodes import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.io_utils import write_text_atomic
-from benchmark.methods import WeightPool
+from benchmark.methods import WeightPool, build_method
 from benchmark.study import Study
 from benchmark.tracking import CELL_KEY_TAG, Tracker, flat_params, git_commit, package_versions
 
@@ -181,10 +182,12 @@ class StudyRunner:
         self._started_ms = int(time.time() * 1000)  # runs that ended after this are this invocation's
         cells = self.cells(self.build_manifests())
         keys = self.keys(cells)  # no model is built and no unchanged checkpoint is hashed again
+        finished = {} if self.force else self._finished_without_creating()
+        todo = [c for c in cells if keys[c.name][0] not in finished]
+        self.check_images(todo)  # a corrupt image fails here, before any store or run exists
+        self.preflight(todo)  # so do weights that do not fit
         tracker = self.tracker = Tracker(self.tracking_uri)
         exp = tracker.experiment_id(study.name)
-        finished = {} if self.force else tracker.finished_cells(exp)
-        todo = [c for c in cells if keys[c.name][0] not in finished]
         for c in cells:
             if keys[c.name][0] in finished:
                 self.results.append(self._skipped_row(c, keys[c.name][0], finished[keys[c.name][0]]))
@@ -208,6 +211,44 @@ class StudyRunner:
             / self.study.name
             / ("cells.csv" if n == 1 else f"cells-shard{i}of{n}.csv")
         )
+
+    def _finished_without_creating(self) -> dict[str, Any]:
+        """Finished cells of the study's experiment, read without creating the store or the experiment."""
+        if not Tracker.store_exists(self.tracking_uri):
+            return {}
+        self.tracker = Tracker(self.tracking_uri)
+        exp = self.tracker.client.get_experiment_by_name(self.study.name)
+        return {} if exp is None else self.tracker.finished_cells(exp.experiment_id)
+
+    def check_images(self, todo: list[Cell]) -> None:
+        """Decode every image and label the cells to run use (once: remembered in the work folder)."""
+        pairs = set()
+        for path in dict.fromkeys(c.spec.manifest_path for c in todo):
+            root = next(c.spec.data_root for c in todo if c.spec.manifest_path == path)
+            pairs |= {(root / img, root / lab) for img, lab in load_manifest(path)["images"].values()}
+        check_files(sorted(pairs), self.work_dir / "images-checked.json")
+
+    def preflight(self, todo: list[Cell]) -> None:
+        """Load every distinct set of real weights the cells to run need, strictly, into the shared
+        pool (the run reuses them): a checkpoint of the wrong architecture or version is an error
+        naming the variant now, not after the store and a parent run exist. Random init is skipped."""
+        seen: set[tuple] = set()
+        for c in todo:
+            if c.spec.settings.get("random_init"):
+                continue
+            sources = weight_ids(c.spec, self.hashes)
+            signature = (
+                c.spec.method,
+                tuple(sorted(sources.items())),
+                tuple(sorted(c.spec.settings.items())),
+            )
+            if not sources or signature in seen:
+                continue
+            seen.add(signature)
+            try:
+                build_method(c.spec.method, dict(c.spec.settings), resolve_device(c.spec.device), self.pool)
+            except USER_ERRORS as e:
+                raise FssBenchError(f"{self.study.source}: variants.{c.variant} ({c.name}): {e}") from None
 
     def _run_cells(self, exp: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]) -> None:
         study, tracker = self.study, self.tracker

@@ -89,6 +89,12 @@ class Tracker:
                     f"tracking store {self.uri} is not usable ({type(e).__name__}: {str(e)[:200]})"
                 ) from None
 
+    @staticmethod
+    def store_exists(tracking_uri: str | None = None) -> bool:
+        """False only for a local SQLite store whose file does not exist yet (a server is assumed up)."""
+        uri = tracking_uri or default_tracking_uri()
+        return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()
+
     def store_lock(self) -> contextlib.AbstractContextManager:
         """An inter-process lock beside a local SQLite store (schema creation, experiment creation);
         a no-op for servers, which serialise these themselves."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from benchmark.cli import main
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episode_loader import LRU, ImageStore
 from benchmark.episodes import build_manifest, manifest_episodes, save_manifest
+from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.methods import FewShotMethod, MethodEntry, build_method, get_method, register
 from benchmark.methods.reference import ReferencePredictor
@@ -295,7 +297,7 @@ def test_fail_fast_stops_at_the_first_failure(pascal_root, tmp_path, explodes):
     assert [(r.data.tags["fss.variant"], r.info.status) for r in cells] == [("bad", "FAILED")]
 
 
-def test_an_unreadable_image_fails_its_cell_naming_the_file(pascal_root, tmp_path):
+def test_an_unreadable_image_fails_before_any_run_naming_the_file(pascal_root, tmp_path):
     root = tmp_path / "pascal"
     shutil.copytree(pascal_root, root, symlinks=False)
     manifest = build_manifest(root, 0, 1, "fssam", 321, 4, "test", "interleaved", "pascal")
@@ -311,9 +313,15 @@ def test_an_unreadable_image_fails_its_cell_naming_the_file(pascal_root, tmp_pat
         progress=False,
         log=lambda *a: None,
     )
-    cells = runner.run()
-    assert list(cells["status"]) == ["failed"]
-    assert len(runner.failures) == 1 and str(root / bad) in runner.failures[0].error
+    with pytest.raises(FssBenchError, match=re.escape(str(root / bad)) + ".*fssbench data check"):
+        runner.run()
+    assert not (tmp_path / "m.db").exists()  # found before the store was created
+    # the good files are remembered: a second check decodes only what changed
+    from benchmark.data.image_check import check_files
+
+    (root / bad).write_bytes((pascal_root / bad).read_bytes())
+    pairs = [(root / i, root / lab) for i, lab in manifest["images"].values()]
+    assert check_files(pairs, tmp_path / "w" / "images-checked.json") == 1
 
 
 # ---------------------------------------------------------------------------------------- memory

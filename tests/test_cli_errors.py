@@ -138,3 +138,18 @@ def test_report_on_a_missing_store_creates_nothing_and_names_it(tmp_path, capsys
     line = one_error_line(capsys)
     assert f"tracking store {uri} does not exist" in line
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_of_the_wrong_size_fails_before_anything_is_created(pascal_root, tmp_path, capsys):
+    from fssam.sam2_adapter import build_sam2_model
+
+    tiny = build_sam2_model("2.0", "t", 256, random_init=True, seed=0)
+    ckpt = tmp_path / "sam2_hiera_small.pt"  # named like the small model, holds the tiny one
+    torch.save({"model": tiny.state_dict()}, ckpt)
+    model = {"sam2_size": "s", "image_size": 256, "sam2_checkpoint": str(ckpt), "prior": "none"}
+    assert run(tmp_path, study(tmp_path, pascal_root, model=model)) == 2
+    line = one_error_line(capsys)
+    assert "variants.fssam (fssam/pascal/fold0/1shot/seed321)" in line
+    assert "sam2_hiera_small.pt does not fit SAM 2 2.0 size s" in line
+    # no tracking store and no run; only the (content-addressed) manifests and the hash cache exist
+    assert not (tmp_path / "db").exists() and not (tmp_path / "w" / "cells").exists()
