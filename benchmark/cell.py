@@ -42,7 +42,7 @@ from benchmark.episodes import load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.features import Featurizer
-from benchmark.io_utils import canonical_json, write_text_atomic
+from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
 from benchmark.journal import CellJournal
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
 from benchmark.metrics import bootstrap_ci, prediction_at_label_size, summarize
@@ -90,15 +90,8 @@ def code_hash() -> str:
 
 @functools.cache
 def number_package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in NUMBER_PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    """Versions of :data:`NUMBER_PACKAGES` (part of every cell key)."""
+    return installed_versions(NUMBER_PACKAGES)
 
 
 class CheckpointHashes:

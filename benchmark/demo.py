@@ -189,7 +189,7 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
         "results. Point the study at real checkpoints for real numbers.\n\n"
         "Synthetic PASCAL-format data, fold 0, protocol fssam, seed 321, metrics at the original label "
         "resolution (class-wise mIoU, FB-IoU, percent).\n\n"
-        f"## Models (mean over folds)\n\n{md_models}\n\n"
+        f"## Models (fold 0 only, 1 of the 4 folds; one seed)\n\n{md_models}\n\n"
         f"## Model-free reference predictors (same manifests)\n\n{md_ref}\n\n"
         f"## Provenance\n\n{manifest_lines}\n\nTracking store: `{uri}`, experiment `{study.name}`. "
         f"Full report: `{full.html.name}` and `{full.markdown.name}` beside this file. "

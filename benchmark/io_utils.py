@@ -80,3 +80,16 @@ def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """``{distribution: version}`` of installed packages (``not installed`` for absent ones)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

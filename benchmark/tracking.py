@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import FssBenchError
+from benchmark.io_utils import installed_versions
 
 CELL_KEY_TAG = "fss.cell_key"
 
@@ -49,15 +50,9 @@ def git_commit() -> str:
 
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("fssam-bench", "torch", "sam2", "timm", "mlflow", "numpy", "pandas"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    """Python and the versions of the packages a run's record names (the ``fss.versions`` tag)."""
+    names = ("fssam-bench", "torch", "sam2", "timm", "mlflow", "numpy", "pandas")
+    return {"python": sys.version.split()[0], **installed_versions(names)}
 
 
 class Tracker:

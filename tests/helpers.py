@@ -8,6 +8,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+TINY = {
+    "sam2_size": "t",
+    "image_size": 256,
+    "dinov2": "vits14",
+    "dinov2_input_size": 224,
+    "random_init": True,
+}
+"""Tiny random-init models (SAM 2.0-T at 256 px, DINOv2-S at 224 px): a study's `model:` block for tests."""
+
 
 def run_command(study: Path, work: Path, uri: str) -> list[str]:
     """The ``fssbench run`` command line of a study (quiet), as a subprocess argument list."""

@@ -40,14 +40,7 @@ from benchmark.methods.reference import ReferencePredictor
 from benchmark.runner import StudyRunner
 from benchmark.study import load_study
 from fssam import FSSAM
-
-TINY = {
-    "sam2_size": "t",
-    "image_size": 256,
-    "dinov2": "vits14",
-    "dinov2_input_size": 224,
-    "random_init": True,
-}
+from tests.helpers import TINY
 
 
 def write_study(folder: Path, root: Path, variants: dict, model: dict | None = None, **kw) -> Path:

@@ -9,14 +9,7 @@ import torch
 import yaml
 
 from benchmark.cli import build_parser, main
-
-TINY = {
-    "sam2_size": "t",
-    "image_size": 256,
-    "dinov2": "vits14",
-    "dinov2_input_size": 224,
-    "random_init": True,
-}
+from tests.helpers import TINY
 
 
 def study(tmp_path, root, **kw):

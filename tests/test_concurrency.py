@@ -13,15 +13,7 @@ import yaml
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, run_command, wait_for_journal
-
-TINY = {
-    "sam2_size": "t",
-    "image_size": 256,
-    "dinov2": "vits14",
-    "dinov2_input_size": 224,
-    "random_init": True,
-}
+from tests.helpers import ROOT, TINY, run_command, wait_for_journal
 
 
 def study_file(folder: Path, root: Path, **d) -> Path:
