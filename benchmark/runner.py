@@ -179,6 +179,7 @@ class StudyRunner:
     def _run(self) -> pd.DataFrame:
         study = self.study
         self.results, self.failures, self._ran = [], [], set()
+        self._also: dict[str, list[str]] = {}  # run id -> the other variants it stands for
         self._started_ms = int(time.time() * 1000)  # runs that ended after this are this invocation's
         cells = self.cells(self.build_manifests())
         keys = self.keys(cells)  # no model is built and no unchanged checkpoint is hashed again
@@ -330,6 +331,12 @@ class StudyRunner:
             lock.release()
 
     def _skipped_row(self, cell: Cell, key: str, run: Any, status: str = "skipped (done)") -> dict[str, Any]:
+        tags, rid = run.data.tags, run.info.run_id
+        also = self._also.setdefault(rid, [v for v in tags.get("fss.also_variants", "").split(",") if v])
+        if self.tracker is not None and cell.variant not in (tags.get("fss.variant"), *also):
+            # another variant resolved to this very cell: the run stands for both (reports show both)
+            also.append(cell.variant)
+            self.tracker.client.set_tag(rid, "fss.also_variants", ",".join(also))
         m = run.data.metrics
         return self._row(cell, key) | {
             "miou_pct": _pct(m.get("miou")),

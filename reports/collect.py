@@ -94,15 +94,17 @@ def collect_experiment(tracker, experiment: str, download_dir: Path) -> Experime
             "episodes_per_s": m.get("episodes_per_s"),
             "data_root": p.get("data_root"),
         }
-        rows.append(row)
         names = class_names(row["dataset"])
-        for key, value in m.items():
-            if key.startswith("iou_class_"):
-                c = int(key[len("iou_class_") :])
-                per_class.append(
-                    {k: row[k] for k in ("variant", "dataset", "fold", "shot", "seed")}
-                    | {"class": c, "class_name": names[c - 1], "iou": value}
-                )
+        for variant in variants_of(r):  # a cell that two variants of the study share counts for both
+            row_v = row | {"variant": variant}
+            rows.append(row_v)
+            for key, value in m.items():
+                if key.startswith("iou_class_"):
+                    c = int(key[len("iou_class_") :])
+                    per_class.append(
+                        {k: row_v[k] for k in ("variant", "dataset", "fold", "shot", "seed")}
+                        | {"class": c, "class_name": names[c - 1], "iou": value}
+                    )
         local = Path(client.download_artifacts(rid, "episodes.parquet", str(download_dir / rid)))
         episodes[rid] = pd.read_parquet(local)
         try:
@@ -121,11 +123,19 @@ def collect_experiment(tracker, experiment: str, download_dir: Path) -> Experime
     return ExperimentData(experiment, exp.experiment_id, cells, pc, episodes, configs)
 
 
+def variants_of(run) -> list[str]:
+    """The variants a cell run stands for: the one that ran it, then any that resolved to the same
+    cell (tag ``fss.also_variants``, comma-separated)."""
+    also = [v for v in run.data.tags.get("fss.also_variants", "").split(",") if v]
+    return list(dict.fromkeys([run.data.tags["fss.variant"], *also]))
+
+
 def _variant_order(runs) -> list[str]:
     """Variants in the order of the study file when known (first appearance in run start order)."""
     seen: dict[str, None] = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
-        seen.setdefault(r.data.tags["fss.variant"], None)
+        for v in variants_of(r):
+            seen.setdefault(v, None)
     return list(seen)
 
 

@@ -362,7 +362,15 @@ def test_two_variants_with_the_same_cell_run_it_once(pascal_root, tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     cells = StudyRunner(load_study(study), tracking_uri=uri, work_dir=tmp_path / "w", progress=False).run()
     assert list(cells["status"]) == ["run", "skipped (done)"] and cells["cell_key"].nunique() == 1
-    assert len([r for r in runs(uri, "twins") if r.data.tags.get("fss.kind") == "cell"]) == 1
+    (run,) = [r for r in runs(uri, "twins") if r.data.tags.get("fss.kind") == "cell"]
+    assert run.data.tags["fss.variant"] == "a" and run.data.tags["fss.also_variants"] == "b"
+    # the reports count the one cell for both variants
+    from benchmark.tracking import Tracker
+    from reports.collect import collect_experiment
+
+    data = collect_experiment(Tracker(uri, create=False), "twins", tmp_path / "dl")
+    assert list(data.cells["variant"]) == ["a", "b"] and data.cells["run_id"].nunique() == 1
+    assert set(data.per_class["variant"]) == {"a", "b"}
 
 
 def test_a_failed_cell_shared_by_two_variants_fails_once(pascal_root, tmp_path, explodes):
