@@ -20,12 +20,12 @@ from fssam.model import EncodedImages
 from fssam.sam2_adapter import (
     SAM2ImageEncoder,
     autocast_context,
-    build_sam2_model,
     decode,
     encode_image,
     flatten_levels,
     mask_to_memory,
     memory_tokens,
+    sam2_from_config,
     split_shots,
     weights_id,
 )
@@ -42,14 +42,7 @@ class NaiveSAM2(nn.Module):
     def __init__(self, config: FSSAMConfig, sam2: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.sam2 = sam2 or build_sam2_model(
-            config.sam2_version,
-            config.sam2_size,
-            config.image_size,
-            checkpoint=config.sam2_checkpoint,
-            random_init=config.random_init,
-            seed=config.seed,
-        )
+        self.sam2 = sam2 or sam2_from_config(config)
         self.requires_grad_(False)
         self.eval()
 

@@ -88,7 +88,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.variant}/{self.dataset}/fold{self.fold}/{self.shot}shot/seed{self.seed}"
+        """``variant/dataset/fold<k>/<K>shot/seed<s>`` (the spec carries it to the cell function)."""
+        return self.spec.name
 
 
 @dataclass
@@ -124,7 +125,7 @@ class StudyRunner:
         self.results: list[dict[str, Any]] = []
         self.failures: list[CellFailure] = []
         self.tracker: Tracker | None = None
-        self._ran: set[str] = set()  # cell keys this invocation has run
+        self._manifests: dict[Path, dict[str, Any]] = {}
 
     # ---------------------------------------------------------------------------------- planning
     def build_manifests(self) -> dict[tuple, Path]:
@@ -159,16 +160,18 @@ class StudyRunner:
         i, n = self.shard
         return [c for k, c in enumerate(cells) if k % n == i]
 
+    def manifest(self, path: Path) -> dict[str, Any]:
+        """A manifest of this study, read (and its hash verified) once per invocation."""
+        if path not in self._manifests:
+            self._manifests[path] = load_manifest(path)
+        return self._manifests[path]
+
     def keys(self, cells: list[Cell]) -> dict[str, tuple[str, dict[str, str]]]:
         """cell name -> (cell key, weight ids), computed without building any model."""
-        shas = {}
         out = {}
         for c in cells:
-            path = c.spec.manifest_path
-            if path not in shas:
-                shas[path] = load_manifest(path)["sha256"]
             weights = weight_ids(c.spec, self.hashes)
-            out[c.name] = (cell_key(c.spec, shas[path], weights), weights)
+            out[c.name] = (cell_key(c.spec, self.manifest(c.spec.manifest_path)["sha256"], weights), weights)
         return out
 
     # ----------------------------------------------------------------------------------------- run
@@ -178,7 +181,7 @@ class StudyRunner:
 
     def _run(self) -> pd.DataFrame:
         study = self.study
-        self.results, self.failures, self._ran = [], [], set()
+        self.results, self.failures, self._ran, self._manifests = [], [], set(), {}
         self._also: dict[str, list[str]] = {}  # run id -> the other variants it stands for
         self._started_ms = int(time.time() * 1000)  # runs that ended after this are this invocation's
         cells = self.cells(self.build_manifests())
@@ -186,8 +189,8 @@ class StudyRunner:
         finished = {} if self.force else self._finished_without_creating()
         todo = [c for c in cells if keys[c.name][0] not in finished]
         self.check_images(todo)  # a corrupt image fails here, before any store or run exists
-        self.preflight(todo)  # so do weights that do not fit
-        tracker = self.tracker = Tracker(self.tracking_uri)
+        self.preflight(todo, keys)  # so do weights that do not fit
+        tracker = self.tracker = self.tracker or Tracker(self.tracking_uri)
         exp = tracker.experiment_id(study.name)
         for c in cells:
             if keys[c.name][0] in finished:
@@ -226,10 +229,10 @@ class StudyRunner:
         pairs = set()
         for path in dict.fromkeys(c.spec.manifest_path for c in todo):
             root = next(c.spec.data_root for c in todo if c.spec.manifest_path == path)
-            pairs |= {(root / img, root / lab) for img, lab in load_manifest(path)["images"].values()}
+            pairs |= {(root / img, root / lab) for img, lab in self.manifest(path)["images"].values()}
         check_files(sorted(pairs), self.work_dir / "images-checked.json")
 
-    def preflight(self, todo: list[Cell]) -> None:
+    def preflight(self, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]) -> None:
         """Load every distinct set of real weights the cells to run need, strictly, into the shared
         pool (the run reuses them): a checkpoint of the wrong architecture or version is an error
         naming the variant now, not after the store and a parent run exist. Random init is skipped."""
@@ -237,7 +240,7 @@ class StudyRunner:
         for c in todo:
             if c.spec.settings.get("random_init"):
                 continue
-            sources = weight_ids(c.spec, self.hashes)
+            sources = keys[c.name][1]
             signature = (
                 c.spec.method,
                 tuple(sorted(sources.items())),
@@ -378,7 +381,7 @@ class StudyRunner:
             "shot": cell.shot,
             "seed": cell.seed,
             "protocol": self.study.protocol,
-            "episodes": load_manifest(spec.manifest_path)["num_episodes"],
+            "episodes": self.manifest(spec.manifest_path)["num_episodes"],
             "split": self.study.split,
             "device": str(device),
             "precision_effective": spec.precision,
@@ -391,7 +394,7 @@ class StudyRunner:
             "fss.fold": str(cell.fold),
             "fss.shot": str(cell.shot),
             "fss.seed": str(cell.seed),
-            "fss.manifest_sha256": load_manifest(spec.manifest_path)["sha256"],
+            "fss.manifest_sha256": self.manifest(spec.manifest_path)["sha256"],
             "fss.study": self.study.name,
             "fss.random_init": str(bool(spec.settings.get("random_init"))).lower(),
             "fss.git_commit": git_commit(),

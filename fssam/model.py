@@ -33,7 +33,6 @@ from fssam.sam2_adapter import (
     SAM2Features,
     SAM2ImageEncoder,
     autocast_context,
-    build_sam2_model,
     decode,
     effective_precision,
     encode_image,
@@ -41,6 +40,7 @@ from fssam.sam2_adapter import (
     mask_to_memory,
     memory_tokens,
     module_sha256,
+    sam2_from_config,
     sam2_trainable_modules,
     split_shots,
     weights_id,
@@ -137,14 +137,7 @@ class FSSAM(nn.Module):
         super().__init__()
         self.config = config
         if sam2 is None:
-            sam2 = build_sam2_model(
-                config.sam2_version,
-                config.sam2_size,
-                config.image_size,
-                checkpoint=config.sam2_checkpoint,
-                random_init=config.random_init,
-                seed=config.seed,
-            )
+            sam2 = sam2_from_config(config)
         if dino is None and config.needs_dinov2:
             dino = build_dinov2(
                 config.dinov2,

@@ -155,6 +155,19 @@ def build_sam2_model(
     return model.to(device).eval()
 
 
+def sam2_from_config(config) -> torch.nn.Module:
+    """:func:`build_sam2_model` for the SAM 2 fields of an ``FSSAMConfig`` (version, size, image size,
+    checkpoint, ``random_init``, seed)."""
+    return build_sam2_model(
+        config.sam2_version,
+        config.sam2_size,
+        config.image_size,
+        checkpoint=config.sam2_checkpoint,
+        random_init=config.random_init,
+        seed=config.seed,
+    )
+
+
 def module_sha256(*modules: torch.nn.Module) -> str:
     """SHA-256 of the named tensors (parameters and buffers) of modules: the identity of their weights."""
     h = hashlib.sha256()

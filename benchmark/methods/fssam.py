@@ -22,20 +22,14 @@ def random_init_id(settings: dict[str, Any]) -> str:
 
 def sam2_weights(settings: dict[str, Any], ctx: BuildContext):
     """SAM 2 from the pool: every variant with the same SAM 2 settings shares one module."""
-    from fssam.sam2_adapter import build_sam2_model
+
+    from fssam.sam2_adapter import sam2_from_config
 
     cfg = fssam_config(settings)
     key = (cfg.sam2_version, cfg.sam2_size, cfg.image_size, cfg.sam2_checkpoint, cfg.random_init, cfg.seed)
     return ctx.pool.get(
         key,
-        lambda: build_sam2_model(
-            cfg.sam2_version,
-            cfg.sam2_size,
-            cfg.image_size,
-            checkpoint=cfg.sam2_checkpoint,
-            random_init=cfg.random_init,
-            seed=cfg.seed,
-        ),
+        lambda: sam2_from_config(cfg),
         group="sam2",
         keep=4,  # bounded: a backbone-size study must not keep every SAM 2 on the GPU
     )
