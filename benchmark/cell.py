@@ -275,6 +275,7 @@ def evaluate_cell(
     qualitative: int = 3,
     on_start: Callable[[int, int], None] | None = None,
     on_episode: Callable[[int, int], None] | None = None,
+    on_row: Callable[[dict[str, int]], None] | None = None,
 ) -> CellResult:
     """Score ``spec``'s method on every episode of its manifest.
 
@@ -286,6 +287,9 @@ def evaluate_cell(
             ``qualitative`` > 0, PNG overlays of the worst, median and best episodes.
         on_start: called as ``on_start(already_done, total)`` once the journal is read back.
         on_episode: called as ``on_episode(done, total)`` after each episode (progress bars).
+        on_row: called with each episode's row of the per-episode table, the journal's resumed rows
+            first (in manifest order), then each new one as it is scored (running metrics, pruning).
+            An exception it raises stops the cell; the rows scored so far stay in the journal.
     """
     manifest = load_manifest(spec.manifest_path)
     device = resolve_device(spec.device)
@@ -294,6 +298,7 @@ def evaluate_cell(
         method = build_method(spec.method, dict(spec.settings), device, pool)
     store = ImageStore(PreparedDataset(spec.data_root))
     feat = Featurizer(method, cache)
+    threshold = float(spec.settings.get("threshold", 0.5))
     episodes = manifest_episodes(manifest)
     header = {"cell_key": key, "manifest_sha256": manifest["sha256"]}
     with (
@@ -304,10 +309,17 @@ def evaluate_cell(
         resumed = len(episodes) - len(todo)
         if on_start is not None:
             on_start(resumed, len(episodes))
+        if on_row is not None:
+            for e in episodes:
+                if e.id in journal.rows:
+                    on_row(journal.rows[e.id])
         t0 = time.perf_counter()
         for ep in todo:
             data = load_episode(store, manifest["images"], ep, method.image_size)
-            journal.append(score_episode(predict_episode(method, feat, data), data))
+            row = score_episode(predict_episode(method, feat, data), data, threshold)
+            journal.append(row)
+            if on_row is not None:
+                on_row(row)
             if on_episode is not None:
                 on_episode(len(journal.rows), len(episodes))
         seconds = time.perf_counter() - t0
@@ -432,7 +444,8 @@ def _qualitative(
         ep = episodes[int(table["episode"].iloc[idx])]
         data = load_episode(store, manifest["images"], ep, method.image_size)
         logits = predict_episode(method, feat, data)
-        pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape).numpy()
+        threshold = float(result.spec.settings.get("threshold", 0.5))
+        pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold).numpy()
         name = class_names(manifest["dataset"])[ep.cls - 1]
         title = (
             f"{result.spec.name} episode {ep.id} ({label}): class {ep.cls} {name}, support 1 of "

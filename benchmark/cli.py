@@ -184,6 +184,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from benchmark.search_file import load_search
+
+    spec = load_search(Path(args.search), args.overrides)  # validated before torch or MLflow load
+    if args.device is not None:
+        from benchmark.device import check_device
+
+        check_device(args.device, "--device")
+    from benchmark.search import SearchRunner, check_test_tuning, print_outcome
+
+    check_test_tuning(spec, args.allow_test_tuning)
+    runner = SearchRunner(
+        spec,
+        tracking_uri=args.tracking_uri,
+        work_dir=Path(args.work_dir),
+        storage=args.storage,
+        study_name=args.study_name,
+        trials=args.trials,
+        timeout=args.timeout,
+        allow_test_tuning=args.allow_test_tuning,
+        device=args.device,
+        heartbeat_s=args.heartbeat,
+        use_cache=not args.no_cache,
+        progress=not args.quiet,
+    )
+    try:
+        outcome = runner.run()
+    except KeyboardInterrupt:
+        print(
+            "fssbench: interrupted; finished trials and scored episodes are kept: rerun the same "
+            "command to resume the study (the interrupted trial is retried)",
+            file=sys.stderr,
+        )
+        return 130
+    print()
+    assert runner.tracker is not None
+    print_outcome(outcome, spec, runner.tracker.uri)
+    if outcome.failures:
+        print(
+            f"fssbench: {outcome.failures} trial(s) failed in a row (see fss.error in MLflow)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
     from benchmark.profile import print_profile, profile_study
     from benchmark.study import load_study
@@ -353,6 +399,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-fast", action="store_true", help="stop at the first failing cell (else: record it, go on)"
     )
     r.set_defaults(fn=_cmd_run)
+
+    se = cmd(sub, "search", "an Optuna search over a variant's switches on validation manifests")
+    se.add_argument("search", help="search file (YAML), e.g. ablations/searches/fssam-inference-pascal.yaml")
+    se.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides of the search file, e.g. trials=6 study.episodes=20 study.model.random_init=true",
+    )
+    se.add_argument(
+        "--trials",
+        type=positive_int,
+        default=None,
+        help="finished trials wanted in total (default: the file's)",
+    )
+    se.add_argument(
+        "--timeout", type=float, default=None, help="stop starting trials after this many seconds"
+    )
+    se.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage: sqlite:///PATH, postgresql://..., or journal:PATH "
+        "(default: optuna.db beside the MLflow store)",
+    )
+    se.add_argument("--study-name", default=None, help="Optuna study name (default: the search's name)")
+    se.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    se.add_argument(
+        "--work-dir",
+        default="fssbench-runs",
+        help="manifests, episode journals, locks, feature cache, outputs",
+    )
+    se.add_argument("--device", default=None, help="device: auto, cpu, cuda, cuda:1 (default: the variant's)")
+    se.add_argument(
+        "--allow-test-tuning",
+        action="store_true",
+        help="allow kind: test (tags the study, its trials and runs fss.tuned_on_test=true)",
+    )
+    se.add_argument(
+        "--heartbeat",
+        type=positive_int,
+        default=60,
+        help="seconds between trial heartbeats (RDB storages); a trial silent for twice that is retried",
+    )
+    se.add_argument("--no-cache", action="store_true", help="recompute frozen features for every episode")
+    se.set_defaults(fn=_cmd_search)
 
     pr = cmd(sub, "profile", "episodes/s and peak memory per variant, and the feature cache's speed-up")
     pr.add_argument("study", help="study file (YAML)")

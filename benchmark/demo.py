@@ -6,7 +6,10 @@
    shots; 24 episodes per manifest) with tiny RANDOM-INIT models at 256 px, logged to a SQLite MLflow
    store;
 4. score the model-free reference predictors on the same manifests;
-5. print the summary, write a Markdown summary and build the full report (tables, figures, HTML).
+5. run a short Optuna search over FSSAM's inference switches on the demo's validation manifests
+   (base classes; ``ablations/searches/demo.yaml``), logged into the same experiment;
+6. print the summary, write a Markdown summary and build the full report (tables, figures, the
+   search, HTML).
 
 A rerun reuses the generated data and skips finished cells.
 """
@@ -64,8 +67,41 @@ def demo_study(data_root: Path, episodes: int) -> dict:
     }
 
 
+def demo_search(raw_study: dict, episodes: int) -> dict:
+    """The embedded demo search (``ablations/searches/demo.yaml`` with the study inline)."""
+    return {
+        "name": "fssbench-demo-search",
+        "experiment": raw_study["name"],
+        "description": "a short search on the demo data (tiny RANDOM-INIT models)",
+        "study": raw_study,
+        "variant": "fssam",
+        "kind": "val",
+        "episodes": max(2, episodes // 2),
+        "space": {
+            "imr_iters": {"type": "int", "low": 0, "high": 4},
+            "scma_scale": {"type": "float", "low": 1.0, "high": 30.0, "log": True},
+            "threshold": {"type": "float", "low": 0.2, "high": 0.8},
+        },
+        "objective": {"metric": "miou", "direction": "maximize", "folds": [0], "shots": [1]},
+        "sampler": {"type": "tpe", "seed": 0, "startup_trials": 2},
+        "pruner": {"type": "median", "startup_trials": 2, "warmup_steps": 0},
+        "report_every": max(1, episodes // 6),
+        "trials": 5,
+    }
+
+
 def _step(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
+
+
+def _search_line(found, search, states: dict) -> str:
+    text = f"{len(found.trials)} trials ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"
+    if found.best is not None:
+        params = ", ".join(f"{k}={v:.3g}" for k, v in sorted(found.best["params"].items()))
+        text += f"; best trial {found.best['number']}: mIoU {100 * found.best['value']:.1f} with {params}"
+    if "best_study" in found.outputs:
+        text += f"; best parameters as a study file for the test manifests: `{found.outputs['best_study']}`"
+    return text
 
 
 def prepare_demo_data(out: Path, progress: bool) -> Path:
@@ -143,7 +179,9 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     """Run the demo in ``out`` and return the path of the report it wrote."""
     import os
 
-    from benchmark.runner import StudyRunner, summary_table
+    from benchmark.runner import StudyRunner, study_manifests, summary_table
+    from benchmark.search import SearchRunner
+    from benchmark.search_file import parse_search
     from benchmark.study import parse_study
 
     t_start = time.perf_counter()
@@ -165,9 +203,20 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
             f"{len(runner.failures)} demo cell(s) failed, first: {runner.failures[0].cell}: {runner.failures[0].error}"
         )
     summary = summary_table(cells)
-    manifests = sorted({Path(p) for p in (out / "runs" / "manifests").glob("*.json")})
+    manifests = sorted(set(study_manifests(study, out / "runs").values()))  # the test manifests only
     _step("scoring the model-free reference predictors on the same manifests")
     reference = score_reference_predictors(root, manifests, 256, progress)
+
+    search = parse_search(
+        demo_search(raw_study, episodes), source="demo search (ablations/searches/demo.yaml)"
+    )
+    _step(
+        f"searching FSSAM's inference switches: {search.trials} Optuna trials (TPE, median pruning) on the "
+        f"validation manifests (base classes, {search.study.episodes} episodes), tracked in the same experiment"
+    )
+    searcher = SearchRunner(search, tracking_uri=uri, work_dir=out / "runs", progress=progress, log=_step)
+    found = searcher.run()
+    states = pd.Series([t["state"] for t in found.trials]).value_counts().to_dict()
 
     report_dir = out / "report"
     manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p)['sha256']}`" for p in manifests)
@@ -191,6 +240,7 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
         "resolution (class-wise mIoU, FB-IoU, percent).\n\n"
         f"## Models (fold 0 only, 1 of the 4 folds; one seed)\n\n{md_models}\n\n"
         f"## Model-free reference predictors (same manifests)\n\n{md_ref}\n\n"
+        f"## Search (validation manifests, base classes)\n\n{_search_line(found, search, states)}\n\n"
         f"## Provenance\n\n{manifest_lines}\n\nTracking store: `{uri}`, experiment `{study.name}`. "
         f"Full report: `{full.html.name}` and `{full.markdown.name}` beside this file. "
         f"Run time: {elapsed:.0f} s.\n",
@@ -202,7 +252,8 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     print("model-free reference predictors:")
     print(md_ref)
     print()
-    print(runner.cache.stats.summary())
+    print(f"search: {_search_line(found, search, states)}")
+    print(runner.cache.stats.summary() + " (study); " + searcher.cache.stats.summary() + " (search)")
     _step(f"summary written to {report}")
     _step(
         f"report: {full.html} ({len(full.tables)} tables and {len(full.figures)} figure files in {full.out})"

@@ -32,6 +32,7 @@ All values are fractions in [0, 1], not percentages.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -61,6 +62,7 @@ __all__ = [
     "paired_bootstrap_diff",
     "paired_bootstrap_diff_over_folds",
     "prediction_at_label_size",
+    "logit_threshold",
     "summarize",
 ]
 
@@ -83,7 +85,9 @@ class MetricsError(FssBenchError, ValueError):
 # ---------------------------------------------------------------------------------------------------
 
 
-def prediction_at_label_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def prediction_at_label_size(
+    logits: torch.Tensor, size: tuple[int, int], threshold: float = 0.5
+) -> torch.Tensor:
     """Binary foreground prediction at the original label resolution (FSSAM ``ori_resize``).
 
     The logits are upsampled in float32 with ``F.interpolate(mode="bilinear", align_corners=True)``
@@ -94,9 +98,14 @@ def prediction_at_label_size(logits: torch.Tensor, size: tuple[int, int]) -> tor
     upsamples inside a bfloat16 autocast region); the cut-off depends on dtype and device, so the
     suite uses the exact, device-independent form.
 
+    ``threshold`` is the foreground probability cut (a searchable setting of every method): a pixel
+    is foreground when ``sigmoid(logit) >= threshold``, evaluated as ``logit >= log(t / (1 - t))``,
+    which for the default 0.5 is exactly ``logit >= 0``.
+
     Args:
         logits: ``(H', W')`` or ``(B, H', W')`` foreground logits (any float dtype, any device).
         size: ``(H, W)`` of the original label.
+        threshold: probability in (0, 1).
 
     Returns:
         Bool tensor on the logits' device, ``(H, W)`` or ``(B, H, W)``.
@@ -112,11 +121,19 @@ def prediction_at_label_size(logits: torch.Tensor, size: tuple[int, int]) -> tor
     h, w = (_as_int(s, "size") for s in size)
     if h <= 0 or w <= 0:
         raise MetricsError(f"prediction_at_label_size: size must be positive, got {size!r}")
+    if not 0.0 < float(threshold) < 1.0:
+        raise MetricsError(f"prediction_at_label_size: threshold must be in (0, 1), got {threshold!r}")
     x = logits.detach().to(torch.float32)
     x4 = x[None, None] if x.ndim == 2 else x[:, None]
     up = F.interpolate(x4, size=(h, w), mode="bilinear", align_corners=True)
     up = up[0, 0] if x.ndim == 2 else up[:, 0]
-    return up >= 0
+    return up >= logit_threshold(threshold)
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit cut of a probability threshold: ``log(t / (1 - t))``, exactly 0.0 for 0.5."""
+    t = float(threshold)
+    return 0.0 if t == 0.5 else math.log(t / (1.0 - t))
 
 
 def intersection_union(

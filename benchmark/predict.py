@@ -29,9 +29,9 @@ def predict_episode(
         )
 
 
-def score_episode(logits: torch.Tensor, data: EpisodeData) -> dict[str, int]:
-    """One row of the per-episode table from (1, S, S) logits."""
-    pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape)
+def score_episode(logits: torch.Tensor, data: EpisodeData, threshold: float = 0.5) -> dict[str, int]:
+    """One row of the per-episode table from (1, S, S) logits (foreground: probability >= threshold)."""
+    pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold)
     i_bg, u_bg, i_fg, u_fg = intersection_union(pred, data.query_target)
     ep = data.episode
     return {"episode": ep.id, "class": ep.cls, "I_bg": i_bg, "U_bg": u_bg, "I_fg": i_fg, "U_fg": u_fg}

@@ -98,6 +98,28 @@ class CellFailure:
     error: str
 
 
+def study_manifests(study: Study, work_dir: Path, kind: str = "test") -> dict[tuple, Path]:
+    """(dataset, fold, shot, seed) -> the manifest file of that cell group under
+    ``<work_dir>/manifests/`` (written only when missing or different). ``kind="val"``: the fold's
+    base classes (what searches tune on); the name says so."""
+    out = {}
+    for ds, root in study.data.items():
+        for fold in study.folds:
+            for shot in study.shots:
+                for seed in study.seeds:
+                    m = build_manifest(
+                        root, fold, shot, study.protocol, seed, study.episodes, kind, study.split, ds
+                    )
+                    split = f"-{study.split}" if ds == "coco" else ""
+                    tail = "" if kind == "test" else f"-{kind}"
+                    name = f"{ds}{split}-fold{fold}-{shot}shot-{study.protocol}-seed{seed}-n{m['num_episodes']}{tail}"
+                    path = Path(work_dir) / "manifests" / f"{name}.json"
+                    if not path.exists() or load_manifest(path)["sha256"] != m["sha256"]:
+                        save_manifest(m, path)
+                    out[(ds, fold, shot, seed)] = path
+    return out
+
+
 class StudyRunner:
     def __init__(
         self,
@@ -130,23 +152,7 @@ class StudyRunner:
     # ---------------------------------------------------------------------------------- planning
     def build_manifests(self) -> dict[tuple, Path]:
         """All manifests of the study, built (and validated) before any model work."""
-        s, out = self.study, {}
-        for ds, root in s.data.items():
-            for fold in s.folds:
-                for shot in s.shots:
-                    for seed in s.seeds:
-                        m = build_manifest(
-                            root, fold, shot, s.protocol, seed, s.episodes, "test", s.split, ds
-                        )
-                        split = f"-{s.split}" if ds == "coco" else ""
-                        name = (
-                            f"{ds}{split}-fold{fold}-{shot}shot-{s.protocol}-seed{seed}-n{m['num_episodes']}"
-                        )
-                        path = self.work_dir / "manifests" / f"{name}.json"
-                        if not path.exists() or load_manifest(path)["sha256"] != m["sha256"]:
-                            save_manifest(m, path)
-                        out[(ds, fold, shot, seed)] = path
-        return out
+        return study_manifests(self.study, self.work_dir)
 
     def cells(self, manifests: dict[tuple, Path]) -> list[Cell]:
         cells = []

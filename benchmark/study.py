@@ -223,7 +223,7 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
             )
     # model-level defaults go to the variants whose method accepts them; a key no registered method
     # accepts is a typo
-    known = set(HARNESS_FIELDS).union(*(get_method(m).defaults for m in method_names()))
+    known = set(HARNESS_FIELDS).union(*(get_method(m).all_defaults for m in method_names()))
     for key in model:
         if key not in known:
             raise FssBenchError(
@@ -265,7 +265,7 @@ def _parse_variant(
     where = f"{source}: variants.{vname}"
     entry = get_method(switches.get("method", "fssam"))
     own = {k: v for k, v in switches.items() if k not in ("method", *HARNESS_FIELDS)}
-    inherited = {k: v for k, v in model.items() if k in entry.defaults}
+    inherited = {k: v for k, v in model.items() if k in entry.all_defaults}
     device = str(switches.get("device", model.get("device", "auto")))
     check_device(device, f"{where}.device" if "device" in switches else f"{source}: model.device")
     settings = entry.resolve({**inherited, **own}, where=where)

@@ -16,8 +16,9 @@ from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_text_atomic
 from benchmark.tracking import Tracker, git_commit
 from reports import figures as F
-from reports.collect import ExperimentData, collect_experiment
+from reports.collect import collect_experiment
 from reports.html import Section, write_html
+from reports.search import TUNED_ON_TEST_WARNING, SearchData, collect_searches, trials_table
 from reports.tables import (
     Table,
     ablation_frame,
@@ -70,6 +71,12 @@ def build_report(
     tracker = tracker or Tracker(tracking_uri, create=False)
     out = Path(out or Path("reports-out") / experiment).absolute()
     tables_dir, fig_dir = out / "tables", out / "figures"
+    exp = tracker.client.get_experiment_by_name(experiment)
+    searches = (
+        [] if exp is None else collect_searches(tracker.client, exp.experiment_id, fig_dir / "searches")
+    )
+    if searches and not _has_cells(tracker, exp.experiment_id):
+        return _search_only_report(tracker, experiment, out, searches, log_to_mlflow)
     with tempfile.TemporaryDirectory(prefix="fssbench-report-") as tmp:
         data = collect_experiment(tracker, experiment, Path(tmp))
     rnd = data.random_init
@@ -150,37 +157,110 @@ def build_report(
                 ),
             )
 
+    # ---- searches held by the same experiment
+    search_tables, search_sections = _search_parts(searches, tables_dir, result)
+    tuned = any(s.tuned_on_test for s in searches)
+
     # ---- HTML and Markdown
     for t in result.tables:
-        sections.append(Section(t.title, html=t.to_html()))
+        if t not in search_tables:
+            sections.append(Section(t.title, html=t.to_html()))
     footer = f"fssam-bench report of MLflow experiment {experiment!r} ({tracker.uri}), code {git_commit()}."
     write_html(
         result.html,
         f"fssbench report: {experiment}",
-        sections + fig_sections,
-        warning=RANDOM_INIT_WARNING if rnd else None,
+        sections + fig_sections + search_sections,
+        warning=_warning(rnd, tuned),
         footer=footer,
     )
     md = [f"# fssbench report: {experiment}", ""]
     if rnd:
         md += [f"> **{RANDOM_INIT_WARNING}**", ""]
+    if tuned:
+        md += [f"> **{TUNED_ON_TEST_WARNING}**", ""]
     md += [t.to_markdown() for t in result.tables]
-    md += [f"![{p.stem}](figures/{p.name})" for p in result.figures if p.suffix == ".png"]
+    md += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in result.figures if p.suffix == ".png"]
     md += ["", *[f"- {n}" for n in result.notes], "", footer]
     write_text_atomic(result.markdown, "\n".join(md) + "\n")
 
     if log_to_mlflow:
-        result.run_id = _log_report(tracker, data, out)
+        result.run_id = _log_report(tracker, data.experiment_id, rnd, out, tuned)
     return result
 
 
-def _log_report(tracker: Tracker, data: ExperimentData, out: Path) -> str:
+def _has_cells(tracker: Tracker, experiment_id: str) -> bool:
+    runs = tracker.client.search_runs(
+        [experiment_id],
+        filter_string="tags.`fss.kind` = 'cell' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return bool(runs)
+
+
+def _warning(random_init: bool, tuned_on_test: bool) -> str | None:
+    parts = ([RANDOM_INIT_WARNING] if random_init else []) + (
+        [TUNED_ON_TEST_WARNING] if tuned_on_test else []
+    )
+    return " ".join(parts) or None
+
+
+def _search_parts(
+    searches: list[SearchData], tables_dir: Path, result: ReportOutput
+) -> tuple[list[Table], list[Section]]:
+    """The trials table and Optuna's plots of every search, added to ``result``."""
+    tables, sections = [], []
+    for search in searches:
+        t = trials_table(search)
+        _write_table(t, tables_dir)
+        result.tables.append(t)
+        tables.append(t)
+        result.figures.extend(search.plots)
+        best = search.best
+        text = (
+            f"Optuna study {search.optuna_study!r}: {len(search.trials)} trials on {search.kind} manifests."
+        )
+        if best is not None:
+            text += f" Best: trial {best['number']}, {search.metric} {100 * best['value']:.2f}, params {best['params']}."
+        if search.tuned_on_test:
+            text = "TUNED ON TEST EPISODES. " + text
+        sections.append(Section(f"Search {search.name}", html=t.to_html(), images=search.plots, text=text))
+    return tables, sections
+
+
+def _search_only_report(
+    tracker: Tracker, experiment: str, out: Path, searches: list[SearchData], log_to_mlflow: bool
+) -> ReportOutput:
+    """The report of an experiment that holds searches and no study cells."""
+    result = ReportOutput(out, out / "report.html", out / "report.md")
+    tables, sections = _search_parts(searches, out / "tables", result)
+    rnd = any(s.random_init for s in searches)
+    tuned = any(s.tuned_on_test for s in searches)
+    footer = f"fssam-bench report of MLflow experiment {experiment!r} ({tracker.uri}), code {git_commit()}."
+    write_html(
+        result.html, f"fssbench report: {experiment}", sections, warning=_warning(rnd, tuned), footer=footer
+    )
+    md = [f"# fssbench report: {experiment}", ""]
+    md += [f"> **{w}**" for w, on in ((RANDOM_INIT_WARNING, rnd), (TUNED_ON_TEST_WARNING, tuned)) if on]
+    md += ["", *[t.to_markdown() for t in tables]]
+    md += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in result.figures]
+    md += ["", footer]
+    write_text_atomic(result.markdown, "\n".join(md) + "\n")
+    if log_to_mlflow:
+        exp = tracker.client.get_experiment_by_name(experiment)
+        result.run_id = _log_report(tracker, exp.experiment_id, rnd, out, tuned)
+    return result
+
+
+def _log_report(
+    tracker: Tracker, experiment_id: str, random_init: bool, out: Path, tuned_on_test: bool = False
+) -> str:
     run = tracker.client.create_run(
-        data.experiment_id,
+        experiment_id,
         run_name=f"report {pd.Timestamp.now():%Y-%m-%d %H:%M:%S}",
         tags={
             "fss.kind": "report",
-            "fss.random_init": str(data.random_init).lower(),
+            "fss.random_init": str(random_init).lower(),
+            "fss.tuned_on_test": str(tuned_on_test).lower(),
             "fss.git_commit": git_commit(),
         },
     )

@@ -83,7 +83,7 @@ def episode_panels(
     if not cfg.get("settings"):
         raise FssBenchError(f"run {run_id} has no config.json artifact; cannot rebuild its model")
     entry = get_method(cfg["method"])
-    settings = {k: v for k, v in cfg["settings"].items() if k in entry.defaults}
+    settings = {k: v for k, v in cfg["settings"].items() if k in entry.all_defaults}
     root = Path(params["data_root"])
     if not (root / "dataset.json").is_file():
         raise FssBenchError(
@@ -91,7 +91,8 @@ def episode_panels(
         )
     manifest = _manifest_for(data, run_id, params)
     device = resolve_device("cuda" if str(cfg.get("device", "cpu")).startswith("cuda") else "cpu")
-    method = build_method(entry.name, entry.resolve(settings), device, pool)
+    settings = entry.resolve(settings)
+    method = build_method(entry.name, settings, device, pool)
     store = ImageStore(PreparedDataset(root))
     feat = Featurizer(method, FeatureCache(None))
     episodes = {e.id: e for e in manifest_episodes(manifest)}
@@ -101,7 +102,9 @@ def episode_panels(
         ep = episodes[ep_id]
         inp = load_episode(store, manifest["images"], ep, method.image_size)
         logits, inter = predict_episode(method, feat, inp, return_intermediates=True)
-        pred = prediction_at_label_size(logits[0].float().cpu(), inp.query_target.shape).numpy()
+        pred = prediction_at_label_size(
+            logits[0].float().cpu(), inp.query_target.shape, settings["threshold"]
+        ).numpy()
         tgt = inp.query_target
         valid = tgt != 255
         inter_ = int(((pred == 1) & (tgt == 1) & valid).sum())

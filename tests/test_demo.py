@@ -37,6 +37,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert len(runs) == 12 and all(r.data.tags["fss.random_init"] == "true" for r in runs)
     cells = pd.read_csv(out / "runs" / "studies" / "fssbench-demo" / "cells.csv")
     assert set(cells["shot"]) == {1, 5} and (cells["status"] == "run").all()
+    # the demo ends with a search on validation manifests, logged into the same experiment and reported
+    trials = client.search_runs([exp.experiment_id], filter_string="tags.`fss.kind` = 'trial'")
+    assert len(trials) == 5 and all(r.data.tags["fss.random_init"] == "true" for r in trials)
+    assert "## Search (validation manifests, base classes)" in text and "best-study.yaml" in text
+    assert "Search fssbench-demo-search: trials" in (out / "report" / "report.md").read_text()
+    assert (out / "runs" / "searches" / "fssbench-demo-search" / "best-study.yaml").is_file()
+    assert list((out / "runs" / "manifests").glob("*-val.json"))
     # a second run reuses the generated data (cell skipping is covered by tests/test_runner.py)
     assert prepare_demo_data(out, progress=False) == out / "data" / "pascal"
     assert "reusing prepared data" in capsys.readouterr().out

@@ -20,6 +20,9 @@ from benchmark.errors import FssBenchError
 from benchmark.methods.base import FewShotMethod
 
 TEMPLATE_FIELDS = ("dataset", "fold", "shot", "arch")
+SCORING_DEFAULTS: dict[str, Any] = {"threshold": 0.5}
+"""Settings every method has, applied by the harness when scoring: ``threshold`` is the foreground
+probability cut of the predicted mask (``benchmark.metrics.prediction_at_label_size``)."""
 
 
 class WeightPool:
@@ -77,23 +80,34 @@ class MethodEntry:
     validate: Callable[[dict[str, Any]], None] = lambda settings: None
     checkpoints: tuple[str, ...] = ()
 
+    @property
+    def all_defaults(self) -> dict[str, Any]:
+        """The method's own settings plus the scoring settings every method has (``threshold``)."""
+        return {**self.defaults, **SCORING_DEFAULTS}
+
     def resolve(self, settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
         """Every setting of the method, defaults filled in; unknown ones name the method and the field."""
         prefix = f"{where}." if where else ""
-        unknown = sorted(set(settings) - set(self.defaults))
+        defaults = self.all_defaults
+        unknown = sorted(set(settings) - set(defaults))
         if unknown:
-            close = difflib.get_close_matches(unknown[0], list(self.defaults), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(unknown[0], list(defaults), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise FssBenchError(
-                f"{prefix}{unknown[0]}: unknown switch for method {self.name!r}{hint}; known: {sorted(self.defaults)}"
+                f"{prefix}{unknown[0]}: unknown switch for method {self.name!r}{hint}; known: {sorted(defaults)}"
             )
-        resolved = {**self.defaults, **settings}
-        for k, default in self.defaults.items():  # 10 and 10.0 are one setting (and one cell key)
+        resolved = {**defaults, **settings}
+        for k, default in defaults.items():  # 10 and 10.0 are one setting (and one cell key)
             v = resolved[k]
             if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
                 resolved[k] = float(v)
+        threshold = resolved["threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, float) or not 0.0 < threshold < 1.0:
+            raise FssBenchError(
+                f"{prefix}threshold: the foreground probability cut must be a number in (0, 1), got {threshold!r}"
+            )
         try:
-            self.validate(resolved)
+            self.validate({k: v for k, v in resolved.items() if k not in SCORING_DEFAULTS})
         except (ValueError, FssBenchError) as e:
             raise FssBenchError(f"{where + ': ' if where else ''}method {self.name!r}: {e}") from None
         return resolved

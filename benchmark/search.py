@@ -1,0 +1,848 @@
+"""``fssbench search``: an Optuna search whose trials run the shared cell function on validation
+manifests, tracked in MLflow, resumable, shared by any number of worker processes.
+
+One trial = the searched variant with the trial's switches, evaluated on every validation cell of
+the search (dataset x fold x shot x seed) with :func:`benchmark.cell.evaluate_cell`. After every
+``report_every`` episodes (and after each cell) the running objective goes to ``trial.report``;
+a pruned trial stops there and records how many episodes it ran. Frozen features are cached on
+disk in the work folder, so trials after the first cost only the method's own forward.
+
+Records:
+
+* Optuna: the study (default storage ``optuna.db`` beside the MLflow store) carries the search's
+  identity hash; resuming it with a different search is refused. RDB storages run heartbeats, so a
+  trial whose worker died is failed and retried with the same parameters, not left RUNNING.
+* MLflow: one parent run per Optuna study (``fss.kind = search``), found again on resume and by
+  every worker; one nested run per trial number (``fss.kind = trial``) with its parameters, the
+  running objective as a curve (step = episodes done), the final value and the trial's state.
+* At the end: the best parameters as a study file for the test manifests, the trials table and
+  Optuna's plots (history, importances, slice, contour) as PNG, logged to the parent run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from benchmark.cell import CellSpec, CheckpointHashes, cell_key, evaluate_cell, weight_ids
+from benchmark.data.image_check import check_files
+from benchmark.device import resolve_device
+from benchmark.episodes import load_manifest
+from benchmark.errors import USER_ERRORS, FssBenchError
+from benchmark.feature_cache import FeatureCache
+from benchmark.io_utils import write_text_atomic
+from benchmark.methods import WeightPool, build_method, fill_templates, get_method
+from benchmark.metrics import summarize
+from benchmark.runner import sigterm_as_interrupt, study_manifests
+from benchmark.search_file import SearchSpec
+from benchmark.study import parse_study
+from benchmark.tracking import Tracker, git_commit, package_versions
+
+DEFAULT_HEARTBEAT_S = 60
+PARENT_WAIT_S = 60.0  # how long a second worker waits for the first to create the parent run
+MAX_CONSECUTIVE_FAILURES = 3
+SEARCH_ATTR = "fss.search_sha256"
+PARENT_ATTR = "fss.mlflow_parent_run_id"
+
+
+def default_storage(tracking_uri: str) -> str:
+    """``optuna.db`` beside a local SQLite MLflow store, else in the working directory."""
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///') :]).parent / 'optuna.db'}"
+    return f"sqlite:///{Path.cwd().resolve() / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password (what tags and logs show)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def storage_lock_path(url: str) -> Path | None:
+    """The local file a storage lives in (SQLite or journal), for the workers' start-up lock."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    if url.startswith("journal:"):
+        return Path(url[len("journal:") :])
+    return None
+
+
+def open_storage(
+    url: str,
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+    on_stale: Callable[[Any, Any], None] | None = None,
+):
+    """An Optuna storage from ``url``: an RDB URL (``sqlite:///PATH``, ``postgresql://...``,
+    ``mysql://...``) with heartbeats, or ``journal:PATH`` (a journal file, for NFS; Optuna has no
+    heartbeats there)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "postgres", "mysql"):
+        raise FssBenchError(
+            f"--storage {redact(url)}: expected an RDB URL (sqlite:///optuna.db, postgresql://user@host/db, "
+            "mysql://...) or journal:PATH"
+        )
+    engine_kwargs: dict[str, Any] = {}
+    if scheme == "sqlite":
+        path = Path(url[len("sqlite:///") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 120}}  # several workers on one file wait, not fail
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_s,
+                grace_period=max(2 * heartbeat_s, heartbeat_s + 2),
+                heartbeat_stale_trial_callback=on_stale,
+            )
+    except Exception as e:
+        raise FssBenchError(
+            f"--storage {redact(url)}: not usable ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+
+
+def make_sampler(spec: SearchSpec):
+    import optuna
+
+    s = spec.sampler
+    if s["type"] == "grid":
+        return optuna.samplers.GridSampler(spec.grid, seed=s["seed"])
+    if s["type"] == "random":
+        return optuna.samplers.RandomSampler(seed=s["seed"])
+    if s["type"] == "cmaes":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.CmaEsSampler(seed=s["seed"], n_startup_trials=s.get("startup_trials", 1))
+    return optuna.samplers.TPESampler(seed=s["seed"], n_startup_trials=s.get("startup_trials", 10))
+
+
+def make_pruner(spec: SearchSpec):
+    import optuna
+
+    p = spec.pruner
+    if p["type"] == "none":
+        return optuna.pruners.NopPruner()
+    if p["type"] == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p["min_resource"] or "auto", reduction_factor=p["reduction_factor"]
+        )
+    if p["type"] == "wilcoxon":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(p_threshold=p["p_threshold"], n_startup_steps=p["startup_steps"])
+    return optuna.pruners.MedianPruner(n_startup_trials=p["startup_trials"], n_warmup_steps=p["warmup_steps"])
+
+
+def suggest(trial: Any, spec: SearchSpec) -> dict[str, Any]:
+    """The trial's value of every dimension of the space."""
+    out = {}
+    for p in spec.space.values():
+        if p.type == "categorical":
+            out[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.type == "int":
+            out[p.name] = trial.suggest_int(p.name, p.low, p.high, step=p.step or 1, log=p.log)
+        elif spec.sampler["type"] == "grid":  # the grid's floats are exact values, not a range
+            out[p.name] = trial.suggest_categorical(p.name, list(p.grid))
+        else:
+            out[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+    return out
+
+
+@dataclass(frozen=True)
+class SearchCell:
+    dataset: str
+    fold: int
+    shot: int
+    seed: int
+    manifest_path: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}.fold{self.fold}.{self.shot}shot.seed{self.seed}"
+
+
+@dataclass
+class SearchOutcome:
+    study_name: str
+    storage: str
+    parent_run_id: str
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    ran_here: int
+    seconds: float
+    cache_summary: str
+    outputs: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    failures: int = 0
+
+
+class SearchRunner:
+    """Runs (or resumes) the Optuna study of a search in this process; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: SearchSpec,
+        tracking_uri: str | None = None,
+        work_dir: Path = Path("fssbench-runs"),
+        storage: str | None = None,
+        study_name: str | None = None,
+        trials: int | None = None,
+        timeout: float | None = None,
+        allow_test_tuning: bool = False,
+        device: str | None = None,
+        heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+        use_cache: bool = True,
+        progress: bool = True,
+        memory_cache_bytes: int = 2 << 30,
+        log: Callable[[str], None] = print,
+    ):
+        check_test_tuning(spec, allow_test_tuning)
+        self.spec, self.tracking_uri, self.progress, self.log = spec, tracking_uri, progress, log
+        self.work_dir = Path(work_dir).absolute()
+        self.storage_url = storage
+        self.study_name = study_name or spec.name
+        self.trials = trials or spec.trials
+        self.timeout, self.heartbeat_s = timeout, heartbeat_s
+        self.device = device or spec.variant.device
+        self.cache = FeatureCache(
+            self.work_dir / "feature-cache", memory_bytes=memory_cache_bytes, enabled=use_cache
+        )
+        self.pool = WeightPool()
+        self.hashes = CheckpointHashes(self.work_dir / "checkpoint-hashes.json")
+        self.entry = get_method(spec.variant.method)
+        self.tracker: Tracker | None = None
+        self.parent_run_id = ""
+        self._failures_in_a_row = 0
+
+    # ------------------------------------------------------------------------------------ planning
+    def plan(self) -> list[SearchCell]:
+        """The validation (or, when allowed, test) manifests of every cell, with their images checked."""
+        manifests = study_manifests(self.spec.study, self.work_dir, kind=self.spec.kind)
+        cells = [SearchCell(ds, f, k, s, p) for (ds, f, k, s), p in manifests.items()]
+        pairs = set()
+        for c in cells:
+            root = self.spec.study.data[c.dataset]
+            pairs |= {(root / i, root / lab) for i, lab in load_manifest(c.manifest_path)["images"].values()}
+        check_files(sorted(pairs), self.work_dir / "images-checked.json")
+        return cells
+
+    def cell_spec(self, cell: SearchCell, settings: dict[str, Any]) -> CellSpec:
+        filled = fill_templates(self.entry, settings, dataset=cell.dataset, fold=cell.fold, shot=cell.shot)
+        name = f"{self.spec.variant.name}/{cell.dataset}/fold{cell.fold}/{cell.shot}shot/seed{cell.seed}"
+        return CellSpec(
+            self.entry.name, filled, cell.manifest_path, self.spec.study.data[cell.dataset], self.device, name
+        )
+
+    # ---------------------------------------------------------------------------------------- run
+    def run(self) -> SearchOutcome:
+        with sigterm_as_interrupt():
+            return self._run()
+
+    def _run(self) -> SearchOutcome:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        spec = self.spec
+        self.cells = self.plan()
+        self.manifests = {c.manifest_path: load_manifest(c.manifest_path) for c in self.cells}
+        self._preflight()
+        tracker = self.tracker = Tracker(self.tracking_uri)
+        self.storage_url = self.storage_url or default_storage(tracker.uri)
+        self.experiment_id = tracker.experiment_id(spec.experiment)
+        storage = open_storage(self.storage_url, self.heartbeat_s, self._on_stale)
+        study = self._open_study(storage)
+        self.study = study
+        self._retry_interrupted(study)
+        done = self._finished(study)
+        remaining = max(0, self.trials - done)
+        t0 = time.perf_counter()
+        ran_before = len(study.trials)
+        status = "FAILED"
+        tracker.client.update_run(self.parent_run_id, status="RUNNING")
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=self.trials,
+            initial=min(done, self.trials),
+            desc=f"search {self.study_name}",
+            unit="trial",
+            disable=not self.progress,
+        )
+        try:
+            if remaining:
+                if done:
+                    self.log(
+                        f"resuming Optuna study {self.study_name!r}: {done} of {self.trials} trials finished"
+                    )
+                from optuna.study import MaxTrialsCallback
+                from optuna.trial import TrialState
+
+                def on_trial(study: Any, trial: Any) -> None:
+                    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                        bar.update()
+                    try:
+                        best = study.best_value
+                        bar.set_postfix_str(f"best {spec.metric} {100 * best:.2f}")
+                    except ValueError:
+                        pass
+
+                study.optimize(
+                    self._objective,
+                    n_trials=remaining,
+                    timeout=self.timeout,
+                    catch=(Exception,),
+                    callbacks=[
+                        MaxTrialsCallback(self.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                        on_trial,
+                    ],
+                    gc_after_trial=False,
+                )
+            else:
+                self.log(
+                    f"Optuna study {self.study_name!r} already has {done} finished trials (--trials {self.trials})"
+                )
+            status = "FINISHED" if self._failures_in_a_row < MAX_CONSECUTIVE_FAILURES else "FAILED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            bar.close()
+            tracker.end_run(self.parent_run_id, status)
+        seconds = time.perf_counter() - t0
+        outcome = SearchOutcome(
+            study_name=self.study_name,
+            storage=redact(self.storage_url),
+            parent_run_id=self.parent_run_id,
+            trials=trials_table(study),
+            best=best_trial(study),
+            ran_here=len(study.trials) - ran_before,
+            seconds=seconds,
+            cache_summary=self.cache.stats.summary(),
+        )
+        outcome.failures = self._failures_in_a_row
+        if outcome.best is not None:
+            self._write_outputs(study, outcome)
+        return outcome
+
+    def _preflight(self) -> None:
+        """Real weights are loaded strictly once now (and kept for the trials): a wrong checkpoint is
+        an error before any store or study exists."""
+        settings = self.spec.variant.settings
+        if settings.get("random_init"):
+            return
+        first = self.cells[0]
+        try:
+            build_method(
+                self.entry.name,
+                dict(self.cell_spec(first, settings).settings),
+                resolve_device(self.device),
+                self.pool,
+            )
+        except USER_ERRORS as e:
+            raise FssBenchError(f"{self.spec.source}: variant {self.spec.variant.name}: {e}") from None
+
+    # -------------------------------------------------------------------------------- the study
+    def _open_study(self, storage: Any) -> Any:
+        """Create the Optuna study (this worker then creates the MLflow parent run) or load it (and
+        wait for the parent run the creating worker records in the study)."""
+        import optuna
+
+        spec, tracker = self.spec, self.tracker
+        assert tracker is not None
+        sampler, pruner = make_sampler(spec), make_pruner(spec)
+        try:
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=storage,
+                sampler=sampler,
+                pruner=pruner,
+                direction=spec.direction,
+                load_if_exists=False,
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(
+                study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner
+            )
+            created = False
+        if created:
+            attrs = {
+                SEARCH_ATTR: spec.sha256,
+                "fss.search": spec.name,
+                "fss.search_file": spec.source,
+                "fss.tuned_on_test": spec.tuned_on_test,
+                "fss.random_init": bool(spec.variant.settings.get("random_init")),
+                "fss.identity": spec.identity(),
+            }
+            for k, v in attrs.items():
+                study.set_user_attr(k, v)
+            self._create_parent(study)
+            return study
+        deadline = time.monotonic() + PARENT_WAIT_S
+        while PARENT_ATTR not in study.user_attrs and time.monotonic() < deadline:
+            time.sleep(0.5)  # the creating worker is about to record the parent run
+        attrs = study.user_attrs
+        if attrs.get(SEARCH_ATTR) not in (None, spec.sha256):
+            raise FssBenchError(
+                f"Optuna study {self.study_name!r} in {redact(self.storage_url or '')} was created by a different "
+                f"search (other space, objective, manifests or settings); pass --study-name NEW to start a new "
+                f"one, or restore the search file it was created with ({attrs.get('fss.search_file')})"
+            )
+        if list(study.directions)[0].name.lower() != spec.direction:
+            raise FssBenchError(
+                f"Optuna study {self.study_name!r} has direction {study.direction.name.lower()}"
+            )
+        rid = attrs.get(PARENT_ATTR)
+        if rid is None or not self._run_exists(rid):
+            self._create_parent(study)  # the creator died before recording it, or another MLflow store
+        else:
+            self.parent_run_id = rid
+        return study
+
+    def _run_exists(self, run_id: str) -> bool:
+        assert self.tracker is not None
+        try:
+            run = self.tracker.client.get_run(run_id)
+        except Exception:
+            return False
+        return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
+
+    def _create_parent(self, study: Any) -> None:
+        spec, tracker = self.spec, self.tracker
+        assert tracker is not None
+        tags = {
+            "fss.kind": "search",
+            "fss.search": spec.name,
+            "fss.optuna_study": self.study_name,
+            "fss.optuna_storage": redact(self.storage_url or ""),
+            "fss.tuned_on_test": str(spec.tuned_on_test).lower(),
+            "fss.random_init": str(bool(spec.variant.settings.get("random_init"))).lower(),
+            "fss.search_sha256": spec.sha256,
+            "fss.search_file": spec.source,
+            "fss.variant": spec.variant.name,
+            "fss.method": spec.variant.method,
+            "fss.kind_of_manifests": spec.kind,
+            "fss.git_commit": git_commit(),
+            "fss.versions": json.dumps(package_versions()),
+        }
+        run = tracker.client.create_run(self.experiment_id, run_name=f"search {self.study_name}", tags=tags)
+        self.parent_run_id = run.info.run_id
+        tracker.log_params(
+            self.parent_run_id,
+            {
+                "space": json.dumps({k: p.to_json() for k, p in spec.space.items()}),
+                "metric": spec.metric,
+                "direction": spec.direction,
+                "sampler": json.dumps(spec.sampler),
+                "pruner": json.dumps(spec.pruner),
+                "report_every": spec.report_every,
+                "kind": spec.kind,
+                "folds": json.dumps(spec.study.folds),
+                "shots": json.dumps(spec.study.shots),
+                "episodes": spec.study.episodes,
+                "method": spec.variant.method,
+                "variant": spec.variant.name,
+            },
+        )
+        study.set_user_attr(PARENT_ATTR, self.parent_run_id)
+
+    def _finished(self, study: Any) -> int:
+        from optuna.trial import TrialState
+
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def _retry_interrupted(self, study: Any) -> None:
+        """Trials interrupted by Ctrl-C or SIGTERM are run again with the same parameters (once)."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        for t in trials:
+            if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+
+    def _on_stale(self, study: Any, trial: Any) -> None:
+        """A trial whose worker stopped heartbeating was failed by Optuna: its MLflow run is marked
+        FAILED (created if the worker died before making it), and it is retried as a new trial."""
+        from optuna.storages import RetryFailedTrialCallback
+
+        assert self.tracker is not None
+        message = "its worker stopped sending heartbeats (killed or lost); retried as a new trial"
+        rid = trial.user_attrs.get("mlflow_run_id")
+        try:
+            if rid is None:
+                rid = self._trial_run(trial.number, trial.params, {})
+            self.tracker.client.set_tag(rid, "fss.trial_state", "FAIL")
+            self.tracker.fail_cell(rid, message)
+        finally:
+            RetryFailedTrialCallback(max_retry=3)(study, trial)
+
+    # -------------------------------------------------------------------------------- a trial
+    def _trial_run(self, number: int, params: dict[str, Any], extra_tags: dict[str, str]) -> str:
+        assert self.tracker is not None
+        spec = self.spec
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "fss.kind": "trial",
+            "fss.search": spec.name,
+            "fss.trial_number": str(number),
+            "fss.trial_state": "RUNNING",
+            "fss.optuna_study": self.study_name,
+            "fss.optuna_storage": redact(self.storage_url or ""),
+            "fss.tuned_on_test": str(spec.tuned_on_test).lower(),
+            "fss.random_init": str(bool(spec.variant.settings.get("random_init"))).lower(),
+            "fss.variant": spec.variant.name,
+            "fss.method": spec.variant.method,
+            **extra_tags,
+        }
+        run = self.tracker.client.create_run(self.experiment_id, run_name=f"trial {number}", tags=tags)
+        self.tracker.log_params(run.info.run_id, dict(params))
+        return run.info.run_id
+
+    def _objective(self, trial: Any) -> float:
+        import optuna
+
+        spec, tracker = self.spec, self.tracker
+        assert tracker is not None
+        params = suggest(trial, spec)
+        settings = self.entry.resolve({**spec.variant.settings, **params})
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("fss.tuned_on_test", spec.tuned_on_test)
+        extra = {"fss.retry_of": str(trial.user_attrs["retry_of"])} if "retry_of" in trial.user_attrs else {}
+        rid = self._trial_run(trial.number, params, extra)
+        trial.set_user_attr("mlflow_run_id", rid)
+        progress = {"episodes": 0}
+        try:
+            value = self._evaluate(trial, settings, rid, progress)
+        except optuna.TrialPruned:
+            self._end_trial(trial, rid, "PRUNED", progress["episodes"])
+            self._failures_in_a_row = 0
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            self._end_trial(
+                trial,
+                rid,
+                "FAIL",
+                progress["episodes"],
+                "interrupted (SIGINT/SIGTERM); a rerun retries it",
+                "KILLED",
+            )
+            raise
+        except Exception as e:
+            text = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
+            self._end_trial(trial, rid, "FAIL", progress["episodes"], text, "FAILED")
+            self.log(f"trial {trial.number} FAILED: {text.splitlines()[0] if text else type(e).__name__}")
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+                self.log(f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row: stopping this worker")
+                trial.study.stop()
+            raise
+        tracker.client.log_metric(rid, "objective", value, step=progress["episodes"])
+        self._end_trial(trial, rid, "COMPLETE", progress["episodes"])
+        self._failures_in_a_row = 0
+        return value
+
+    def _end_trial(
+        self,
+        trial: Any,
+        rid: str,
+        state: str,
+        episodes: int,
+        error: str | None = None,
+        status: str = "FINISHED",
+    ) -> None:
+        assert self.tracker is not None
+        trial.set_user_attr("episodes_run", episodes)
+        client = self.tracker.client
+        client.log_metric(rid, "episodes_run", float(episodes))
+        client.set_tag(rid, "fss.trial_state", state)
+        if error is not None:
+            self.tracker.fail_cell(rid, error, status=status)
+        else:
+            client.set_terminated(rid, status="FINISHED")
+
+    def _evaluate(self, trial: Any, settings: dict[str, Any], rid: str, progress: dict[str, int]) -> float:
+        """Every cell of the search with ``settings``; reports the running objective to Optuna."""
+        import optuna
+        from filelock import FileLock
+
+        spec, client = self.spec, self.tracker.client  # type: ignore[union-attr]
+        metric, every = spec.metric, spec.report_every
+        wilcoxon = spec.pruner["type"] == "wilcoxon"
+        values: list[float] = []
+        chunk: list[dict[str, int]] = []
+        reported: set[int] = set()
+
+        def value_of(rows: list[dict[str, int]]) -> float:
+            import pandas as pd
+
+            table = pd.DataFrame(rows)
+            return float(summarize(table, sorted(set(table["class"])))[metric])  # classes seen so far
+
+        def report(value: float, step: int) -> None:
+            if step in reported:
+                return
+            reported.add(step)
+            trial.report(value, step)
+            client.log_metric(rid, f"running_{metric}", value, step=progress["episodes"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"pruned after {progress['episodes']} episodes (running {metric} {100 * value:.2f})"
+                )
+
+        for cell in self.cells:
+            cspec = self.cell_spec(cell, settings)
+            manifest = self.manifests[cell.manifest_path]
+            key = cell_key(cspec, manifest["sha256"], weight_ids(cspec, self.hashes))
+            rows: list[dict[str, int]] = []
+
+            total = manifest["num_episodes"]
+
+            def on_row(row: dict[str, int], rows: list[dict[str, int]] = rows, total: int = total) -> None:
+                rows.append(row)
+                chunk.append(row)
+                progress["episodes"] += 1
+                if progress["episodes"] % every == 0:
+                    if wilcoxon:  # one value per chunk of episodes, paired across trials by its index
+                        report(value_of(chunk), progress["episodes"] // every - 1)
+                        chunk.clear()
+                    elif len(rows) < total:  # a cell's last episode reports its exact value below
+                        report(sum(values + [value_of(rows)]) / (len(values) + 1), progress["episodes"])
+
+            (self.work_dir / "locks").mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock")):  # a twin trial elsewhere
+                result = evaluate_cell(
+                    cspec,
+                    self.cache,
+                    key=key,
+                    pool=self.pool,
+                    journal_path=self.work_dir / "cells" / key[:20] / "episodes.jsonl",
+                    on_row=on_row,
+                    on_start=lambda done, total, name=cspec.name: (
+                        done
+                        and self.log(f"trial {trial.number}: resuming {name} at episode {done} of {total}")
+                    ),
+                )
+            values.append(float(result.summary[metric]))
+            client.log_metric(rid, f"{metric}.{cell.label}", values[-1])
+            if not wilcoxon:
+                report(sum(values) / len(values), progress["episodes"])
+        if wilcoxon and chunk:
+            report(value_of(chunk), math.ceil(progress["episodes"] / every) - 1)
+        return sum(values) / len(values)
+
+    # ------------------------------------------------------------------------------------ outputs
+    def _write_outputs(self, study: Any, outcome: SearchOutcome) -> None:
+        """best-study.yaml, trials.csv and Optuna's plots under ``<work>/searches/<study>/``,
+        logged to the parent run (``search/``)."""
+        import pandas as pd
+
+        assert self.tracker is not None and outcome.best is not None
+        folder = self.work_dir / "searches" / self.study_name
+        folder.mkdir(parents=True, exist_ok=True)
+        best_path = folder / "best-study.yaml"
+        write_text_atomic(
+            best_path,
+            best_study_yaml(self.spec, outcome.best, self.study_name, redact(self.storage_url or "")),
+        )
+        trials_path = folder / "trials.csv"
+        write_text_atomic(trials_path, pd.DataFrame(outcome.trials).to_csv(index=False))
+        outcome.outputs = {"best_study": best_path, "trials": trials_path}
+        plots, notes = save_plots(study, folder, self.spec)
+        outcome.outputs.update(plots)
+        outcome.notes.extend(notes)
+        client = self.tracker.client
+        for path in [best_path, trials_path, *plots.values()]:
+            client.log_artifact(self.parent_run_id, str(path), "search")
+        client.log_metric(self.parent_run_id, "best_value", float(outcome.best["value"]))
+        client.set_tag(self.parent_run_id, "fss.best_trial", str(outcome.best["number"]))
+        client.set_tag(
+            self.parent_run_id, "fss.best_params", json.dumps(outcome.best["params"], sort_keys=True)
+        )
+
+
+def check_test_tuning(spec: SearchSpec, allow: bool) -> None:
+    """Refuse a search on test manifests unless ``--allow-test-tuning`` was given."""
+    if spec.kind == "test" and not allow:
+        raise FssBenchError(
+            f"{spec.source}: kind: test would tune on the test episodes that reports score (the numbers "
+            "would no longer be test results); use kind: val (the fold's base classes on the val split), "
+            "or pass --allow-test-tuning, which tags the study, every trial and every run fss.tuned_on_test=true"
+        )
+
+
+def trials_table(study: Any) -> list[dict[str, Any]]:
+    """One row per trial: number, state, value, episodes run, parameters, MLflow run."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "episodes_run": t.user_attrs.get("episodes_run"),
+                **{f"param.{k}": v for k, v in t.params.items()},
+                "retry_of": t.user_attrs.get("retry_of"),
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "seconds": t.duration.total_seconds() if t.duration is not None else None,
+            }
+        )
+    return rows
+
+
+def best_trial(study: Any) -> dict[str, Any] | None:
+    try:
+        t = study.best_trial
+    except ValueError:
+        return None
+    return {"number": t.number, "value": t.value, "params": dict(t.params)}
+
+
+def best_study_raw(spec: SearchSpec, best: dict[str, Any]) -> dict[str, Any]:
+    """The base study (as given, with its test episodes) plus ``<variant>-tuned``: the searched
+    variant with the best parameters."""
+    raw = copy.deepcopy(spec.study_raw)
+    variants = raw.get("variants") or {}
+    own = dict(variants.get(spec.variant.name) or {})
+    variants[f"{spec.variant.name}-tuned"] = {**own, **best["params"]}
+    raw["variants"] = variants
+    raw["name"] = f"{raw['name']}-tuned"
+    desc = raw.get("description", "")
+    raw["description"] = (
+        desc + "; " if desc else ""
+    ) + f"with {spec.variant.name}-tuned from search {spec.name}"
+    return raw
+
+
+def best_study_yaml(spec: SearchSpec, best: dict[str, Any], study_name: str, storage: str) -> str:
+    raw = best_study_raw(spec, best)
+    parse_study(copy.deepcopy(raw), source="best-study.yaml")  # what is written must be a valid study
+    where = (
+        "TEST manifests (tuned on test: --allow-test-tuning)"
+        if spec.tuned_on_test
+        else "validation manifests (base classes)"
+    )
+    header = [
+        f"# Best parameters of search {spec.name!r} ({spec.source}): Optuna study {study_name!r} in {storage},",
+        f"# trial {best['number']}, {spec.metric} {100 * best['value']:.2f} on the {where}.",
+        f"# {spec.variant.name}-tuned carries them; this study scores it on the test manifests:",
+        "#   fssbench run THIS_FILE",
+    ]
+    if spec.tuned_on_test:
+        header.insert(0, "# WARNING: TUNED ON TEST EPISODES: its test numbers are not unbiased results.")
+    return "\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
+
+
+def save_plots(study: Any, folder: Path, spec: SearchSpec) -> tuple[dict[str, Path], list[str]]:
+    """Optuna's optimisation history, parameter importances, slice and contour plots (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    out, notes = {}, []
+    params = list(spec.space)
+    makers = {
+        "history": lambda: ovm.plot_optimization_history(study),
+        "importances": lambda: ovm.plot_param_importances(study),
+        "slice": lambda: ovm.plot_slice(study),
+        "contour": lambda: ovm.plot_contour(study, params=params[:2]),
+    }
+    title_note = " (RANDOM-INIT WEIGHTS)" if spec.variant.settings.get("random_init") else ""
+    if spec.tuned_on_test:
+        title_note += " (TUNED ON TEST)"
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "unique value length is less than 2"
+    for name, make in makers.items():
+        if name == "contour" and len(params) < 2:
+            notes.append("contour plot skipped: the space has one parameter")
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                ax = make()
+            axes = ax if hasattr(ax, "flat") else [ax]
+            fig = next(iter(getattr(axes, "flat", axes))).figure
+            fig.suptitle(f"{spec.name}: {name}{title_note}", color="red" if title_note else "black")
+            path = folder / f"{name}.png"
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            out[name] = path
+        except Exception as e:  # too few finished trials, a constant parameter ...
+            notes.append(
+                f"{name} plot skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
+            plt.close("all")
+    return out, notes
+
+
+def print_outcome(outcome: SearchOutcome, spec: SearchSpec, tracking_uri: str, out: Any = sys.stdout) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(outcome.trials)
+    if not table.empty:
+        shown = table.drop(columns=[c for c in ("mlflow_run_id", "retry_of") if c in table])
+        if "value" in shown:
+            shown["value"] = shown["value"].map(
+                lambda v: None if v is None or pd.isna(v) else round(100 * v, 2)
+            )
+            shown = shown.rename(columns={"value": f"{spec.metric} (%)"})
+        print(shown.to_markdown(index=False), file=out)
+        counts = table["state"].value_counts().to_dict()
+        print("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=out)
+    if outcome.ran_here:
+        rate = outcome.ran_here / max(outcome.seconds, 1e-9)
+        print(
+            f"{outcome.ran_here} trial(s) ran here in {outcome.seconds:.1f} s ({rate:.2f} trials/s)", file=out
+        )
+    print(outcome.cache_summary, file=out)
+    if outcome.best is not None:
+        print(
+            f"best: trial {outcome.best['number']}, {spec.metric} {100 * outcome.best['value']:.2f} on "
+            f"{spec.kind} manifests, params {json.dumps(outcome.best['params'], sort_keys=True)}",
+            file=out,
+        )
+    for name, path in outcome.outputs.items():
+        print(f"{name}: {path}", file=out)
+    for note in outcome.notes:
+        print(f"note: {note}", file=out)
+    print(
+        f"Optuna study {outcome.study_name!r} in {outcome.storage}; MLflow: {tracking_uri} "
+        f"(experiment {spec.experiment!r}, parent run {outcome.parent_run_id})",
+        file=out,
+    )
+    if spec.variant.settings.get("random_init"):
+        print(
+            "WARNING: RANDOM-INIT WEIGHTS: these numbers check the pipeline, they are not results", file=out
+        )
+    if spec.tuned_on_test:
+        print("WARNING: TUNED ON TEST EPISODES (fss.tuned_on_test=true): not unbiased test results", file=out)

@@ -1,0 +1,331 @@
+"""``fssbench search``: a real Optuna search on synthetic data with tiny random-init models.
+
+The expectations are computed independently of the search engine: the median-pruning rule is
+replayed from the reported values, a trial's objective is recomputed with the cell function alone,
+and MLflow's records are compared trial by trial with Optuna's.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from benchmark.cell import CellSpec, evaluate_cell
+from benchmark.errors import FssBenchError
+from benchmark.feature_cache import FeatureCache
+from benchmark.runner import StudyRunner
+from benchmark.search import SearchRunner, best_study_raw, redact
+from benchmark.search_file import load_search, parse_search
+from benchmark.study import load_study
+from tests.helpers import TINY
+
+EPISODES = 8
+
+
+def search_dict(root: Path, **extra) -> dict:
+    return {
+        "name": "tiny-search",
+        "study": {
+            "name": "tiny-study",
+            "data": {"pascal": str(root)},
+            "folds": [0],
+            "shots": [1],
+            "episodes": 6,
+            "model": dict(TINY),
+            "variants": {"fssam": {}, "naive": {"method": "naive_sam2"}},
+        },
+        "variant": "fssam",
+        "episodes": EPISODES,
+        "space": {
+            "imr_iters": {"type": "int", "low": 0, "high": 3},
+            "threshold": {"type": "float", "low": 0.02, "high": 0.98},
+        },
+        "objective": {"metric": "miou", "direction": "maximize"},
+        "sampler": {"type": "random", "seed": 3},
+        "pruner": {"type": "median", "startup_trials": 2, "warmup_steps": 0},
+        "report_every": 2,
+        "trials": 6,
+        **extra,
+    }
+
+
+def runner(spec, tmp: Path, **kw) -> SearchRunner:
+    return SearchRunner(
+        spec,
+        tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+        work_dir=tmp / "work",
+        progress=False,
+        log=lambda msg: None,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def six_trials(pascal_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    spec = parse_search(search_dict(pascal_root), source="tiny.yaml")
+    r = runner(spec, tmp)
+    outcome = r.run()
+    return spec, r, outcome, tmp
+
+
+def test_six_trials_run_and_at_least_one_is_pruned_by_the_median_rule(six_trials):
+    spec, r, outcome, tmp = six_trials
+    study = optuna.load_study(study_name="tiny-search", storage=f"sqlite:///{tmp / 'optuna.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 6
+    states = [t.state for t in trials]
+    assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert TrialState.PRUNED in states
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        # reports every 2 episodes; a pruned trial stops at the step it was pruned at
+        assert steps == list(range(2, steps[-1] + 1, 2))
+        assert t.user_attrs["episodes_run"] == steps[-1]
+        if t.state == TrialState.COMPLETE:
+            assert steps[-1] == EPISODES
+            assert t.value == pytest.approx(t.intermediate_values[EPISODES])
+        else:  # pruned exactly when Optuna's documented median rule says so, and not before
+            assert steps[-1] < EPISODES
+        for s in steps if t.state == TrialState.PRUNED else []:
+            assert median_rule_prunes(trials, t, s) == (s == steps[-1]), (t.number, s)
+
+
+def median_rule_prunes(trials, t, step: int, startup: int = 2) -> bool:
+    """Optuna's median stopping rule, from its documentation: prune when the trial's best
+    intermediate value so far is worse than the median of the COMPLETE earlier trials' values at
+    the same step, once ``startup`` trials have completed."""
+    done = [u for u in trials[: t.number] if u.state == TrialState.COMPLETE]
+    if len(done) < startup:
+        return False
+    at_step = [u.intermediate_values[step] for u in done if step in u.intermediate_values]
+    best = max(v for k, v in t.intermediate_values.items() if k <= step)
+    return bool(at_step) and best < statistics.median(at_step)
+
+
+def test_a_trials_value_is_the_cell_functions_miou_on_the_val_manifest(six_trials, pascal_root):
+    spec, r, outcome, tmp = six_trials
+    manifest = next((tmp / "work" / "manifests").glob("*-val.json"))
+    best = outcome.best
+    settings = spec.variant.settings | best["params"]
+    result = evaluate_cell(
+        CellSpec("fssam", settings, manifest, pascal_root, "cpu", "check"), FeatureCache(None)
+    )
+    assert result.manifest["kind"] == "val"
+    assert best["value"] == pytest.approx(result.summary["miou"], abs=1e-12)
+
+
+def test_mlflow_holds_one_nested_run_per_trial_number_with_optunas_state(six_trials):
+    spec, r, outcome, tmp = six_trials
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny-search")
+    parents = client.search_runs([exp.experiment_id], "tags.`fss.kind` = 'search'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.tags["fss.optuna_study"] == "tiny-search"
+    assert parent.data.tags["fss.tuned_on_test"] == "false"
+    runs = client.search_runs([exp.experiment_id], "tags.`fss.kind` = 'trial'")
+    by_number = {int(x.data.tags["fss.trial_number"]): x for x in runs}
+    assert sorted(by_number) == list(range(6)) and len(runs) == 6
+    for t in optuna.load_study(study_name="tiny-search", storage=f"sqlite:///{tmp / 'optuna.db'}").trials:
+        run = by_number[t.number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["fss.trial_state"] == t.state.name
+        assert run.data.tags["fss.optuna_storage"].endswith("optuna.db")
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert {k: float(v) for k, v in run.data.params.items()} == pytest.approx(t.params)
+        curve = client.get_metric_history(run.info.run_id, "running_miou")
+        assert {int(m.step): m.value for m in curve} == pytest.approx(
+            {int(k): v for k, v in t.intermediate_values.items()}
+        )
+        assert run.data.metrics["episodes_run"] == t.user_attrs["episodes_run"]
+        if t.state == TrialState.COMPLETE:
+            assert run.data.metrics["objective"] == pytest.approx(t.value)
+
+
+def test_outputs_plots_and_the_best_params_study_file_runs(six_trials, pascal_root):
+    spec, r, outcome, tmp = six_trials
+    folder = tmp / "work" / "searches" / "tiny-search"
+    for name in ("history", "importances", "slice", "contour"):
+        assert (folder / f"{name}.png").stat().st_size > 1000, name
+    best_file = outcome.outputs["best_study"]
+    text = best_file.read_text()
+    assert text.startswith("# Best parameters of search 'tiny-search'") and "validation manifests" in text
+    raw = yaml.safe_load(text)
+    assert raw == best_study_raw(spec, outcome.best)
+    assert raw["variants"]["fssam-tuned"] == outcome.best["params"]
+    assert raw["episodes"] == 6  # the study's test episodes, not the search's validation count
+    study = load_study(best_file)
+    cells = StudyRunner(
+        study,
+        tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+        work_dir=tmp / "run",
+        progress=False,
+        qualitative=0,
+    ).run()
+    tuned = cells[cells["variant"] == "fssam-tuned"]
+    assert len(tuned) == 1 and tuned["status"].iloc[0] == "run"
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    run = client.get_run(tuned["run_id"].iloc[0])
+    assert float(run.data.params["threshold"]) == pytest.approx(outcome.best["params"]["threshold"])
+    assert "kind" not in run.data.params  # scored on test manifests: the runner builds test kinds only
+    assert run.data.tags["fss.manifest_sha256"] != ""
+
+
+def test_a_resumed_search_counts_what_is_left_and_keeps_its_parent_run(pascal_root, tmp_path):
+    spec = parse_search(search_dict(pascal_root, pruner={"type": "none"}), source="tiny.yaml")
+    first = runner(spec, tmp_path, trials=2).run()
+    assert first.ran_here == 2
+    again = runner(spec, tmp_path, trials=4).run()
+    assert again.ran_here == 2 and again.parent_run_id == first.parent_run_id
+    study = optuna.load_study(study_name="tiny-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert runner(spec, tmp_path, trials=4).run().ran_here == 0  # nothing left
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny-search")
+    assert len(client.search_runs([exp.experiment_id], "tags.`fss.kind` = 'search'")) == 1
+    numbers = [
+        r.data.tags["fss.trial_number"]
+        for r in client.search_runs([exp.experiment_id], "tags.`fss.kind` = 'trial'")
+    ]
+    assert sorted(numbers) == ["0", "1", "2", "3"]
+    # a different search under the same study name is refused, naming the way out
+    other = parse_search(
+        search_dict(
+            pascal_root, pruner={"type": "none"}, space={"imr_iters": {"type": "int", "low": 0, "high": 2}}
+        ),
+        source="other.yaml",
+    )
+    with pytest.raises(FssBenchError, match="created by a different search.*--study-name"):
+        runner(other, tmp_path, trials=5).run()
+
+
+def test_test_tuning_is_refused_and_with_the_flag_tagged_everywhere(pascal_root, tmp_path):
+    spec = parse_search(search_dict(pascal_root, kind="test", trials=2), source="t.yaml")
+    with pytest.raises(FssBenchError, match=r"t.yaml: kind: test .*--allow-test-tuning"):
+        runner(spec, tmp_path)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+    outcome = runner(spec, tmp_path, allow_test_tuning=True).run()
+    study = optuna.load_study(study_name="tiny-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.user_attrs["fss.tuned_on_test"] is True
+    assert all(t.user_attrs["fss.tuned_on_test"] is True for t in study.trials)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny-search")
+    runs = [
+        run
+        for kind in ("search", "trial")
+        for run in client.search_runs([exp.experiment_id], f"tags.`fss.kind` = '{kind}'")
+    ]
+    assert len(runs) == 3 and all(x.data.tags["fss.tuned_on_test"] == "true" for x in runs)
+    assert "TUNED ON TEST" in outcome.outputs["best_study"].read_text()
+    manifests = list((tmp_path / "work" / "manifests").glob("*.json"))
+    assert manifests and not any(p.stem.endswith("-val") for p in manifests)
+    from reports.build import build_report
+
+    rep = build_report("tiny-search", tmp_path / "rep", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for page in (rep.markdown, rep.html):
+        assert "TUNED ON TEST EPISODES" in page.read_text() and "RANDOM-INIT" in page.read_text()
+    assert "Search tiny-search: trials" in rep.markdown.read_text()
+
+
+def test_a_grid_walks_every_point_once(pascal_root, tmp_path):
+    spec = parse_search(
+        search_dict(
+            pascal_root,
+            episodes=2,
+            sampler={"type": "grid"},
+            pruner={"type": "none"},
+            trials=None,
+            space={
+                "imr_iters": {"type": "int", "low": 0, "high": 1},
+                "scma_scale": {"type": "float", "low": 1.0, "high": 30.0, "grid": [1.0, 30.0]},
+            },
+        ),
+        source="grid.yaml",
+    )
+    assert spec.trials == 4
+    outcome = runner(spec, tmp_path).run()
+    points = sorted((t["param.imr_iters"], t["param.scma_scale"]) for t in outcome.trials)
+    assert points == [(0, 1.0), (0, 30.0), (1, 1.0), (1, 30.0)]
+
+
+def test_wilcoxon_pruning_reports_each_chunk_s_own_miou(pascal_root, tmp_path):
+    spec = parse_search(
+        search_dict(pascal_root, trials=2, pruner={"type": "wilcoxon", "p_threshold": 0.1}, report_every=3),
+        source="w.yaml",
+    )
+    outcome = runner(spec, tmp_path).run()
+    study = optuna.load_study(study_name="tiny-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    t = study.trials[0]
+    assert t.state == TrialState.COMPLETE
+    manifest = next((tmp_path / "work" / "manifests").glob("*-val.json"))
+    table = evaluate_cell(
+        CellSpec("fssam", spec.variant.settings | t.params, manifest, pascal_root, "cpu", "c"),
+        FeatureCache(None),
+    ).table.sort_values("episode")
+    rows = table.to_dict("records")
+    expected = {}
+    for i in range(0, EPISODES, 3):  # chunks of 3 episodes (the last one shorter), by index
+        chunk = rows[i : i + 3]
+        ious = []
+        for c in sorted({r["class"] for r in chunk}):  # classes seen in the chunk
+            inter = sum(r["I_fg"] for r in chunk if r["class"] == c)
+            union = sum(r["U_fg"] for r in chunk if r["class"] == c)
+            ious.append(inter / union if union else 0.0)
+        expected[i // 3] = sum(ious) / len(ious)
+    assert t.intermediate_values == pytest.approx(expected)
+    assert outcome.best is not None
+
+
+def test_storage_urls_are_redacted_and_checked(tmp_path):
+    assert redact("postgresql://fss:secret@db.lab:5432/optuna") == "postgresql://fss:***@db.lab:5432/optuna"
+    assert redact("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"
+    from benchmark.search import open_storage
+
+    with pytest.raises(FssBenchError, match="expected an RDB URL"):
+        open_storage("redis://host")
+    storage = open_storage(f"journal:{tmp_path / 'j.log'}")
+    optuna.create_study(study_name="j", storage=storage).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
+    assert (
+        len(optuna.load_study(study_name="j", storage=open_storage(f"journal:{tmp_path / 'j.log'}")).trials)
+        == 2
+    )
+
+
+def test_the_shipped_search_files_are_valid(pascal_root, coco_root):
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "ablations" / "searches").glob("*.yaml"))
+    assert {p.stem for p in files} >= {"fssam-inference-pascal", "imr-scma-grid", "demo"}
+    for path in files:
+        raw = yaml.safe_load(path.read_text())
+        study = yaml.safe_load((root / raw["study"]).read_text())
+        over = [f"study.data.pascal={pascal_root}", "study.model.random_init=true"]
+        if "coco" in study["data"]:
+            over.append(f"study.data.coco={coco_root}")
+        import os
+
+        cwd = os.getcwd()
+        os.chdir(root)
+        try:
+            spec = load_search(path, over)
+        finally:
+            os.chdir(cwd)
+        assert spec.kind == "val" and spec.space
+
+
+def test_the_shipped_demo_search_is_the_one_the_demo_runs():
+    from benchmark.demo import demo_search, demo_study
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = yaml.safe_load((root / "ablations" / "searches" / "demo.yaml").read_text())
+    study = demo_study(Path("fssbench-demo/data/pascal"), 24)
+    assert yaml.safe_load((root / shipped["study"]).read_text()) == study
+    assert {**shipped, "study": study} == demo_search(study, 24)
