@@ -155,7 +155,9 @@ def make_pruner(spec: SearchSpec):
     if p["type"] == "wilcoxon":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.pruners.WilcoxonPruner(p_threshold=p["p_threshold"], n_startup_steps=p["startup_steps"])
+            return optuna.pruners.WilcoxonPruner(
+                p_threshold=p["p_threshold"], n_startup_steps=p["startup_steps"]
+            )
     return optuna.pruners.MedianPruner(n_startup_trials=p["startup_trials"], n_warmup_steps=p["warmup_steps"])
 
 

@@ -232,6 +232,11 @@ def test_test_tuning_is_refused_and_with_the_flag_tagged_everywhere(pascal_root,
     for page in (rep.markdown, rep.html):
         assert "TUNED ON TEST EPISODES" in page.read_text() and "RANDOM-INIT" in page.read_text()
     assert "Search tiny-search: trials" in rep.markdown.read_text()
+    from tests.test_report_latex import compile_tex, require_pdflatex
+
+    tex = rep.out / "tables" / "search-tiny-search.tex"
+    assert "TUNED ON TEST" in tex.read_text()
+    compile_tex(require_pdflatex(), tex, tmp_path / "latex")
 
 
 def test_a_grid_walks_every_point_once(pascal_root, tmp_path):
