@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from fssam.config import FSSAMConfig
 from fssam.errors import FSSAMError
+from fssam.finetune import TrainableSAM2
 from fssam.model import EncodedImages
 from fssam.sam2_adapter import (
     SAM2ImageEncoder,
@@ -32,7 +33,7 @@ from fssam.sam2_adapter import (
 from fssam.scma import memory_attention
 
 
-class NaiveSAM2(nn.Module):
+class NaiveSAM2(TrainableSAM2, nn.Module):
     """Supports as SAM 2 conditioning memories; the query attends to them; decode.
 
     Uses the SAM 2 fields of :class:`FSSAMConfig` (version, size, image size, checkpoint,
@@ -43,15 +44,14 @@ class NaiveSAM2(nn.Module):
         super().__init__()
         self.config = config
         self.sam2 = sam2 or sam2_from_config(config)
-        self.requires_grad_(False)
-        self.eval()
+        self.freeze()
 
     @property
     def random_init(self) -> bool:
         return bool(getattr(self.sam2, "fss_random_init", False))
 
     def weight_hashes(self) -> dict[str, str]:
-        return {"sam2": weights_id(self.sam2, self.config.seed)}
+        return {"sam2": weights_id(self.sam2, self.config.seed)} | self.finetuned_hashes()
 
     dino = None  # the baseline has no priors
 

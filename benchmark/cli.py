@@ -230,6 +230,58 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from benchmark.train_file import check_select_on_test, load_train
+
+    spec = load_train(Path(args.train), args.overrides)  # validated before the model is built
+    check_select_on_test(spec, args.select_on_test)
+    if args.device is not None:
+        from benchmark.device import check_device
+
+        check_device(args.device, "--device")
+    from benchmark.trainer import Trainer, print_outcome
+
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("fssbench-train")
+        / spec.name
+        / (f"{spec.method}-{spec.dataset}-fold{spec.fold}-{spec.shot}shot")
+    )
+    trainer = Trainer(
+        spec,
+        out,
+        tracking_uri=args.tracking_uri,
+        resume=args.resume,
+        select_on_test=args.select_on_test,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    try:
+        outcome = trainer.run()
+    except KeyboardInterrupt:
+        print(
+            f"fssbench: interrupted; resume from the last checkpoint with --resume --out {out}",
+            file=sys.stderr,
+        )
+        return 130
+    if trainer.rank == 0:
+        print_outcome(outcome, spec)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from benchmark.train_file import load_train
+
+    spec = load_train(Path(args.train), args.overrides)
+    from benchmark.trainer import export_checkpoint
+
+    out = export_checkpoint(spec, Path(args.checkpoint), Path(args.out))
+    layout = "Meta's SAM 2 layout (sam2_checkpoint)" if spec.method == "naive_sam2" else "the authors' layout"
+    print(f"wrote {out} in {layout}")
+    return 0
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
     from benchmark.profile import print_profile, profile_study
     from benchmark.study import load_study
@@ -447,6 +499,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     se.add_argument("--no-cache", action="store_true", help="recompute frozen features for every episode")
     se.set_defaults(fn=_cmd_search)
+
+    t = cmd(sub, "train", "fine-tune FSSAM or naive SAM 2 episodically on a fold's base classes")
+    t.add_argument("train", help="training file (YAML), e.g. ablations/train/pascal.yaml")
+    t.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. fold=1 method=naive_sam2 train.max_iters=50"
+    )
+    t.add_argument(
+        "--out",
+        default=None,
+        help="output folder: checkpoints, state, manifests (default: fssbench-train/<name>/<method>-<dataset>-fold<k>-<K>shot)",
+    )
+    t.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    t.add_argument("--resume", action="store_true", help="continue from <out>/train-state.pt")
+    t.add_argument(
+        "--select-on-test",
+        action="store_true",
+        help="allow val.kind: test (model selection on test episodes; tagged fss.tuned_on_test=true)",
+    )
+    t.add_argument(
+        "--device",
+        default=None,
+        help="device: auto, cpu, cuda (default: auto; cuda:LOCAL_RANK under torchrun)",
+    )
+    t.set_defaults(fn=_cmd_train)
+
+    x = cmd(sub, "export", "write a fine-tuned checkpoint with its base weights in the authors' layout")
+    x.add_argument("train", help="the training file the checkpoint was trained with")
+    x.add_argument("overrides", nargs="*", help="the same key=value overrides as for training")
+    x.add_argument("--checkpoint", required=True, help="the fine-tuned checkpoint (best.pth or last.pth)")
+    x.add_argument("--out", required=True, help="file to write (.pth)")
+    x.set_defaults(fn=_cmd_export)
 
     pr = cmd(sub, "profile", "episodes/s and peak memory per variant, and the feature cache's speed-up")
     pr.add_argument("study", help="study file (YAML)")

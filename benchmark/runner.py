@@ -410,6 +410,7 @@ class StudyRunner:
             "fss.metric_units": "fraction",  # metrics are in [0, 1]; printed tables and cells.csv use percent
             **{f"fss.weights.{k}": v for k, v in weights.items()},
         }
+        tags |= trained_by(cell.spec)
         # a nested bar only on a terminal: redirected logs get no cursor-up escapes
         bar = tqdm(
             desc=cell.name, unit="ep", leave=False, disable=not self.progress or not sys.stderr.isatty()
@@ -472,6 +473,24 @@ class StudyRunner:
             "episodes_per_s": result.metrics.get("episodes_per_s"),
             "peak_mem_mb": result.peak_memory_mb,
         }
+
+
+def trained_by(spec: CellSpec) -> dict[str, str]:
+    """``fss.trained_by``: the MLflow training run of a fine-tuned checkpoint, from the record
+    ``fssbench train`` writes beside it (``best.pth.json``)."""
+    from benchmark.methods import get_method
+
+    for key in get_method(spec.method).overlays:
+        path = spec.settings.get(key)
+        record = Path(f"{path}.json") if path else None
+        if record is not None and record.is_file():
+            try:
+                run_id = json.loads(record.read_text()).get("mlflow_run_id")
+            except ValueError:
+                continue
+            if run_id:
+                return {"fss.trained_by": str(run_id)}
+    return {}
 
 
 def _pct(fraction: float | None) -> float | None:

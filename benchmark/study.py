@@ -270,7 +270,7 @@ def _parse_variant(
     check_device(device, f"{where}.device" if "device" in switches else f"{source}: model.device")
     settings = entry.resolve({**inherited, **own}, where=where)
     if settings.get("random_init"):  # random weights replace any checkpoint (tests, demos, timing)
-        settings.update({key: None for key in entry.checkpoints})
+        settings.update({key: None for key in entry.checkpoints if key not in entry.overlays})
     for key in entry.checkpoints:
         if settings.get(key) and not Path(str(settings[key])).is_absolute():
             settings[key] = str(base_dir / str(settings[key]))

@@ -89,3 +89,22 @@ def to_authors_state_dict(
         meta = dino_meta if dino_meta is not None else export_meta_state_dict(model.dino)
         sd.update({f"dino.{k}": v for k, v in meta.items()})
     return {f"module.{k}": v for k, v in sd.items()} if ddp else sd
+
+
+def save_authors_checkpoint(
+    model, path: str | Path, epoch: int = 0, dino_meta: dict[str, Tensor] | None = None
+) -> None:
+    """Write ``model`` (FSSAM) as the authors' ``train.py`` does: ``{'epoch', 'state_dict'}`` with
+    ``sam2.*`` and ``dino.*`` (Meta's layout) keys, atomically, so their ``test.py`` (and
+    :func:`load_authors_checkpoint`) read it."""
+    from fssam.finetune import save_atomic
+
+    save_atomic({"epoch": int(epoch), "state_dict": to_authors_state_dict(model, dino_meta)}, Path(path))
+
+
+def save_meta_sam2_checkpoint(sam, path: str | Path) -> None:
+    """Write SAM 2 weights in Meta's layout (``{'model': state_dict}``), what ``sam2_checkpoint`` and
+    ``build_sam2`` read: the export of a fine-tuned naive SAM 2."""
+    from fssam.finetune import save_atomic
+
+    save_atomic({"model": {k: v.detach().clone().cpu() for k, v in sam.state_dict().items()}}, Path(path))

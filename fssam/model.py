@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from fssam.config import FSSAMConfig
 from fssam.dinov2 import build_dinov2
 from fssam.errors import FSSAMError
+from fssam.finetune import TrainableSAM2
 from fssam.imr import iterative_memory_refinement
 from fssam.ops import resize
 from fssam.priors import pseudo_prompt_priors
@@ -41,7 +42,6 @@ from fssam.sam2_adapter import (
     memory_tokens,
     module_sha256,
     sam2_from_config,
-    sam2_trainable_modules,
     split_shots,
     weights_id,
 )
@@ -126,7 +126,7 @@ class DINOv2PriorEncoder:
             return {"dino": self.dino(images).float()}
 
 
-class FSSAM(nn.Module):
+class FSSAM(TrainableSAM2, nn.Module):
     """FSSAM (ICML 2025) with every ablation switch of :class:`FSSAMConfig`.
 
     Sub-modules keep the authors' names (``sam2``: the official ``SAM2Base``; ``dino``: the DINOv2
@@ -166,7 +166,7 @@ class FSSAM(nn.Module):
             out["dinov2"] = (
                 self.dino.weights_sha256 or f"random-init:seed{self.config.seed + 1}:torch{torch.__version__}"
             )
-        return out
+        return out | self.finetuned_hashes()
 
     @property
     def image_size(self) -> int:
@@ -208,31 +208,6 @@ class FSSAM(nn.Module):
         images = images.to(self.sam2.device)
         with self._autocast(images.device):
             return self.dino(images).float()
-
-    # ------------------------------------------------------------------------------------ training
-
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        """What FSSAM fine-tunes: SAM 2's mask decoder, memory encoder and memory attention."""
-        return sam2_trainable_modules(self.sam2)
-
-    def freeze(self) -> None:
-        """Eval mode everywhere, no parameter trainable (inference default)."""
-        self.requires_grad_(False)
-        self.eval()
-
-    def train_mode(self) -> list[nn.Parameter]:
-        """Enable fine-tuning: exactly the trainable modules get gradients and train mode (dropout).
-
-        Returns the trainable parameters (the optimizer's). The image encoder, prompt encoder,
-        ``obj_ptr_proj``, ``mask_downsample`` and DINOv2 stay frozen and in eval mode.
-        """
-        self.freeze()
-        params = []
-        for module in self.trainable_modules().values():
-            module.train()
-            module.requires_grad_(True)
-            params.extend(module.parameters())
-        return params
 
     # ------------------------------------------------------------------------------------ inference
 

@@ -21,34 +21,51 @@ def random_init_id(settings: dict[str, Any]) -> str:
 
 
 def sam2_weights(settings: dict[str, Any], ctx: BuildContext):
-    """SAM 2 from the pool: every variant with the same SAM 2 settings shares one module."""
+    """SAM 2 from the pool: every variant with the same SAM 2 settings shares one module; a
+    ``finetuned_checkpoint`` is applied to a copy of it (the shared base stays untouched)."""
+    import copy
+    from pathlib import Path
 
+    from fssam.finetune import apply_finetuned
     from fssam.sam2_adapter import sam2_from_config
 
     cfg = fssam_config(settings)
     key = (cfg.sam2_version, cfg.sam2_size, cfg.image_size, cfg.sam2_checkpoint, cfg.random_init, cfg.seed)
-    return ctx.pool.get(
+    base = ctx.pool.get(
         key,
         lambda: sam2_from_config(cfg),
         group="sam2",
         keep=4,  # bounded: a backbone-size study must not keep every SAM 2 on the GPU
     )
+    finetuned = settings.get("finetuned_checkpoint")
+    if not finetuned:
+        return base
+    return ctx.pool.get(
+        (*key, str(finetuned)),
+        lambda: apply_finetuned(copy.deepcopy(base), Path(str(finetuned)), cfg),
+        group="finetuned",
+        keep=2,  # one per fold and shot
+    )
 
 
 def sam2_sources(settings: dict[str, Any]) -> dict[str, str]:
+    """The SAM 2 weights (and the fine-tuned overlay, when set) of naive SAM 2 or FSSAM."""
+    overlay = (
+        {"finetuned": str(settings["finetuned_checkpoint"])} if settings.get("finetuned_checkpoint") else {}
+    )
     if settings.get("random_init"):
-        return {"sam2": random_init_id(settings)}
+        return {"sam2": random_init_id(settings)} | overlay
     if not settings.get("sam2_checkpoint"):
         raise FssBenchError(
             "sam2_checkpoint: no weights: set model.sam2_checkpoint, or model.random_init: true for "
             "random weights (tests and demos only)"
         )
-    return {"sam2": str(settings["sam2_checkpoint"])}
+    return {"sam2": str(settings["sam2_checkpoint"])} | overlay
 
 
 def _sources(settings: dict[str, Any]) -> dict[str, str]:
     if settings.get("random_init"):
-        return {"sam2": random_init_id(settings), "dinov2": f"random-init:seed{settings.get('seed', 0) + 1}"}
+        return sam2_sources(settings) | {"dinov2": f"random-init:seed{settings.get('seed', 0) + 1}"}
     if settings.get("fssam_checkpoint"):
         return {"fssam": str(settings["fssam_checkpoint"])}
     out = sam2_sources(settings)
@@ -101,12 +118,22 @@ def _build(settings: dict[str, Any], ctx: BuildContext):
     return FSSAM(cfg, sam2=sam, dino=dino).to(ctx.device)
 
 
+def _validate(settings: dict[str, Any]) -> None:
+    fssam_config(settings)
+    if settings.get("fssam_checkpoint") and settings.get("finetuned_checkpoint"):
+        raise FssBenchError(
+            "finetuned_checkpoint: applies on top of sam2_checkpoint/dinov2_checkpoint, not of the "
+            "authors' fssam_checkpoint; set one of the two"
+        )
+
+
 ENTRY = MethodEntry(
     name="fssam",
     description="FSSAM (ICML 2025): priors, IMR, SCMA on SAM 2 (fssam/)",
-    defaults={**FSSAMConfig().to_dict(), "fssam_checkpoint": None},
+    defaults={**FSSAMConfig().to_dict(), "fssam_checkpoint": None, "finetuned_checkpoint": None},
     build=_build,
     weight_sources=_sources,
-    validate=lambda s: fssam_config(s) and None,
-    checkpoints=("sam2_checkpoint", "dinov2_checkpoint", "fssam_checkpoint"),
+    validate=_validate,
+    checkpoints=("sam2_checkpoint", "dinov2_checkpoint", "fssam_checkpoint", "finetuned_checkpoint"),
+    overlays=("finetuned_checkpoint",),
 )

@@ -30,9 +30,10 @@ _DEFAULTS = FSSAMConfig().to_dict()
 ENTRY = MethodEntry(
     name="naive_sam2",
     description="naive SAM 2: supports as conditioning memories, plain memory attention (baselines/)",
-    defaults={k: _DEFAULTS[k] for k in SAM2_FIELDS},
+    defaults={**{k: _DEFAULTS[k] for k in SAM2_FIELDS}, "finetuned_checkpoint": None},
     build=_build,
     weight_sources=sam2_sources,
     validate=lambda s: fssam_config(s) and None,
-    checkpoints=("sam2_checkpoint",),
+    checkpoints=("sam2_checkpoint", "finetuned_checkpoint"),
+    overlays=("finetuned_checkpoint",),
 )

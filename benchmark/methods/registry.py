@@ -66,6 +66,8 @@ class MethodEntry:
     ``defaults``: every setting the method accepts, with its default (``None``: no default).
     ``checkpoints``: the settings that are weight-file paths (templates over ``{dataset}``,
     ``{fold}``, ``{shot}``, ``{arch}`` allowed).
+    ``overlays``: those of ``checkpoints`` applied on top of the base weights (a fine-tuned
+    checkpoint): unlike the others, ``random_init`` keeps them.
     ``validate(settings)``: raise ``ValueError``/``FssBenchError`` naming the bad field.
     ``weight_sources(settings)``: role -> checkpoint path, or ``"random-init:..."``, for resolved
     settings; raise ``FssBenchError`` (naming the field) when the weights are not given.
@@ -79,6 +81,7 @@ class MethodEntry:
     weight_sources: Callable[[dict[str, Any]], dict[str, str]]
     validate: Callable[[dict[str, Any]], None] = lambda settings: None
     checkpoints: tuple[str, ...] = ()
+    overlays: tuple[str, ...] = ()
 
     @property
     def all_defaults(self) -> dict[str, Any]:

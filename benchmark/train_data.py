@@ -1,0 +1,128 @@
+"""Training episodes: the fold's base-class train list, drawn and augmented as pure functions of
+(seed, epoch, position), so any iteration of any epoch can be rebuilt exactly (resume, DDP ranks).
+
+* The list: the train split's images whose labelled classes are all base classes of the fold and
+  that have at least one base class of >= 2*32*32 px (PFENet's ``filter_intersection``).
+* An epoch visits every image of the list once as the query, in the order of a permutation drawn
+  from ``(seed, epoch)`` (the authors reseed with ``321 + epoch`` every epoch).
+* Episode ``i`` of an epoch: one base class counted in the query is drawn uniformly, then ``shot``
+  distinct supports (each != query) from that class's list; every image is augmented with
+  :func:`fssam.augment.augment` using a generator seeded with ``(seed, epoch, i)``.
+* Global batch ``g`` holds positions ``[g*B*W, (g+1)*B*W)`` (``B`` per process, ``W`` processes);
+  rank ``r`` takes ``B`` consecutive ones, so the ranks together see exactly what one process with
+  a batch of ``B*W`` would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmark.data import classes as C
+from benchmark.data.lists import FoldPool, fold_pool
+from benchmark.data.prepared import PreparedDataset
+from benchmark.episode_loader import ImageStore, episode_target
+from benchmark.episodes import Episode
+from benchmark.errors import FssBenchError
+from fssam.augment import AugmentConfig, augment
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """The train list of one fold, with the episode class choices of every image."""
+
+    dataset: str
+    fold: int
+    classes: list[int]
+    pool: FoldPool
+
+    def __len__(self) -> int:
+        return len(self.pool.images)
+
+
+def train_set(root: PreparedDataset, fold: int, shot: int, coco_split: str = "interleaved") -> TrainSet:
+    """The fold's base-class training list; a fold with no usable image (or a class with fewer
+    than ``shot + 1`` images) is an error naming the list."""
+    classes = C.base_classes(root.dataset, fold, coco_split)
+    try:
+        records = root.records("train")
+    except (OSError, ValueError, KeyError) as e:
+        raise FssBenchError(
+            f"{root.root}: no train list ({e}); prepare the data root with `fssbench data prepare`"
+        ) from None
+    pool = fold_pool(records, classes, filter_intersection=True)
+    where = f"{root.records_path('train')} (base classes of fold {fold})"
+    if not pool.images:
+        raise FssBenchError(f"{where}: no training image holds only base classes; the fold cannot be trained")
+    for c in classes:
+        if pool.per_class[c] and len(pool.per_class[c]) < shot + 1:
+            raise FssBenchError(
+                f"{where}: class {c} has {len(pool.per_class[c])} training image(s); a {shot}-shot episode "
+                f"needs {shot + 1}; train with fewer shots or more data"
+            )
+    return TrainSet(root.dataset, fold, classes, pool)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The query order of an epoch: a permutation of ``range(n)`` from ``(seed, epoch)``."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, position, 1])
+
+
+def draw_episode(ts: TrainSet, seed: int, epoch: int, position: int, shot: int) -> Episode:
+    """Episode ``position`` of ``epoch`` (a pure function of its arguments)."""
+    order = epoch_order(len(ts), seed, epoch)
+    query = ts.pool.images[int(order[position % len(ts)])]
+    rng = sample_rng(seed, epoch, position)
+    classes = [c for c in query.counted(ts.classes) if len(ts.pool.per_class[c]) > shot]
+    if not classes:
+        raise FssBenchError(f"training image {query.id}: no base class with {shot + 1} images")
+    cls = classes[int(rng.integers(len(classes)))]
+    pool = ts.pool.per_class[cls]
+    chosen: list[int] = []
+    while len(chosen) < shot:
+        idx = int(rng.integers(len(pool)))
+        if pool[idx].id != query.id and idx not in chosen:
+            chosen.append(idx)
+    return Episode(id=position, query=query.id, cls=cls, supports=tuple(pool[i].id for i in chosen))
+
+
+def load_train_episode(
+    store: ImageStore, ts: TrainSet, ep: Episode, seed: int, epoch: int, aug: AugmentConfig
+) -> dict[str, torch.Tensor]:
+    """One augmented training episode: ``query`` (3,S,S), ``supports`` (K,3,S,S) float RGB 0..255,
+    ``query_mask`` (S,S) and ``support_masks`` (K,S,S) uint8 in {0, 1, 255}."""
+    by_id = {r.id: r for r in (ts.pool.images + ts.pool.per_class[ep.cls])}
+    rng = sample_rng(seed, epoch, ep.id)
+    rng = np.random.default_rng(rng.integers(2**63))  # past the episode draw: the augmentation stream
+
+    def one(image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = by_id[image_id]
+        img = torch.from_numpy(np.array(store.image(rec.image), dtype=np.uint8)).permute(2, 0, 1).float()
+        lab = torch.from_numpy(np.array(store.label(rec.label), dtype=np.uint8))
+        img, lab = augment(img, lab, ep.cls, aug, rng)
+        return img, episode_target(lab, ep.cls)
+
+    q_img, q_mask = one(ep.query)
+    shots = [one(s) for s in ep.supports]
+    return {
+        "query": q_img,
+        "query_mask": q_mask,
+        "supports": torch.stack([s[0] for s in shots]),
+        "support_masks": torch.stack([s[1] for s in shots]),
+    }
+
+
+def batch_positions(global_batch: int, batch: int, world: int, rank: int) -> list[int]:
+    """Epoch positions of ``rank``'s share of global batch ``global_batch``."""
+    start = global_batch * batch * world + rank * batch
+    return list(range(start, start + batch))
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}

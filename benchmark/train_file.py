@@ -1,0 +1,309 @@
+"""Training files: episodic fine-tuning of one method on one fold, validated before any work.
+
+A training file is YAML (see ``ablations/train/``)::
+
+    name: fssam-pascal-train            # the MLflow experiment
+    method: fssam                       # or naive_sam2 (the same command trains both)
+    data: {pascal: data/pascal}         # one dataset -> its prepared root
+    fold: 0
+    shot: 1
+    model: {sam2_checkpoint: ..., dinov2_checkpoint: ..., image_size: 512}   # the method's settings
+    train:                              # the authors' recipe (spec section 8) by default
+      epochs: 300
+      batch_size: 2                     # per process (x processes under torchrun)
+      lr: 0.001
+      weight_decay: 0.0
+      power: 0.9                        # poly decay per iteration
+      seed: 321
+      max_iters: null                   # stop after this many iterations (short runs)
+      augment: {scale: [0.9, 1.1], rotate: 10, rotate_p: 0.5, blur_p: 0.5, flip_p: 0.5, fg_keep: 0.85}
+      checkpoint_every: 100             # iterations between resumable checkpoints
+    val:                                # model selection on VALIDATION episodes (base classes)
+      episodes: 1000
+      every: epoch                      # or a number of iterations
+      patience: 100                     # validations without improvement before stopping
+      seed: 321
+
+The crop size is the model's ``image_size``. ``val.kind: test`` (select on the test episodes, as the
+authors did) is refused unless ``--select-on-test`` is given, and then tagged everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
+from benchmark.data.prepared import PreparedDataset
+from benchmark.errors import FssBenchError
+from benchmark.io_utils import canonical_json
+from benchmark.methods import get_method
+from benchmark.study import _blame_override, apply_overrides, check_checkpoint_file, did_you_mean
+from fssam.augment import AugmentConfig
+
+TOP_LEVEL = ("name", "description", "method", "data", "fold", "shot", "split", "model", "train", "val")
+TRAINABLE_METHODS = ("fssam", "naive_sam2")
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 300,
+    "batch_size": 2,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "power": 0.9,
+    "seed": 321,
+    "max_iters": None,
+    "checkpoint_every": 100,
+    "augment": {},
+}
+AUGMENT_DEFAULTS: dict[str, Any] = {
+    "scale": [0.9, 1.1],
+    "rotate": 10.0,
+    "rotate_p": 0.5,
+    "blur_p": 0.5,
+    "flip_p": 0.5,
+    "fg_keep": 0.85,
+    "crop_tries": 30,
+}
+VAL_DEFAULTS: dict[str, Any] = {
+    "episodes": 1000,
+    "every": "epoch",
+    "patience": 100,
+    "seed": 321,
+    "kind": "val",
+}
+
+
+@dataclass
+class TrainSpec:
+    name: str
+    description: str
+    source: str
+    method: str
+    dataset: str
+    data_root: Path
+    fold: int
+    shot: int
+    split: str
+    settings: dict[str, Any]  # the method's resolved settings
+    train: dict[str, Any]
+    augment: AugmentConfig
+    val: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def random_init(self) -> bool:
+        return bool(self.settings.get("random_init"))
+
+    @property
+    def selects_on_test(self) -> bool:
+        return self.val["kind"] == "test"
+
+    def identity(self) -> dict[str, Any]:
+        """What the trained weights depend on (a resume file must come from the same)."""
+        t = {k: v for k, v in self.train.items() if k not in ("checkpoint_every", "max_iters")}
+        return {
+            "method": self.method,
+            "dataset": self.dataset,
+            "data_root": str(self.data_root),
+            "fold": self.fold,
+            "shot": self.shot,
+            "split": self.split,
+            "settings": {k: v for k, v in sorted(self.settings.items()) if k != "precision"},
+            "train": t,
+            "val": self.val,
+        }
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(canonical_json(self.identity()).encode()).hexdigest()
+
+
+def _number(
+    value: Any, where: str, lo: float | None = None, integer: bool = False, nullable: bool = False
+) -> Any:
+    if value is None and nullable:
+        return None
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (not integer or isinstance(value, int))
+    )
+    if not ok or (lo is not None and value < lo):
+        kind = "an integer" if integer else "a number"
+        raise FssBenchError(f"{where}: expected {kind}{f' >= {lo}' if lo is not None else ''}, got {value!r}")
+    return value
+
+
+def _section(raw: Any, defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise FssBenchError(f"{where}: expected a mapping")
+    for key in raw:
+        if key not in defaults:
+            raise FssBenchError(
+                f"{where}.{key}: unknown field{did_you_mean(key, defaults)}; known: {sorted(defaults)}"
+            )
+    return {**copy.deepcopy(defaults), **raw}
+
+
+def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | None = None) -> TrainSpec:
+    """Validate a training dict; raises FssBenchError naming the field."""
+    if not isinstance(raw, dict):
+        raise FssBenchError(f"{source}: a training file must be a YAML mapping")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise FssBenchError(
+                f"{source}: {key}: unknown field{did_you_mean(key, TOP_LEVEL)}; known: {list(TOP_LEVEL)}"
+            )
+    base_dir = base_dir or Path.cwd()
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise FssBenchError(f"{source}: name: expected a non-empty string (the MLflow experiment)")
+    method = raw.get("method", "fssam")
+    if method not in TRAINABLE_METHODS:
+        raise FssBenchError(
+            f"{source}: method: {method!r} cannot be trained; trainable: {list(TRAINABLE_METHODS)}"
+        )
+    data = raw.get("data")
+    if not isinstance(data, dict) or len(data) != 1:
+        raise FssBenchError(
+            f"{source}: data: expected one dataset -> prepared root, e.g. {{pascal: data/pascal}}"
+        )
+    ((dataset, root_text),) = data.items()
+    if dataset not in DATASETS:
+        raise FssBenchError(f"{source}: data.{dataset}: unknown dataset; expected one of {list(DATASETS)}")
+    root = Path(str(root_text)) if Path(str(root_text)).is_absolute() else base_dir / str(root_text)
+    try:
+        prepared = PreparedDataset(root)
+    except FssBenchError as e:
+        raise FssBenchError(f"{source}: data.{dataset}: {e}") from None
+    if prepared.dataset != dataset:
+        raise FssBenchError(f"{source}: data.{dataset}: {root} holds a prepared {prepared.dataset!r} dataset")
+    fold = _number(raw.get("fold", 0), f"{source}: fold", 0, integer=True)
+    if fold >= NUM_FOLDS:
+        raise FssBenchError(f"{source}: fold: {fold} is out of range [0, {NUM_FOLDS - 1}]")
+    shot = _number(raw.get("shot", 1), f"{source}: shot", 1, integer=True)
+    split = raw.get("split", "interleaved")
+    if split not in COCO_SPLITS:
+        raise FssBenchError(f"{source}: split: {split!r} is not one of {list(COCO_SPLITS)}")
+
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        raise FssBenchError(f"{source}: model: expected a mapping of {method} settings")
+    entry = get_method(method)
+    for key in ("fssam_checkpoint", "finetuned_checkpoint", "device"):
+        if model.get(key):
+            raise FssBenchError(
+                f"{source}: model.{key}: training starts from the pretrained SAM 2 (and DINOv2) weights; "
+                + ("the device is a command-line option (--device)" if key == "device" else "remove it")
+            )
+    settings = entry.resolve({k: v for k, v in model.items() if k != "device"}, where=f"{source}: model")
+    if settings.get("random_init"):
+        settings.update({key: None for key in entry.checkpoints})
+    for key in entry.checkpoints:
+        if settings.get(key):
+            path = Path(str(settings[key]))
+            settings[key] = str(path if path.is_absolute() else base_dir / path)
+    try:
+        sources = entry.weight_sources(settings)
+    except FssBenchError as e:
+        raise FssBenchError(f"{source}: model.{e}") from None
+    for role, path in sources.items():
+        if not path.startswith("random-init:"):
+            check_checkpoint_file(path, f"{source}: model.{role}_checkpoint")
+
+    train = _section(raw.get("train"), TRAIN_DEFAULTS, f"{source}: train")
+    for key, lo in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("seed", 0)):
+        _number(train[key], f"{source}: train.{key}", lo, integer=True)
+    _number(train["max_iters"], f"{source}: train.max_iters", 1, integer=True, nullable=True)
+    for key in ("lr", "weight_decay", "power"):
+        _number(train[key], f"{source}: train.{key}", 0)
+    train["lr"], train["weight_decay"], train["power"] = (
+        float(train["lr"]),
+        float(train["weight_decay"]),
+        float(train["power"]),
+    )
+    aug = _section(train["augment"], AUGMENT_DEFAULTS, f"{source}: train.augment")
+    scale = aug["scale"]
+    if not (
+        isinstance(scale, list)
+        and len(scale) == 2
+        and all(isinstance(x, (int, float)) for x in scale)
+        and 0 < scale[0] <= scale[1]
+    ):
+        raise FssBenchError(
+            f"{source}: train.augment.scale: expected [low, high] with 0 < low <= high, got {scale!r}"
+        )
+    for key in ("rotate_p", "blur_p", "flip_p", "fg_keep"):
+        value = _number(aug[key], f"{source}: train.augment.{key}", 0)
+        if value > 1:
+            raise FssBenchError(
+                f"{source}: train.augment.{key}: a probability or fraction in [0, 1], got {value}"
+            )
+    _number(aug["rotate"], f"{source}: train.augment.rotate", 0)
+    _number(aug["crop_tries"], f"{source}: train.augment.crop_tries", 1, integer=True)
+    train["augment"] = aug
+    augment = AugmentConfig(
+        scale=(float(scale[0]), float(scale[1])),
+        rotate=float(aug["rotate"]),
+        rotate_p=float(aug["rotate_p"]),
+        blur_p=float(aug["blur_p"]),
+        flip_p=float(aug["flip_p"]),
+        crop=int(settings["image_size"]),
+        fg_keep=float(aug["fg_keep"]),
+        crop_tries=int(aug["crop_tries"]),
+    )
+    val = _section(raw.get("val"), VAL_DEFAULTS, f"{source}: val")
+    _number(val["episodes"], f"{source}: val.episodes", 1, integer=True)
+    _number(val["patience"], f"{source}: val.patience", 1, integer=True)
+    _number(val["seed"], f"{source}: val.seed", 0, integer=True)
+    if val["every"] != "epoch":
+        _number(val["every"], f"{source}: val.every (iterations, or 'epoch')", 1, integer=True)
+    if val["kind"] not in ("val", "test"):
+        raise FssBenchError(f"{source}: val.kind: {val['kind']!r} is not one of ['val', 'test']")
+    return TrainSpec(
+        name=name.strip(),
+        description=str(raw.get("description", "")),
+        source=source,
+        method=method,
+        dataset=dataset,
+        data_root=root,
+        fold=fold,
+        shot=shot,
+        split=split,
+        settings=settings,
+        train=train,
+        augment=augment,
+        val=val,
+        raw=raw,
+    )
+
+
+def load_train(path: Path, overrides: list[str] | None = None) -> TrainSpec:
+    """Read, override and validate a training file (paths resolve against the working directory)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FssBenchError(f"{path}: training file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise FssBenchError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return parse_train(raw, source=str(path), base_dir=Path.cwd())
+    except FssBenchError as e:
+        raise _blame_override(e, str(path), overrides or []) from None
+
+
+def check_select_on_test(spec: TrainSpec, allow: bool) -> None:
+    if spec.selects_on_test and not allow:
+        raise FssBenchError(
+            f"{spec.source}: val.kind: test would select the checkpoint on the test episodes that reports "
+            "score (the authors did; the numbers are then not test results); use val.kind: val, or pass "
+            "--select-on-test, which tags the run fss.tuned_on_test=true"
+        )

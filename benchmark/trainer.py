@@ -1,0 +1,565 @@
+"""``fssbench train``: episodic fine-tuning of FSSAM or naive SAM 2 on a fold's base classes, one CPU
+to many GPUs (``torchrun``), resumable bit for bit, tracked in MLflow.
+
+One iteration: the global batch ``g`` of the epoch (see :mod:`benchmark.train_data`), split over
+the processes; forward through the (DistributedDataParallel-wrapped) model, Dice loss, backward
+(DDP all-reduces and averages the gradients), poly learning rate, AdamW step. Only SAM 2's mask
+decoder, memory encoder and memory attention train; everything else is frozen (checked at start).
+
+Process 0 validates (the cell function on a validation manifest: the fold's base classes on the
+val split), keeps the best weights (``best.pth``, a fine-tuned checkpoint that ``fssbench run`` takes
+as ``finetuned_checkpoint``), writes the resumable state (``train-state.pt``: trainable weights,
+optimizer, iteration, best value, every process's RNG states) atomically every
+``checkpoint_every`` iterations, and logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark.cell import CellSpec, evaluate_cell
+from benchmark.data.prepared import PreparedDataset
+from benchmark.device import resolve_device
+from benchmark.episode_loader import ImageStore
+from benchmark.episodes import build_manifest, save_manifest
+from benchmark.errors import FssBenchError
+from benchmark.feature_cache import FeatureCache
+from benchmark.io_utils import write_text_atomic
+from benchmark.methods import build_method
+from benchmark.runner import sigterm_as_interrupt
+from benchmark.tracking import Tracker, flat_params, git_commit, package_versions
+from benchmark.train_data import batch_positions, collate, draw_episode, load_train_episode, train_set
+from benchmark.train_file import TrainSpec, check_select_on_test
+from fssam.finetune import read_finetuned, save_atomic, save_finetuned, trainable_state
+from fssam.train import dice_loss, poly_lr
+
+STATE_FORMAT = "fssbench-train-state/1"
+
+
+@dataclass
+class TrainOutcome:
+    out_dir: Path
+    run_id: str | None
+    iterations: int
+    iterations_run: int
+    epochs: float
+    best_value: float | None
+    best_iteration: int | None
+    best_checkpoint: Path | None
+    stopped_early: bool
+    seconds: float
+    trainable_params: int
+    frozen_params: int
+    world_size: int
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (1 process without it)."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts, checking that exactly the trainable modules train."""
+    trainable_ids = {id(p) for m in model.trainable_modules().values() for p in m.parameters()}
+    trainable = frozen = 0
+    for name, p in model.named_parameters():
+        if id(p) in trainable_ids:
+            if not p.requires_grad:
+                raise FssBenchError(f"internal: trainable parameter {name} does not require grad")
+            trainable += p.numel()
+        else:
+            if p.requires_grad:
+                raise FssBenchError(f"internal: frozen parameter {name} requires grad")
+            frozen += p.numel()
+    return trainable, frozen
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(
+        self,
+        spec: TrainSpec,
+        out_dir: Path,
+        tracking_uri: str | None = None,
+        resume: bool = False,
+        select_on_test: bool = False,
+        device: str | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ):
+        check_select_on_test(spec, select_on_test)
+        self.spec, self.out, self.tracking_uri = spec, Path(out_dir).absolute(), tracking_uri
+        self.resume, self.progress, self.log = resume, progress, log
+        self.rank, self.world, self.local_rank = dist_info()
+        requested = device or "auto"
+        if requested == "auto" and torch.cuda.is_available():
+            requested = f"cuda:{self.local_rank}"
+        self.device = resolve_device(requested)
+        self.state_path = self.out / "train-state.pt"
+        if resume and not self.state_path.is_file():
+            raise FssBenchError(f"--resume: {self.state_path} not found (nothing to resume in {self.out})")
+
+    # ------------------------------------------------------------------------------------ set-up
+    def _init_distributed(self) -> None:
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group(backend=backend)
+
+    def _val_manifest(self) -> Path:
+        spec = self.spec
+        m = build_manifest(
+            spec.data_root,
+            spec.fold,
+            spec.shot,
+            "fssam",
+            spec.val["seed"],
+            spec.val["episodes"],
+            spec.val["kind"],
+            spec.split,
+            spec.dataset,
+        )
+        path = (
+            self.out
+            / "manifests"
+            / f"{spec.val['kind']}-fold{spec.fold}-{spec.shot}shot-n{m['num_episodes']}.json"
+        )
+        if self.rank == 0:
+            save_manifest(m, path)
+        return path
+
+    def _load_state(self) -> dict[str, Any]:
+        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise FssBenchError(f"{self.state_path}: not a training state written by `fssbench train`")
+        if state["spec_sha256"] != self.spec.sha256:
+            raise FssBenchError(
+                f"{self.state_path}: written by a different training config (method, data, fold, shot, "
+                "settings or recipe differ); resume with the file it was started with, or use another --out"
+            )
+        if state["world_size"] != self.world:
+            raise FssBenchError(
+                f"{self.state_path}: written by {state['world_size']} process(es); resume with the same number"
+            )
+        return state
+
+    # ---------------------------------------------------------------------------------------- run
+    def run(self) -> TrainOutcome:
+        with sigterm_as_interrupt():
+            return self._run()
+
+    def _run(self) -> TrainOutcome:
+        spec, t0 = self.spec, time.perf_counter()
+        self._init_distributed()
+        ts = train_set(PreparedDataset(spec.data_root), spec.fold, spec.shot, spec.split)
+        batch, world = spec.train["batch_size"], self.world
+        per_epoch = len(ts) // (batch * world)
+        if per_epoch == 0:
+            raise FssBenchError(
+                f"{spec.source}: train.batch_size: the fold's train list has {len(ts)} images, fewer than a "
+                f"global batch of {batch} x {world} processes"
+            )
+        max_iter = spec.train["epochs"] * per_epoch
+        stop_at = min(max_iter, spec.train["max_iters"] or max_iter)
+        state = self._load_state() if self.resume else None
+        val_path = self._val_manifest()
+        torch.manual_seed(spec.train["seed"])
+        np.random.seed(spec.train["seed"])
+        random.seed(spec.train["seed"])
+
+        model = build_method(spec.method, dict(spec.settings), self.device)
+        model.train_mode()
+        trainable, frozen = parameter_counts(model)
+        if self.rank == 0:
+            self.log(
+                f"{spec.method}: {trainable:,} trainable parameters ({', '.join(model.trainable_modules())}), "
+                f"{frozen:,} frozen; {len(ts)} training images, {per_epoch} iterations per epoch "
+                f"(batch {batch} x {world} process(es)), {stop_at} iterations to run"
+            )
+        groups = [{"params": list(m.parameters()), "name": n} for n, m in model.trainable_modules().items()]
+        optimizer = torch.optim.AdamW(groups, lr=spec.train["lr"], weight_decay=spec.train["weight_decay"])
+        net: torch.nn.Module = model
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # the decoder's IoU and extra mask heads get no Dice gradient
+            )
+        start, best, bad, history, run_id = 0, None, 0, [], None
+        if state is not None:
+            for name, module in model.trainable_modules().items():
+                module.load_state_dict(state["modules"][name])
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"][self.rank])
+            start, best, bad, history, run_id = (
+                state["global_iter"],
+                state["best"],
+                state["bad_validations"],
+                state["history"],
+                state["mlflow_run_id"],
+            )
+            if self.rank == 0:
+                self.log(f"resuming at iteration {start} of {stop_at} from {self.state_path}")
+
+        tracker = self._tracker(run_id, trainable, frozen, per_epoch, stop_at) if self.rank == 0 else None
+        run_id = self.run_id = getattr(self, "run_id", run_id)
+        logged_until = self._logged_until(tracker, run_id)
+        store = ImageStore(PreparedDataset(spec.data_root))
+        cache = FeatureCache(self.out / "feature-cache")
+        buffer: list[tuple[str, float, int]] = []
+        status, stopped_early, i = "FAILED", False, start
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=stop_at,
+            initial=start,
+            desc=f"train {spec.name}",
+            unit="it",
+            disable=not self.progress or self.rank != 0,
+        )
+        seed, shot, aug = spec.train["seed"], spec.shot, spec.augment
+        try:
+            for i in range(start, stop_at):
+                epoch, g = divmod(i, per_epoch)
+                samples = [
+                    load_train_episode(store, ts, draw_episode(ts, seed, epoch, p, shot), seed, epoch, aug)
+                    for p in batch_positions(g, batch, world, self.rank)
+                ]
+                b = {k: v.to(self.device) for k, v in collate(samples).items()}
+                lr = poly_lr(spec.train["lr"], i, max_iter, spec.train["power"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logits = net(b["query"], b["supports"], b["support_masks"], query_mask=b["query_mask"])
+                loss = dice_loss(logits, b["query_mask"])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grads = [
+                    p.grad for grp in optimizer.param_groups for p in grp["params"] if p.grad is not None
+                ]
+                grad_norm = (
+                    float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads])))
+                    if grads
+                    else 0.0
+                )
+                optimizer.step()
+                mean_loss = loss.detach()
+                if world > 1:
+                    torch.distributed.all_reduce(mean_loss)
+                    mean_loss = mean_loss / world
+                if self.rank == 0 and i + 1 > logged_until:
+                    buffer += [
+                        ("loss", float(mean_loss), i + 1),
+                        ("lr", lr, i + 1),
+                        ("grad_norm", grad_norm, i + 1),
+                    ]
+                bar.update()
+                bar.set_postfix_str(f"loss {float(mean_loss):.4f}")
+                done = i + 1
+                every = spec.val["every"]
+                validate = done == stop_at or (
+                    done % per_epoch == 0 if every == "epoch" else done % every == 0
+                )
+                if validate:
+                    best, bad, stop = self._validate(
+                        model, val_path, cache, done, best, bad, history, tracker, epoch
+                    )
+                    stopped_early = stop and done < stop_at
+                if validate or done % spec.train["checkpoint_every"] == 0 or done == stop_at:
+                    self._flush(tracker, buffer)
+                    self._save_state(model, optimizer, done, best, bad, history)
+                if stopped_early:
+                    if self.rank == 0:
+                        self.log(
+                            f"early stop at iteration {done}: {spec.val['patience']} validations without improvement"
+                        )
+                    break
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            bar.close()
+            if tracker is not None and run_id is not None:
+                self._flush(tracker, buffer)
+                if status == "FINISHED":
+                    self._finish_run(tracker)
+                tracker.end_run(run_id, status)
+            if world > 1 and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        best_path = self.out / "best.pth"
+        return TrainOutcome(
+            out_dir=self.out,
+            run_id=run_id,
+            iterations=stop_at,
+            iterations_run=max(0, (i + 1 if stop_at > start else start) - start),
+            epochs=(i + 1) / per_epoch,
+            best_value=None if best is None else best["value"],
+            best_iteration=None if best is None else best["iteration"],
+            best_checkpoint=best_path if best_path.is_file() else None,
+            stopped_early=stopped_early,
+            seconds=time.perf_counter() - t0,
+            trainable_params=trainable,
+            frozen_params=frozen,
+            world_size=world,
+        )
+
+    # ------------------------------------------------------------------------------- validation
+    def _validate(self, model, val_path, cache, done, best, bad, history, tracker, epoch):
+        """Process 0 scores the validation manifest; the decision is shared with every process."""
+        spec = self.spec
+        value = torch.zeros(1)
+        if self.rank == 0:
+            model.eval()
+            try:
+                result = evaluate_cell(
+                    CellSpec(
+                        spec.method, dict(spec.settings), val_path, spec.data_root, str(self.device), "val"
+                    ),
+                    cache,
+                    key=f"train-validation-{spec.sha256}",
+                    method=model,
+                )
+            finally:
+                for module in model.trainable_modules().values():
+                    module.train()
+            value[0] = result.summary["miou"]
+        if self.world > 1:
+            torch.distributed.broadcast(value, 0)
+        miou = float(value[0])
+        history.append({"iteration": done, "epoch": epoch, "val_miou": miou})
+        improved = best is None or miou > best["value"]
+        if improved:
+            best, bad = {"value": miou, "iteration": done}, 0
+            if self.rank == 0:
+                save_finetuned(
+                    model.sam2,
+                    self.out / "best.pth",
+                    spec.method,
+                    _config(spec),
+                    {
+                        "iteration": done,
+                        "val_miou": miou,
+                        "train_sha256": spec.sha256,
+                        "mlflow_run_id": self.run_id,
+                    },
+                )
+        else:
+            bad += 1
+        if tracker is not None:
+            tracker.client.log_metric(self.run_id, "val_miou", miou, step=done)
+        if self.rank == 0:
+            self.log(f"iteration {done}: validation mIoU {100 * miou:.2f}" + (" (best)" if improved else ""))
+        return best, bad, bad >= spec.val["patience"]
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def _save_state(self, model, optimizer, done, best, bad, history) -> None:
+        states = [None] * self.world
+        if self.world > 1:
+            torch.distributed.all_gather_object(states, rng_state())
+        else:
+            states = [rng_state()]
+        if self.rank != 0:
+            return
+        save_atomic(
+            {
+                "format": STATE_FORMAT,
+                "spec_sha256": self.spec.sha256,
+                "world_size": self.world,
+                "global_iter": done,
+                "modules": trainable_state(model.sam2),
+                "optimizer": optimizer.state_dict(),
+                "rng": states,
+                "best": best,
+                "bad_validations": bad,
+                "history": history,
+                "mlflow_run_id": self.run_id,
+            },
+            self.state_path,
+        )
+        save_finetuned(
+            model.sam2, self.out / "last.pth", self.spec.method, _config(self.spec), {"iteration": done}
+        )
+
+    # ------------------------------------------------------------------------------------ MLflow
+    def _tracker(self, run_id, trainable, frozen, per_epoch, stop_at) -> Tracker:
+        spec = self.spec
+        tracker = Tracker(self.tracking_uri)
+        exp = tracker.experiment_id(spec.name)
+        if run_id is not None:
+            tracker.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            return tracker
+        tags = {
+            "fss.kind": "train",
+            "fss.method": spec.method,
+            "fss.dataset": spec.dataset,
+            "fss.fold": str(spec.fold),
+            "fss.shot": str(spec.shot),
+            "fss.random_init": str(spec.random_init).lower(),
+            "fss.tuned_on_test": str(spec.selects_on_test).lower(),
+            "fss.selected_on": spec.val["kind"],
+            "fss.world_size": str(self.world),
+            "fss.train_sha256": spec.sha256,
+            "fss.git_commit": git_commit(),
+            "fss.versions": json.dumps(package_versions()),
+            "fss.device": str(self.device),
+        }
+        run = tracker.client.create_run(
+            exp, run_name=f"train {spec.method} {spec.dataset} fold{spec.fold} {spec.shot}shot", tags=tags
+        )
+        self.run_id = run.info.run_id
+        params = flat_params("", {k: v for k, v in spec.settings.items() if k != "seed"}) | flat_params(
+            "train.", {k: v for k, v in spec.train.items()}
+        )
+        params |= flat_params("val.", spec.val) | {
+            "method": spec.method,
+            "dataset": spec.dataset,
+            "fold": spec.fold,
+            "shot": spec.shot,
+            "init_seed": spec.settings.get("seed"),
+            "trainable_params": trainable,
+            "frozen_params": frozen,
+            "iterations_per_epoch": per_epoch,
+            "iterations": stop_at,
+        }
+        tracker.log_params(self.run_id, params)
+        write_text_atomic(
+            self.out / "config.json", json.dumps(spec.identity(), indent=2, sort_keys=True, default=str)
+        )
+        tracker.client.log_artifact(self.run_id, str(self.out / "config.json"))
+        return tracker
+
+    def _logged_until(self, tracker, run_id) -> int:
+        """The last step whose loss is already in MLflow (a resumed run never logs a step twice)."""
+        if tracker is None or run_id is None:
+            return 0
+        history = tracker.client.get_metric_history(run_id, "loss")
+        return max((m.step for m in history), default=0)
+
+    def _flush(self, tracker, buffer: list[tuple[str, float, int]]) -> None:
+        if tracker is None or not buffer:
+            buffer.clear()
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, s) for k, v, s in buffer]
+        for j in range(0, len(metrics), 900):
+            tracker.client.log_batch(self.run_id, metrics=metrics[j : j + 900], synchronous=True)
+        buffer.clear()
+
+    def _finish_run(self, tracker) -> None:
+        best = self.out / "best.pth"
+        if best.is_file():
+            from fssam.hashing import file_sha256
+
+            sha = file_sha256(best)
+            meta = read_finetuned(best)["meta"]
+            write_text_atomic(
+                self.out / "best.pth.json",
+                json.dumps(
+                    {"sha256": sha, "mlflow_run_id": self.run_id, "tracking_uri": tracker.uri, **meta},
+                    indent=2,
+                    default=str,
+                ),
+            )
+            tracker.client.set_tag(self.run_id, "fss.checkpoint_sha256", sha)
+            tracker.client.log_artifact(self.run_id, str(best), "checkpoint")
+            tracker.client.log_artifact(self.run_id, str(self.out / "best.pth.json"), "checkpoint")
+
+
+def _config(spec: TrainSpec):
+    from benchmark.methods.fssam import fssam_config
+
+    return fssam_config(spec.settings)
+
+
+def print_outcome(outcome: TrainOutcome, spec: TrainSpec, out: Any = sys.stdout) -> None:
+    per_step = outcome.seconds / max(outcome.iterations_run, 1)
+    print(
+        f"{outcome.iterations_run} iteration(s) in {outcome.seconds:.1f} s ({per_step:.2f} s/iteration incl. "
+        f"validation, {outcome.world_size} process(es)); {outcome.epochs:.2f} epochs",
+        file=out,
+    )
+    if outcome.best_value is not None:
+        print(
+            f"best validation mIoU {100 * outcome.best_value:.2f} at iteration {outcome.best_iteration} "
+            f"({spec.val['kind']} manifest)",
+            file=out,
+        )
+    if outcome.best_checkpoint is not None:
+        print(
+            f"fine-tuned checkpoint: {outcome.best_checkpoint} (score it with `fssbench run STUDY.yaml "
+            f"model.finetuned_checkpoint={outcome.best_checkpoint}`)",
+            file=out,
+        )
+    if outcome.stopped_early:
+        print("stopped early (patience)", file=out)
+    if outcome.run_id:
+        print(f"MLflow run {outcome.run_id} (experiment {spec.name!r})", file=out)
+    if spec.random_init:
+        print("WARNING: RANDOM-INIT base weights: the numbers check the pipeline only", file=out)
+    if spec.selects_on_test:
+        print("WARNING: SELECTED ON TEST EPISODES (fss.tuned_on_test=true)", file=out)
+
+
+def export_checkpoint(spec: TrainSpec, finetuned: Path, out: Path) -> Path:
+    """A fine-tuned checkpoint with its base weights, in the authors' layout (FSSAM:
+    ``{'epoch', 'state_dict'}`` with ``sam2.*`` / ``dino.*``) or Meta's SAM 2 layout (naive SAM 2)."""
+    from benchmark.methods.fssam import fssam_config
+    from fssam.checkpoint import save_authors_checkpoint, save_meta_sam2_checkpoint
+    from fssam.dinov2 import META_PRETRAIN_GRID, export_meta_state_dict
+    from fssam.finetune import apply_finetuned
+    from fssam.sam2_adapter import read_checkpoint
+
+    cfg = fssam_config(spec.settings)
+    model = build_method(spec.method, dict(spec.settings), torch.device("cpu"))
+    apply_finetuned(model.sam2, Path(finetuned), cfg)
+    meta = read_finetuned(Path(finetuned))["meta"]
+    if spec.method == "naive_sam2":
+        save_meta_sam2_checkpoint(model.sam2, out)
+        return out
+    dino_meta = None
+    if model.dino is not None:
+        if spec.settings.get("dinov2_checkpoint"):
+            raw = read_checkpoint(Path(spec.settings["dinov2_checkpoint"]))
+            dino_meta = raw.get("model", raw) if isinstance(raw, dict) else None
+        elif spec.settings["dinov2_input_size"] != 14 * META_PRETRAIN_GRID:
+            raise FssBenchError(
+                f"{spec.source}: model.dinov2_input_size: exporting random-init DINOv2 weights in Meta's layout "
+                f"needs its {META_PRETRAIN_GRID}x{META_PRETRAIN_GRID} grid (dinov2_input_size: 518)"
+            )
+        else:
+            dino_meta = export_meta_state_dict(model.dino)
+    save_authors_checkpoint(model, out, epoch=int(meta.get("iteration", 0)), dino_meta=dino_meta)
+    return out
