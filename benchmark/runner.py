@@ -46,9 +46,16 @@ from benchmark.episodes import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.io_utils import write_text_atomic
-from benchmark.methods import WeightPool, build_method
-from benchmark.study import Study
-from benchmark.tracking import CELL_KEY_TAG, Tracker, flat_params, git_commit, package_versions
+from benchmark.methods import WeightPool, build_method, get_method
+from benchmark.study import MLFLOW_URI_PREFIX, Study
+from benchmark.tracking import (
+    CELL_KEY_TAG,
+    Tracker,
+    default_tracking_uri,
+    flat_params,
+    git_commit,
+    package_versions,
+)
 
 
 class Terminated(KeyboardInterrupt):
@@ -166,6 +173,50 @@ class StudyRunner:
         i, n = self.shard
         return [c for k, c in enumerate(cells) if k % n == i]
 
+    def resolve_artifact_uris(self, cells: list[Cell]) -> list[Cell]:
+        """Checkpoints given as MLflow artifact URIs (``runs:/<run_id>/checkpoint/best.pth``, what
+        ``fssbench train`` logs) are downloaded once into ``<work-dir>/downloads/<run_id>/`` and the
+        cells use the local file (its SHA-256 keys the cell; ``fss.trained_by`` names the run)."""
+        import dataclasses
+
+        out = []
+        for c in cells:
+            settings, changed = dict(c.spec.settings), False
+            for key in get_method(c.spec.method).checkpoints:
+                value = settings.get(key)
+                if not value or not str(value).startswith(MLFLOW_URI_PREFIX):
+                    continue
+                run_id, rel = str(value)[len(MLFLOW_URI_PREFIX) :].split("/", 1)
+                local = self.work_dir / "downloads" / run_id / rel
+                if not local.is_file():
+                    import mlflow.artifacts
+
+                    try:
+                        mlflow.artifacts.download_artifacts(
+                            artifact_uri=str(value),
+                            dst_path=str(local.parent),
+                            tracking_uri=self.tracking_uri or default_tracking_uri(),
+                        )
+                    except Exception as e:
+                        raise FssBenchError(
+                            f"{self.study.source}: variants.{c.variant}.{key}: cannot download {value} "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                        ) from None
+                    if not local.is_file():
+                        raise FssBenchError(
+                            f"{self.study.source}: variants.{c.variant}.{key}: {value} is not a file"
+                        )
+                    record = Path(f"{local}.json")
+                    if not record.is_file():  # the provenance record: the run itself
+                        write_text_atomic(record, json.dumps({"mlflow_run_id": run_id, "source": str(value)}))
+                settings[key], changed = str(local), True
+            out.append(
+                c
+                if not changed
+                else dataclasses.replace(c, spec=dataclasses.replace(c.spec, settings=settings))
+            )
+        return out
+
     def manifest(self, path: Path) -> dict[str, Any]:
         """A manifest of this study, read (and its hash verified) once per invocation."""
         if path not in self._manifests:
@@ -190,7 +241,7 @@ class StudyRunner:
         self.results, self.failures, self._ran, self._manifests = [], [], set(), {}
         self._also: dict[str, list[str]] = {}  # run id -> the other variants it stands for
         self._started_ms = int(time.time() * 1000)  # runs that ended after this are this invocation's
-        cells = self.cells(self.build_manifests())
+        cells = self.resolve_artifact_uris(self.cells(self.build_manifests()))
         keys = self.keys(cells)  # no model is built and no unchanged checkpoint is hashed again
         finished = {} if self.force else self._finished_without_creating()
         todo = [c for c in cells if keys[c.name][0] not in finished]
@@ -478,8 +529,6 @@ class StudyRunner:
 def trained_by(spec: CellSpec) -> dict[str, str]:
     """``fss.trained_by``: the MLflow training run of a fine-tuned checkpoint, from the record
     ``fssbench train`` writes beside it (``best.pth.json``)."""
-    from benchmark.methods import get_method
-
     for key in get_method(spec.method).overlays:
         path = spec.settings.get(key)
         record = Path(f"{path}.json") if path else None

@@ -290,6 +290,17 @@ def parse_search(
         raise FssBenchError(f"{source}: objective.direction: {direction!r} is not one of {list(DIRECTIONS)}")
 
     study_dict = copy.deepcopy(study_raw)
+    variants_raw = study_dict.get("variants")
+    vname = raw.get("variant")
+    if isinstance(variants_raw, dict) and variants_raw:
+        if vname is None:
+            vname = next(iter(variants_raw))
+        if vname not in variants_raw:
+            names = list(variants_raw)
+            raise FssBenchError(
+                f"{source}: variant: {vname!r} is not a variant of the study{did_you_mean(vname, names)}; variants: {names}"
+            )
+        study_dict["variants"] = {vname: variants_raw[vname]}  # the others' weights are not needed here
     if "datasets" in objective:  # the objective's datasets: a subset of the study's
         wanted, have = objective["datasets"], study_dict.get("data") or {}
         if isinstance(wanted, str):
@@ -315,13 +326,7 @@ def parse_search(
                 raise FssBenchError(f"{source}: objective.{text[len(where_study) + 2 :]}") from None
         raise
 
-    names = [v.name for v in study.variants]
-    vname = raw.get("variant", names[0])
-    if vname not in names:
-        raise FssBenchError(
-            f"{source}: variant: {vname!r} is not a variant of the study{did_you_mean(vname, names)}; variants: {names}"
-        )
-    variant = next(v for v in study.variants if v.name == vname)
+    variant = study.variants[0]
     entry = get_method(variant.method)
 
     space_raw = raw.get("space")

@@ -140,9 +140,24 @@ def _int_list(raw: dict, key: str, lo: int | None = None, hi: int | None = None)
     return list(dict.fromkeys(value))
 
 
+MLFLOW_URI_PREFIX = "runs:/"
+
+
 def check_checkpoint_file(path: str, where: str) -> None:
-    """Fail early, naming the study field, if a checkpoint is missing or not a PyTorch file."""
+    """Fail early, naming the study field, if a checkpoint is missing or not a PyTorch file.
+    An MLflow artifact URI (``runs:/<run_id>/<path>``) is checked when the runner downloads it."""
+    if str(path).startswith(MLFLOW_URI_PREFIX):
+        parts = str(path)[len(MLFLOW_URI_PREFIX) :].split("/", 1)
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise FssBenchError(f"{where}: {path!r} is not an MLflow artifact URI runs:/<run_id>/<path>")
+        return
     p = Path(path)
+    if not p.is_file() and where.endswith("finetuned_checkpoint"):
+        raise FssBenchError(
+            f"{where}: fine-tuned checkpoint {p} not found; train it first (fssbench train, README: "
+            "Training), point it at another best.pth or a runs:/<run_id>/checkpoint/best.pth URI, or "
+            "drop the variant"
+        )
     if not p.is_file():
         raise FssBenchError(
             f"{where}: checkpoint {p} not found; download it (README: Real checkpoints lists Meta's SAM 2 and "
@@ -272,8 +287,9 @@ def _parse_variant(
     if settings.get("random_init"):  # random weights replace any checkpoint (tests, demos, timing)
         settings.update({key: None for key in entry.checkpoints if key not in entry.overlays})
     for key in entry.checkpoints:
-        if settings.get(key) and not Path(str(settings[key])).is_absolute():
-            settings[key] = str(base_dir / str(settings[key]))
+        value = settings.get(key)
+        if value and not str(value).startswith(MLFLOW_URI_PREFIX) and not Path(str(value)).is_absolute():
+            settings[key] = str(base_dir / str(value))
     variant = Variant(vname, entry.name, settings, device)
     for ds in roots:
         for fold in folds:

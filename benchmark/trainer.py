@@ -33,7 +33,7 @@ from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
 from benchmark.episode_loader import ImageStore
 from benchmark.episodes import build_manifest, save_manifest
-from benchmark.errors import FssBenchError
+from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.io_utils import write_text_atomic
 from benchmark.methods import build_method
@@ -192,12 +192,16 @@ class Trainer:
         max_iter = spec.train["epochs"] * per_epoch
         stop_at = min(max_iter, spec.train["max_iters"] or max_iter)
         state = self._load_state() if self.resume else None
-        val_path = self._val_manifest()
         torch.manual_seed(spec.train["seed"])
         np.random.seed(spec.train["seed"])
         random.seed(spec.train["seed"])
-
-        model = build_method(spec.method, dict(spec.settings), self.device)
+        # the weights load strictly before anything is written: a checkpoint of another architecture
+        # or size is an error naming the field, and leaves no output folder behind
+        try:
+            model = build_method(spec.method, dict(spec.settings), self.device)
+        except USER_ERRORS as e:
+            raise FssBenchError(f"{spec.source}: model: {e}") from None
+        val_path = self._val_manifest()
         model.train_mode()
         trainable, frozen = parameter_counts(model)
         if self.rank == 0:

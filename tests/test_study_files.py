@@ -26,6 +26,9 @@ def overrides_for(path: Path, pascal_root: Path, coco_root: Path | None) -> list
     out = [f"data.pascal={pascal_root}"]
     if "coco" in raw["data"]:
         out.append(f"data.coco={coco_root}")
+    for name, switches in (raw.get("variants") or {}).items():  # trained weights do not exist here
+        if (switches or {}).get("finetuned_checkpoint"):
+            out.append(f"variants.{name}.finetuned_checkpoint=null")
     return out + ["model.random_init=true"]
 
 

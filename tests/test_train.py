@@ -275,3 +275,52 @@ def test_export_to_the_authors_layout_round_trips_losslessly(pascal_root, tmp_pa
     small = parse_train(train_dict(pascal_root), "t.yaml")  # 112 px DINOv2: no Meta grid to export
     with pytest.raises(FssBenchError, match="needs its 37x37 grid"):
         export_checkpoint(small, tmp_path / "ft.pth", tmp_path / "x.pth")
+
+
+def test_a_fold_without_training_images_names_the_list(pascal_root, monkeypatch):
+    ds = PreparedDataset(pascal_root)
+    monkeypatch.setattr(ds, "records", lambda split: [])
+    with pytest.raises(
+        FssBenchError, match=r"records_train.json \(base classes of fold 0\): no training image"
+    ):
+        train_set(ds, 0, 1)
+
+
+def test_a_trained_checkpoint_is_scored_by_its_mlflow_uri(trained, pascal_root, tmp_path):
+    spec, trainer, outcome, tmp = trained
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"  # the store the training logged to
+    study = parse_study(
+        {
+            "name": "by-uri",
+            "data": {"pascal": str(pascal_root)},
+            "folds": [0],
+            "shots": [1],
+            "episodes": 2,
+            "model": dict(SMALL),
+            "variants": {"ft": {"finetuned_checkpoint": f"runs:/{outcome.run_id}/checkpoint/best.pth"}},
+        }
+    )
+    cells = StudyRunner(study, tracking_uri=uri, work_dir=tmp_path / "w", progress=False, qualitative=0).run()
+    assert (cells["status"] == "run").all()
+    run = MlflowClient(uri).get_run(cells["run_id"].iloc[0])
+    from fssam.hashing import file_sha256
+
+    assert run.data.tags["fss.weights.finetuned"] == file_sha256(outcome.best_checkpoint)
+    assert run.data.tags["fss.trained_by"] == outcome.run_id
+    with pytest.raises(FssBenchError, match=r"variants.ft.finetuned_checkpoint: 'runs:/x' is not an MLflow"):
+        parse_study({**study.raw, "variants": {"ft": {"finetuned_checkpoint": "runs:/x"}}})
+
+
+def test_a_base_checkpoint_of_another_size_fails_before_anything_is_written(pascal_root, tmp_path):
+    from fssam.sam2_adapter import build_sam2_model
+
+    small = build_sam2_model("2.0", "s", 128, random_init=True, seed=0)  # a SAM 2-S file for a SAM 2-T model
+    torch.save({"model": small.state_dict()}, tmp_path / "sam2_s.pt")
+    raw = train_dict(
+        pascal_root,
+        model={"random_init": False, "prior": "none", "sam2_checkpoint": str(tmp_path / "sam2_s.pt")},
+    )
+    spec = parse_train(raw, "t.yaml")
+    with pytest.raises(FssBenchError, match=r"t.yaml: model: .*sam2_s.pt"):
+        Trainer(spec, tmp_path / "out", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", progress=False).run()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()

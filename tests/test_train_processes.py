@@ -88,7 +88,7 @@ def test_ddp_gradients_equal_the_single_process_gradient_of_the_combined_batch(p
         per_sample.append(_grads(model))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert sum(float(g.abs().sum()) for g in combined.values()) > 0
-    for name, g in combined.items():
+    for name in combined:
         mean = (per_sample[0][name] + per_sample[1][name]) / 2
         for r in ranks:  # every rank holds the all-reduced mean after backward: exactly
             assert torch.equal(r[name], mean), name
@@ -191,3 +191,20 @@ def test_sigkill_mid_training_then_resume_is_bitwise_equal_to_an_uninterrupted_r
     for name in a:
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), (name, key)
+
+
+def test_a_few_dozen_steps_bring_the_training_loss_down(pascal_root, tmp_path):
+    from benchmark.train_file import parse_train
+    from benchmark.trainer import Trainer
+
+    raw = yaml.safe_load(write_train(tmp_path, pascal_root, max_iters=36, checkpoint_every=36).read_text())
+    raw["val"] = {"episodes": 3, "every": 36, "patience": 5}
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    outcome = Trainer(parse_train(raw, "t.yaml"), tmp_path / "out", tracking_uri=uri, progress=False).run()
+    losses = [
+        m.value
+        for m in sorted(MlflowClient(uri).get_metric_history(outcome.run_id, "loss"), key=lambda m: m.step)
+    ]
+    assert len(losses) == 36
+    first, last = sum(losses[:12]) / 12, sum(losses[-12:]) / 12
+    assert last < first - 0.02, (first, last)
