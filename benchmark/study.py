@@ -171,6 +171,18 @@ def check_checkpoint_file(path: str, where: str) -> None:
         raise FssBenchError(f"{where}: {p} is not a PyTorch checkpoint (expected a torch.save zip file)")
 
 
+def prepared_root(dataset: str, root: Any, source: str, base_dir: Path) -> Path:
+    """The prepared data root of ``data.<dataset>`` (relative to ``base_dir``), checked to hold that dataset."""
+    path = Path(str(root)) if Path(str(root)).is_absolute() else base_dir / str(root)
+    try:
+        prepared = PreparedDataset(path)
+    except FssBenchError as e:
+        raise FssBenchError(f"{source}: data.{dataset}: {e}") from None
+    if prepared.dataset != dataset:
+        raise FssBenchError(f"{source}: data.{dataset}: {path} holds a prepared {prepared.dataset!r} dataset")
+    return path
+
+
 def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | None = None) -> Study:
     """Validate a study dict. Raises FssBenchError naming the offending field."""
     if not isinstance(raw, dict):
@@ -195,14 +207,7 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
             raise FssBenchError(
                 f"{source}: data.{ds}: unknown dataset{did_you_mean(ds, DATASETS)}; expected one of {list(DATASETS)}"
             )
-        path = Path(str(root)) if Path(str(root)).is_absolute() else base_dir / str(root)
-        try:
-            prepared = PreparedDataset(path)
-        except FssBenchError as e:
-            raise FssBenchError(f"{source}: data.{ds}: {e}") from None
-        if prepared.dataset != ds:
-            raise FssBenchError(f"{source}: data.{ds}: {path} holds a prepared {prepared.dataset!r} dataset")
-        roots[ds] = path
+        roots[ds] = prepared_root(ds, root, source, base_dir)
     protocol = raw.get("protocol", "fssam")
     if protocol not in PROTOCOLS:
         raise FssBenchError(

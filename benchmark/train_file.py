@@ -39,11 +39,16 @@ from typing import Any
 import yaml
 
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
-from benchmark.data.prepared import PreparedDataset
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import canonical_json
 from benchmark.methods import get_method
-from benchmark.study import _blame_override, apply_overrides, check_checkpoint_file, did_you_mean
+from benchmark.study import (
+    _blame_override,
+    apply_overrides,
+    check_checkpoint_file,
+    did_you_mean,
+    prepared_root,
+)
 from fssam.augment import AugmentConfig
 
 TOP_LEVEL = ("name", "description", "method", "data", "fold", "shot", "split", "model", "train", "val")
@@ -177,13 +182,7 @@ def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | N
     ((dataset, root_text),) = data.items()
     if dataset not in DATASETS:
         raise FssBenchError(f"{source}: data.{dataset}: unknown dataset; expected one of {list(DATASETS)}")
-    root = Path(str(root_text)) if Path(str(root_text)).is_absolute() else base_dir / str(root_text)
-    try:
-        prepared = PreparedDataset(root)
-    except FssBenchError as e:
-        raise FssBenchError(f"{source}: data.{dataset}: {e}") from None
-    if prepared.dataset != dataset:
-        raise FssBenchError(f"{source}: data.{dataset}: {root} holds a prepared {prepared.dataset!r} dataset")
+    root = prepared_root(dataset, root_text, source, base_dir)
     fold = _number(raw.get("fold", 0), f"{source}: fold", 0, integer=True)
     if fold >= NUM_FOLDS:
         raise FssBenchError(f"{source}: fold: {fold} is out of range [0, {NUM_FOLDS - 1}]")
@@ -202,7 +201,18 @@ def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | N
                 f"{source}: model.{key}: training starts from the pretrained SAM 2 (and DINOv2) weights; "
                 + ("the device is a command-line option (--device)" if key == "device" else "remove it")
             )
-    settings = entry.resolve({k: v for k, v in model.items() if k != "device"}, where=f"{source}: model")
+    # like a study's model defaults: the method takes the settings it has (a training file serves
+    # FSSAM and naive SAM 2 alike); a key that no trainable method has is a typo
+    known = set().union(*(get_method(m).all_defaults for m in TRAINABLE_METHODS))
+    for key in model:
+        if key not in known:
+            raise FssBenchError(
+                f"{source}: model.{key}: unknown setting for every trainable method{did_you_mean(key, known)}; "
+                f"known: {sorted(known)}"
+            )
+    settings = entry.resolve(
+        {k: v for k, v in model.items() if k in entry.all_defaults}, where=f"{source}: model"
+    )
     if settings.get("random_init"):
         settings.update({key: None for key in entry.checkpoints})
     for key in entry.checkpoints:

@@ -208,7 +208,10 @@ def test_a_trained_checkpoint_is_scored_by_fssbench_run(trained, pascal_root, tm
         ({"train": {"augment": {"scale": [1.2, 0.9]}}}, r"train.augment.scale: expected \[low, high\]"),
         ({"val": {"every": "sometimes"}}, r"val.every \(iterations, or 'epoch'\)"),
         ({"model": {**SMALL, "fssam_checkpoint": "x.pth"}}, r"model.fssam_checkpoint: training starts from"),
-        ({"model": {**SMALL, "imr_iter": 2}}, r"imr_iter: unknown switch for method 'fssam'"),
+        (
+            {"model": {**SMALL, "imr_iter": 2}},
+            r"model.imr_iter: unknown setting for every trainable method \(did you mean 'imr_iters'\?\)",
+        ),
         ({"fold": 4}, r"fold: 4 is out of range"),
     ],
 )
@@ -324,3 +327,33 @@ def test_a_base_checkpoint_of_another_size_fails_before_anything_is_written(pasc
     with pytest.raises(FssBenchError, match=r"t.yaml: model: .*sam2_s.pt"):
         Trainer(spec, tmp_path / "out", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", progress=False).run()
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_naive_sam2_trains_with_the_same_file_and_exports_to_meta_s_layout(pascal_root, tmp_path):
+    from benchmark.trainer import export_checkpoint
+    from fssam.sam2_adapter import build_sam2_model
+
+    raw = train_dict(
+        pascal_root, method="naive_sam2", train={"max_iters": 1}, val={"every": 1, "episodes": 2}
+    )
+    spec = parse_train(raw, "t.yaml")  # the FSSAM-only settings of the file (dinov2...) are left to FSSAM
+    assert spec.method == "naive_sam2" and "dinov2" not in spec.settings
+    outcome = Trainer(
+        spec, tmp_path / "out", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", progress=False
+    ).run()
+    base = build_method("naive_sam2", dict(spec.settings), torch.device("cpu"))
+    sam = base.sam2  # the three modules FSSAM trains, counted here from SAM 2 itself
+    expected = sum(
+        p.numel()
+        for m in (sam.sam_mask_decoder, sam.memory_encoder, sam.memory_attention)
+        for p in m.parameters()
+    )
+    assert outcome.iterations_run == 1 and outcome.trainable_params == expected
+    assert outcome.frozen_params == sum(p.numel() for p in sam.parameters()) - expected
+    out = export_checkpoint(spec, outcome.best_checkpoint, tmp_path / "naive.pt")
+    loaded = build_sam2_model("2.0", "t", 128, checkpoint=out)  # what sam2_checkpoint reads
+    from benchmark.methods.fssam import fssam_config
+
+    trained = apply_finetuned(base.sam2, outcome.best_checkpoint, fssam_config(spec.settings))
+    for (k, a), (_, b) in zip(loaded.state_dict().items(), trained.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
