@@ -153,6 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         shard=_parse_shard(args.shard),
         fail_fast=args.fail_fast,
+        cache_max_bytes=None if args.cache_max_gb is None else int(args.cache_max_gb * 2**30),
     )
     try:
         cells = runner.run()
@@ -280,6 +281,39 @@ def _cmd_export(args: argparse.Namespace) -> int:
     layout = "Meta's SAM 2 layout (sam2_checkpoint)" if spec.method == "naive_sam2" else "the authors' layout"
     print(f"wrote {out} in {layout}")
     return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from benchmark.cache_admin import cache_info, clear, prune
+
+    folder = Path(args.cache_dir) if args.cache_dir else Path(args.work_dir) / "feature-cache"
+    if not folder.is_dir():
+        raise FssBenchError(f"{folder}: no feature cache there (pass --work-dir or --cache-dir)")
+    if args.cache_cmd == "info":
+        usage = cache_info(folder)
+        for u in usage:
+            print(f"{u.bytes / 2**20:10.1f} MiB  {u.files:7d} files  {u.folder}  {u.encoder}")
+        total = sum(u.bytes for u in usage)
+        print(f"{total / 2**20:10.1f} MiB  {sum(u.files for u in usage):7d} files  in {folder}")
+    elif args.cache_cmd == "prune":
+        removed, freed = prune(folder, int(args.max_gb * 2**30))
+        print(f"removed {removed} least recently used file(s), {freed / 2**20:.1f} MiB, from {folder}")
+    else:
+        if not args.yes:
+            raise FssBenchError(f"clear removes {folder} entirely; pass --yes to confirm")
+        print(f"removed {folder} ({clear(folder) / 2**20:.1f} MiB)")
+    return 0
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -445,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun cells that are already finished")
     r.add_argument("--no-cache", action="store_true", help="recompute frozen features for every episode")
     r.add_argument(
+        "--cache-max-gb",
+        type=non_negative_float,
+        default=None,
+        help="bound the disk feature cache (least recently used files are evicted; default: unbounded)",
+    )
+    r.add_argument(
         "--shard", default="0/1", help="run only cells i, i+N, ... (I/N), to split a study over processes"
     )
     r.add_argument(
@@ -534,6 +574,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True, help="the fine-tuned checkpoint (best.pth or last.pth)")
     x.add_argument("--out", required=True, help="file to write (.pth)")
     x.set_defaults(fn=_cmd_export)
+
+    ca = cmd(sub, "cache", "what the frozen-feature cache holds on disk; bound or clear it").add_subparsers(
+        dest="cache_cmd", required=True
+    )
+    ci = cmd(ca, "info", "size and files per encoder identity")
+    cp_ = cmd(ca, "prune", "remove least recently used files down to --max-gb")
+    cp_.add_argument("--max-gb", type=non_negative_float, required=True, help="size to keep, in GiB")
+    cc = cmd(ca, "clear", "remove the whole cache")
+    cc.add_argument("--yes", action="store_true", help="confirm")
+    for q in (ci, cp_, cc):
+        q.add_argument(
+            "--work-dir", default="fssbench-runs", help="the work folder whose feature-cache/ to use"
+        )
+        q.add_argument("--cache-dir", default=None, help="a cache folder (default: <work-dir>/feature-cache)")
+        q.set_defaults(fn=_cmd_cache)
 
     pr = cmd(sub, "profile", "episodes/s and peak memory per variant, and the feature cache's speed-up")
     pr.add_argument("study", help="study file (YAML)")

@@ -10,6 +10,7 @@ fill one cache directory together only ever see complete files; an unreadable fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ class CacheStats:
     disk_hits: int = 0
     misses: int = 0
     disk_bytes_written: int = 0
+    disk_bytes_evicted: int = 0
 
     @property
     def hits(self) -> int:
@@ -55,12 +57,23 @@ class FeatureCache:
     """get_or_compute(identity, image_sha256, compute) -> features (dict of CPU tensors).
 
     ``directory=None`` keeps features in memory only; ``enabled=False`` always computes.
+    ``max_disk_bytes`` bounds the disk cache: past it, the least recently used files are removed
+    (down to 90 % of the bound; a disk hit refreshes a file's recency). Eviction never changes a
+    number, it only costs recomputation.
     """
 
-    def __init__(self, directory: Path | None, memory_bytes: int = 2 << 30, enabled: bool = True):
+    def __init__(
+        self,
+        directory: Path | None,
+        memory_bytes: int = 2 << 30,
+        enabled: bool = True,
+        max_disk_bytes: int | None = None,
+    ):
         self.directory = Path(directory) if directory is not None else None
         self.memory_bytes = memory_bytes
         self.enabled = enabled
+        self.max_disk_bytes = max_disk_bytes
+        self._disk_used: int | None = None  # measured on the first write when bounded
         self.stats = CacheStats()
         self._memory: OrderedDict[str, Features] = OrderedDict()
         self._memory_used = 0
@@ -94,6 +107,9 @@ class FeatureCache:
             if path.is_file():
                 try:
                     feats = load_file(str(path))
+                    if self.max_disk_bytes is not None:
+                        with contextlib.suppress(OSError):
+                            os.utime(path)  # recently used: the last to be evicted
                     self.stats.disk_hits += 1
                     self._remember(key, feats)
                     return feats
@@ -120,12 +136,25 @@ class FeatureCache:
                 finally:
                     os.close(fd)
                 os.replace(tmp, path)
-                self.stats.disk_bytes_written += path.stat().st_size
+                written = path.stat().st_size
+                self.stats.disk_bytes_written += written
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
+            self._bound_disk(written)
         self._remember(key, feats)
         return feats
+
+    def _bound_disk(self, written: int) -> None:
+        if self.max_disk_bytes is None or self.directory is None:
+            return
+        from benchmark.cache_admin import prune
+
+        self._disk_used = self.disk_size() if self._disk_used is None else self._disk_used + written
+        if self._disk_used > self.max_disk_bytes:
+            _, freed = prune(self.directory, int(0.9 * self.max_disk_bytes))
+            self._disk_used -= freed
+            self.stats.disk_bytes_evicted += freed
 
     def disk_size(self) -> int:
         if self.directory is None or not self.directory.exists():

@@ -142,13 +142,16 @@ class StudyRunner:
         memory_cache_bytes: int = 2 << 30,
         fail_fast: bool = False,
         log: Callable[[str], None] = print,
+        cache_max_bytes: int | None = None,
     ):
         self.study, self.force, self.progress, self.shard = study, force, progress, shard
         self.qualitative, self.fail_fast, self.log = qualitative, fail_fast, log
         self.work_dir = Path(work_dir).absolute()
         self.tracking_uri = tracking_uri
         cache_dir = cache_dir or self.work_dir / "feature-cache"
-        self.cache = FeatureCache(cache_dir, memory_bytes=memory_cache_bytes, enabled=use_cache)
+        self.cache = FeatureCache(
+            cache_dir, memory_bytes=memory_cache_bytes, enabled=use_cache, max_disk_bytes=cache_max_bytes
+        )
         self.pool = WeightPool()
         self.hashes = CheckpointHashes(self.work_dir / "checkpoint-hashes.json")
         self.results: list[dict[str, Any]] = []
