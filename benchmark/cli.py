@@ -380,6 +380,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
+    """The ``--tracking-uri`` option every command that reads or writes MLflow runs has."""
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+
+
 class _Help(argparse.HelpFormatter):
     """Every option's help shows its default (options whose default is None or off say it in words)."""
 
@@ -463,11 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "overrides", nargs="*", help="key=value overrides, e.g. episodes=50 model.random_init=true"
     )
-    r.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_tracking_uri(r)
     r.add_argument(
         "--work-dir", default="fssbench-runs", help="manifests, episode journals, locks, feature cache"
     )
@@ -515,11 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: optuna.db beside the MLflow store)",
     )
     se.add_argument("--study-name", default=None, help="Optuna study name (default: the search's name)")
-    se.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_tracking_uri(se)
     se.add_argument(
         "--work-dir",
         default="fssbench-runs",
@@ -550,11 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output folder: checkpoints, state, manifests (default: fssbench-train/<name>/<method>-<dataset>-fold<k>-<K>shot)",
     )
-    t.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_tracking_uri(t)
     t.add_argument("--resume", action="store_true", help="continue from <out>/train-state.pt")
     t.add_argument(
         "--select-on-test",
@@ -601,11 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = cmd(sub, "report", "tables, figures and an HTML report from an experiment's tracked runs")
     rp.add_argument("--experiment", required=True, help="MLflow experiment (the study name)")
     rp.add_argument("--out", default=None, help="output folder (default: reports-out/<experiment>)")
-    rp.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_tracking_uri(rp)
     rp.add_argument(
         "--reference", default=None, help="variant the ablation differences are taken from (default: fssam)"
     )
@@ -627,11 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument(
         "experiments", nargs="+", help="MLflow experiments; each after the first is compared with it"
     )
-    cp.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_tracking_uri(cp)
     cp.add_argument("--out", default=None, help="output folder (default: reports-out/compare-A-vs-B)")
     cp.set_defaults(fn=_cmd_compare)
 

@@ -247,10 +247,11 @@ class SearchRunner:
         """The validation (or, when allowed, test) manifests of every cell, with their images checked."""
         manifests = study_manifests(self.spec.study, self.work_dir, kind=self.spec.kind)
         cells = [SearchCell(ds, f, k, s, p) for (ds, f, k, s), p in manifests.items()]
+        self.manifests = {c.manifest_path: load_manifest(c.manifest_path) for c in cells}  # read once
         pairs = set()
         for c in cells:
             root = self.spec.study.data[c.dataset]
-            pairs |= {(root / i, root / lab) for i, lab in load_manifest(c.manifest_path)["images"].values()}
+            pairs |= {(root / i, root / lab) for i, lab in self.manifests[c.manifest_path]["images"].values()}
         check_files(sorted(pairs), self.work_dir / "images-checked.json")
         return cells
 
@@ -272,7 +273,6 @@ class SearchRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         spec = self.spec
         self.cells = self.plan()
-        self.manifests = {c.manifest_path: load_manifest(c.manifest_path) for c in self.cells}
         self._preflight()
         tracker = self.tracker = Tracker(self.tracking_uri)
         self.storage_url = self.storage_url or default_storage(tracker.uri)

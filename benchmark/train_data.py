@@ -15,13 +15,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from benchmark.data import classes as C
-from benchmark.data.lists import FoldPool, fold_pool
+from benchmark.data.lists import FoldPool, ImageRecord, fold_pool
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episode_loader import ImageStore, episode_target
 from benchmark.episodes import Episode
@@ -40,6 +41,11 @@ class TrainSet:
 
     def __len__(self) -> int:
         return len(self.pool.images)
+
+    @functools.cached_property
+    def by_id(self) -> dict[str, ImageRecord]:
+        """Every image of the list by id (built once, not per sample)."""
+        return {r.id: r for r in self.pool.images}
 
 
 def train_set(root: PreparedDataset, fold: int, shot: int, coco_split: str = "interleaved") -> TrainSet:
@@ -65,9 +71,13 @@ def train_set(root: PreparedDataset, fold: int, shot: int, coco_split: str = "in
     return TrainSet(root.dataset, fold, classes, pool)
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The query order of an epoch: a permutation of ``range(n)`` from ``(seed, epoch)``."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    """The query order of an epoch: a permutation of ``range(n)`` from ``(seed, epoch)``, drawn once
+    per epoch (every sample of the epoch indexes it). Read-only."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
@@ -97,12 +107,11 @@ def load_train_episode(
 ) -> dict[str, torch.Tensor]:
     """One augmented training episode: ``query`` (3,S,S), ``supports`` (K,3,S,S) float RGB 0..255,
     ``query_mask`` (S,S) and ``support_masks`` (K,S,S) uint8 in {0, 1, 255}."""
-    by_id = {r.id: r for r in (ts.pool.images + ts.pool.per_class[ep.cls])}
     rng = sample_rng(seed, epoch, ep.id)
     rng = np.random.default_rng(rng.integers(2**63))  # past the episode draw: the augmentation stream
 
     def one(image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-        rec = by_id[image_id]
+        rec = ts.by_id[image_id]
         img = torch.from_numpy(np.array(store.image(rec.image), dtype=np.uint8)).permute(2, 0, 1).float()
         lab = torch.from_numpy(np.array(store.label(rec.label), dtype=np.uint8))
         img, lab = augment(img, lab, ep.cls, aug, rng)

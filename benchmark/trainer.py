@@ -235,8 +235,9 @@ class Trainer:
             if self.rank == 0:
                 self.log(f"resuming at iteration {start} of {stop_at} from {self.state_path}")
 
-        tracker = self._tracker(run_id, trainable, frozen, per_epoch, stop_at) if self.rank == 0 else None
-        run_id = self.run_id = getattr(self, "run_id", run_id)
+        self.run_id = run_id  # the resumed run, or None until process 0 creates it
+        tracker = self._tracker(trainable, frozen, per_epoch, stop_at) if self.rank == 0 else None
+        run_id = self.run_id
         logged_until = self._logged_until(tracker, run_id)
         store = ImageStore(PreparedDataset(spec.data_root))
         cache = FeatureCache(self.out / "feature-cache")
@@ -415,13 +416,13 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------------ MLflow
-    def _tracker(self, run_id, trainable, frozen, per_epoch, stop_at) -> Tracker:
+    def _tracker(self, trainable, frozen, per_epoch, stop_at) -> Tracker:
+        """The MLflow store, with ``self.run_id`` set RUNNING again (resume) or created."""
         spec = self.spec
         tracker = Tracker(self.tracking_uri)
         exp = tracker.experiment_id(spec.name)
-        if run_id is not None:
-            tracker.client.update_run(run_id, status="RUNNING")
-            self.run_id = run_id
+        if self.run_id is not None:
+            tracker.client.update_run(self.run_id, status="RUNNING")
             return tracker
         tags = {
             "fss.kind": "train",

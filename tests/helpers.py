@@ -17,6 +17,9 @@ TINY = {
 }
 """Tiny random-init models (SAM 2.0-T at 256 px, DINOv2-S at 224 px): a study's `model:` block for tests."""
 
+TINY_128 = {**TINY, "image_size": 128, "dinov2_input_size": 112}
+"""Smaller still (128 px, DINOv2 at 112 px): what the training tests train."""
+
 
 def run_command(study: Path, work: Path, uri: str) -> list[str]:
     """The ``fssbench run`` command line of a study (quiet), as a subprocess argument list."""

@@ -21,14 +21,7 @@ from benchmark.train_file import parse_train
 from benchmark.trainer import Trainer
 from fssam.errors import FSSAMError
 from fssam.finetune import apply_finetuned, read_finetuned, save_finetuned
-
-SMALL = {
-    "sam2_size": "t",
-    "image_size": 128,
-    "dinov2": "vits14",
-    "dinov2_input_size": 112,
-    "random_init": True,
-}
+from tests.helpers import TINY_128
 
 
 def train_dict(root, **extra) -> dict:
@@ -38,7 +31,7 @@ def train_dict(root, **extra) -> dict:
         "data": {"pascal": str(root)},
         "fold": 0,
         "shot": 1,
-        "model": dict(SMALL),
+        "model": dict(TINY_128),
         "train": {"batch_size": 2, "max_iters": 4, "checkpoint_every": 2},
         "val": {"episodes": 4, "every": 2, "patience": 5},
     }
@@ -74,7 +67,7 @@ def test_training_episodes_are_base_class_and_a_pure_function_of_position(pascal
 
 def test_a_finetuned_checkpoint_round_trips_and_refuses_another_architecture(tmp_path):
     entry = get_method("fssam")
-    settings = entry.resolve(dict(SMALL))
+    settings = entry.resolve(dict(TINY_128))
     model = build_method("fssam", dict(settings), torch.device("cpu"))
     trained = copy.deepcopy(model.sam2)
     with torch.no_grad():
@@ -88,7 +81,7 @@ def test_a_finetuned_checkpoint_round_trips_and_refuses_another_architecture(tmp
     fresh = apply_finetuned(copy.deepcopy(model.sam2), path, fssam_config(settings))
     for (k, a), (_, b) in zip(fresh.state_dict().items(), trained.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
-    other = fssam_config(entry.resolve({**SMALL, "image_size": 192}))
+    other = fssam_config(entry.resolve({**TINY_128, "image_size": 192}))
     with pytest.raises(
         FSSAMError, match="trained on SAM 2 2.0-t at 128 px, but this model is 2.0-t at 192 px"
     ):
@@ -177,7 +170,7 @@ def test_a_trained_checkpoint_is_scored_by_fssbench_run(trained, pascal_root, tm
             "folds": [0],
             "shots": [1],
             "episodes": 3,
-            "model": dict(SMALL),
+            "model": dict(TINY_128),
             "variants": {
                 "frozen": {},
                 "finetuned": {"finetuned_checkpoint": str(outcome.best_checkpoint)},
@@ -207,9 +200,12 @@ def test_a_trained_checkpoint_is_scored_by_fssbench_run(trained, pascal_root, tm
         ({"train": {"bach_size": 2}}, r"train.bach_size: unknown field \(did you mean 'batch_size'\?\)"),
         ({"train": {"augment": {"scale": [1.2, 0.9]}}}, r"train.augment.scale: expected \[low, high\]"),
         ({"val": {"every": "sometimes"}}, r"val.every \(iterations, or 'epoch'\)"),
-        ({"model": {**SMALL, "fssam_checkpoint": "x.pth"}}, r"model.fssam_checkpoint: training starts from"),
         (
-            {"model": {**SMALL, "imr_iter": 2}},
+            {"model": {**TINY_128, "fssam_checkpoint": "x.pth"}},
+            r"model.fssam_checkpoint: training starts from",
+        ),
+        (
+            {"model": {**TINY_128, "imr_iter": 2}},
             r"model.imr_iter: unknown setting for every trainable method \(did you mean 'imr_iters'\?\)",
         ),
         ({"fold": 4}, r"fold: 4 is out of range"),
@@ -258,7 +254,7 @@ def test_export_to_the_authors_layout_round_trips_losslessly(pascal_root, tmp_pa
     from benchmark.trainer import export_checkpoint
     from fssam.model import FSSAM
 
-    spec = parse_train(train_dict(pascal_root, model={**SMALL, "dinov2_input_size": 518}), "t.yaml")
+    spec = parse_train(train_dict(pascal_root, model={**TINY_128, "dinov2_input_size": 518}), "t.yaml")
     model = build_method("fssam", dict(spec.settings), torch.device("cpu"))
     with torch.no_grad():
         for p in model.sam2.memory_attention.parameters():
@@ -299,7 +295,7 @@ def test_a_trained_checkpoint_is_scored_by_its_mlflow_uri(trained, pascal_root, 
             "folds": [0],
             "shots": [1],
             "episodes": 2,
-            "model": dict(SMALL),
+            "model": dict(TINY_128),
             "variants": {"ft": {"finetuned_checkpoint": f"runs:/{outcome.run_id}/checkpoint/best.pth"}},
         }
     )

@@ -22,21 +22,13 @@ from benchmark.train_data import collate, draw_episode, load_train_episode, trai
 from fssam.augment import AugmentConfig
 from fssam.finetune import read_finetuned
 from fssam.train import dice_loss
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY_128
 
 pytestmark = pytest.mark.slow
 
-SMALL = {
-    "sam2_size": "t",
-    "image_size": 128,
-    "dinov2": "vits14",
-    "dinov2_input_size": 112,
-    "random_init": True,
-}
-
 
 def _model_and_batch(root: str):
-    settings = get_method("fssam").resolve(dict(SMALL))
+    settings = get_method("fssam").resolve(dict(TINY_128))
     model = build_method("fssam", settings, torch.device("cpu"))
     model.train_mode()
     for m in model.trainable_modules().values():
@@ -104,7 +96,7 @@ def write_train(tmp: Path, root: Path, **train) -> Path:
         "data": {"pascal": str(root)},
         "fold": 0,
         "shot": 1,
-        "model": SMALL,
+        "model": TINY_128,
         "train": {"batch_size": 2, "max_iters": 6, "checkpoint_every": 2, **train},
         "val": {"episodes": 3, "every": 3, "patience": 5},
     }
