@@ -159,7 +159,13 @@ class Trainer:
         return path
 
     def _load_state(self) -> dict[str, Any]:
-        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated or not a torch file
+            raise FssBenchError(
+                f"{self.state_path}: unreadable training state ({type(e).__name__}); restart without --resume "
+                "or restore the file"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise FssBenchError(f"{self.state_path}: not a training state written by `fssbench train`")
         if state["spec_sha256"] != self.spec.sha256:

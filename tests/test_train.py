@@ -353,3 +353,13 @@ def test_naive_sam2_trains_with_the_same_file_and_exports_to_meta_s_layout(pasca
     trained = apply_finetuned(base.sam2, outcome.best_checkpoint, fssam_config(spec.settings))
     for (k, a), (_, b) in zip(loaded.state_dict().items(), trained.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_a_corrupt_training_state_is_one_line_not_a_traceback(pascal_root, tmp_path):
+    spec = parse_train(train_dict(pascal_root), "t.yaml")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train-state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(FssBenchError, match=r"train-state.pt: unreadable training state"):
+        Trainer(
+            spec, tmp_path / "out", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", resume=True, progress=False
+        ).run()
