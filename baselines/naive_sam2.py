@@ -24,13 +24,13 @@ from fssam.sam2_adapter import (
     decode,
     encode_image,
     flatten_levels,
-    mask_to_memory,
     memory_tokens,
     sam2_from_config,
     split_shots,
     weights_id,
 )
 from fssam.scma import memory_attention
+from fssam.stages import SharedStages
 
 
 class NaiveSAM2(TrainableSAM2, nn.Module):
@@ -81,12 +81,16 @@ class NaiveSAM2(TrainableSAM2, nn.Module):
         """(N, 3, H, W) float RGB 0..255 -> SAM 2 features."""
         return EncodedImages(self.encode_sam2(images))
 
-    def support_memory(self, supports: EncodedImages, support_masks: Tensor) -> tuple[Tensor, Tensor, int]:
-        """Memory tokens [S_1..S_K ; pointers] (M, B, 64), their positions, and the pointer-token count."""
+    def support_memory(
+        self, supports: EncodedImages, support_masks: Tensor, stages: SharedStages | None = None
+    ) -> tuple[Tensor, Tensor, int]:
+        """Memory tokens [S_1..S_K ; pointers] (M, B, 64), their positions, and the pointer-token count.
+
+        The support memories are the same stage as FSSAM's, so the two share them on one batch."""
         sam = self.sam2
         b, k, size = support_masks.shape[0], support_masks.shape[1], self.config.image_size
         s_mask = (support_masks.to(supports.sam2.top.device) == 1).float().reshape(b * k, 1, size, size)
-        mem = mask_to_memory(sam, supports.sam2, s_mask, self.config.round_memory_to_bf16)
+        mem = self.mask_memory("support_memory", supports.sam2, s_mask, stages)
         return memory_tokens(sam, split_shots(mem, b, k))
 
     def predict(
@@ -96,6 +100,7 @@ class NaiveSAM2(TrainableSAM2, nn.Module):
         support_masks: Tensor,
         query_mask: Tensor | None = None,
         return_intermediates: bool = False,
+        stages: SharedStages | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """(B, S, S) foreground logits; same arguments as :meth:`fssam.FSSAM.predict`."""
         sam, size = self.sam2, self.config.image_size
@@ -104,7 +109,7 @@ class NaiveSAM2(TrainableSAM2, nn.Module):
         if len(supports) != b * k:
             raise FSSAMError(f"expected {b * k} support feature sets, got {len(supports)}")
         with autocast_context(query.sam2.top.device, self.config.precision):
-            memory, memory_pos, n_ptr = self.support_memory(supports, support_masks)
+            memory, memory_pos, n_ptr = self.support_memory(supports, support_masks, stages)
             feats, pos, sizes = flatten_levels(sam, query.sam2)
             pix = memory_attention(sam.memory_attention, feats[-1], pos[-1], memory, memory_pos, n_ptr)
             h, w = sizes[-1]

@@ -26,6 +26,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,8 @@ import torch
 
 from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
-from benchmark.device import resolve_device
-from benchmark.episode_loader import ImageStore, load_episode
+from benchmark.device import compile_method, resolve_device
+from benchmark.episode_loader import EpisodeData, ImageStore, load_episode
 from benchmark.episodes import load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
@@ -46,9 +47,10 @@ from benchmark.io_utils import canonical_json, installed_versions, write_text_at
 from benchmark.journal import CellJournal
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
 from benchmark.metrics import bootstrap_ci, prediction_at_label_size, summarize
-from benchmark.predict import predict_episode, score_episode
+from benchmark.predict import predict_batch, predict_episode, score_episode
 from fssam.hashing import file_sha256
 from fssam.sam2_adapter import effective_precision
+from fssam.stages import StageMemo
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_PATHS = (
@@ -139,6 +141,9 @@ class CellSpec:
     data_root: Path
     device: str = "auto"
     name: str = ""
+    batch_size: int = 1  # episodes per forward: how, not what (batched logits equal unbatched to ~1e-6)
+    feature_dtype: str = "fp32"  # storage dtype of the frozen features: changes the numbers (in the key)
+    compile: bool = False  # torch.compile the heavy modules (how, not what: not in the key)
 
     @property
     def precision(self) -> str:
@@ -189,6 +194,8 @@ def cell_key(spec: CellSpec, manifest_sha256: str, weights: Mapping[str, str]) -
         "method_code": method_code_hash(entry),
         "packages": number_package_versions(),
     }
+    if spec.feature_dtype != "fp32":  # fp32 cells keep the keys they had before compact features
+        body["feature_dtype"] = spec.feature_dtype
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
@@ -261,6 +268,8 @@ class CellResult:
     precision: str
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load_wait, encode, episode_path
+    encoder_passes: dict[str, int] = field(default_factory=dict)  # images run through each encoder now
 
 
 def evaluate_cell(
@@ -276,8 +285,12 @@ def evaluate_cell(
     on_start: Callable[[int, int], None] | None = None,
     on_episode: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict[str, int]], None] | None = None,
+    stages: StageMemo | None = None,
+    loader_workers: int = 2,
 ) -> CellResult:
-    """Score ``spec``'s method on every episode of its manifest.
+    """Score ``spec``'s method on every episode of its manifest, ``spec.batch_size`` episodes per
+    forward, the next batch's labels read and uncached images decoded by ``loader_workers``
+    background threads while the current one runs.
 
     Args:
         key: the cell key (recorded in the journal header and config.json); computed if omitted.
@@ -290,14 +303,20 @@ def evaluate_cell(
         on_row: called with each episode's row of the per-episode table, the journal's resumed rows
             first (in manifest order), then each new one as it is scored (running metrics, pruning).
             An exception it raises stops the cell; the rows scored so far stay in the journal.
+        stages: a memo of episode stages shared with the other cells of the same manifest
+            (fssam/stages.py); results are identical with and without it.
     """
     manifest = load_manifest(spec.manifest_path)
     device = resolve_device(spec.device)
     key = key or cell_key(spec, manifest["sha256"], weight_ids(spec))
     if method is None:
         method = build_method(spec.method, dict(spec.settings), device, pool)
+    if spec.compile:
+        compile_method(method)
     store = ImageStore(PreparedDataset(spec.data_root))
-    feat = Featurizer(method, cache)
+    feat = Featurizer(method, cache, dtype=spec.feature_dtype, encode_batch=max(8, 2 * spec.batch_size))
+    if stages is not None:
+        stages.scope(manifest["sha256"])
     threshold = float(spec.settings.get("threshold", 0.5))
     episodes = manifest_episodes(manifest)
     header = {"cell_key": key, "manifest_sha256": manifest["sha256"]}
@@ -314,15 +333,44 @@ def evaluate_cell(
                 if e.id in journal.rows:
                     on_row(journal.rows[e.id])
         t0 = time.perf_counter()
-        for ep in todo:
-            data = load_episode(store, manifest["images"], ep, method.image_size)
-            row = score_episode(predict_episode(method, feat, data), data, threshold)
-            journal.append(row)
-            if on_row is not None:
-                on_row(row)
-            if on_episode is not None:
-                on_episode(len(journal.rows), len(episodes))
+        timings = {"load_wait": 0.0, "episode_path": 0.0}
+        size = max(1, spec.batch_size)
+        batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+
+        def load(batch: list) -> list[EpisodeData]:
+            datas = [load_episode(store, manifest["images"], ep, method.image_size) for ep in batch]
+            for d in datas:  # decode now, in the background, what the encoders will need
+                for img in (d.query, *d.supports):
+                    if feat.needs_pixels(img):
+                        img.tensor()
+            return datas
+
+        workers = max(1, loader_workers)
+        loader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fss-load")
+        ahead = {j: loader.submit(load, batches[j]) for j in range(min(workers, len(batches)))}
+        try:
+            for i in range(len(batches)):
+                t_wait = time.perf_counter()
+                datas = ahead.pop(i).result()
+                timings["load_wait"] += time.perf_counter() - t_wait
+                if i + workers < len(batches):  # keep `workers` batches loading ahead
+                    ahead[i + workers] = loader.submit(load, batches[i + workers])
+                fetch_before = feat.fetch_seconds
+                t_path = time.perf_counter()
+                logits = predict_batch(method, feat, datas, stages).float().cpu()
+                timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
+                for j, data in enumerate(datas):
+                    row = score_episode(logits[j : j + 1], data, threshold)
+                    journal.append(row)
+                    if on_row is not None:
+                        on_row(row)
+                    if on_episode is not None:
+                        on_episode(len(journal.rows), len(episodes))
+        finally:
+            loader.shutdown(wait=True, cancel_futures=True)
         seconds = time.perf_counter() - t0
+        timings["encode"] = feat.encode_seconds
+        timings["feature_io"] = feat.fetch_seconds - feat.encode_seconds
         table = journal.table()
     if len(table) != manifest["num_episodes"]:
         raise FssBenchError(f"{spec.name}: {len(table)} of {manifest['num_episodes']} episodes recorded")
@@ -343,6 +391,8 @@ def evaluate_cell(
     }
     if todo:
         metrics["episodes_per_s"] = len(todo) / max(seconds, 1e-9)
+        metrics["encode_s"] = feat.encode_seconds
+        metrics["episode_path_s"] = timings["episode_path"]
     result = CellResult(
         spec=spec,
         key=key,
@@ -359,6 +409,8 @@ def evaluate_cell(
         device=str(device),
         precision=spec.precision,
         manifest=manifest,
+        timings=timings,
+        encoder_passes=dict(feat.passes),
     )
     if artifacts_dir is not None:
         result.artifacts = write_artifacts(result, Path(artifacts_dir), method, feat, store, qualitative)

@@ -136,10 +136,47 @@ def _parse_shard(text: str) -> tuple[int, int]:
         raise FssBenchError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/2") from None
 
 
+def add_throughput_options(p: argparse.ArgumentParser) -> None:
+    """--batch-size, --cache-dtype, --compile, --deterministic (``run`` and ``profile``)."""
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="episodes per forward (the study's batch_size; default 1)",
+    )
+    p.add_argument(
+        "--cache-dtype",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="storage dtype of cached frozen features (the study's cache.dtype; changes the numbers slightly)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoders, memory attention and decoder"
+    )
+    p.add_argument(
+        "--deterministic", action="store_true", help="deterministic kernels (no cuDNN autotuning, no TF32)"
+    )
+
+
+def throughput_overrides(args: argparse.Namespace) -> list[str]:
+    """The study overrides that --batch-size and --cache-dtype stand for."""
+    out = []
+    if args.batch_size is not None:
+        out.append(f"batch_size={args.batch_size}")
+    if args.cache_dtype is not None:
+        out.append(f"cache.dtype={args.cache_dtype}")
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from benchmark.study import load_study, with_device
 
-    study = load_study(Path(args.study), args.overrides)  # validated before torch or MLflow are imported
+    # validated before torch or MLflow are imported
+    study = load_study(Path(args.study), args.overrides + throughput_overrides(args))
+    if args.deterministic:
+        from benchmark.device import set_deterministic
+
+        set_deterministic()
     if args.device is not None:
         study = with_device(study, args.device)
     from benchmark.runner import StudyRunner, summary_table
@@ -154,6 +191,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         shard=_parse_shard(args.shard),
         fail_fast=args.fail_fast,
         cache_max_bytes=None if args.cache_max_gb is None else int(args.cache_max_gb * 2**30),
+        compile=args.compile,
     )
     try:
         cells = runner.run()
@@ -320,10 +358,16 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from benchmark.profile import print_profile, profile_study
     from benchmark.study import load_study
 
-    study = load_study(Path(args.study), args.overrides)
-    print_profile(
-        study, profile_study(study, Path(args.work_dir) if args.work_dir else None, progress=not args.quiet)
+    study = load_study(Path(args.study), args.overrides + throughput_overrides(args))
+    if args.deterministic:
+        from benchmark.device import set_deterministic
+
+        set_deterministic()
+    work = Path(args.work_dir) if args.work_dir else None
+    r = profile_study(
+        study, work, progress=not args.quiet, dtype_episodes=args.dtype_episodes, compile=args.compile
     )
+    print_profile(study, r)
     return 0
 
 
@@ -495,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--fail-fast", action="store_true", help="stop at the first failing cell (else: record it, go on)"
     )
+    add_throughput_options(r)
     r.set_defaults(fn=_cmd_run)
 
     se = cmd(sub, "search", "an Optuna search over a variant's switches on validation manifests")
@@ -593,6 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--work-dir", default=None, help="where the temporary runs go (default: the system temp folder)"
     )
+    pr.add_argument(
+        "--dtype-episodes",
+        type=int,
+        default=8,
+        help="episodes on which fp16/bf16 cached features are compared with fp32 (0: skip)",
+    )
+    add_throughput_options(pr)
     pr.set_defaults(fn=_cmd_profile)
 
     rp = cmd(sub, "report", "tables, figures and an HTML report from an experiment's tracked runs")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from benchmark.errors import FssBenchError
 
+FEATURE_DTYPE_NAMES = ("fp32", "fp16", "bf16")
+"""Storage dtypes of cached frozen features (``cache.dtype`` in a study; torch dtypes in benchmark.features)."""
+
 
 def resolve_device(name: str):
     """The ``torch.device`` for a study's ``device`` setting (auto, cpu, cuda, cuda:1, ...)."""
@@ -36,3 +39,38 @@ def check_device(name: str, where: str) -> None:
         resolve_device(str(name))
     except FssBenchError as e:
         raise FssBenchError(f"{where}: {e}") from None
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels where torch has them (``--deterministic``): no cuDNN autotuning, no TF32,
+    ``torch.use_deterministic_algorithms`` (warn-only for ops without a deterministic version)."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def compile_method(method) -> int:
+    """``torch.compile`` a method's heavy modules in place (``nn.Module.compile``, so state-dict keys
+    and weight hashes do not change): SAM 2's image encoder, memory encoder, memory attention and
+    mask decoder, and the DINOv2 backbone. Returns how many modules were compiled now (pooled modules
+    shared with another variant are compiled once)."""
+    sam, dino = getattr(method, "sam2", None), getattr(method, "dino", None)
+    modules = []
+    if sam is not None:
+        modules += [sam.image_encoder, sam.memory_encoder, sam.memory_attention, sam.sam_mask_decoder]
+    if dino is not None:
+        modules.append(dino)
+    done = 0
+    for m in modules:
+        if not getattr(m, "_fss_compiled", False):
+            m.compile()
+            m._fss_compiled = True
+            done += 1
+    return done

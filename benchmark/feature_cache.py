@@ -92,12 +92,22 @@ class FeatureCache:
             _, old = self._memory.popitem(last=False)
             self._memory_used -= sum(t.numel() * t.element_size() for t in old.values())
 
-    def get_or_compute(self, identity: dict, image_sha256: str, compute: Callable[[], Features]) -> Features:
-        if not self.enabled:
-            self.stats.misses += 1
-            return compute()
+    def _key(self, identity: dict, image_sha256: str) -> tuple[str, str]:
         ident = identity_hash(identity)
-        key = hashlib.sha256(f"{ident}:{image_sha256}".encode()).hexdigest()
+        return hashlib.sha256(f"{ident}:{image_sha256}".encode()).hexdigest(), ident
+
+    def contains(self, identity: dict, image_sha256: str) -> bool:
+        """Whether a lookup would hit (memory or disk), without loading or counting anything."""
+        if not self.enabled:
+            return False
+        key, ident = self._key(identity, image_sha256)
+        return key in self._memory or (self.directory is not None and self._path(key, ident).is_file())
+
+    def lookup(self, identity: dict, image_sha256: str) -> Features | None:
+        """The cached features (memory first, then disk), or None (a miss is counted by :meth:`store`)."""
+        if not self.enabled:
+            return None
+        key, ident = self._key(identity, image_sha256)
         if key in self._memory:
             self._memory.move_to_end(key)
             self.stats.memory_hits += 1
@@ -115,35 +125,48 @@ class FeatureCache:
                     return feats
                 except Exception:  # a corrupt cache file is recomputed, never trusted
                     path.unlink(missing_ok=True)
-        feats = {k: v.detach().to("cpu").contiguous() for k, v in compute().items()}
+        return None
+
+    def store(self, identity: dict, image_sha256: str, feats: Features) -> Features:
+        """Record freshly computed features (counted as a miss); returns them as cached (CPU)."""
+        feats = {k: v.detach().to("cpu").contiguous() for k, v in feats.items()}
         self.stats.misses += 1
+        if not self.enabled:
+            return feats
+        key, ident = self._key(identity, image_sha256)
         if self.directory is not None:
-            path = self._path(key, ident)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not (self.directory / ident[:16] / "identity.json").exists():
-                write_text_atomic(
-                    self.directory / ident[:16] / "identity.json",
-                    json.dumps(identity, indent=1, sort_keys=True),
-                )
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            respect_umask(tmp)
-            try:
-                save_file(feats, tmp)
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-                written = path.stat().st_size
-                self.stats.disk_bytes_written += written
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            self._bound_disk(written)
+            self._write(key, ident, identity, feats)
         self._remember(key, feats)
         return feats
+
+    def get_or_compute(self, identity: dict, image_sha256: str, compute: Callable[[], Features]) -> Features:
+        found = self.lookup(identity, image_sha256)
+        return found if found is not None else self.store(identity, image_sha256, compute())
+
+    def _write(self, key: str, ident: str, identity: dict, feats: Features) -> None:
+        path = self._path(key, ident)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.directory / ident[:16] / "identity.json").exists():
+            write_text_atomic(
+                self.directory / ident[:16] / "identity.json", json.dumps(identity, indent=1, sort_keys=True)
+            )
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        respect_umask(tmp)
+        try:
+            save_file(feats, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            written = path.stat().st_size
+            self.stats.disk_bytes_written += written
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._bound_disk(written)
 
     def _bound_disk(self, written: int) -> None:
         if self.max_disk_bytes is None or self.directory is None:

@@ -1,40 +1,113 @@
-"""Frozen features of an episode's images for one method, through the feature cache.
+"""Frozen features of episode images for one method, through the feature cache.
 
 For each image and each of the method's encoders, the cache is asked for (encoder identity, image
-SHA-256); only on a miss is the image decoded (once, whatever the number of encoders) and encoded.
+SHA-256); the misses are decoded (once, whatever the number of encoders) and encoded in batches of
+``encode_batch``. Features are stored in ``dtype`` (fp32, or fp16/bf16 to halve the cache); a
+compact dtype rounds them the same way whether they come from the cache or were just computed, so
+the numbers never depend on the cache's state, and it is part of the identity (the cache key).
 """
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+
 import torch
 
+from benchmark.device import FEATURE_DTYPE_NAMES
 from benchmark.episode_loader import EpisodeImage, loader_identity
+from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.methods.base import Features, FewShotMethod
 
+FEATURE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""Storage dtypes of cached frozen features (``cache.dtype`` in a study), by name."""
+assert tuple(FEATURE_DTYPES) == FEATURE_DTYPE_NAMES
+
+
+def check_feature_dtype(dtype: str, where: str = "cache.dtype") -> str:
+    if dtype not in FEATURE_DTYPES:
+        raise FssBenchError(f"{where}: {dtype!r} is not one of {list(FEATURE_DTYPES)}")
+    return dtype
+
 
 class Featurizer:
-    """``encode(images) -> Features``: the method's encoders' outputs, images along dim 0."""
+    """``encode(images) -> Features``: the method's encoders' outputs, images along dim 0.
 
-    def __init__(self, method: FewShotMethod, cache: FeatureCache):
-        self.method, self.cache = method, cache
+    Counts what it does for ``fssbench profile``: ``passes[encoder]`` (images run through each
+    encoder), ``encode_seconds`` (time inside the encoders) and ``fetch_seconds`` (all of
+    ``encode``: cache lookups, disk reads, encoders and the copy to the device).
+    """
+
+    def __init__(
+        self, method: FewShotMethod, cache: FeatureCache, dtype: str = "fp32", encode_batch: int = 8
+    ):
+        self.method, self.cache, self.encode_batch = method, cache, max(1, int(encode_batch))
+        self.dtype = check_feature_dtype(dtype)
         self.encoders = dict(method.encoders)
         loader = loader_identity(method.image_size)  # the decode and resize before any encoder
-        self.identities = {name: {**enc.identity(), "loader": loader} for name, enc in self.encoders.items()}
+        storage = {"storage": dtype} if dtype != "fp32" else {}  # fp32 keys stay what they were
+        self.identities = {
+            name: {**enc.identity(), "loader": loader, **storage} for name, enc in self.encoders.items()
+        }
+        self.passes: Counter[str] = Counter()
+        self.encode_seconds = self.fetch_seconds = 0.0
+
+    def _cacheable(self, name: str) -> bool:
+        return getattr(self.encoders[name], "cacheable", True)
+
+    def needs_pixels(self, img: EpisodeImage) -> bool:
+        """Whether encoding ``img`` will need its pixels (some encoder's features are not cached)."""
+        return any(
+            not self._cacheable(n) or not self.cache.contains(self.identities[n], img.sha256)
+            for n in self.encoders
+        )
+
+    def _compact(self, feats: Features) -> Features:
+        dtype = FEATURE_DTYPES[self.dtype]
+        return {k: v.detach().to("cpu").to(dtype) for k, v in feats.items()}
+
+    def _run_encoder(self, name: str, images: list[EpisodeImage]) -> list[Features]:
+        enc, device = self.encoders[name], self.method.device
+        t0 = time.perf_counter()
+        out = enc.encode(torch.stack([im.tensor() for im in images]))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.encode_seconds += time.perf_counter() - t0
+        self.passes[name] += len(images)
+        return [{k: v[i : i + 1].clone() for k, v in out.items()} for i in range(len(images))]
 
     def encode(self, images: list[EpisodeImage]) -> Features:
-        per_image: list[Features] = []
-        for img in images:
-            feats: Features = {}
-            for name, enc in self.encoders.items():
+        t0 = time.perf_counter()
+        try:
+            return self._encode(images)
+        finally:
+            self.fetch_seconds += time.perf_counter() - t0
 
-                def compute(enc=enc, img=img) -> Features:
-                    return enc.encode(img.tensor()[None])
-
-                if getattr(enc, "cacheable", True):
-                    feats.update(self.cache.get_or_compute(self.identities[name], img.sha256, compute))
+    def _encode(self, images: list[EpisodeImage]) -> Features:
+        unique = list({img.sha256: img for img in images}.values())  # a repeated image is encoded once
+        per_sha: dict[str, Features] = {img.sha256: {} for img in unique}
+        for name in self.encoders:
+            cacheable, ident = self._cacheable(name), self.identities[name]
+            missing = []
+            for img in unique:
+                found = self.cache.lookup(ident, img.sha256) if cacheable else None
+                if found is None:
+                    missing.append(img)
                 else:
-                    feats.update(compute())
-            per_image.append(feats)
+                    per_sha[img.sha256].update(found)
+            for i in range(0, len(missing), self.encode_batch):
+                chunk = missing[i : i + self.encode_batch]
+                for img, feats in zip(chunk, self._run_encoder(name, chunk), strict=True):
+                    if cacheable:
+                        feats = self.cache.store(ident, img.sha256, self._compact(feats))
+                    per_sha[img.sha256].update(feats)
         device = self.method.device
-        return {k: torch.cat([f[k] for f in per_image]).to(device) for k in per_image[0]}
+        out = {}
+        for k in per_sha[unique[0].sha256]:
+            x = torch.cat([per_sha[img.sha256][k].cpu() for img in images])
+            if device.type == "cuda":  # pinned host memory: an asynchronous copy
+                out[k] = x.pin_memory().to(device, non_blocking=True).float()
+            else:
+                out[k] = x.to(device).float()
+        return out

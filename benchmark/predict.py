@@ -1,9 +1,16 @@
-"""One episode through a method and the scorer: features -> ``predict`` -> per-episode counts.
+"""Episodes through a method and the scorer: features -> ``predict`` -> per-episode counts.
 
-Part of the code that determines a cell's numbers (hashed into every cell key).
+B episodes of one cell go through the method in one forward (:func:`predict_batch`); every
+image is resized to S x S, so a batch needs no padding, and episodes with different shot counts
+are run as separate groups. Part of the code that determines a cell's numbers (hashed into every
+cell key).
 """
 
 from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
 
 import torch
 
@@ -11,22 +18,60 @@ from benchmark.episode_loader import EpisodeData
 from benchmark.features import Featurizer
 from benchmark.methods.base import FewShotMethod
 from benchmark.metrics import intersection_union, prediction_at_label_size
+from fssam.stages import SharedStages, StageMemo
+
+
+@functools.cache
+def _accepts_stages(cls: type) -> bool:
+    return "stages" in inspect.signature(cls.predict).parameters
+
+
+def batch_token(feat: Featurizer, batch: list[EpisodeData]) -> str:
+    """What a batch's shared stages depend on besides the model: its images (by content), masks,
+    the features' storage dtype and the device (:mod:`fssam.stages`)."""
+    h = hashlib.sha256(f"{feat.dtype}:{feat.method.device}:{len(batch)}".encode())
+    for d in batch:
+        for img in (d.query, *d.supports):
+            h.update(img.sha256.encode())
+        h.update(d.support_masks.numpy().tobytes())
+        h.update(d.query_mask.numpy().tobytes())
+    return h.hexdigest()
+
+
+def predict_batch(
+    method: FewShotMethod,
+    feat: Featurizer,
+    batch: list[EpisodeData],
+    memo: StageMemo | None = None,
+    return_intermediates: bool = False,
+):
+    """The method on B episodes with the same shot count: (B, S, S) logits (and intermediates).
+
+    With ``memo``, a method whose ``predict`` takes ``stages`` reuses the stages another variant
+    already computed on the same batch (identical results)."""
+    if len({len(d.supports) for d in batch}) != 1:
+        raise ValueError("predict_batch: every episode of a batch must have the same number of shots")
+    query = feat.encode([d.query for d in batch])
+    supports = feat.encode([s for d in batch for s in d.supports])
+    extras = {}
+    if memo is not None and _accepts_stages(type(method)):
+        extras["stages"] = SharedStages(memo, batch_token(feat, batch))
+    with torch.no_grad():
+        return method.predict(
+            query,
+            supports,
+            torch.stack([d.support_masks for d in batch]),
+            query_mask=torch.stack([d.query_mask for d in batch]),
+            return_intermediates=return_intermediates,
+            **extras,
+        )
 
 
 def predict_episode(
     method: FewShotMethod, feat: Featurizer, data: EpisodeData, return_intermediates: bool = False
 ):
     """The method on one episode: (1, S, S) logits (and intermediates when asked)."""
-    query = feat.encode([data.query])
-    supports = feat.encode(data.supports)
-    with torch.no_grad():
-        return method.predict(
-            query,
-            supports,
-            data.support_masks[None],
-            query_mask=data.query_mask[None],
-            return_intermediates=return_intermediates,
-        )
+    return predict_batch(method, feat, [data], return_intermediates=return_intermediates)
 
 
 def score_episode(logits: torch.Tensor, data: EpisodeData, threshold: float = 0.5) -> dict[str, int]:

@@ -1,9 +1,13 @@
-"""``fssbench profile``: what the feature cache buys on a study, measured in one process.
+"""``fssbench profile``: where a study's time goes, and what the caches buy, measured in one process.
 
 The study runs three times, each with a fresh work folder and a throwaway SQLite tracking store (so
-nothing is skipped and the user's MLflow store is untouched): without the cache, with a cold cache,
-and with the warm cache left by the second run. It prints episodes/s and peak memory per variant and
-the ratio of the whole study's wall time without the cache to with it.
+nothing is skipped and the user's MLflow store is untouched): without any cache (no feature cache,
+no shared stages), with a cold cache and with the warm cache left by the second run. It prints,
+per run, the encoder passes (checked against unique images x encoders on the cold cache), the
+episode-variant forwards and the time split between encoding, the episode path, feature I/O,
+waiting for decoded images and the rest (tracking, manifests, artifacts); the ratios of the whole
+study without the cache to with it; the effect of compact cached features (fp16, bf16) on the
+predictions; and the projected time of the full PASCAL-5i grid on this device.
 """
 
 from __future__ import annotations
@@ -11,16 +15,32 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import torch
 
+from benchmark.cell import CellSpec
+from benchmark.data.prepared import PreparedDataset
+from benchmark.episode_loader import ImageStore, load_episode
+from benchmark.episodes import load_manifest, manifest_episodes
+from benchmark.feature_cache import FeatureCache, identity_hash
+from benchmark.features import Featurizer
+from benchmark.methods import WeightPool, build_method
+from benchmark.metrics import prediction_at_label_size
+from benchmark.predict import predict_batch
 from benchmark.runner import StudyRunner
 from benchmark.study import Study
 
+RUNS = (("no cache", False), ("cold cache", True), ("warm cache", True))
+PASCAL_GRID = {"variants": 8, "folds": 4, "shots": 2, "episodes": 1000, "unique_images": 1449}
+"""The paper's PASCAL-5i grid: FSSAM + naive SAM 2 + 6 ablations, 4 folds, 1 and 5 shots, 1000
+episodes per cell; the test episodes draw from VOC2012 val's 1,449 images."""
+
 
 def _timed_run(
-    study: Study, work: Path, cache_dir: Path, use_cache: bool, progress: bool
-) -> tuple[float, pd.DataFrame, str]:
+    study: Study, work: Path, cache_dir: Path, use_cache: bool, progress: bool, compile: bool = False
+) -> dict[str, Any]:
     runner = StudyRunner(
         study,
         tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
@@ -30,26 +50,142 @@ def _timed_run(
         progress=progress,
         qualitative=0,
         log=lambda *a, **k: None,
+        compile=compile,
     )
     t0 = time.perf_counter()
     cells = runner.run()
-    return time.perf_counter() - t0, cells, runner.cache.stats.summary()
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cells": cells,
+        "cache": runner.cache.stats.summary(),
+        "stages": runner.stages.summary() if runner.stages is not None else "shared stages: off",
+        "runner": runner,
+    }
 
 
-def profile_study(study: Study, work_dir: Path | None = None, progress: bool = True) -> dict:
+def expected_encoder_passes(runner: StudyRunner) -> dict[str, int]:
+    """Unique (encoder identity, image) pairs over the study's cells (``passes``: what a cold cache
+    must encode), unique images and distinct encoders, counted from the manifests and the methods'
+    identities, independently of the run's counters."""
+    pairs, shas = set(), set()
+    for cell in runner.cells(runner.build_manifests()):
+        spec = cell.spec
+        method = build_method(spec.method, dict(spec.settings), torch.device("cpu"), runner.pool)
+        feat = Featurizer(method, FeatureCache(None), dtype=spec.feature_dtype)
+        manifest = load_manifest(spec.manifest_path)
+        images = {
+            manifest["images"][i][0] for e in manifest_episodes(manifest) for i in (e.query, *e.supports)
+        }
+        store = ImageStore(PreparedDataset(spec.data_root))
+        for name, ident in feat.identities.items():
+            if getattr(feat.encoders[name], "cacheable", True):
+                pairs |= {(identity_hash(ident), store.sha256(rel)) for rel in images}
+        shas |= {store.sha256(rel) for rel in images}
+    return {"passes": len(pairs), "images": len(shas), "encoders": len({i for i, _ in pairs})}
+
+
+def _split(run: dict[str, Any]) -> dict[str, float]:
+    c = run["cells"]
+    ran = c[c["status"] == "run"]
+    parts = {
+        "encode": ran["encode_s"].sum(),
+        "episode path": ran["episode_path_s"].sum(),
+        "feature I/O": ran["feature_io_s"].sum(),
+        "decode wait": ran["load_wait_s"].sum(),
+    }
+    parts["other (tracking, manifests, I/O)"] = max(run["seconds"] - sum(parts.values()), 0.0)
+    return parts
+
+
+def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) -> pd.DataFrame:
+    """Per variant and compact dtype: max |logit - fp32 logit| and the share of query pixels (at label
+    size) whose mask agrees with fp32's, on the first ``episodes`` episodes of the first manifest."""
+    from benchmark.runner import study_manifests
+
+    manifests = study_manifests(study, work)
+    (ds, *_), path = next(iter(manifests.items()))
+    manifest = load_manifest(path)
+    store = ImageStore(PreparedDataset(study.data[ds]))
+    rows = []
+    for v in study.variants:
+        spec = CellSpec(
+            v.method, v.cell_settings(ds, study.folds[0], study.shots[0]), path, study.data[ds], v.device
+        )
+        method = build_method(spec.method, dict(spec.settings), torch.device("cpu"), pool)
+        threshold = float(spec.settings.get("threshold", 0.5))
+        datas = [
+            load_episode(store, manifest["images"], e, method.image_size) for e in manifest_episodes(manifest)
+        ]
+        datas = datas[:episodes]
+        ref = predict_batch(method, Featurizer(method, FeatureCache(None)), datas).float().cpu()
+        for dtype in ("fp16", "bf16"):
+            got = (
+                predict_batch(method, Featurizer(method, FeatureCache(None), dtype=dtype), datas)
+                .float()
+                .cpu()
+            )
+            agree = total = 0
+            for j, d in enumerate(datas):
+                a = prediction_at_label_size(ref[j], d.query_target.shape, threshold)
+                b = prediction_at_label_size(got[j], d.query_target.shape, threshold)
+                agree += int((a == b).sum())
+                total += a.numel()
+            rows.append(
+                {
+                    "variant": v.name,
+                    "dtype": dtype,
+                    "max |logit diff|": float((got - ref).abs().max()),
+                    "mask agreement %": 100 * agree / total,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def project_grid(cold: dict[str, Any], warm: dict[str, Any], encoders: int) -> dict[str, float]:
+    """Seconds for the full PASCAL-5i grid on this device: every unique image through each encoder
+    once (cold-run seconds per encoder pass) plus every episode-variant forward at the warm run's
+    cost per forward (everything included). Costs 5-shot cells at this study's per-forward time
+    unless the study measured them."""
+    cc, wc = cold["cells"], warm["cells"]
+    passes = cc["encoder_passes"].sum()
+    per_pass = cc["encode_s"].sum() / passes if passes else 0.0
+    per_forward = warm["seconds"] / max(wc["episodes_run"].sum(), 1)
+    g = PASCAL_GRID
+    forwards = g["variants"] * g["folds"] * g["shots"] * g["episodes"]
+    encode = g["unique_images"] * encoders * per_pass
+    return {
+        "forwards": forwards,
+        "per_forward_s": per_forward,
+        "per_pass_s": per_pass,
+        "encode_s": encode,
+        "total_s": encode + forwards * per_forward,
+    }
+
+
+def profile_study(
+    study: Study,
+    work_dir: Path | None = None,
+    progress: bool = True,
+    dtype_episodes: int = 8,
+    compile: bool = False,
+) -> dict:
     """Run the study without cache, with a cold cache and with a warm cache; return the figures."""
     with tempfile.TemporaryDirectory(prefix="fssbench-profile-", dir=work_dir) as tmp:
         tmp = Path(tmp)
         cache_dir = tmp / "cache"
         runs = {}
-        for label, use_cache in (("no cache", False), ("cold cache", True), ("warm cache", True)):
+        for label, use_cache in RUNS:
             work = tmp / label.replace(" ", "-")
             work.mkdir()
-            runs[label] = _timed_run(study, work, cache_dir, use_cache, progress)
+            runs[label] = _timed_run(study, work, cache_dir, use_cache, progress, compile)
+        cold_runner = runs["cold cache"]["runner"]
+        expected = expected_encoder_passes(cold_runner)
+        effect = (
+            dtype_effect(study, cold_runner.pool, tmp / "dtype", dtype_episodes) if dtype_episodes else None
+        )
     per_variant = []
-    for label, (_, cells, _) in runs.items():
-        g = cells.groupby("variant", sort=False)
-        for variant, df in g:
+    for label, r in runs.items():
+        for variant, df in r["cells"].groupby("variant", sort=False):
             per_variant.append(
                 {
                     "variant": variant,
@@ -59,38 +195,74 @@ def profile_study(study: Study, work_dir: Path | None = None, progress: bool = T
                 }
             )
     table = pd.DataFrame(per_variant).pivot(index="variant", columns="run", values="episodes/s")
-    table = table.loc[
-        [v.name for v in study.variants], ["no cache", "cold cache", "warm cache"]
-    ].reset_index()
+    table = table.loc[[v.name for v in study.variants], [label for label, _ in RUNS]].reset_index()
     peak = pd.DataFrame(per_variant).groupby("variant", sort=False)["peak MiB"].max()
     table["peak MiB"] = table["variant"].map(peak)
-    t = {label: r[0] for label, r in runs.items()}
+    t = {label: r["seconds"] for label, r in runs.items()}
+    first = runs["no cache"]["cells"]
     return {
         "per_variant": table,
         "seconds": t,
         "ratio_cold": t["no cache"] / t["cold cache"],
         "ratio_warm": t["no cache"] / t["warm cache"],
-        "cache_stats": {label: r[2] for label, r in runs.items()},
-        "cells": len(runs["no cache"][1]),
-        "episodes": int(runs["no cache"][1]["episodes_run"].sum()),
+        "cache_stats": {label: r["cache"] for label, r in runs.items()},
+        "stage_stats": {label: r["stages"] for label, r in runs.items()},
+        "cells": len(first),
+        "unique_images": expected["images"],
+        "episodes": int(first["episodes_run"].sum()),
+        "encoder_passes": {label: int(r["cells"]["encoder_passes"].sum()) for label, r in runs.items()},
+        "expected_cold_passes": expected["passes"],
+        "split": {label: _split(r) for label, r in runs.items()},
+        "dtype_effect": effect,
+        "grid": project_grid(runs["cold cache"], runs["warm cache"], expected["encoders"]),
+        "batch_size": study.batch_size,
     }
 
 
 def print_profile(study: Study, r: dict) -> None:
     import platform
 
-    import torch
-
     if study.random_init:
         print("RANDOM-INIT WEIGHTS (timing only)")
     print(
-        f"study {study.name!r}: {r['cells']} cells, {r['episodes']} episodes per run; "
-        f"{platform.machine()}, {torch.get_num_threads()} torch threads, cuda={torch.cuda.is_available()}"
+        f"study {study.name!r}: {r['cells']} cells, {r['unique_images']} unique images, "
+        f"{r['episodes']} episode-variant forwards per run, "
+        f"batch size {r['batch_size']}; {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"cuda={torch.cuda.is_available()}"
     )
     print()
     print(r["per_variant"].to_markdown(index=False, floatfmt=".2f"))
     print()
-    for label, sec in r["seconds"].items():
-        print(f"  whole study, {label:10s}: {sec:8.1f} s   ({r['cache_stats'][label]})")
+    cold = r["encoder_passes"]["cold cache"]
+    check = "equal" if cold == r["expected_cold_passes"] else "DIFFERENT"
+    print(
+        f"encoder passes: no cache {r['encoder_passes']['no cache']}, cold cache {cold} "
+        f"(unique images x encoders: {r['expected_cold_passes']}, {check}), warm cache {r['encoder_passes']['warm cache']}"
+    )
+    split = pd.DataFrame(r["split"]).T
+    split.insert(0, "whole study", pd.Series(r["seconds"]))
+    print()
+    print("seconds per run:")
+    print(split.to_markdown(floatfmt=".1f"))
+    print()
+    for label in r["seconds"]:
+        print(f"  {label:10s}: {r['cache_stats'][label]}; {r['stage_stats'][label]}")
     print(f"  ratio no cache / cold cache: {r['ratio_cold']:.1f}x")
     print(f"  ratio no cache / warm cache: {r['ratio_warm']:.1f}x")
+    if r["dtype_effect"] is not None:
+        print()
+        print("compact cached features (cache.dtype) against fp32, on the first manifest:")
+        print(r["dtype_effect"].to_markdown(index=False, floatfmt=".3g"))
+    g = r["grid"]
+    shots = (
+        "5-shot forwards measured"
+        if 5 in study.shots
+        else "5-shot forwards costed at this study's per-forward time"
+    )
+    print()
+    print(
+        f"projected full PASCAL-5i grid on this device ({g['forwards']} episode-variant forwards at "
+        f"{g['per_forward_s'] * 1e3:.1f} ms, {PASCAL_GRID['unique_images']} images x encoders at "
+        f"{g['per_pass_s'] * 1e3:.1f} ms per pass; this study's model sizes; {shots}): "
+        f"{g['total_s'] / 60:.1f} min"
+    )

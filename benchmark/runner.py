@@ -56,6 +56,7 @@ from benchmark.tracking import (
     git_commit,
     package_versions,
 )
+from fssam.stages import StageMemo
 
 
 class Terminated(KeyboardInterrupt):
@@ -143,15 +144,22 @@ class StudyRunner:
         fail_fast: bool = False,
         log: Callable[[str], None] = print,
         cache_max_bytes: int | None = None,
+        compile: bool = False,
     ):
         self.study, self.force, self.progress, self.shard = study, force, progress, shard
         self.qualitative, self.fail_fast, self.log = qualitative, fail_fast, log
+        self.compile = compile
         self.work_dir = Path(work_dir).absolute()
         self.tracking_uri = tracking_uri
         cache_dir = cache_dir or self.work_dir / "feature-cache"
+        if cache_max_bytes is None and study.cache.max_gb is not None:
+            cache_max_bytes = int(study.cache.max_gb * 2**30)
         self.cache = FeatureCache(
             cache_dir, memory_bytes=memory_cache_bytes, enabled=use_cache, max_disk_bytes=cache_max_bytes
         )
+        # episode stages shared by the variants of a manifest (off with the cache: --no-cache)
+        share = use_cache and study.cache.stages_gb > 0
+        self.stages = StageMemo(int(study.cache.stages_gb * 2**30)) if share else None
         self.pool = WeightPool()
         self.hashes = CheckpointHashes(self.work_dir / "checkpoint-hashes.json")
         self.results: list[dict[str, Any]] = []
@@ -170,7 +178,15 @@ class StudyRunner:
             for v in self.study.variants:
                 name = f"{v.name}/{ds}/fold{fold}/{shot}shot/seed{seed}"
                 spec = CellSpec(
-                    v.method, v.cell_settings(ds, fold, shot), path, self.study.data[ds], v.device, name
+                    v.method,
+                    v.cell_settings(ds, fold, shot),
+                    path,
+                    self.study.data[ds],
+                    v.device,
+                    name,
+                    batch_size=self.study.batch_size,
+                    feature_dtype=self.study.cache.dtype,
+                    compile=self.compile,
                 )
                 cells.append(Cell(v.name, ds, fold, shot, seed, spec))
         i, n = self.shard
@@ -445,6 +461,8 @@ class StudyRunner:
             "split": self.study.split,
             "device": str(device),
             "precision_effective": spec.precision,
+            "batch_size": spec.batch_size,
+            "feature_dtype": spec.feature_dtype,
         }
         tags = {
             CELL_KEY_TAG: key,
@@ -489,6 +507,7 @@ class StudyRunner:
                 qualitative=self.qualitative,
                 on_start=on_start,
                 on_episode=lambda done, total: bar.update(1),
+                stages=self.stages,
             )
             tracker.finish_cell(
                 rid, result.metrics, result.artifacts, {"fss.peak_mem_kind": result.peak_memory_kind}
@@ -526,6 +545,8 @@ class StudyRunner:
             "seconds": result.seconds,
             "episodes_per_s": result.metrics.get("episodes_per_s"),
             "peak_mem_mb": result.peak_memory_mb,
+            **{f"{k}_s": v for k, v in result.timings.items()},
+            "encoder_passes": sum(result.encoder_passes.values()),
         }
 
 

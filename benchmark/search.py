@@ -50,6 +50,7 @@ from benchmark.runner import sigterm_as_interrupt, study_manifests
 from benchmark.search_file import SearchSpec
 from benchmark.study import parse_study
 from benchmark.tracking import Tracker, git_commit, package_versions
+from fssam.stages import StageMemo
 
 DEFAULT_HEARTBEAT_S = 60
 PARENT_WAIT_S = 60.0  # how long a second worker waits for the first to create the parent run
@@ -235,6 +236,9 @@ class SearchRunner:
         self.cache = FeatureCache(
             self.work_dir / "feature-cache", memory_bytes=memory_cache_bytes, enabled=use_cache
         )
+        # trials that differ only downstream of a stage (say scma_scale) share it on each episode
+        stages_gb = spec.study.cache.stages_gb
+        self.stages = StageMemo(int(stages_gb * 2**30)) if use_cache and stages_gb > 0 else None
         self.pool = WeightPool()
         self.hashes = CheckpointHashes(self.work_dir / "checkpoint-hashes.json")
         self.entry = get_method(spec.variant.method)
@@ -258,8 +262,16 @@ class SearchRunner:
     def cell_spec(self, cell: SearchCell, settings: dict[str, Any]) -> CellSpec:
         filled = fill_templates(self.entry, settings, dataset=cell.dataset, fold=cell.fold, shot=cell.shot)
         name = f"{self.spec.variant.name}/{cell.dataset}/fold{cell.fold}/{cell.shot}shot/seed{cell.seed}"
+        study = self.spec.study
         return CellSpec(
-            self.entry.name, filled, cell.manifest_path, self.spec.study.data[cell.dataset], self.device, name
+            self.entry.name,
+            filled,
+            cell.manifest_path,
+            study.data[cell.dataset],
+            self.device,
+            name,
+            batch_size=study.batch_size,
+            feature_dtype=study.cache.dtype,
         )
 
     # ---------------------------------------------------------------------------------------- run
@@ -647,6 +659,7 @@ class SearchRunner:
                     pool=self.pool,
                     journal_path=self.work_dir / "cells" / key[:20] / "episodes.jsonl",
                     on_row=on_row,
+                    stages=self.stages,
                     on_start=lambda done, total, name=cspec.name: (
                         done
                         and self.log(f"trial {trial.number}: resuming {name} at episode {done} of {total}")

@@ -10,6 +10,8 @@ A study file is YAML (see ``ablations/``)::
     seeds: [321]                          # one manifest per seed
     episodes: 1000                        # per manifest (null: the protocol's default)
     split: interleaved                    # COCO class split
+    batch_size: 1                         # episodes per forward (how, not what: not in the cell key)
+    cache: {dtype: fp32, max_gb: null, stages_gb: 1}  # feature storage, disk bound, shared stages
     model: {...}                          # defaults for every variant (FSSAMConfig fields, checkpoints, device)
     variants:
       fssam: {}                           # method fssam with the defaults
@@ -41,7 +43,7 @@ import yaml
 
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
-from benchmark.device import check_device
+from benchmark.device import FEATURE_DTYPE_NAMES, check_device
 from benchmark.episodes import PROTOCOLS
 from benchmark.errors import FssBenchError
 from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
@@ -56,9 +58,27 @@ TOP_LEVEL = (
     "seeds",
     "episodes",
     "split",
+    "batch_size",
+    "cache",
     "model",
     "variants",
 )
+CACHE_FIELDS = {
+    "dtype": "storage dtype of cached frozen features: fp32 | fp16 | bf16 (changes the numbers, so it is in the cell key)",
+    "max_gb": "bound on the disk feature cache, least recently used files evicted (null: unbounded)",
+    "stages_gb": "memory for episode stages shared across variants (support memory, priors, IMR); 0: off",
+}
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """A study's ``cache:`` block (see :data:`CACHE_FIELDS`)."""
+
+    dtype: str = "fp32"
+    max_gb: float | None = None
+    stages_gb: float = 1.0
+
+
 HARNESS_FIELDS = ("device",)  # model-block settings that belong to the harness, not to a method
 
 
@@ -91,6 +111,8 @@ class Study:
     description: str = ""
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 1
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     @property
     def random_init(self) -> bool:
@@ -225,6 +247,10 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     split = raw.get("split", "interleaved")
     if split not in COCO_SPLITS:
         raise FssBenchError(f"{source}: split: {split!r} is not one of {list(COCO_SPLITS)}")
+    batch_size = raw.get("batch_size", 1)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise FssBenchError(f"{source}: batch_size: expected a positive integer, got {batch_size!r}")
+    cache = parse_cache(raw.get("cache"), source)
 
     model = raw.get("model") or {}
     if not isinstance(model, dict):
@@ -267,7 +293,36 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         description=str(raw.get("description", "")),
         source=source,
         raw=raw,
+        batch_size=batch_size,
+        cache=cache,
     )
+
+
+def parse_cache(raw: Any, source: str) -> CacheSettings:
+    """A study's ``cache:`` block, validated field by field."""
+    if raw is None:
+        return CacheSettings()
+    if not isinstance(raw, dict):
+        raise FssBenchError(f"{source}: cache: expected a mapping with fields {list(CACHE_FIELDS)}")
+    for key in raw:
+        if key not in CACHE_FIELDS:
+            raise FssBenchError(
+                f"{source}: cache.{key}: unknown field{did_you_mean(key, CACHE_FIELDS)}; known: {list(CACHE_FIELDS)}"
+            )
+    dtype = raw.get("dtype", "fp32")
+    if dtype not in FEATURE_DTYPE_NAMES:
+        raise FssBenchError(f"{source}: cache.dtype: {dtype!r} is not one of {list(FEATURE_DTYPE_NAMES)}")
+
+    def number(key: str, default: float | None, allow_null: bool) -> float | None:
+        value = raw.get(key, default)
+        if value is None and allow_null:
+            return None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            null = " or null" if allow_null else ""
+            raise FssBenchError(f"{source}: cache.{key}: expected a number >= 0{null}, got {value!r}")
+        return float(value)
+
+    return CacheSettings(dtype, number("max_gb", None, True), number("stages_gb", 1.0, False) or 0.0)
 
 
 def _parse_variant(

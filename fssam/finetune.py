@@ -23,7 +23,17 @@ from torch import nn
 from fssam.config import FSSAMConfig
 from fssam.errors import FSSAMError
 from fssam.hashing import file_sha256
-from fssam.sam2_adapter import read_checkpoint, sam2_trainable_modules
+from fssam.sam2_adapter import (
+    MaskMemory,
+    SAM2Features,
+    effective_precision,
+    mask_to_memory,
+    read_checkpoint,
+    sam2_feature_identity,
+    sam2_trainable_modules,
+    weights_id,
+)
+from fssam.stages import SharedStages, run_stage
 
 FORMAT = "fssam-finetuned/1"
 ARCH_FIELDS = ("sam2_version", "sam2_size", "image_size")
@@ -60,6 +70,30 @@ class TrainableSAM2:
     def finetuned_hashes(self) -> dict[str, str]:
         sha = getattr(self.sam2, "fss_finetuned_sha256", None)
         return {"finetuned": sha} if sha else {}
+
+    def sam2_stage_params(self) -> dict[str, Any]:
+        """What a SAM 2 stage (a memory) depends on besides its inputs: architecture, weights
+        (fine-tuned ones included), effective precision, bf16 rounding. Part of every shared-stage key."""
+        sam, cfg = self.sam2, self.config  # type: ignore[attr-defined]
+        return {
+            "sam2": sam2_feature_identity(sam),
+            "weights": weights_id(sam, cfg.seed),
+            **self.finetuned_hashes(),
+            "precision": effective_precision(sam.device, cfg.precision),
+            "round_memory_to_bf16": cfg.round_memory_to_bf16,
+        }
+
+    def mask_memory(
+        self, stage: str, feats: SAM2Features, mask: Any, stages: SharedStages | None, **params: Any
+    ) -> MaskMemory:
+        """``mask_to_memory`` of (N, 1, S, S) masks on ``feats``, shared across variants as ``stage``
+        (``params``: what the mask depends on besides the batch's inputs, e.g. the prior type)."""
+        return run_stage(
+            stages,
+            stage,
+            self.sam2_stage_params() | params,
+            lambda: mask_to_memory(self.sam2, feats, mask, self.config.round_memory_to_bf16),  # type: ignore[attr-defined]
+        )
 
 
 def save_atomic(obj: Any, path: Path) -> None:

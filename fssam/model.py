@@ -38,7 +38,6 @@ from fssam.sam2_adapter import (
     effective_precision,
     encode_image,
     flatten_levels,
-    mask_to_memory,
     memory_tokens,
     module_sha256,
     sam2_from_config,
@@ -46,6 +45,7 @@ from fssam.sam2_adapter import (
     weights_id,
 )
 from fssam.scma import Calibration, MemoryLayout, memory_attention
+from fssam.stages import SharedStages, run_stage
 
 
 @dataclass
@@ -227,6 +227,7 @@ class FSSAM(TrainableSAM2, nn.Module):
         support_masks: Tensor,
         query_mask: Tensor | None = None,
         return_intermediates: bool = False,
+        stages: SharedStages | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """Foreground logits of the queries.
 
@@ -236,6 +237,9 @@ class FSSAM(TrainableSAM2, nn.Module):
             supports: features of B*K support images, ordered (b0k0, b0k1, ..., b1k0, ...).
             support_masks: (B, K, S, S) in {0, 1, 255}; 255 counts as background.
             query_mask: (B, S, S) in {0, 1, 255}; only for ``prior="oracle"``.
+            stages: shared stages (fssam/stages.py): the support memory, priors, pseudo-query
+                memories and IMR are taken from there when another variant already computed them
+                on the same batch (identical results), else computed and offered to it.
         Returns:
             (B, S, S) logits, and with ``return_intermediates`` a dict of priors, memories and IMR steps.
         """
@@ -252,10 +256,10 @@ class FSSAM(TrainableSAM2, nn.Module):
         s_mask = (support_masks.to(device) == 1).float()
         with self._autocast(device):
             inter: dict[str, Any] = {}
-            s_mem = mask_to_memory(
-                sam, supports.sam2, s_mask.reshape(b * k, 1, size, size), cfg.round_memory_to_bf16
+            s_mem = self.mask_memory(
+                "support_memory", supports.sam2, s_mask.reshape(b * k, 1, size, size), stages
             )
-            q_mem = self._query_memory(query, supports, s_mask, s_mem, query_mask, inter)
+            q_mem = self._query_memory(query, supports, s_mask, s_mem, query_mask, inter, stages)
             memories = split_shots(s_mem, b, k) + ([q_mem] if q_mem is not None else [])
             memory, memory_pos, n_ptr = memory_tokens(sam, memories)
             h, w = s_mem.features.shape[-2:]
@@ -304,11 +308,11 @@ class FSSAM(TrainableSAM2, nn.Module):
         s_mem: MaskMemory,
         query_mask: Tensor | None,
         inter: dict[str, Any],
+        stages: SharedStages | None = None,
     ) -> MaskMemory | None:
         """The pseudo-query memory for the configured prior (None for ``prior="none"``)."""
-        cfg, sam = self.config, self.sam2
+        cfg = self.config
         b, k, size = s_mask.shape[0], s_mask.shape[1], cfg.image_size
-        r16 = cfg.round_memory_to_bf16
         if cfg.prior == "none":
             return None
         if cfg.prior == "oracle":
@@ -316,28 +320,39 @@ class FSSAM(TrainableSAM2, nn.Module):
                 raise FSSAMError("prior='oracle' needs the query's ground-truth mask (query_mask=...)")
             gt = (query_mask.to(s_mask.device) == 1).float().reshape(b, 1, size, size)
             inter.update(prior_fg=gt, prior_disc=gt)
-            return mask_to_memory(sam, query.sam2, gt, r16)
+            return self.mask_memory("oracle_memory", query.sam2, gt, stages)
         if query.dino is None or supports.dino is None:
             raise FSSAMError(
                 f"prior={cfg.prior!r} needs DINOv2 features; encode the images with DINOv2 enabled"
             )
         s_dino = supports.dino.reshape(b, k, *supports.dino.shape[1:])
-        prior_fg, prior_disc = pseudo_prompt_priors(query.dino.float(), s_dino.float(), s_mask, size)
+        dino = self.encoders["dino"].identity()  # what the priors depend on besides the batch
+        prior_fg, prior_disc = run_stage(
+            stages,
+            "priors",
+            {"dino": dino, "image_size": size},
+            lambda: pseudo_prompt_priors(query.dino.float(), s_dino.float(), s_mask, size),
+        )
         inter.update(prior_fg=prior_fg, prior_disc=prior_disc)
-        fg_mem = mask_to_memory(sam, query.sam2, prior_fg, r16)
+        fg_mem = self.mask_memory("fg_memory", query.sam2, prior_fg, stages, dino=dino)
         if cfg.prior == "fg":
             inter.update(fg_memory=fg_mem.features)
             return fg_mem
-        disc_mem = mask_to_memory(sam, query.sam2, prior_disc, r16)
-        imr = iterative_memory_refinement(
-            fg_mem.features,
-            disc_mem.features,
-            s_mem.features.reshape(b, k, *s_mem.features.shape[1:]),
-            s_mask,
-            prior_fg,
-            prior_disc,
-            iters=cfg.imr_iters,
-            version=cfg.imr_version,
+        disc_mem = self.mask_memory("disc_memory", query.sam2, prior_disc, stages, dino=dino)
+        imr = run_stage(
+            stages,
+            "imr",
+            self.sam2_stage_params() | {"dino": dino, "iters": cfg.imr_iters, "version": cfg.imr_version},
+            lambda: iterative_memory_refinement(
+                fg_mem.features,
+                disc_mem.features,
+                s_mem.features.reshape(b, k, *s_mem.features.shape[1:]),
+                s_mask,
+                prior_fg,
+                prior_disc,
+                iters=cfg.imr_iters,
+                version=cfg.imr_version,
+            ),
         )
         inter.update(
             fg_memory=fg_mem.features,

@@ -1,0 +1,261 @@
+"""Throughput without changing a number: batched episodes, stages shared across variants, compact
+cached features, background decoding (issue 14)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.cell import CellSpec, cell_key, evaluate_cell
+from benchmark.data.prepared import PreparedDataset
+from benchmark.episode_loader import ImageStore, load_episode
+from benchmark.episodes import build_manifest, manifest_episodes, save_manifest
+from benchmark.errors import FssBenchError
+from benchmark.feature_cache import FeatureCache
+from benchmark.features import Featurizer
+from benchmark.methods import WeightPool, build_method, get_method
+from benchmark.predict import predict_batch, predict_episode
+from benchmark.runner import StudyRunner
+from benchmark.study import load_study
+from fssam.stages import StageMemo
+from tests.helpers import ROOT, TINY_128
+
+SHIPPED = ROOT / "ablations" / "component-prior-ablation.yaml"
+
+
+@pytest.fixture(scope="module")
+def episodes(pascal_root, tmp_path_factory):
+    """(manifest path, the episode inputs) of 6 one-shot and 4 two-shot episodes at 128 px."""
+    out = {}
+    for shot, n in ((1, 6), (2, 4)):
+        m = build_manifest(pascal_root, 0, shot, "fssam", 321, n, "test", "interleaved", "pascal")
+        path = tmp_path_factory.mktemp("m") / f"{shot}shot.json"
+        save_manifest(m, path)
+        store = ImageStore(PreparedDataset(pascal_root))
+        out[shot] = (path, [load_episode(store, m["images"], e, 128) for e in manifest_episodes(m)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def models():
+    pool = WeightPool()
+
+    def build(method: str = "fssam", **switches):
+        entry = get_method(method)
+        settings = entry.resolve(
+            {k: v for k, v in {**TINY_128, **switches}.items() if k in entry.all_defaults}
+        )
+        return build_method(method, settings, torch.device("cpu"), pool)
+
+    return build
+
+
+VARIANTS = [
+    ("fssam", {}),
+    ("fssam", {"scma": False}),
+    ("fssam", {"imr_iters": 0}),
+    ("fssam", {"prior": "fg"}),
+    ("fssam", {"prior": "none"}),
+    ("fssam", {"prior": "oracle"}),
+    ("naive_sam2", {}),
+]
+
+
+@pytest.mark.parametrize("shot", [1, 2])
+@pytest.mark.parametrize("method,switches", VARIANTS, ids=[f"{m}-{s}" for m, s in VARIANTS])
+def test_batched_logits_equal_one_episode_at_a_time(episodes, models, method, switches, shot):
+    model = models(method, **switches)
+    _, datas = episodes[shot]
+    feat = Featurizer(model, FeatureCache(None))
+    alone = torch.cat([predict_episode(model, feat, d) for d in datas])
+    for b in (2, 3, len(datas)):
+        batched = torch.cat([predict_batch(model, feat, datas[i : i + b]) for i in range(0, len(datas), b)])
+        assert batched.shape == alone.shape == (len(datas), 128, 128)
+        assert (batched - alone).abs().max().item() <= 1e-5
+
+
+def test_a_batch_of_mixed_shot_counts_is_refused(episodes, models):
+    model = models("fssam")
+    feat = Featurizer(model, FeatureCache(None))
+    with pytest.raises(ValueError, match="same number of shots"):
+        predict_batch(model, feat, [episodes[1][1][0], episodes[2][1][0]])
+
+
+def test_shared_stages_give_identical_logits_and_are_reused(episodes, models):
+    """Every variant run after the others on one memo equals the variant run alone, bit for bit."""
+    _, datas = episodes[2]
+    memo = StageMemo()
+    batches = [datas[:2], datas[2:]]
+    for method, switches in VARIANTS:
+        model = models(method, **switches)
+        feat = Featurizer(model, FeatureCache(None))
+        for batch in batches:
+            shared = predict_batch(model, feat, batch, memo)
+            alone = predict_batch(model, feat, batch)
+            assert torch.equal(shared, alone), (method, switches)
+    # what must have been reused: the support memory by every variant after the first (x2 batches),
+    # the priors and FG/Disc memories by the prior variants, IMR by no-scma
+    assert memo.hits >= 2 * 6 + 2 * 2 + 2
+    memo.scope("another manifest")
+    assert memo.used == 0
+
+
+def test_a_different_batch_misses_the_memo(episodes, models):
+    _, datas = episodes[1]
+    memo = StageMemo()
+    model = models("fssam")
+    feat = Featurizer(model, FeatureCache(None))
+    predict_batch(model, feat, datas[:2], memo)
+    hits = memo.hits
+    predict_batch(model, feat, datas[1:3], memo)  # overlaps, but is not the same batch
+    predict_batch(models("fssam", scma_scale=5.0), feat, datas[2:4], memo)
+    assert memo.hits == hits
+    full = StageMemo(max_bytes=0)  # nothing fits: computed every time, still right
+    assert torch.equal(predict_batch(model, feat, datas[:2], full), predict_batch(model, feat, datas[:2]))
+    assert full.used == 0 and full.hits == 0
+
+
+def test_compact_features_are_rounded_the_same_from_cache_and_fresh(episodes, models, tmp_path):
+    model = models("fssam")
+    images = [episodes[1][1][0].query, episodes[1][1][1].query]
+    exact = Featurizer(model, FeatureCache(None)).encode(images)
+    cache = FeatureCache(tmp_path / "c")
+    cold = Featurizer(model, cache, dtype="bf16").encode(images)
+    assert cache.stats.misses == 4  # 2 images x (SAM 2, DINOv2): the fp32 identity is another key
+    warm = Featurizer(model, FeatureCache(tmp_path / "c"), dtype="bf16").encode(images)  # from disk
+    for k in exact:
+        rounded = exact[k].to(torch.bfloat16).float()  # bf16 storage, computed independently
+        assert torch.equal(cold[k], rounded) and torch.equal(warm[k], rounded)
+        assert cold[k].dtype == torch.float32
+    on_disk = next((tmp_path / "c").rglob("*.safetensors"))
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(on_disk)).values()} == {torch.bfloat16}
+    fp32 = FeatureCache(tmp_path / "c")
+    Featurizer(model, fp32).encode(images)
+    assert fp32.stats.misses == 4 and fp32.stats.disk_hits == 0  # bf16 files never serve fp32
+    with pytest.raises(FssBenchError, match="cache.dtype"):
+        Featurizer(model, fp32, dtype="int8")
+
+
+def test_feature_dtype_is_in_the_cell_key_and_batch_size_is_not(tmp_path):
+    spec = CellSpec("fssam", get_method("fssam").resolve(TINY_128), tmp_path / "m.json", tmp_path, "cpu")
+    base = cell_key(spec, "a" * 64, {"sam2": "s"})
+    assert cell_key(dataclasses.replace(spec, batch_size=8), "a" * 64, {"sam2": "s"}) == base
+    assert cell_key(dataclasses.replace(spec, feature_dtype="fp32"), "a" * 64, {"sam2": "s"}) == base
+    keys = {
+        cell_key(dataclasses.replace(spec, feature_dtype=d), "a" * 64, {"sam2": "s"})
+        for d in ("fp16", "bf16")
+    }
+    assert len(keys) == 2 and base not in keys
+
+
+def test_cells_equal_across_batch_sizes_and_loader_threads(episodes, pascal_root):
+    path, _ = episodes[1]
+    settings = get_method("fssam").resolve(TINY_128)
+    spec = CellSpec("fssam", settings, path, pascal_root, "cpu", "c")
+    pool = WeightPool()
+    ref = evaluate_cell(spec, FeatureCache(None), pool=pool, loader_workers=1)
+    for b, workers in ((4, 1), (3, 3), (6, 2)):
+        r = evaluate_cell(
+            dataclasses.replace(spec, batch_size=b), FeatureCache(None), pool=pool, loader_workers=workers
+        )
+        pd.testing.assert_frame_equal(r.table, ref.table)
+    # one encoder pass per unique image and encoder on a cold cache
+    m = ref.manifest
+    unique = {m["images"][i][0] for e in manifest_episodes(m) for i in (e.query, *e.supports)}
+    assert ref.encoder_passes == {"sam2": len(unique), "dino": len(unique)}
+    assert set(ref.timings) >= {"load_wait", "encode", "episode_path", "feature_io"}
+
+
+def tiny_study(pascal_root: Path, *extra: str):
+    overrides = [
+        f"data.pascal={pascal_root}",
+        "episodes=4",
+        "folds=[0]",
+        *[f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_128.items()],
+        *extra,
+    ]
+    return load_study(SHIPPED, overrides)
+
+
+def test_the_shipped_component_prior_study_is_identical_with_shared_stages(pascal_root, tmp_path):
+    shared = tiny_study(pascal_root, "batch_size=2")
+    assert shared.cache.stages_gb > 0 and len(shared.variants) == 8
+    alone = tiny_study(pascal_root, "batch_size=2", "cache.stages_gb=0")
+    runner_shared = StudyRunner(
+        shared,
+        tracking_uri=f"sqlite:///{tmp_path / 'a.db'}",
+        work_dir=tmp_path / "a",
+        progress=False,
+        qualitative=0,
+    )
+    cells_shared = runner_shared.run()
+    assert runner_shared.stages is not None and runner_shared.stages.hits > 0
+    runner_alone = StudyRunner(
+        alone,
+        tracking_uri=f"sqlite:///{tmp_path / 'b.db'}",
+        work_dir=tmp_path / "b",
+        progress=False,
+        qualitative=0,
+    )
+    cells_alone = runner_alone.run()
+    assert runner_alone.stages is None
+    assert list(cells_shared["cell_key"]) == list(cells_alone["cell_key"])
+    for a, b in zip(
+        sorted((tmp_path / "a" / "cells").glob("*/episodes.jsonl")),
+        sorted((tmp_path / "b" / "cells").glob("*/episodes.jsonl")),
+        strict=True,
+    ):
+        assert a.parent.name == b.parent.name
+        assert a.read_text().splitlines()[1:] == b.read_text().splitlines()[1:]
+
+
+def test_study_cache_block_is_validated(pascal_root, tmp_path):
+    with pytest.raises(FssBenchError, match=r"cache\.dtype: 'fp8'"):
+        tiny_study(pascal_root, "cache.dtype=fp8")
+    with pytest.raises(FssBenchError, match=r"cache\.max_gbs: unknown field \(did you mean 'max_gb'\?\)"):
+        tiny_study(pascal_root, "cache.max_gbs=3")
+    with pytest.raises(FssBenchError, match=r"cache\.stages_gb: expected a number >= 0"):
+        tiny_study(pascal_root, "cache.stages_gb=-1")
+    with pytest.raises(FssBenchError, match=r"batch_size: expected a positive integer"):
+        tiny_study(pascal_root, "batch_size=0")
+    s = tiny_study(pascal_root, "cache.dtype=bf16", "cache.max_gb=2.5", "batch_size=4")
+    assert (s.cache.dtype, s.cache.max_gb, s.batch_size) == ("bf16", 2.5, 4)
+    runner = StudyRunner(s, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", work_dir=tmp_path, progress=False)
+    assert runner.cache.max_disk_bytes == int(2.5 * 2**30)
+    cells = runner.cells(runner.build_manifests())
+    assert {(c.spec.batch_size, c.spec.feature_dtype) for c in cells} == {(4, "bf16")}
+
+
+@pytest.mark.slow
+def test_profile_counts_encoder_passes_and_splits_the_time(pascal_root, tmp_path, capsys):
+    from benchmark.profile import PASCAL_GRID, print_profile, profile_study
+
+    study = tiny_study(pascal_root, "episodes=2", "batch_size=2")
+    r = profile_study(study, tmp_path, progress=False, dtype_episodes=2)
+    m = build_manifest(pascal_root, 0, 1, "fssam", 321, 2, "test", "interleaved", "pascal")
+    unique = {m["images"][i][0] for e in manifest_episodes(m) for i in (e.query, *e.supports)}
+    # every variant uses SAM 2 features, five use DINOv2's: two encoders over the same images
+    assert r["unique_images"] == len(unique) and r["expected_cold_passes"] == 2 * len(unique)
+    assert r["encoder_passes"]["cold cache"] == 2 * len(unique) and r["encoder_passes"]["warm cache"] == 0
+    # without the cache each cell encodes its own episodes: 8 variants' SAM 2 and 5 variants' DINOv2
+    per_cell = sum(len({m["images"][i][0] for i in (e.query, *e.supports)}) for e in manifest_episodes(m))
+    assert r["encoder_passes"]["no cache"] == (8 + 5) * per_cell
+    for label, parts in r["split"].items():
+        assert all(v >= 0 for v in parts.values()) and sum(parts.values()) <= r["seconds"][label] + 1e-6
+    assert len(r["dtype_effect"]) == 16 and r["dtype_effect"]["mask agreement %"].between(0, 100).all()
+    g = r["grid"]
+    assert g["forwards"] == 8 * 4 * 2 * 1000
+    assert g["total_s"] == pytest.approx(
+        PASCAL_GRID["unique_images"] * 2 * g["per_pass_s"] + g["forwards"] * g["per_forward_s"]
+    )
+    print_profile(study, r)
+    out = capsys.readouterr().out
+    assert (
+        "RANDOM-INIT" in out and "unique images x encoders" in out and "projected full PASCAL-5i grid" in out
+    )
