@@ -110,7 +110,7 @@ class NaiveSAM2(TrainableSAM2, nn.Module):
             raise FSSAMError(f"expected {b * k} support feature sets, got {len(supports)}")
         with autocast_context(query.sam2.top.device, self.config.precision):
             memory, memory_pos, n_ptr = self.support_memory(supports, support_masks, stages)
-            feats, pos, sizes = flatten_levels(sam, query.sam2)
+            feats, pos, sizes = flatten_levels(sam, query.sam2, positions="top")
             pix = memory_attention(sam.memory_attention, feats[-1], pos[-1], memory, memory_pos, n_ptr)
             h, w = sizes[-1]
             out = decode(sam, pix.permute(1, 2, 0).reshape(b, sam.hidden_dim, h, w), query.sam2)

@@ -121,6 +121,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
             args.device,
             args.threads,
             args.method,
+            args.batch_size,
         )
     )
     return 0
@@ -359,6 +360,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from benchmark.study import load_study
 
     study = load_study(Path(args.study), args.overrides + throughput_overrides(args))
+    if args.device is not None:
+        from benchmark.study import with_device
+
+        study = with_device(study, args.device)
     if args.deterministic:
         from benchmark.device import set_deterministic
 
@@ -638,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--work-dir", default=None, help="where the temporary runs go (default: the system temp folder)"
     )
+    pr.add_argument("--device", default=None, help="device of every variant (default: the study's)")
     pr.add_argument(
         "--dtype-episodes",
         type=int,
@@ -687,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=positive_int, default=3, help="timed repeats after one warm-up (median)")
     b.add_argument("--device", default="cpu", help="torch device")
     b.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    b.add_argument(
+        "--batch-size", type=positive_int, default=1, help="episodes per forward (time per episode)"
+    )
     b.set_defaults(fn=_cmd_bench_model)
 
     d = cmd(sub, "demo", "the whole pipeline on generated data, end to end")

@@ -34,8 +34,10 @@ def bench_model(
     device: str = "cpu",
     threads: int | None = None,
     method: str = "fssam",
+    batch_size: int = 1,
 ) -> dict:
-    """Seconds per episode for encoders + ``predict`` and for ``predict`` alone (features cached)."""
+    """Seconds per episode for encoders + ``predict`` and for ``predict`` alone (features cached),
+    ``batch_size`` episodes per forward (the time is divided by it)."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -43,9 +45,10 @@ def bench_model(
     wanted = {"sam2_size": sam2_size, "dinov2": dinov2, "image_size": image_size, "random_init": True}
     model = build_method(method, entry.resolve({k: v for k, v in wanted.items() if k in entry.defaults}), dev)
     g = torch.Generator().manual_seed(0)
-    query = (torch.rand(1, 3, image_size, image_size, generator=g) * 255).to(dev)
-    supports = (torch.rand(shots, 3, image_size, image_size, generator=g) * 255).to(dev)
-    masks = (torch.rand(1, shots, image_size, image_size, generator=g) > 0.5).long().to(dev)
+    b = batch_size
+    query = (torch.rand(b, 3, image_size, image_size, generator=g) * 255).to(dev)
+    supports = (torch.rand(b * shots, 3, image_size, image_size, generator=g) * 255).to(dev)
+    masks = (torch.rand(b, shots, image_size, image_size, generator=g) > 0.5).long().to(dev)
 
     def sync():
         if dev.type == "cuda":
@@ -65,14 +68,16 @@ def bench_model(
             model.predict(q, s, masks)
             sync()
 
-        t_full = _median_seconds(full, repeats)
-        t_cached = _median_seconds(cached, repeats)
+        t_full = _median_seconds(full, repeats) / b
+        t_cached = _median_seconds(cached, repeats) / b
     return {
         "method": method,
         "sam2": f"SAM 2.0-{sam2_size}",
         "dinov2": dinov2,
         "image_size": image_size,
         "shots": shots,
+        "batch_size": b,
+        "precision": model.config.precision if hasattr(model, "config") else "auto",
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
@@ -86,7 +91,7 @@ def print_bench(r: dict) -> None:
     print("RANDOM-INIT WEIGHTS (timing only; predictions are meaningless)")
     print(
         f"{r['method']} episode, {r['sam2']} + DINOv2 {r['dinov2']}, {r['image_size']} px, {r['shots']}-shot, "
-        f"{r['device']} ({r['machine']})"
+        f"batch {r['batch_size']}, {r['device']} ({r['machine']}, precision {r['precision']})"
     )
     print(f"  encoders + predict (no cache):   {r['seconds_full']:.3f} s/episode")
     print(f"  predict on precomputed features: {r['seconds_cached']:.3f} s/episode")

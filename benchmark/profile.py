@@ -22,6 +22,7 @@ import torch
 
 from benchmark.cell import CellSpec
 from benchmark.data.prepared import PreparedDataset
+from benchmark.device import resolve_device
 from benchmark.episode_loader import ImageStore, load_episode
 from benchmark.episodes import load_manifest, manifest_episodes
 from benchmark.feature_cache import FeatureCache, identity_hash
@@ -70,7 +71,7 @@ def expected_encoder_passes(runner: StudyRunner) -> dict[str, int]:
     pairs, shas = set(), set()
     for cell in runner.cells(runner.build_manifests()):
         spec = cell.spec
-        method = build_method(spec.method, dict(spec.settings), torch.device("cpu"), runner.pool)
+        method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), runner.pool)
         feat = Featurizer(method, FeatureCache(None), dtype=spec.feature_dtype)
         manifest = load_manifest(spec.manifest_path)
         images = {
@@ -111,7 +112,7 @@ def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) 
         spec = CellSpec(
             v.method, v.cell_settings(ds, study.folds[0], study.shots[0]), path, study.data[ds], v.device
         )
-        method = build_method(spec.method, dict(spec.settings), torch.device("cpu"), pool)
+        method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), pool)
         threshold = float(spec.settings.get("threshold", 0.5))
         datas = [
             load_episode(store, manifest["images"], e, method.image_size) for e in manifest_episodes(manifest)

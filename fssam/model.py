@@ -273,7 +273,7 @@ class FSSAM(TrainableSAM2, nn.Module):
             if cfg.scma and q_mem is not None:
                 grid_masks = F.interpolate(s_mask, size=(h, w), mode="nearest")
                 calibration = Calibration(grid_masks, cfg.scma_scale, released=cfg.kshot_mode == "released")
-            vision_feats, vision_pos, _ = flatten_levels(sam, query.sam2)
+            vision_feats, vision_pos, _ = flatten_levels(sam, query.sam2, positions="top")
             pix = memory_attention(
                 sam.memory_attention,
                 vision_feats[-1],
@@ -291,6 +291,8 @@ class FSSAM(TrainableSAM2, nn.Module):
         logits = out.logits.float()
         if not return_intermediates:
             return logits
+        if "imr_disc_priors" in inter:  # the Disc prior after each IMR iteration, at image size (figures)
+            inter["imr_disc_priors"] = [resize(p, size) for p in inter["imr_disc_priors"]]
         inter.update(
             support_memory=s_mem.features.reshape(b, k, *s_mem.features.shape[1:]),
             memory=None if q_mem is None else q_mem.features,
@@ -359,8 +361,7 @@ class FSSAM(TrainableSAM2, nn.Module):
             disc_memory=disc_mem.features,
             imr_disc_memories=imr.disc_memories,
             imr_weights=imr.weights,
-            # the Disc prior after each IMR iteration, at image size (figures draw these)
-            imr_disc_priors=[resize(p, size) for p in imr.disc_priors],
+            imr_disc_priors=imr.disc_priors,  # at image size when returned (below)
         )
         return MaskMemory(imr.memory, disc_mem.pos, disc_mem.obj_ptr)
 

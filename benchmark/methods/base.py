@@ -46,8 +46,10 @@ class FewShotMethod(Protocol):
     ``predict(query, supports, support_masks, **episode_extras)``:
         query: merged encoder features of B query images; supports: of B*K support images
         (b-major); support_masks: (B, K, S, S) uint8 in {0, 1, 255}. Extras the harness passes:
-        ``query_mask`` (B, S, S), the query's target at model size (only an oracle may use it), and
-        ``return_intermediates`` (figures). Returns (B, S, S) foreground logits (logit >= 0 is FG).
+        ``query_mask`` (B, S, S), the query's target at model size (only an oracle may use it),
+        ``return_intermediates`` (figures) and, to a method whose ``predict`` has a ``stages``
+        parameter, ``stages`` (:class:`fssam.stages.SharedStages`: reuse what another variant
+        computed on the same batch). Returns (B, S, S) foreground logits (logit >= 0 is FG).
     """
 
     @property
