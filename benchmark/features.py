@@ -20,9 +20,11 @@ from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.methods.base import Features, FewShotMethod
 
-FEATURE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FEATURE_DTYPES = {
+    name: getattr(torch, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[name])
+    for name in FEATURE_DTYPE_NAMES
+}
 """Storage dtypes of cached frozen features (``cache.dtype`` in a study), by name."""
-assert tuple(FEATURE_DTYPES) == FEATURE_DTYPE_NAMES
 
 
 def check_feature_dtype(dtype: str, where: str = "cache.dtype") -> str:

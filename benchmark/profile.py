@@ -69,19 +69,22 @@ def expected_encoder_passes(runner: StudyRunner) -> dict[str, int]:
     must encode), unique images and distinct encoders, counted from the manifests and the methods'
     identities, independently of the run's counters."""
     pairs, shas = set(), set()
+    hashes: dict[Path, set[str]] = {}  # manifest -> sha256 of its images, computed once per manifest
     for cell in runner.cells(runner.build_manifests()):
         spec = cell.spec
+        if spec.manifest_path not in hashes:
+            manifest = load_manifest(spec.manifest_path)
+            store = ImageStore(PreparedDataset(spec.data_root))
+            images = {
+                manifest["images"][i][0] for e in manifest_episodes(manifest) for i in (e.query, *e.supports)
+            }
+            hashes[spec.manifest_path] = {store.sha256(rel) for rel in images}
         method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), runner.pool)
         feat = Featurizer(method, FeatureCache(None), dtype=spec.feature_dtype)
-        manifest = load_manifest(spec.manifest_path)
-        images = {
-            manifest["images"][i][0] for e in manifest_episodes(manifest) for i in (e.query, *e.supports)
-        }
-        store = ImageStore(PreparedDataset(spec.data_root))
         for name, ident in feat.identities.items():
             if getattr(feat.encoders[name], "cacheable", True):
-                pairs |= {(identity_hash(ident), store.sha256(rel)) for rel in images}
-        shas |= {store.sha256(rel) for rel in images}
+                pairs |= {(identity_hash(ident), sha) for sha in hashes[spec.manifest_path]}
+        shas |= hashes[spec.manifest_path]
     return {"passes": len(pairs), "images": len(shas), "encoders": len({i for i, _ in pairs})}
 
 
@@ -115,9 +118,9 @@ def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) 
         method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), pool)
         threshold = float(spec.settings.get("threshold", 0.5))
         datas = [
-            load_episode(store, manifest["images"], e, method.image_size) for e in manifest_episodes(manifest)
+            load_episode(store, manifest["images"], e, method.image_size)
+            for e in manifest_episodes(manifest)[:episodes]
         ]
-        datas = datas[:episodes]
         ref = predict_batch(method, Featurizer(method, FeatureCache(None)), datas).float().cpu()
         for dtype in ("fp16", "bf16"):
             got = (

@@ -187,22 +187,18 @@ def test_the_shipped_component_prior_study_is_identical_with_shared_stages(pasca
     shared = tiny_study(pascal_root, "batch_size=2")
     assert shared.cache.stages_gb > 0 and len(shared.variants) == 8
     alone = tiny_study(pascal_root, "batch_size=2", "cache.stages_gb=0")
-    runner_shared = StudyRunner(
-        shared,
-        tracking_uri=f"sqlite:///{tmp_path / 'a.db'}",
-        work_dir=tmp_path / "a",
-        progress=False,
-        qualitative=0,
+    runner_shared, runner_alone = (
+        StudyRunner(
+            study,
+            tracking_uri=f"sqlite:///{tmp_path / name}.db",
+            work_dir=tmp_path / name,
+            progress=False,
+            qualitative=0,
+        )
+        for study, name in ((shared, "a"), (alone, "b"))
     )
     cells_shared = runner_shared.run()
     assert runner_shared.stages is not None and runner_shared.stages.hits > 0
-    runner_alone = StudyRunner(
-        alone,
-        tracking_uri=f"sqlite:///{tmp_path / 'b.db'}",
-        work_dir=tmp_path / "b",
-        progress=False,
-        qualitative=0,
-    )
     cells_alone = runner_alone.run()
     assert runner_alone.stages is None
     assert list(cells_shared["cell_key"]) == list(cells_alone["cell_key"])
