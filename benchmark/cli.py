@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchmark import __version__
 from benchmark.data.classes import COCO_SPLITS, DATASETS
+from benchmark.device import FEATURE_DTYPE_NAMES
 from benchmark.errors import USER_ERRORS, FssBenchError
 
 
@@ -147,7 +148,7 @@ def add_throughput_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cache-dtype",
-        choices=("fp32", "fp16", "bf16"),
+        choices=FEATURE_DTYPE_NAMES,
         default=None,
         help="storage dtype of cached frozen features (the study's cache.dtype; changes the numbers slightly)",
     )
@@ -169,17 +170,23 @@ def throughput_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def load_study_for(args: argparse.Namespace):
+    """The study of ``run``/``profile``: the file with its overrides, --batch-size/--cache-dtype and
+    --device applied (validated before torch or MLflow are imported); --deterministic switched on."""
     from benchmark.study import load_study, with_device
 
-    # validated before torch or MLflow are imported
     study = load_study(Path(args.study), args.overrides + throughput_overrides(args))
+    if args.device is not None:
+        study = with_device(study, args.device)
     if args.deterministic:
         from benchmark.device import set_deterministic
 
         set_deterministic()
-    if args.device is not None:
-        study = with_device(study, args.device)
+    return study
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    study = load_study_for(args)
     from benchmark.runner import StudyRunner, summary_table
 
     runner = StudyRunner(
@@ -344,6 +351,77 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    try:
+        return _fetch(args)
+    except KeyboardInterrupt:
+        print(
+            "fssbench: interrupted; the partial download (*.part) is kept: run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    if args.fetch_cmd == "weights":
+        from benchmark.fetch.weights import fetch_weights, list_weights
+
+        out = Path(args.out)
+        if args.list:
+            print(f"{'name':14} {'file':30} {'approx. size':>12}  on disk in {out}")
+            for row in list_weights(out):
+                print(f"{row.name:14} {row.file:30} {row.approx_mb:9,.0f} MiB  {row.on_disk}")
+            print(
+                "(approx. size: parameters x 4 bytes; `fssbench fetch weights NAME...` downloads and verifies)"
+            )
+            return 0
+        if not args.names:
+            raise FssBenchError(
+                "fetch weights: name the checkpoints (e.g. sam2-s dinov2-vitb14), or pass --list"
+            )
+        from benchmark.fetch.sources import weights_named
+
+        for w in weights_named(args.names):  # all names checked before the first download
+            (f,) = fetch_weights([w.name], out, args.mirror, progress, retries=args.retries)
+            print(f"{f.status:10} {f.path}  sha256 {f.sha256}", flush=True)
+        print(f"lock file: {out / 'fssbench-lock.json'}")
+        return 0
+    if args.fetch_cmd == "data":
+        from benchmark.fetch.data import fetch_data, prepare_command
+
+        out = Path(args.out)
+        for f, what in fetch_data(args.dataset, out, args.mirror, progress, retries=args.retries):
+            print(f"{f.status:10} {f.path}  sha256 {f.sha256}  ({what})")
+        prepared = Path(args.prepare) if args.prepare else Path("data") / args.dataset
+        command = prepare_command(args.dataset, out, prepared)
+        if not args.prepare:
+            print(f"raw {args.dataset} is in {out}; prepare it with:\n  {command}")
+            return 0
+        print(f"+ {command}")
+        ns = {"pascal": {"voc": out / "VOCdevkit", "sbd": out / "benchmark_RELEASE"}, "coco": {"coco": out}}
+        _cmd_prepare(
+            argparse.Namespace(
+                dataset=args.dataset,
+                out=str(prepared),
+                workers=None,
+                overwrite=False,
+                copy_images=False,
+                quiet=args.quiet,
+                **ns[args.dataset],
+            )
+        )
+        print(f"+ fssbench data check {prepared}")
+        return _cmd_check(argparse.Namespace(root=str(prepared), quiet=args.quiet))
+    from benchmark.fetch.weights import register_checkpoint
+
+    path, sha, what = register_checkpoint(
+        Path(args.file), args.as_, Path(args.root), args.sam2_config, args.dinov2, args.force
+    )
+    print(f"{what}: {path}  sha256 {sha}")
+    return 0
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a number >= 0."""
     try:
@@ -357,17 +435,8 @@ def non_negative_float(text: str) -> float:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from benchmark.profile import print_profile, profile_study
-    from benchmark.study import load_study
 
-    study = load_study(Path(args.study), args.overrides + throughput_overrides(args))
-    if args.device is not None:
-        from benchmark.study import with_device
-
-        study = with_device(study, args.device)
-    if args.deterministic:
-        from benchmark.device import set_deterministic
-
-        set_deterministic()
+    study = load_study_for(args)
     work = Path(args.work_dir) if args.work_dir else None
     r = profile_study(
         study, work, progress=not args.quiet, dtype_episodes=args.dtype_episodes, compile=args.compile
@@ -636,6 +705,48 @@ def build_parser() -> argparse.ArgumentParser:
         )
         q.add_argument("--cache-dir", default=None, help="a cache folder (default: <work-dir>/feature-cache)")
         q.set_defaults(fn=_cmd_cache)
+
+    f = cmd(
+        sub, "fetch", "download the official weights and datasets, verified and resumable"
+    ).add_subparsers(dest="fetch_cmd", required=True)
+    fw = cmd(
+        f, "weights", "SAM 2.0/2.1 and DINOv2 checkpoints from Meta's URLs, loaded strictly once fetched"
+    )
+    fw.add_argument("names", nargs="*", help="checkpoints, e.g. sam2-s dinov2-vitb14 (see --list)")
+    fw.add_argument("--list", action="store_true", help="names, approximate sizes and what is on disk")
+    fw.add_argument("--out", default="checkpoints", help="folder for the files and their lock file")
+    fd = cmd(f, "data", "raw PASCAL (VOC2012 + SBD) or COCO 2014 archives, extracted for `data prepare`")
+    fd.add_argument("dataset", choices=DATASETS, help="which dataset")
+    fd.add_argument("--out", default="raw", help="raw root: archives, their lock file, extracted folders")
+    fd.add_argument(
+        "--prepare", default=None, metavar="DIR", help="then run `data prepare` into DIR and `data check` it"
+    )
+    for q in (fw, fd):
+        q.add_argument(
+            "--mirror",
+            default=None,
+            help="base URL of a mirror serving HOST/PATH of each official URL (default: $FSSBENCH_MIRROR)",
+        )
+        q.add_argument(
+            "--retries", type=int, default=5, help="retries of a failed transfer (resumed, with back-off)"
+        )
+        q.set_defaults(fn=_cmd_fetch)
+    fr = cmd(
+        f, "register", "verify a manually downloaded FSSAM checkpoint and file it where the studies look"
+    )
+    fr.add_argument("file", help="the checkpoint from the FSSAM release (best_1shot.pth / best_5shot.pth)")
+    fr.add_argument(
+        "--as", dest="as_", required=True, metavar="NAME", help="fssam/{pascal|coco}/split{0-3}/{1|5}shot"
+    )
+    fr.add_argument(
+        "--root", default="exp", help="folder of the authors' exp/ tree (the studies' fssam_checkpoint)"
+    )
+    fr.add_argument(
+        "--sam2-config", default="sam2_hiera_s", help="the checkpoint's SAM 2 config (authors: s, b+, l)"
+    )
+    fr.add_argument("--dinov2", default="vitb14", help="the checkpoint's DINOv2 arch")
+    fr.add_argument("--force", action="store_true", help="replace a different checkpoint already filed there")
+    fr.set_defaults(fn=_cmd_fetch)
 
     pr = cmd(sub, "profile", "episodes/s and peak memory per variant, and the feature cache's speed-up")
     pr.add_argument("study", help="study file (YAML)")

@@ -262,7 +262,9 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     if uri.startswith("sqlite:///"):
         _step(f"browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
     _step(
-        "real data and weights: fssbench data prepare pascal --voc VOC2012 --sbd SBD/dataset --out data/pascal"
+        "real data and weights: fssbench fetch weights sam2-s dinov2-vitb14; "
+        "fssbench fetch data pascal --prepare data/pascal; the authors' FSSAM checkpoints: "
+        "fssbench fetch register FILE --as fssam/pascal/split0/1shot (README: Real data and weights)"
     )
     _step(
         "  then: fssbench run ablations/component-ablation.yaml data.pascal=data/pascal "
@@ -270,7 +272,8 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     )
     _step(
         "  or with pretrained weights only: ... model.fssam_checkpoint=null "
-        "model.sam2_checkpoint=sam2_hiera_small.pt model.dinov2_checkpoint=dinov2_vitb14_pretrain.pth "
+        "model.sam2_checkpoint=checkpoints/sam2_hiera_small.pt "
+        "model.dinov2_checkpoint=checkpoints/dinov2_vitb14_pretrain.pth "
         "(README: Studies)"
     )
     return report

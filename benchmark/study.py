@@ -46,6 +46,7 @@ from benchmark.data.prepared import PreparedDataset
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
 from benchmark.episodes import PROTOCOLS
 from benchmark.errors import FssBenchError
+from benchmark.lockfile import check_against_lock
 from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
 
 TOP_LEVEL = (
@@ -182,9 +183,11 @@ def check_checkpoint_file(path: str, where: str) -> None:
         )
     if not p.is_file():
         raise FssBenchError(
-            f"{where}: checkpoint {p} not found; download it (README: Real checkpoints lists Meta's SAM 2 and "
-            "DINOv2 files and the authors' FSSAM checkpoints), or set model.random_init: true for a pipeline check"
+            f"{where}: checkpoint {p} not found; fetch it (fssbench fetch weights NAME, or fetch register for "
+            "the authors' FSSAM checkpoints; README: Real data and weights), or set model.random_init: true "
+            "for a pipeline check"
         )
+    check_against_lock(p, where)  # a file fetched or registered must still be the one recorded
     try:
         ok = zipfile.is_zipfile(p) and any(n.endswith("data.pkl") for n in zipfile.ZipFile(p).namelist())
     except OSError as e:

@@ -96,7 +96,7 @@ def test_a_missing_checkpoint_says_how_to_get_one(pascal_root, tmp_path, capsys)
     }
     assert run(tmp_path, study(tmp_path, pascal_root, model=model)) == 2
     line = one_error_line(capsys)
-    assert "/nope/sam2_hiera_tiny.pt not found" in line and "README: Real checkpoints" in line
+    assert "/nope/sam2_hiera_tiny.pt not found" in line and "README: Real data and weights" in line
     assert nothing_created(tmp_path)
 
 

@@ -39,3 +39,29 @@ def test_adding_a_method_example_runs(pascal_root, tmp_path, monkeypatch):
     spec = CellSpec("darker_colour", {"image_size": 128}, tmp_path / "m.json", pascal_root, "cpu")
     result = evaluate_cell(spec, FeatureCache(None))
     assert result.summary["n_episodes"] == 3 and 0 <= result.summary["miou"] <= 1
+
+
+def test_real_data_and_weights_is_three_commands_that_parse():
+    import shlex
+
+    import yaml
+
+    from benchmark.cli import build_parser
+    from benchmark.fetch.sources import WEIGHTS
+    from benchmark.study import apply_overrides
+
+    block = re.search(r"## Real data and weights\n\n```bash\n(.*?)```", README, re.S)
+    assert block is not None
+    lines = [ln.split("  #")[0] for ln in block.group(1).splitlines() if ln.strip()]
+    assert [shlex.split(ln)[:2] for ln in lines] == [["fssbench", "fetch"]] * 2 + [["fssbench", "run"]]
+    weights, data, run = (build_parser().parse_args(shlex.split(ln)[1:]) for ln in lines)
+    assert set(weights.names) <= set(WEIGHTS) and (data.dataset, data.prepare) == ("pascal", "data/pascal")
+    study = yaml.safe_load((Path(__file__).resolve().parents[1] / run.study).read_text())
+    study = apply_overrides(study, run.overrides)
+    assert set(study["data"]) == {"pascal"} and set(study["variants"]) == {"fssam", "naive-sam2"}
+    # the fetched files are where the study looks for them
+    assert study["model"]["sam2_checkpoint"] == f"{weights.out}/{WEIGHTS['sam2-s'].source.filename}"
+    assert study["model"]["dinov2_checkpoint"] == f"{weights.out}/{WEIGHTS['dinov2-vitb14'].source.filename}"
+    register = re.search(r"(fssbench fetch register ~\S+ --as \S+)", README)
+    args = build_parser().parse_args(shlex.split(register.group(1))[1:])
+    assert args.as_ == "fssam/pascal/split0/1shot"
