@@ -84,6 +84,8 @@ def _cmd_episodes(args: argparse.Namespace) -> int:
         kind=args.kind,
         coco_split=args.split,
         dataset=args.dataset,
+        loader_workers=args.loader_workers,
+        lists=args.lists,
     )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -97,7 +99,12 @@ def _cmd_episodes(args: argparse.Namespace) -> int:
     print(
         f"{manifest['sha256']}  {out}  ({manifest['num_episodes']} {manifest['kind']} episodes, "
         f"{manifest['dataset']} fold {manifest['fold']}, {manifest['shot']}-shot, {manifest['protocol']}, "
-        f"seed {manifest['seed']})"
+        f"seed {manifest['seed']}"
+        + (
+            f", {manifest['draw']['loader_workers']} loader workers, {manifest['draw']['lists']} lists)"
+            if "draw" in manifest
+            else ")"
+        )
     )
     return 0
 
@@ -570,7 +577,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", required=True, help="prepared data root")
     e.add_argument("--fold", type=int, required=True, choices=range(4), metavar="{0..3}", help="test fold")
     e.add_argument("--shot", type=positive_int, required=True, help="supports per episode (K)")
-    e.add_argument("--protocol", choices=("fssam", "hsnet"), default="fssam", help="episode protocol")
+    e.add_argument(
+        "--protocol",
+        choices=("fssam", "hsnet", "fssam-exact"),
+        default="fssam",
+        help="episode protocol (fssam-exact: the FSSAM release's own test episodes, exactly)",
+    )
+    e.add_argument(
+        "--loader-workers",
+        type=int,
+        default=32,
+        help="fssam-exact: the DataLoader workers whose random streams the release draws with (theirs: 32)",
+    )
+    e.add_argument(
+        "--lists",
+        choices=("own", "authors"),
+        default="own",
+        help="fssam-exact: the root's PFENet-format lists, or the release's PASCAL lists (matched by image id)",
+    )
     e.add_argument(
         "--seed", type=int, default=None, help="sampler seed (default: the protocol's, fssam 321, hsnet 0)"
     )

@@ -17,6 +17,10 @@ Protocols (see the README and ../shared/docs/protocols-and-tools.md section 1):
 * ``hsnet`` (HSNet family, class-balanced): the class is drawn uniformly among the fold's classes,
   then the query uniformly from that class's list, then K distinct supports != query.
   Defaults: 1000 episodes, seed 0.
+* ``fssam-exact``: the episodes the FSSAM release's test loop draws, reproduced exactly from its
+  seeding, its DataLoader workers' streams and its lists (benchmark.exact_episodes); ``loader_workers``
+  (default 32, the authors') and ``lists`` (``own``: the root's PFENet-format lists; ``authors``: the
+  release's PASCAL lists, matched to the root by image id) are part of the draw. Test episodes only.
 
 Kinds: ``test`` episodes use the fold's novel classes on the val split (what papers report);
 ``val`` episodes use the fold's base classes on the val split (model selection that never looks at a
@@ -42,7 +46,10 @@ FORMAT = "fssbench-episodes/1"
 PROTOCOLS: dict[str, dict[str, int]] = {
     "fssam": {"seed": 321, "episodes": 1000},
     "hsnet": {"seed": 0, "episodes": 1000},
+    "fssam-exact": {"seed": 321, "episodes": 1000},
 }
+EXACT_LISTS = ("own", "authors")
+"""Where ``fssam-exact`` reads its PFENet-format lists: the prepared root's, or the release's (PASCAL)."""
 KINDS = ("test", "val")
 
 
@@ -135,11 +142,13 @@ def build_manifest(
     kind: str = "test",
     coco_split: str = "interleaved",
     dataset: str | None = None,
+    loader_workers: int = 32,
+    lists: str = "own",
 ) -> dict[str, Any]:
     """Build a manifest dict (with its ``sha256``) from a prepared root.
 
     ``dataset``, when given, must match the prepared root's dataset. ``seed``/``episodes`` default
-    to the protocol's values.
+    to the protocol's values. ``loader_workers`` and ``lists`` apply to ``fssam-exact`` only.
     """
     ds = PreparedDataset(data_root)
     if dataset is not None and dataset != ds.dataset:
@@ -160,8 +169,14 @@ def build_manifest(
     where = f"{ds.root / fold_list_dir(ds.dataset, coco_split) / 'val' / f'{list_name}_{fold}.txt'}"
     if kind == "val":
         where = f"{ds.records_path('val')} (base classes of fold {fold})"
-    eps = sample_episodes(records, classes, shot, protocol, seed, n, where)
     by_id = {r.id: r for r in records}
+    draw = None
+    if protocol == "fssam-exact":
+        eps, draw = _exact_episodes(
+            ds, fold, shot, seed, n, kind, coco_split, classes, records, loader_workers, lists
+        )
+    else:
+        eps = sample_episodes(records, classes, shot, protocol, seed, n, where)
     used = sorted({e.query for e in eps} | {s for e in eps for s in e.supports})
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -186,8 +201,61 @@ def build_manifest(
             {"id": e.id, "query": e.query, "class": e.cls, "supports": list(e.supports)} for e in eps
         ],
     }
+    if draw is not None:  # where each episode sits in the authors' loop, and the draw's parameters
+        manifest["draw"] = draw["params"]
+        for row, (epoch, index) in zip(manifest["episodes"], draw["positions"], strict=True):
+            row["epoch"], row["index"] = epoch, index
     manifest["sha256"] = manifest_sha256(manifest)
     return manifest
+
+
+def _exact_episodes(
+    ds: PreparedDataset,
+    fold: int,
+    shot: int,
+    seed: int,
+    n: int,
+    kind: str,
+    coco_split: str,
+    classes: list[int],
+    records: list[ImageRecord],
+    workers: int,
+    lists: str,
+) -> tuple[list[Episode], dict[str, Any]]:
+    """``fssam-exact`` episodes (benchmark.exact_episodes) with the list pairs matched to the root's
+    images by image id (the file name's stem), and the draw's parameters."""
+    from benchmark.exact_episodes import AUTHORS_LISTS, authors_draw, read_pfenet_lists
+
+    if kind != "test":
+        raise FssBenchError("protocol fssam-exact reproduces the authors' test episodes: use kind test")
+    if lists not in EXACT_LISTS:
+        raise FssBenchError(f"--lists must be one of {EXACT_LISTS}, got {lists!r}")
+    if lists == "authors":
+        if ds.dataset != "pascal":
+            raise FssBenchError(
+                "--lists authors: the FSSAM release's lists shipped here are PASCAL's; use --lists own"
+            )
+        folder = AUTHORS_LISTS / "pascal" / "val"
+    else:
+        folder = ds.root / fold_list_dir(ds.dataset, coco_split) / "val"
+    pl = read_pfenet_lists(folder, fold)
+    by_stem = {Path(r.image).stem: r for r in records}
+
+    def record(pair: tuple[str, str]) -> ImageRecord:
+        r = by_stem.get(Path(pair[0]).stem)
+        if r is None:
+            raise FssBenchError(
+                f"{pl.where}: {pair[0]} is not an image of the val split of {ds.root} (matched by image id "
+                f"{Path(pair[0]).stem!r}); --lists authors needs the real VOC2012 val images"
+            )
+        return r
+
+    for pair in pl.data_list:
+        record(pair)
+    drawn = authors_draw(pl, lambda q: record(q).present(classes), shot, n, seed, workers)
+    eps = [Episode(d.id, record(d.query).id, d.cls, tuple(record(s).id for s in d.supports)) for d in drawn]
+    params = {"seed": seed, "loader_workers": workers, "lists": lists, "lists_sha256": pl.sha256}
+    return eps, {"params": params, "positions": [(d.epoch, d.index) for d in drawn]}
 
 
 def save_manifest(manifest: dict[str, Any], path: Path) -> None:

@@ -116,10 +116,22 @@ def study_manifests(study: Study, work_dir: Path, kind: str = "test") -> dict[tu
             for shot in study.shots:
                 for seed in study.seeds:
                     m = build_manifest(
-                        root, fold, shot, study.protocol, seed, study.episodes, kind, study.split, ds
+                        root,
+                        fold,
+                        shot,
+                        study.protocol,
+                        seed,
+                        study.episodes,
+                        kind,
+                        study.split,
+                        ds,
+                        study.loader_workers,
+                        study.lists,
                     )
                     split = f"-{study.split}" if ds == "coco" else ""
                     tail = "" if kind == "test" else f"-{kind}"
+                    if "draw" in m:  # fssam-exact: the workers and lists are part of the draw
+                        tail += f"-w{study.loader_workers}-{study.lists}"
                     name = f"{ds}{split}-fold{fold}-{shot}shot-{study.protocol}-seed{seed}-n{m['num_episodes']}{tail}"
                     path = Path(work_dir) / "manifests" / f"{name}.json"
                     if not path.exists() or load_manifest(path)["sha256"] != m["sha256"]:

@@ -4,7 +4,9 @@ A study file is YAML (see ``ablations/``)::
 
     name: component-ablation              # the MLflow experiment
     data: {pascal: data/pascal}           # dataset -> prepared data root
-    protocol: fssam                       # episode protocol (fssam | hsnet)
+    protocol: fssam                       # episode protocol (fssam | hsnet | fssam-exact)
+    loader_workers: 32                    # fssam-exact only: the authors' DataLoader workers
+    lists: own                            # fssam-exact only: own (the root's) | authors (PASCAL)
     folds: [0, 1, 2, 3]
     shots: [1, 5]
     seeds: [321]                          # one manifest per seed
@@ -44,7 +46,7 @@ import yaml
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
-from benchmark.episodes import PROTOCOLS
+from benchmark.episodes import EXACT_LISTS, PROTOCOLS
 from benchmark.errors import FssBenchError
 from benchmark.lockfile import check_against_lock
 from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
@@ -60,6 +62,8 @@ TOP_LEVEL = (
     "episodes",
     "split",
     "batch_size",
+    "loader_workers",
+    "lists",
     "cache",
     "model",
     "variants",
@@ -114,6 +118,8 @@ class Study:
     raw: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 1
     cache: CacheSettings = field(default_factory=CacheSettings)
+    loader_workers: int = 32
+    lists: str = "own"
 
     @property
     def random_init(self) -> bool:
@@ -254,6 +260,17 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise FssBenchError(f"{source}: batch_size: expected a positive integer, got {batch_size!r}")
     cache = parse_cache(raw.get("cache"), source)
+    for key in ("loader_workers", "lists"):
+        if key in raw and protocol != "fssam-exact":
+            raise FssBenchError(
+                f"{source}: {key}: applies to protocol fssam-exact only (protocol is {protocol})"
+            )
+    loader_workers = raw.get("loader_workers", 32)
+    if not isinstance(loader_workers, int) or isinstance(loader_workers, bool) or loader_workers < 0:
+        raise FssBenchError(f"{source}: loader_workers: expected an integer >= 0, got {loader_workers!r}")
+    lists = raw.get("lists", "own")
+    if lists not in EXACT_LISTS:
+        raise FssBenchError(f"{source}: lists: {lists!r} is not one of {list(EXACT_LISTS)}")
 
     model = raw.get("model") or {}
     if not isinstance(model, dict):
@@ -298,6 +315,8 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         raw=raw,
         batch_size=batch_size,
         cache=cache,
+        loader_workers=loader_workers,
+        lists=lists,
     )
 
 

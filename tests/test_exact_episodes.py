@@ -1,0 +1,178 @@
+"""``fssam-exact``: the FSSAM release's test episodes, checked against PyTorch's own DataLoader.
+
+The reference here is a dataset written from ../shared/docs/authors-episodes.md the way the release
+writes ``SemData.__getitem__`` (Python's global ``random``, the discarded first draw, supports stacked
+in reverse), iterated by a real ``torch.utils.data.DataLoader`` with 0 or several workers, one new
+iterator per epoch after ``random.seed``/``torch.manual_seed``. ``authors_draw`` uses no DataLoader, so
+agreement checks the description of the workers' streams, not a copy of the code.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.data.classes import novel_classes
+from benchmark.data.prepared import PreparedDataset
+from benchmark.episodes import build_manifest
+from benchmark.errors import FssBenchError
+from benchmark.exact_episodes import AUTHORS_LISTS, authors_draw, read_pfenet_lists
+
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
+
+
+class ReleaseLikeSemData(torch.utils.data.Dataset):
+    """Val-mode ``SemData`` as the description states it, returning indices instead of images."""
+
+    def __init__(self, data_list, sub_class_file_list, label_class_of, shot):
+        self.data_list, self.sub, self.label_class_of, self.shot = (
+            data_list,
+            sub_class_file_list,
+            label_class_of,
+            shot,
+        )
+
+    def __len__(self):
+        return len(self.data_list)
+
+    def __getitem__(self, index):
+        image_path, label_path = self.data_list[index]
+        label_class = self.label_class_of[(image_path, label_path)]
+        class_chosen = label_class[random.randint(1, len(label_class)) - 1]
+        file_class_chosen = self.sub[class_chosen]
+        num_file = len(file_class_chosen)
+        support_image_path_list, support_idx_list = [], []
+        for _ in range(self.shot):
+            support_idx = random.randint(1, num_file) - 1
+            support_image_path, support_label_path = image_path, label_path
+            while (
+                support_image_path == image_path and support_label_path == label_path
+            ) or support_idx in support_idx_list:
+                support_idx = random.randint(1, num_file) - 1
+                support_image_path, support_label_path = file_class_chosen[support_idx]
+            support_idx_list.append(support_idx)
+            support_image_path_list.append((support_image_path, support_label_path))
+        s_x = [support_image_path_list[0]]
+        for i in range(1, self.shot):
+            s_x = [support_image_path_list[i], *s_x]  # s_x = cat([s_xs[i], s_x], 1)
+        return torch.tensor(index), torch.tensor(class_chosen), [list(p) for p in s_x]
+
+
+def release_loop(lists, label_class_of, shot, episodes, seed, workers):
+    """The release's ``validate``: setup_seed, ceil(N / (L - 1)) epochs, a new iterator each."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    data = ReleaseLikeSemData(lists.data_list, lists.sub_class_file_list, label_class_of, shot)
+    loader = torch.utils.data.DataLoader(data, batch_size=1, shuffle=False, num_workers=workers)
+    out = []
+    for _ in range(math.ceil(episodes / (len(lists.data_list) - 1))):
+        for index, cls, s_x in loader:
+            if len(out) == episodes:
+                break
+            out.append((int(index), int(cls), tuple((p[0][0], p[1][0]) for p in s_x)))
+    return out
+
+
+def own_lists(root: Path, fold: int):
+    ds = PreparedDataset(root)
+    lists = read_pfenet_lists(root / "lists" / "fss_list" / "val", fold)
+    classes = novel_classes(ds.dataset, fold, "interleaved")
+    by_stem = {Path(r.image).stem: r for r in ds.records("val")}
+    label_class_of = {q: by_stem[Path(q[0]).stem].present(classes) for q in lists.data_list}
+    return lists, label_class_of
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+@pytest.mark.parametrize("shot", [1, 5])
+def test_the_draw_equals_a_real_dataloader_over_the_release_like_dataset(pascal_root, workers, shot):
+    lists, label_class_of = own_lists(pascal_root, 0)
+    n = 2 * len(lists.data_list) + 7  # three epochs, the last one cut short
+    want = release_loop(lists, label_class_of, shot, n, 321, workers)
+    got = authors_draw(lists, label_class_of.__getitem__, shot, n, 321, workers)
+    assert [(d.index, d.cls, d.supports) for d in got] == want
+    assert [d.epoch for d in got] == [i // len(lists.data_list) for i in range(n)]
+
+
+def test_the_worker_count_changes_the_episodes_and_the_seed_is_honoured(pascal_root):
+    lists, label_class_of = own_lists(pascal_root, 0)
+    draws = {
+        (w, s): [(d.cls, d.supports) for d in authors_draw(lists, label_class_of.__getitem__, 1, 60, s, w)]
+        for w in (0, 2, 32)
+        for s in (321, 123)
+    }
+    assert len({tuple(v) for v in draws.values()}) == len(draws)
+
+
+def test_manifest_records_the_draw_and_the_supports_in_model_order(pascal_root):
+    m = build_manifest(pascal_root, 1, 5, "fssam-exact", episodes=40, loader_workers=2)
+    lists, label_class_of = own_lists(pascal_root, 1)
+    want = release_loop(lists, label_class_of, 5, 40, 321, 2)
+    stem = {tuple(v): k for k, v in m["images"].items()}
+    assert [
+        (e["index"], e["class"], tuple(tuple(m["images"][s]) for s in e["supports"])) for e in m["episodes"]
+    ] == [(i, c, s) for i, c, s in want]
+    assert all(tuple(m["images"][e["query"]]) == lists.data_list[e["index"]] for e in m["episodes"])
+    assert m["draw"] == {"seed": 321, "loader_workers": 2, "lists": "own", "lists_sha256": lists.sha256}
+    assert stem  # every image the episodes use is in the table
+    other = build_manifest(pascal_root, 1, 5, "fssam-exact", episodes=40, loader_workers=3)
+    assert other["sha256"] != m["sha256"]
+
+
+def test_coco_own_lists(coco_root):
+    m = build_manifest(coco_root, 2, 1, "fssam-exact", episodes=30, loader_workers=4)
+    ds = PreparedDataset(coco_root)
+    classes = novel_classes("coco", 2, "interleaved")
+    lists = read_pfenet_lists(coco_root / "lists" / "fss_list" / "val", 2)
+    by_stem = {Path(r.image).stem: r for r in ds.records("val")}
+    want = release_loop(
+        lists, {q: by_stem[Path(q[0]).stem].present(classes) for q in lists.data_list}, 1, 30, 321, 4
+    )
+    assert [(e["index"], e["class"]) for e in m["episodes"]] == [(i, c) for i, c, _ in want]
+
+
+def test_the_authors_lists_ship_and_draw_like_the_release(tmp_path):
+    counts = [len(read_pfenet_lists(AUTHORS_LISTS / "pascal" / "val", k).data_list) for k in range(4)]
+    assert counts == [364, 445, 592, 336]
+    lists = read_pfenet_lists(AUTHORS_LISTS / "pascal" / "val", 0)
+    assert set(lists.sub_class_file_list) == {1, 2, 3, 4, 5}
+    # stand-in label classes (the real ones need the VOC masks): the classes whose list holds the query
+    label_class_of = {
+        q: sorted(c for c, files in lists.sub_class_file_list.items() if q in files) for q in lists.data_list
+    }
+    assert all(label_class_of.values())
+    want = release_loop(lists, label_class_of, 5, 50, 321, 4)
+    got = authors_draw(lists, label_class_of.__getitem__, 5, 50, 321, 4)
+    assert [(d.index, d.cls, d.supports) for d in got] == want
+
+
+def test_the_authors_lists_on_a_root_without_their_images_name_the_missing_one(pascal_root):
+    with pytest.raises(
+        FssBenchError, match=r"data_list_0\.txt: .*2007_000033\.jpg is not an image of the val split"
+    ):
+        build_manifest(pascal_root, 0, 1, "fssam-exact", lists="authors")
+    with pytest.raises(FssBenchError, match="kind test"):
+        build_manifest(pascal_root, 0, 1, "fssam-exact", kind="val")
+
+
+def test_a_study_with_fssam_exact_writes_the_draw_into_its_manifests(pascal_root, tmp_path):
+    from benchmark.runner import study_manifests
+    from benchmark.study import load_study
+
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"name: s\ndata: {{pascal: {pascal_root}}}\nprotocol: fssam-exact\nloader_workers: 4\nfolds: [0]\n"
+        "episodes: 20\nmodel: {random_init: true}\nvariants: {mean: {method: mean_colour}}\n"
+    )
+    s = load_study(study)
+    (path,) = study_manifests(s, tmp_path / "work").values()
+    assert path.name == "pascal-fold0-1shot-fssam-exact-seed321-n20-w4-own.json"
+    m = build_manifest(pascal_root, 0, 1, "fssam-exact", episodes=20, loader_workers=4)
+    assert path.read_text().count(m["sha256"]) == 1
+    with pytest.raises(FssBenchError, match="loader_workers: applies to protocol fssam-exact only"):
+        load_study(study, ["protocol=fssam"])
+    with pytest.raises(FssBenchError, match="lists: 'theirs' is not one of"):
+        load_study(study, ["lists=theirs"])
