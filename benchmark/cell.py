@@ -39,7 +39,7 @@ from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import compile_method, resolve_device
 from benchmark.episode_loader import EpisodeData, ImageStore, load_episode
-from benchmark.episodes import load_manifest, manifest_episodes
+from benchmark.episodes import evaluation_of, load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.features import Featurizer
@@ -337,8 +337,12 @@ def evaluate_cell(
         size = max(1, spec.batch_size)
         batches = [todo[i : i + size] for i in range(0, len(todo), size)]
 
+        evaluation = evaluation_of(manifest)
+
         def load(batch: list) -> list[EpisodeData]:
-            datas = [load_episode(store, manifest["images"], ep, method.image_size) for ep in batch]
+            datas = [
+                load_episode(store, manifest["images"], ep, method.image_size, evaluation) for ep in batch
+            ]
             for d in datas:  # decode now, in the background, what the encoders will need
                 for img in (d.query, *d.supports):
                     if feat.needs_pixels(img):
@@ -494,7 +498,7 @@ def _qualitative(
     paths = []
     for label, idx in list(picks.items())[:count]:
         ep = episodes[int(table["episode"].iloc[idx])]
-        data = load_episode(store, manifest["images"], ep, method.image_size)
+        data = load_episode(store, manifest["images"], ep, method.image_size)  # drawn at the label's size
         logits = predict_episode(method, feat, data)
         threshold = float(result.spec.settings.get("threshold", 0.5))
         pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold).numpy()

@@ -86,6 +86,8 @@ def _cmd_episodes(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         loader_workers=args.loader_workers,
         lists=args.lists,
+        resolution=args.eval_resolution,
+        eval_size=args.eval_size,
     )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -99,14 +101,21 @@ def _cmd_episodes(args: argparse.Namespace) -> int:
     print(
         f"{manifest['sha256']}  {out}  ({manifest['num_episodes']} {manifest['kind']} episodes, "
         f"{manifest['dataset']} fold {manifest['fold']}, {manifest['shot']}-shot, {manifest['protocol']}, "
-        f"seed {manifest['seed']}"
-        + (
-            f", {manifest['draw']['loader_workers']} loader workers, {manifest['draw']['lists']} lists)"
-            if "draw" in manifest
-            else ")"
-        )
+        f"seed {manifest['seed']}{_draw_note(manifest)})"
     )
     return 0
+
+
+def _draw_note(manifest: dict) -> str:
+    """ ", 4 loader workers, own lists, scored resized to 400 px" for manifests that record these."""
+    draw, ev = manifest.get("draw", {}), manifest.get("eval")
+    parts = [f"{draw['loader_workers']} loader workers"] if "loader_workers" in draw else []
+    parts += [f"{draw['lists']} lists"] if "lists" in draw else []
+    if ev and ev["resolution"] == "resized":
+        parts.append(f"scored resized to {ev['size']} px")
+    if ev and not ev["ignore_255"]:
+        parts.append("no ignore label")
+    return "".join(f", {p}" for p in parts)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -595,6 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="own",
         help="fssam-exact: the root's PFENet-format lists, or the release's PASCAL lists (matched by image id)",
     )
+    e.add_argument(
+        "--eval-resolution",
+        choices=("original", "resized"),
+        default=None,
+        help="where episodes are scored: the label's size, or a square (default: the protocol's; hsnet resized)",
+    )
+    e.add_argument("--eval-size", type=positive_int, default=None, help="side of the resized square (HSNet: 400)")
     e.add_argument(
         "--seed", type=int, default=None, help="sampler seed (default: the protocol's, fssam 321, hsnet 0)"
     )

@@ -29,7 +29,7 @@ from PIL import Image
 from benchmark.data.classes import IGNORE_LABEL
 from benchmark.data.images import read_label
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes import Episode
+from benchmark.episodes import Episode, Evaluation
 from benchmark.errors import FssBenchError
 
 LOADER_VERSION = "decode-rgb+resize-bilinear/1"  # bump when decoding or resizing of images changes
@@ -85,6 +85,18 @@ def resize_label(label: np.ndarray, size: int) -> torch.Tensor:
     """(H, W) uint8 -> (size, size) uint8 (nearest)."""
     y = torch.from_numpy(np.array(label, dtype=np.uint8)).float()[None, None]
     return F.interpolate(y, size=(size, size), mode="nearest")[0, 0].to(torch.uint8)
+
+
+def scored_target(target: np.ndarray, evaluation: Evaluation) -> np.ndarray:
+    """The target an episode is scored on: ``(H, W)`` {0, 1, 255} at the label's size, or resized to
+    ``(size, size)`` with nearest (HSNet's ``F.interpolate(mode="nearest")``); without an ignore label
+    (HSNet's COCO), 255 becomes background."""
+    out = np.array(target, dtype=np.uint8)
+    if not evaluation.ignore:
+        out[out == IGNORE_LABEL] = 0
+    if evaluation.resolution == "resized":
+        out = resize_label(out, int(evaluation.size)).numpy()
+    return out
 
 
 class LRU(OrderedDict[K, V]):
@@ -172,12 +184,19 @@ class EpisodeData:
     supports: list[EpisodeImage]
     support_masks: torch.Tensor  # (K, S, S) uint8 in {0, 1, 255}
     query_mask: torch.Tensor  # (S, S) uint8 in {0, 1, 255}: the query target at model size (oracle prior)
-    query_target: np.ndarray  # (H, W) uint8 in {0, 1, 255}: what the metric scores
+    query_target: np.ndarray  # (H, W) uint8 in {0, 1, 255}: what the metric scores (or (E, E), resized)
     support_labels: list[np.ndarray] = field(repr=False, default_factory=list)  # (H_k, W_k) targets
 
 
-def load_episode(store: ImageStore, images: dict[str, list[str]], ep: Episode, size: int) -> EpisodeData:
-    """Load one episode. ``images`` is the manifest's id -> [image, label] table; ``size`` is S."""
+def load_episode(
+    store: ImageStore,
+    images: dict[str, list[str]],
+    ep: Episode,
+    size: int,
+    evaluation: Evaluation | None = None,
+) -> EpisodeData:
+    """Load one episode. ``images`` is the manifest's id -> [image, label] table; ``size`` is S;
+    ``evaluation`` (the manifest's, :func:`benchmark.episodes.evaluation_of`) sets ``query_target``."""
 
     def image(image_id: str) -> EpisodeImage:
         rel = images[image_id][0]
@@ -191,6 +210,6 @@ def load_episode(store: ImageStore, images: dict[str, list[str]], ep: Episode, s
         supports=[image(s) for s in ep.supports],
         support_masks=torch.stack([resize_label(t, size) for t in support_targets]),
         query_mask=resize_label(target, size),
-        query_target=target,
+        query_target=target if evaluation is None else scored_target(target, evaluation),
         support_labels=support_targets,
     )

@@ -14,9 +14,10 @@ Protocols (see the README and ../shared/docs/protocols-and-tools.md section 1):
   PRESENT in the query (any pixel, as PFENet/BAM/FSSAM ``__getitem__`` do); the K supports are
   distinct images drawn uniformly from that class's list (class >= 2*32*32 px), each != query.
   Defaults: 1000 episodes, seed 321.
-* ``hsnet`` (HSNet family, class-balanced): the class is drawn uniformly among the fold's classes,
-  then the query uniformly from that class's list, then K distinct supports != query.
-  Defaults: 1000 episodes, seed 0.
+* ``hsnet`` (HSNet family: HSNet, DCAMA, VRP-SAM, Matcher, GF-SAM, SANSA, FS-SAM2): HSNet's test
+  loop exactly (benchmark.hsnet_episodes): its published lists, numpy's legacy generator; PASCAL walks
+  the (image, class) pairs in file order, COCO draws the class, then the query; scored resized to
+  400 px (``eval``). Defaults: 1000 episodes, seed 0.
 * ``fssam-exact``: the episodes the FSSAM release's test loop draws, reproduced exactly from its
   seeding, its DataLoader workers' streams and its lists (benchmark.exact_episodes); ``loader_workers``
   (default 32, the authors') and ``lists`` (``own``: the root's PFENet-format lists; ``authors``: the
@@ -48,6 +49,9 @@ PROTOCOLS: dict[str, dict[str, int]] = {
     "hsnet": {"seed": 0, "episodes": 1000},
     "fssam-exact": {"seed": 321, "episodes": 1000},
 }
+RESOLUTIONS = ("original", "resized")
+"""Where episodes are scored: at the label's own size (PFENet family) or on a square the image and
+label are resized to (HSNet: 400 px, label with nearest)."""
 EXACT_LISTS = ("own", "authors")
 """Where ``fssam-exact`` reads its PFENet-format lists: the prepared root's, or the release's (PASCAL)."""
 KINDS = ("test", "val")
@@ -96,8 +100,8 @@ def sample_episodes(
     ``where`` names the list the pools come from, for error messages. Raises FssBenchError when a
     class has fewer than K+1 images (the query plus K distinct supports) or the pool is empty.
     """
-    if protocol not in PROTOCOLS:
-        raise FssBenchError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
+    if protocol != "fssam":
+        raise FssBenchError(f"sample_episodes draws protocol fssam; {protocol!r} has its own draw (build_manifest)")
     if shot < 1:
         raise FssBenchError(f"--shot must be >= 1, got {shot}")
     if n < 1:
@@ -114,16 +118,54 @@ def sample_episodes(
     rng = StableRng(seed)
     episodes = []
     for i in range(n):
-        if protocol == "fssam":
-            q = pool.images[i % len(pool.images)]
-            present = q.present(classes)
-            cls = present[rng.below(len(present))]
-        else:  # hsnet
-            cls = classes[rng.below(len(classes))]
-            q = pool.per_class[cls][rng.below(len(pool.per_class[cls]))]
+        q = pool.images[i % len(pool.images)]
+        present = q.present(classes)
+        cls = present[rng.below(len(present))]
         supports = draw_supports(rng, pool.per_class[cls], q.id, shot)
         episodes.append(Episode(id=i, query=q.id, cls=cls, supports=supports))
     return episodes
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a manifest's episodes are scored: ``resolution`` original | resized (to ``size`` x
+    ``size``, label with nearest), ``ignore``: 255 pixels excluded (PASCAL; HSNet's COCO has none, so
+    there 255 counts as background)."""
+
+    resolution: str = "original"
+    size: int | None = None
+    ignore: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"resolution": self.resolution, "size": self.size, "ignore_255": self.ignore}
+
+
+def default_evaluation(
+    protocol: str, dataset: str, resolution: str | None = None, size: int | None = None
+) -> Evaluation:
+    """A protocol's scoring: PFENet family (fssam, fssam-exact) at the original size with 255 ignored;
+    hsnet resized to 400 px, 255 ignored on PASCAL only. ``resolution``/``size`` override it."""
+    hsnet = protocol == "hsnet"
+    resolution = resolution or ("resized" if hsnet else "original")
+    if resolution not in RESOLUTIONS:
+        raise FssBenchError(f"evaluation resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    ignore = not (hsnet and dataset == "coco")
+    if resolution == "original":
+        if size is not None:
+            raise FssBenchError("an evaluation size applies to resolution resized only")
+        return Evaluation("original", None, ignore)
+    size = 400 if size is None else size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise FssBenchError(f"evaluation size must be a positive integer, got {size!r}")
+    return Evaluation("resized", size, ignore)
+
+
+def evaluation_of(manifest: dict[str, Any]) -> Evaluation:
+    """The scoring a manifest records (manifests without ``eval``: original size, 255 ignored)."""
+    ev = manifest.get("eval")
+    if not ev:
+        return Evaluation()
+    return Evaluation(ev["resolution"], ev["size"], ev["ignore_255"])
 
 
 def manifest_sha256(manifest: dict[str, Any]) -> str:
@@ -144,11 +186,15 @@ def build_manifest(
     dataset: str | None = None,
     loader_workers: int = 32,
     lists: str = "own",
+    resolution: str | None = None,
+    eval_size: int | None = None,
 ) -> dict[str, Any]:
     """Build a manifest dict (with its ``sha256``) from a prepared root.
 
     ``dataset``, when given, must match the prepared root's dataset. ``seed``/``episodes`` default
     to the protocol's values. ``loader_workers`` and ``lists`` apply to ``fssam-exact`` only.
+    ``resolution``/``eval_size``: where episodes are scored (:func:`default_evaluation`), recorded
+    in the manifest (so in the cell key).
     """
     ds = PreparedDataset(data_root)
     if dataset is not None and dataset != ds.dataset:
@@ -169,12 +215,15 @@ def build_manifest(
     where = f"{ds.root / fold_list_dir(ds.dataset, coco_split) / 'val' / f'{list_name}_{fold}.txt'}"
     if kind == "val":
         where = f"{ds.records_path('val')} (base classes of fold {fold})"
+    evaluation = default_evaluation(protocol, ds.dataset, resolution, eval_size)
     by_id = {r.id: r for r in records}
     draw = None
     if protocol == "fssam-exact":
         eps, draw = _exact_episodes(
             ds, fold, shot, seed, n, kind, coco_split, classes, records, loader_workers, lists
         )
+    elif protocol == "hsnet":
+        eps, draw = _hsnet_episodes(ds, fold, shot, seed, n, kind, coco_split, classes, records)
     else:
         eps = sample_episodes(records, classes, shot, protocol, seed, n, where)
     used = sorted({e.query for e in eps} | {s for e in eps for s in e.supports})
@@ -201,10 +250,12 @@ def build_manifest(
             {"id": e.id, "query": e.query, "class": e.cls, "supports": list(e.supports)} for e in eps
         ],
     }
-    if draw is not None:  # where each episode sits in the authors' loop, and the draw's parameters
+    if draw is not None:  # the draw's parameters, and where each episode sits in the authors' loop
         manifest["draw"] = draw["params"]
-        for row, (epoch, index) in zip(manifest["episodes"], draw["positions"], strict=True):
+        for row, (epoch, index) in zip(manifest["episodes"], draw.get("positions", []), strict=False):
             row["epoch"], row["index"] = epoch, index
+    if evaluation != Evaluation():  # manifests scored the default way keep the hash they had
+        manifest["eval"] = evaluation.to_json()
     manifest["sha256"] = manifest_sha256(manifest)
     return manifest
 
@@ -256,6 +307,48 @@ def _exact_episodes(
     eps = [Episode(d.id, record(d.query).id, d.cls, tuple(record(s).id for s in d.supports)) for d in drawn]
     params = {"seed": seed, "loader_workers": workers, "lists": lists, "lists_sha256": pl.sha256}
     return eps, {"params": params, "positions": [(d.epoch, d.index) for d in drawn]}
+
+
+def _hsnet_episodes(
+    ds: PreparedDataset,
+    fold: int,
+    shot: int,
+    seed: int,
+    n: int,
+    kind: str,
+    coco_split: str,
+    classes: list[int],
+    records: list[ImageRecord],
+) -> tuple[list[Episode], dict[str, Any]]:
+    """``hsnet`` episodes (benchmark.hsnet_episodes): HSNet's published test lists on a root that
+    holds at least half of their images (the real dataset: then every one must exist), lists built by
+    the documented rule otherwise (the synthetic data, whose VOC-like ids rarely match), and for
+    ``kind val``, whose base classes HSNet publishes no lists for."""
+    from benchmark.hsnet_episodes import derived_lists, hsnet_draw, read_published
+
+    by_stem = {Path(r.image).stem: r for r in records}
+    source = "derived"
+    if kind == "test" and coco_split == "interleaved":
+        classwise, pairs, sha, path = read_published(ds.dataset, fold)
+        names = list(dict.fromkeys(i for v in classwise.values() for i in v))
+        missing = [i for i in names if i not in by_stem]
+        if 2 * len(missing) <= len(names):  # the real dataset (half or more there): every image must be
+            if missing:
+                raise FssBenchError(
+                    f"{path}: image {missing[0]} is not in the val split of {ds.root} ({len(missing)} of "
+                    f"{len(names)} missing); prepare the complete dataset"
+                )
+            if sorted(classwise) != sorted(classes):
+                raise FssBenchError(f"{path}: classes {sorted(classwise)} are not fold {fold}'s {classes}")
+            source, where = "published", path
+    if source == "derived":
+        classwise, pairs, sha = derived_lists(ds.dataset, records, classes)
+        where = f"{ds.root} (HSNet-format lists built from the val records, fold {fold})"
+    drawn = hsnet_draw(ds.dataset, classwise, pairs, shot, n, seed, where)
+    eps = [
+        Episode(i, by_stem[q].id, c, tuple(by_stem[x].id for x in sup)) for i, (q, c, sup) in enumerate(drawn)
+    ]
+    return eps, {"params": {"seed": seed, "lists": source, "lists_sha256": sha}}
 
 
 def save_manifest(manifest: dict[str, Any], path: Path) -> None:

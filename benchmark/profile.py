@@ -24,7 +24,7 @@ from benchmark.cell import CellSpec
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
 from benchmark.episode_loader import ImageStore, load_episode
-from benchmark.episodes import load_manifest, manifest_episodes
+from benchmark.episodes import evaluation_of, load_manifest, manifest_episodes
 from benchmark.feature_cache import FeatureCache, identity_hash
 from benchmark.features import Featurizer
 from benchmark.methods import WeightPool, build_method
@@ -118,7 +118,7 @@ def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) 
         method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), pool)
         threshold = float(spec.settings.get("threshold", 0.5))
         datas = [
-            load_episode(store, manifest["images"], e, method.image_size)
+            load_episode(store, manifest["images"], e, method.image_size, evaluation_of(manifest))
             for e in manifest_episodes(manifest)[:episodes]
         ]
         ref = predict_batch(method, Featurizer(method, FeatureCache(None)), datas).float().cpu()

@@ -127,11 +127,15 @@ def study_manifests(study: Study, work_dir: Path, kind: str = "test") -> dict[tu
                         ds,
                         study.loader_workers,
                         study.lists,
+                        study.eval_resolution,
+                        study.eval_size,
                     )
                     split = f"-{study.split}" if ds == "coco" else ""
                     tail = "" if kind == "test" else f"-{kind}"
-                    if "draw" in m:  # fssam-exact: the workers and lists are part of the draw
+                    if "loader_workers" in m.get("draw", {}):  # fssam-exact: part of the draw
                         tail += f"-w{study.loader_workers}-{study.lists}"
+                    if m.get("eval", {}).get("resolution") == "resized":
+                        tail += f"-resized{m['eval']['size']}"
                     name = f"{ds}{split}-fold{fold}-{shot}shot-{study.protocol}-seed{seed}-n{m['num_episodes']}{tail}"
                     path = Path(work_dir) / "manifests" / f"{name}.json"
                     if not path.exists() or load_manifest(path)["sha256"] != m["sha256"]:

@@ -7,6 +7,7 @@ A study file is YAML (see ``ablations/``)::
     protocol: fssam                       # episode protocol (fssam | hsnet | fssam-exact)
     loader_workers: 32                    # fssam-exact only: the authors' DataLoader workers
     lists: own                            # fssam-exact only: own (the root's) | authors (PASCAL)
+    eval: {resolution: original}          # scoring: original | resized (size: 400); default: the protocol's
     folds: [0, 1, 2, 3]
     shots: [1, 5]
     seeds: [321]                          # one manifest per seed
@@ -46,7 +47,7 @@ import yaml
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
-from benchmark.episodes import EXACT_LISTS, PROTOCOLS
+from benchmark.episodes import EXACT_LISTS, PROTOCOLS, default_evaluation
 from benchmark.errors import FssBenchError
 from benchmark.lockfile import check_against_lock
 from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
@@ -64,6 +65,7 @@ TOP_LEVEL = (
     "batch_size",
     "loader_workers",
     "lists",
+    "eval",
     "cache",
     "model",
     "variants",
@@ -120,6 +122,8 @@ class Study:
     cache: CacheSettings = field(default_factory=CacheSettings)
     loader_workers: int = 32
     lists: str = "own"
+    eval_resolution: str | None = None
+    eval_size: int | None = None
 
     @property
     def random_init(self) -> bool:
@@ -271,6 +275,14 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     lists = raw.get("lists", "own")
     if lists not in EXACT_LISTS:
         raise FssBenchError(f"{source}: lists: {lists!r} is not one of {list(EXACT_LISTS)}")
+    ev = raw.get("eval") or {}
+    if not isinstance(ev, dict) or set(ev) - {"resolution", "size"}:
+        raise FssBenchError(f"{source}: eval: expected {{resolution: original|resized, size: 400}}, got {ev!r}")
+    try:
+        for ds in roots:  # validated now, not when the first manifest is built
+            default_evaluation(protocol, ds, ev.get("resolution"), ev.get("size"))
+    except FssBenchError as e:
+        raise FssBenchError(f"{source}: eval: {e}") from None
 
     model = raw.get("model") or {}
     if not isinstance(model, dict):
@@ -317,6 +329,8 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         cache=cache,
         loader_workers=loader_workers,
         lists=lists,
+        eval_resolution=ev.get("resolution"),
+        eval_size=ev.get("size"),
     )
 
 

@@ -100,7 +100,7 @@ def episode_panels(
     out = []
     for ep_id, label in select_episodes(data.episodes[run_id], how):
         ep = episodes[ep_id]
-        inp = load_episode(store, manifest["images"], ep, method.image_size)
+        inp = load_episode(store, manifest["images"], ep, method.image_size)  # pictures at the label's size
         logits, inter = predict_episode(method, feat, inp, return_intermediates=True)
         pred = prediction_at_label_size(
             logits[0].float().cpu(), inp.query_target.shape, settings["threshold"]

@@ -1,0 +1,113 @@
+"""``hsnet``: the episodes HSNet's test loop scores (HSNet, DCAMA, VRP-SAM, Matcher, GF-SAM, SANSA,
+FS-SAM2 evaluate this way), from HSNet's published lists and numpy's legacy generator.
+
+HSNet seeds with ``fix_randseed(0)`` and loads with ``nworker=0``, so its episodes are a pure function
+of ``np.random.seed(seed)``'s stream; every draw is ``np.random.choice(list, 1, replace=False)[0]``
+(which consumes a permutation of the whole list), reproduced here on ``np.random.RandomState(seed)``:
+
+* PASCAL: episode ``idx`` takes the ``(image, class)`` pair ``idx % len`` of the fold's list, in file
+  order; supports are drawn from the class's images in that list (file order) until K differ from
+  the query (a support may repeat, as in HSNet).
+* COCO: the class is drawn among the fold's 20 (ascending), the query from that class's list, then
+  the supports likewise.
+
+Lists: on a real VOC/COCO root the published ones (``benchmark/published/hsnet-splits/``; a root
+holding at least half of their images is taken for the real one, and then every image must be
+there); on another root (the synthetic data), lists in HSNet's format built by this rule:
+every (val image, class) pair with at least 2,048 pixels of a fold class, PASCAL pairs sorted by
+image id then class, COCO images per class in the val list's order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.data.lists import MIN_CLASS_PIXELS, ImageRecord
+from benchmark.errors import FssBenchError
+
+HSNET_SPLITS = Path(__file__).resolve().parent / "published" / "hsnet-splits"
+"""HSNet's ``data/splits`` test lists (PASCAL ``fold<k>.txt``, COCO ``fold<k>.json.gz``), package data."""
+
+
+def read_published(dataset: str, fold: int) -> tuple[dict[int, list[str]], list[tuple[str, int]], str, str]:
+    """HSNet's lists of a fold: (class -> image stems in list order, PASCAL (stem, class) pairs in file
+    order (empty for COCO), sha256 of the file, its path)."""
+    if dataset == "pascal":
+        path = HSNET_SPLITS / "pascal" / "val" / f"fold{fold}.txt"
+        raw = path.read_bytes()
+        pairs = []
+        for line in raw.decode("ascii").split():
+            name, cc = line.split("__")
+            pairs.append((name, int(cc)))
+        return _classwise(pairs), pairs, hashlib.sha256(raw).hexdigest(), str(path)
+    path = HSNET_SPLITS / "coco" / "val" / f"fold{fold}.json.gz"
+    raw = path.read_bytes()
+    classes = json.loads(gzip.decompress(raw))["classes"]
+    classwise = {int(c): [Path(p).stem for p in images] for c, images in classes.items()}
+    return dict(sorted(classwise.items())), [], hashlib.sha256(raw).hexdigest(), str(path)
+
+
+def _classwise(pairs: list[tuple[str, int]]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for name, c in pairs:
+        out.setdefault(c, []).append(name)
+    return dict(sorted(out.items()))
+
+
+def derived_lists(
+    dataset: str, records: list[ImageRecord], classes: list[int]
+) -> tuple[dict[int, list[str]], list[tuple[str, int]], str]:
+    """Lists in HSNet's format for a root that is not the real dataset (module docstring's rule):
+    (class -> image ids, PASCAL pairs, sha256 of their canonical JSON)."""
+    counted = [(r.id, c) for r in records for c in classes if r.pixels.get(c, 0) >= MIN_CLASS_PIXELS]
+    pairs = sorted(counted) if dataset == "pascal" else []
+    classwise = {c: [i for i, k in counted if k == c] for c in classes}
+    classwise = {c: v for c, v in classwise.items() if v}
+    body = json.dumps({"pairs": pairs, "classes": classwise}, sort_keys=True).encode()
+    return classwise, pairs, hashlib.sha256(body).hexdigest()
+
+
+def _supports(rs: np.random.RandomState, images: list[str], query: str, shot: int, where: str) -> list[str]:
+    if all(i == query for i in images):
+        raise FssBenchError(
+            f"{where}: the class of query {query} lists no other image; no support can be drawn"
+        )
+    out: list[str] = []
+    while True:  # HSNet: keep sampling while the support equals the query; repeats allowed
+        s = str(rs.choice(images, 1, replace=False)[0])
+        if s != query:
+            out.append(s)
+        if len(out) == shot:
+            return out
+
+
+def hsnet_draw(
+    dataset: str,
+    classwise: dict[int, list[str]],
+    pairs: list[tuple[str, int]],
+    shot: int,
+    episodes: int = 1000,
+    seed: int = 0,
+    where: str = "hsnet lists",
+) -> list[tuple[str, int, list[str]]]:
+    """(query, class, supports) of each episode, as HSNet's test loop draws them (module docstring)."""
+    if not classwise:
+        raise FssBenchError(f"{where}: no class has an image")
+    rs = np.random.RandomState(int(seed))
+    class_ids = sorted(classwise)
+    out = []
+    for idx in range(episodes):
+        if dataset == "pascal":
+            if not pairs:
+                raise FssBenchError(f"{where}: the list is empty")
+            query, cls = pairs[idx % len(pairs)]
+        else:
+            cls = int(rs.choice(class_ids, 1, replace=False)[0])
+            query = str(rs.choice(classwise[cls], 1, replace=False)[0])
+        out.append((query, cls, _supports(rs, classwise[cls], query, shot, where)))
+    return out
