@@ -372,7 +372,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         return _fetch(args)
     except KeyboardInterrupt:
         print(
-            "fssbench: interrupted; the partial download (*.part) is kept: run the same command to resume",
+            "fssbench: interrupted; partial downloads (*.part) are kept and an interrupted extraction "
+            "left nothing: run the same command to resume",
             file=sys.stderr,
         )
         return 130
@@ -436,6 +437,17 @@ def _fetch(args: argparse.Namespace) -> int:
     )
     print(f"{what}: {path}  sha256 {sha}")
     return 0
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
 
 
 def non_negative_float(text: str) -> float:
@@ -610,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where episodes are scored: the label's size, or a square (default: the protocol's; hsnet resized)",
     )
-    e.add_argument("--eval-size", type=positive_int, default=None, help="side of the resized square (HSNet: 400)")
+    e.add_argument(
+        "--eval-size", type=positive_int, default=None, help="side of the resized square (HSNet: 400)"
+    )
     e.add_argument(
         "--seed", type=int, default=None, help="sampler seed (default: the protocol's, fssam 321, hsnet 0)"
     )
@@ -768,7 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="base URL of a mirror serving HOST/PATH of each official URL (default: $FSSBENCH_MIRROR)",
         )
         q.add_argument(
-            "--retries", type=int, default=5, help="retries of a failed transfer (resumed, with back-off)"
+            "--retries",
+            type=non_negative_int,
+            default=5,
+            help="retries of a transfer that makes no progress (each resumes, with back-off)",
         )
         q.set_defaults(fn=_cmd_fetch)
     fr = cmd(

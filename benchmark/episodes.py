@@ -101,7 +101,9 @@ def sample_episodes(
     class has fewer than K+1 images (the query plus K distinct supports) or the pool is empty.
     """
     if protocol != "fssam":
-        raise FssBenchError(f"sample_episodes draws protocol fssam; {protocol!r} has its own draw (build_manifest)")
+        raise FssBenchError(
+            f"sample_episodes draws protocol fssam; {protocol!r} has its own draw (build_manifest)"
+        )
     if shot < 1:
         raise FssBenchError(f"--shot must be >= 1, got {shot}")
     if n < 1:

@@ -277,7 +277,9 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         raise FssBenchError(f"{source}: lists: {lists!r} is not one of {list(EXACT_LISTS)}")
     ev = raw.get("eval") or {}
     if not isinstance(ev, dict) or set(ev) - {"resolution", "size"}:
-        raise FssBenchError(f"{source}: eval: expected {{resolution: original|resized, size: 400}}, got {ev!r}")
+        raise FssBenchError(
+            f"{source}: eval: expected {{resolution: original|resized, size: 400}}, got {ev!r}"
+        )
     try:
         for ds in roots:  # validated now, not when the first manifest is built
             default_evaluation(protocol, ds, ev.get("resolution"), ev.get("size"))

@@ -3,7 +3,8 @@
 Serves the files under a root folder (URL path = relative path), answers ``Range: bytes=N-`` with
 206 and ``Content-Range``, and records every GET (path, Range header). Knobs for the tests:
 ``drop_after[path] = n`` closes the connection after n body bytes on the next request of that path
-(a transient failure); ``delay_s`` sleeps between 64 KiB chunks (so a download can be killed midway).
+(a transient failure); ``fail_with[path] = [503, ...]`` answers the next GETs with those statuses;
+``delay_s`` sleeps between 64 KiB chunks (so a download can be killed midway).
 Binds 127.0.0.1 on a free port; use as a context manager.
 """
 
@@ -21,6 +22,7 @@ class RangeServer:
         self.root = Path(root)
         self.delay_s = delay_s
         self.drop_after: dict[str, int] = {}
+        self.fail_with: dict[str, list[int]] = {}
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -42,6 +44,11 @@ class RangeServer:
                 if body:
                     server.requests.append((path, rng))
                 f = server.root / path
+                if body and server.fail_with.get(path):
+                    self.send_response(server.fail_with[path].pop(0))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if not f.is_file():
                     self.send_response(404)
                     self.send_header("Content-Length", "0")

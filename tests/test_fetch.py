@@ -90,8 +90,9 @@ def test_the_weights_table_matches_the_model_builders():
     assert src.relative_path == "dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth"
     assert src.url_from("http://m.lab/fss/") == f"http://m.lab/fss/{src.relative_path}"
     assert src.url_from(None) == src.url
-    with pytest.raises(FssBenchError, match="not an http"):
-        src.url_from("/local/dir")
+    for bad in ("/local/dir", "ftp://m.lab/fss"):
+        with pytest.raises(FssBenchError, match="not an http:// or https:// URL"):
+            src.url_from(bad)
     voc, sbd, noval = DATA["pascal"]
     assert voc.source.known_hash == "md5:6cd6e144f989b92b3379bac3b3de84fd"
     assert sbd.source.known_hash == "md5:82b4d87ceb2ed10f6038a1cba92111cb"
@@ -134,7 +135,7 @@ def test_a_file_of_another_architecture_is_refused_and_removed(dino_s_file, tmp_
     with RangeServer(tmp_path / "mirror") as srv:
         rc = main(["-q", "fetch", "weights", "dinov2-vitb14", "--out", str(out), "--mirror", srv.url])
     err = capsys.readouterr().err
-    assert rc == 2 and "is not DINOv2 vitb14, so it was removed" in err
+    assert rc == 2 and "is not DINOv2 vitb14: " in err and "the download was removed" in err
     assert not (out / w.source.filename).exists() and not list(out.glob("*.part"))
     assert not (out / LOCK_NAME).exists()
 
@@ -153,7 +154,7 @@ def test_a_dropped_connection_resumes_with_a_range_request(dino_s_file, tmp_path
     assert got.sha256 == sha256(served) == sha256(tmp_path / "out" / w.source.filename)
 
 
-def test_a_whole_part_file_left_by_a_killed_process_is_finished_without_a_download(tmp_path):
+def test_a_whole_part_file_left_by_a_killed_process_is_finished_without_downloading_it_again(tmp_path):
     src = Source("https://example.org/files/a.bin", "a.bin", "test")
     payload = os.urandom(300_000)
     (tmp_path / "mirror" / "example.org" / "files").mkdir(parents=True)
@@ -439,3 +440,75 @@ def test_a_study_refuses_a_checkpoint_that_changed_after_it_was_fetched(pascal_r
     ckpt.write_bytes(bytes(data[:-10]))
     with pytest.raises(FssBenchError, match="truncated or changed"):
         load_study(study)
+
+
+def test_ctrl_c_while_checking_keeps_the_whole_part_and_the_rerun_does_not_download_again(tmp_path):
+    src = Source("https://example.org/files/c.bin", "c.bin", "test")
+    payload = os.urandom(200_000)
+    (tmp_path / "mirror" / "example.org" / "files").mkdir(parents=True)
+    (tmp_path / "mirror" / src.relative_path).write_bytes(payload)
+    out = tmp_path / "out"
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    with RangeServer(tmp_path / "mirror") as srv:
+        with pytest.raises(KeyboardInterrupt):
+            fetch_file(src, out, srv.url, progress=False, check=interrupted)
+        assert (out / "c.bin.part").read_bytes() == payload and not (out / "c.bin").exists()
+        got = fetch_file(src, out, srv.url, progress=False, check=lambda p: None)
+    assert srv.gets(src.relative_path) == [None, "bytes=200000-"]  # the rerun only asked for the rest
+    assert got.status == "downloaded" and (out / "c.bin").read_bytes() == payload
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".lock") == ["c.bin", LOCK_NAME]
+
+
+def test_server_errors_are_retried_and_give_up_after_the_retries(tmp_path):
+    src = Source("https://example.org/files/d.bin", "d.bin", "test", known_hash=None)
+    payload = os.urandom(50_000)
+    (tmp_path / "mirror" / "example.org" / "files").mkdir(parents=True)
+    (tmp_path / "mirror" / src.relative_path).write_bytes(payload)
+    with RangeServer(tmp_path / "mirror") as srv:
+        srv.fail_with[src.relative_path] = [503, 429]
+        got = fetch_file(src, tmp_path / "a", srv.url, progress=False, backoff=0.01)
+        assert got.attempts == 3 and (tmp_path / "a" / "d.bin").read_bytes() == payload
+        srv.fail_with[src.relative_path] = [500, 500, 500]
+        with pytest.raises(FssBenchError, match="failed after 2 attempts .*HTTP 500"):
+            fetch_file(src, tmp_path / "b", srv.url, progress=False, retries=1, backoff=0.01)
+
+
+def test_negative_retries_are_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["-q", "fetch", "weights", "sam2-t", "--retries", "-1"])
+    assert e.value.code == 2 and "expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_a_hand_placed_file_is_checked_and_recorded(tmp_path):
+    payload = b"hello archive\n"
+    good = Source("https://example.org/x/e.txt", "e.txt", "test", f"md5:{hashlib.md5(payload).hexdigest()}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "e.txt").write_bytes(payload)
+    got = fetch_file(good, out, "http://127.0.0.1:9/", progress=False)  # nothing is downloaded
+    assert got.status == "recorded" and got.sha256 == hashlib.sha256(payload).hexdigest()
+    bad = replace(good, filename="f.txt")
+    (out / "f.txt").write_bytes(payload + b"!")
+    with pytest.raises(FssBenchError, match=r"f\.txt: md5 .* is not the published"):
+        fetch_file(bad, out, "http://127.0.0.1:9/", progress=False)
+
+
+def test_extraction_merges_into_existing_folders_and_keeps_what_else_is_there(tmp_path):
+    src = tmp_path / "src"
+    (src / "annotations").mkdir(parents=True)
+    (src / "annotations" / "instances_val2014.json").write_text("{}")
+    archive = _zip(tmp_path / "ann.zip", src, "annotations")
+    into = tmp_path / "raw"
+    (into / "annotations").mkdir(parents=True)
+    (into / "annotations" / "instances_val2017.json").write_text("2017")
+    (into / ".extract-ann.zip.stale").mkdir()  # left by a killed extraction
+    assert extract_archive(archive, into, progress=False) == ["annotations"]
+    assert sorted(p.name for p in (into / "annotations").iterdir()) == [
+        "instances_val2014.json",
+        "instances_val2017.json",
+    ]
+    assert (into / "annotations" / "instances_val2017.json").read_text() == "2017"
+    assert [p.name for p in into.iterdir()] == ["annotations"]

@@ -9,17 +9,21 @@ prepare`` reads:
     RAW/annotations/instances_{train,val}2014.json annotations_trainval2014.zip
 
 Archives stay in RAW (so nothing is fetched twice). Each one is extracted into a temporary folder in
-RAW and its top-level entries are moved into place only when the whole archive is out; the lock file
-records which archive (by sha256) was extracted, so a second run extracts nothing either.
+RAW and its entries are moved into place only when the whole archive is out, merged file by file into
+folders that exist (what else they hold is kept); the lock file records which archive (by sha256) was
+extracted, so a second run extracts nothing either.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+
+from filelock import FileLock
 
 from benchmark.errors import FssBenchError
 from benchmark.fetch.download import Fetched, fetch_file
@@ -34,6 +38,8 @@ def extract_archive(archive: Path, into: Path, progress: bool = True) -> list[st
     from tqdm.auto import tqdm
 
     into = Path(into)
+    for stale in into.glob(f".extract-{archive.name}.*"):  # left by a killed extraction
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".extract-{archive.name}.", dir=into))
     try:
         if zipfile.is_zipfile(archive):
@@ -57,15 +63,26 @@ def extract_archive(archive: Path, into: Path, progress: bool = True) -> list[st
             raise FssBenchError(f"{archive}: neither a tar nor a zip archive; delete it and fetch again")
         placed = sorted(p.name for p in tmp.iterdir())
         for name in placed:
-            dest = into / name
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)  # left by an earlier, interrupted extraction of this archive
-            elif dest.exists() or dest.is_symlink():
-                dest.unlink()
-            (tmp / name).rename(dest)
+            _merge(tmp / name, into / name)
         return placed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge(src: Path, dest: Path) -> None:
+    """Move ``src`` to ``dest``; where ``dest`` is a folder already, merge into it file by file (the
+    archive's files replace files of the same path; anything else there is kept, e.g. another
+    year's VOC or COCO 2017 annotations beside 2014's)."""
+    if not dest.exists() and not dest.is_symlink():
+        src.rename(dest)
+        return
+    if src.is_dir() and dest.is_dir() and not dest.is_symlink():
+        for child in sorted(src.iterdir()):
+            _merge(child, dest / child.name)
+        return
+    if dest.is_dir() and not dest.is_symlink():
+        raise FssBenchError(f"{dest}: a folder where the archive has a file; move it away and fetch again")
+    os.replace(src, dest)
 
 
 def fetch_data(
@@ -97,18 +114,22 @@ def fetch_data(
                 raise FssBenchError(
                     f"{dest.parent}: missing; {a.source.filename} goes inside an archive fetched before it"
                 )
-            shutil.copyfile(got.path, dest)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copyfile(got.path, tmp)
+            os.replace(tmp, dest)
             done.append((got, "placed"))
             continue
-        if entry.get("extracted") == got.sha256 and (out / a.expect).exists():
-            done.append((got, "already extracted"))
-            continue
-        extract_archive(got.path, out, progress)
-        if not (out / a.expect).exists():
-            raise FssBenchError(
-                f"{got.path}: extracted, but {out / a.expect} is not there; is it the right archive?"
-            )
-        lock.record(a.source.filename, extracted=got.sha256)
+        with FileLock(str(out / f"{a.source.filename}.extract.lock")):
+            entry = lock.get(a.source.filename) or {}
+            if entry.get("extracted") == got.sha256 and (out / a.expect).exists():
+                done.append((got, "already extracted"))
+                continue
+            extract_archive(got.path, out, progress)
+            if not (out / a.expect).exists():
+                raise FssBenchError(
+                    f"{got.path}: extracted, but {out / a.expect} is not there; is it the right archive?"
+                )
+            lock.record(a.source.filename, extracted=got.sha256)
         done.append((got, "extracted"))
     return done
 

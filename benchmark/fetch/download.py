@@ -1,12 +1,13 @@
-"""Download one file: pooch for the hash check and the atomic placement, a resuming downloader for HTTP.
+"""Download one file: pooch for the placement and the hashes, a resuming downloader for HTTP.
 
-Why pooch: it is the well-kept library for "fetch a file, verify its hash, put it in place only when
-it matches" (md5/sha256 hashes, temporary file in the target folder and a rename, http/https/ftp), and
-it takes a custom downloader. Its own HTTP downloader restarts from zero, so :class:`ResumingDownloader`
-adds what multi-GB archives need: the partial file ``<target>.part`` is kept beside the target and
-continued with an HTTP ``Range`` request after an interruption (a killed process or a dropped
-connection), transient errors are retried with exponential back-off, and a progress bar shows size and
-rate. A checksum mismatch removes the download and names both hashes.
+Why pooch: it is the well-kept library for "fetch a file into a temporary file in the target folder
+and move it into place", with md5/sha256 hashing (``pooch.file_hash``), and it takes a custom
+downloader. Its own HTTP downloader restarts from zero and its hash check runs on a temporary file
+that an interruption deletes, so :class:`ResumingDownloader` adds what multi-GB archives need: the
+partial file ``<target>.part`` is kept beside the target and continued with an HTTP ``Range``
+request after an interruption (Ctrl-C, a killed process, a dropped connection); transient errors are
+retried with exponential back-off; the complete part is hashed and checked before pooch places it;
+a progress bar shows size and rate. A checksum mismatch removes the download and names both hashes.
 
 The lock file ``fssbench-lock.json`` in each output folder records every file's sha256 (and size, URL,
 what it was checked against), so a later fetch verifies what is on disk and downloads nothing twice.
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import FssBenchError
+from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.fetch.sources import Source
 from benchmark.io_utils import respect_umask
 from benchmark.lockfile import LockFile, sha256_of
@@ -43,17 +45,21 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 class ResumingDownloader:
     """A pooch downloader (``downloader(url, output_file, pooch)``) for http(s) with resume.
 
-    Bytes go to ``part`` (kept between attempts and between processes); an existing ``part`` is
-    continued with ``Range: bytes=N-`` (a server that ignores the range sends the whole file, which
-    restarts it). Connection errors, timeouts, 5xx and 429 answers are retried ``retries`` times,
-    waiting ``backoff * 2**attempt`` seconds (at most 60); 4xx answers fail at once. When the whole
-    file has arrived, ``check(part)`` runs (the weights' architecture check) and the part is renamed
-    to pooch's temporary file, which pooch hashes and moves into place.
+    Bytes go to ``part`` (kept between attempts and between processes, and on Ctrl-C); an existing
+    ``part`` is continued with ``Range: bytes=N-`` (a server that ignores the range sends the whole
+    file, which restarts it). Connection errors, timeouts, 5xx and 429 answers are retried
+    ``retries`` times in a row without progress, waiting ``backoff * 2**n`` seconds (at most 60); an
+    attempt that advanced resets the count; other answers (404, a bad URL) fail at once. When the
+    whole file has arrived it is checked while still ``part``: the hash ``known`` (``alg:hex``;
+    a mismatch deletes it), then ``check(part)`` (the weights' architecture check; a failure deletes
+    it). Only then is it linked to pooch's temporary file, which pooch moves into place; the part is
+    removed by :func:`fetch_file` once the target exists, so an interruption never loses it.
     """
 
     part: Path
     progress: bool = True
     check: Callable[[Path], None] | None = None
+    known: str | None = None
     retries: int = 5
     backoff: float = 1.0
     timeout: float = 60.0
@@ -66,8 +72,10 @@ class ResumingDownloader:
         if check_only:  # pooch asks whether the file exists on the server
             with requests.head(url, timeout=self.timeout, allow_redirects=True) as r:
                 return r.status_code == 200
-        for attempt in range(self.retries + 1):
+        failures = 0
+        while True:
             self.attempts += 1
+            before = self.part.stat().st_size if self.part.exists() else 0
             try:
                 self._attempt(url)
                 break
@@ -75,6 +83,7 @@ class ResumingDownloader:
                 requests.ConnectionError,
                 requests.Timeout,
                 requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError,
             ) as e:
                 error = f"{type(e).__name__}: {str(e)[:200]}"
             except requests.HTTPError as e:
@@ -84,21 +93,37 @@ class ResumingDownloader:
                         f"{url}: HTTP {status} {e.response.reason}; check the URL or mirror"
                     ) from None
                 error = f"HTTP {status}"
-            if attempt == self.retries:
+            except requests.RequestException as e:  # a malformed URL, too many redirects: not transient
                 raise FssBenchError(
-                    f"{url}: download failed after {self.retries + 1} attempts ({error}); the partial file "
+                    f"{url}: {type(e).__name__}: {str(e)[:200]}; check the URL or mirror"
+                ) from None
+            grew = self.part.exists() and self.part.stat().st_size > before
+            failures = 1 if grew else failures + 1
+            if failures > self.retries:
+                raise FssBenchError(
+                    f"{url}: download failed after {self.attempts} attempts ({error}); the partial file "
                     f"{self.part} is kept: run the same command again to resume"
                 )
-            wait = min(self.backoff * 2**attempt, 60.0)
+            wait = min(self.backoff * 2 ** (failures - 1), 60.0)
             print(f"fssbench fetch: {error}; resuming in {wait:g} s", flush=True)
             time.sleep(wait)
+        if self.known:
+            alg, want = self.known.split(":", 1)
+            got = file_hash(self.part, alg)
+            if got != want:
+                self.part.unlink()
+                raise ChecksumMismatch(f"{alg}:{got}")
         if self.check is not None:
             try:
                 self.check(self.part)
-            except BaseException:
+            except USER_ERRORS as e:
                 self.part.unlink(missing_ok=True)
-                raise
-        os.replace(self.part, output_file)
+                raise FssBenchError(f"{e}; the download was removed") from None
+        os.unlink(output_file)  # pooch's empty temporary file: the part takes its name
+        try:
+            os.link(self.part, output_file)
+        except OSError:  # no hard links here: a copy
+            shutil.copyfile(self.part, output_file)
         return None
 
     def _attempt(self, url: str) -> None:
@@ -191,6 +216,7 @@ def fetch_file(
     with FileLock(str(target) + ".lock"):
         entry = lock.get(src.filename)
         if target.exists():
+            (folder / f"{src.filename}.part").unlink(missing_ok=True)  # left after the move, if killed there
             sha = sha256_of(target)
             if entry is not None:
                 if sha != entry["sha256"]:
@@ -201,46 +227,59 @@ def fetch_file(
                 return Fetched(target, "present", sha)
             _check_known(target, src, sha)
             if check is not None:
-                check(target)
+                try:
+                    check(target)
+                except USER_ERRORS as e:
+                    raise FssBenchError(f"{e}; it was placed by hand: delete it and fetch it again") from None
             lock.record(src.filename, sha256=sha, size=target.stat().st_size, url=src.url, checked=checked)
             return Fetched(target, "recorded", sha)
         known = src.known_hash or (f"sha256:{entry['sha256']}" if entry else None)
         url = src.url_from(mirror_from_env(mirror))
-        downloader = ResumingDownloader(
-            folder / f"{src.filename}.part", progress, check, retries=retries, backoff=backoff
-        )
+        part = folder / f"{src.filename}.part"
+        downloader = ResumingDownloader(part, progress, check, known, retries=retries, backoff=backoff)
+        # pooch places the file (temporary file in the folder, then a move); the hash is checked on
+        # the part by the downloader, so pooch is given none
         registry = pooch.create(
-            path=folder, base_url="", registry={src.filename: known}, urls={src.filename: url}
+            path=folder, base_url="", registry={src.filename: None}, urls={src.filename: url}
         )
         pooch.get_logger().setLevel("WARNING")
         try:
             registry.fetch(src.filename, downloader=downloader)
-        except ValueError as e:  # pooch: the hash of the complete download does not match
+        except ChecksumMismatch as e:
+            fix = (
+                f"; if the recorded hash is the wrong one (a truncated first download), remove the entry "
+                f"{src.filename!r} from {lock.path} and fetch again"
+                if not src.known_hash
+                else f"; a corrupted mirror or a proxy's error page? ({src.documented_at})"
+            )
             raise FssBenchError(
-                f"{url}: checksum mismatch, the download was removed: expected {known}, arrived "
-                f"{_arrived(str(e), known)}; a corrupted mirror or a proxy's error page? ({src.documented_at})"
+                f"{url}: checksum mismatch, the download was removed: expected {known}, arrived {e}{fix}"
             ) from None
+        except OSError as e:  # a full disk, a read-only folder
+            raise FssBenchError(f"{target}: {e.strerror or e}; the partial file {part} is kept") from None
+        part.unlink(missing_ok=True)
         respect_umask(target)
-        sha = sha256_of(target)
+        sha = known.split(":", 1)[1] if known and known.startswith("sha256:") else sha256_of(target)
         lock.record(src.filename, sha256=sha, size=target.stat().st_size, url=url, checked=checked)
         return Fetched(target, "downloaded", sha, downloader.attempts)
 
 
-def _arrived(pooch_message: str, known: str | None) -> str:
-    """The hash pooch computed, from its mismatch message, as ``alg:hex``."""
-    m = re.search(r"but got ([0-9a-fA-F]+)", pooch_message)
-    if not m:
-        return pooch_message
-    return f"{(known or 'sha256:').split(':')[0]}:{m.group(1)}"
+class ChecksumMismatch(Exception):
+    """The complete download's hash differs from the expected one (message: ``alg:hex`` that arrived)."""
+
+
+def file_hash(path: Path, alg: str) -> str:
+    """``alg`` (md5, sha256, ...) hex digest of a file: pooch's ``file_hash``."""
+    import pooch
+
+    return pooch.file_hash(str(path), alg=alg)
 
 
 def _check_known(path: Path, src: Source, sha: str) -> None:
     if not src.known_hash:
         return
-    import pooch
-
     alg, want = src.known_hash.split(":", 1)
-    got = sha if alg == "sha256" else pooch.file_hash(str(path), alg=alg)
+    got = sha if alg == "sha256" else file_hash(path, alg)
     if got != want:
         raise FssBenchError(
             f"{path}: {alg} {got} is not the published {want} ({src.documented_at}); delete it and run the "

@@ -39,8 +39,8 @@ class Source:
         """The official URL, or the same relative path under ``mirror``."""
         if not mirror:
             return self.url
-        if urlsplit(mirror).scheme not in ("http", "https", "ftp"):
-            raise FssBenchError(f"mirror {mirror!r} is not an http(s):// or ftp:// URL")
+        if urlsplit(mirror).scheme not in ("http", "https") or not urlsplit(mirror).netloc:
+            raise FssBenchError(f"mirror {mirror!r} is not an http:// or https:// URL")
         return f"{mirror.rstrip('/')}/{self.relative_path}"
 
 

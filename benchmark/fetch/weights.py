@@ -44,7 +44,7 @@ def verify_weights(w: Weights, path: Path) -> None:
             build_dinov2(w.arch, checkpoint=path)
     except USER_ERRORS as e:
         raise FssBenchError(
-            f"{w.source.url_from(None)}: the file is not {describe(w)}, so it was removed: {e}"
+            f"{w.source.filename} (from {w.source.url_from(None)}) is not {describe(w)}: {e}"
         ) from None
 
 
@@ -139,11 +139,21 @@ def register_checkpoint(
     """Verify an authors' FSSAM checkpoint (strict load of ``sam2.*`` as ``sam2_config`` and ``dino.*``
     as DINOv2 ``dinov2``) and copy it to :func:`register_path`, atomically, recording its sha256 in
     ``root``'s lock file. Returns (path, sha256, "registered" | "already registered")."""
-    from fssam.checkpoint import load_authors_checkpoint
-    from fssam.model import FSSAM
+    from filelock import FileLock
 
     file = Path(file)
     target = register_path(name, root, sam2_config)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(Path(root) / ".fssbench-register.lock")):  # one register at a time per root
+        return _register(file, name, root, target, sam2_config, dinov2, force)
+
+
+def _register(
+    file: Path, name: str, root: Path, target: Path, sam2_config: str, dinov2: str, force: bool
+) -> tuple[Path, str, str]:
+    from fssam.checkpoint import load_authors_checkpoint
+    from fssam.model import FSSAM
+
     if not file.is_file():
         raise FssBenchError(f"{file}: file not found (the checkpoint downloaded from the FSSAM release)")
     sha = sha256_of(file)
