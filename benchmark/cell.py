@@ -47,7 +47,7 @@ from benchmark.io_utils import canonical_json, installed_versions, write_text_at
 from benchmark.journal import CellJournal
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
 from benchmark.metrics import bootstrap_ci, prediction_at_label_size, summarize
-from benchmark.predict import predict_batch, predict_episode, score_episode
+from benchmark.predict import predict_batch, predict_episode, predict_votes, score_episode
 from fssam.hashing import file_sha256
 from fssam.sam2_adapter import effective_precision
 from fssam.stages import StageMemo
@@ -318,6 +318,7 @@ def evaluate_cell(
     if stages is not None:
         stages.scope(manifest["sha256"])
     threshold = float(spec.settings.get("threshold", 0.5))
+    kshot = str(spec.settings.get("kshot", "joint"))
     episodes = manifest_episodes(manifest)
     header = {"cell_key": key, "manifest_sha256": manifest["sha256"]}
     with (
@@ -361,7 +362,10 @@ def evaluate_cell(
                     ahead[i + workers] = loader.submit(load, batches[i + workers])
                 fetch_before = feat.fetch_seconds
                 t_path = time.perf_counter()
-                logits = predict_batch(method, feat, datas, stages).float().cpu()
+                if kshot == "voting" and len(datas[0].supports) > 1:
+                    logits = predict_votes(method, feat, datas, stages).float().cpu()
+                else:
+                    logits = predict_batch(method, feat, datas, stages).float().cpu()
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
                 for j, data in enumerate(datas):
                     row = score_episode(logits[j : j + 1], data, threshold)

@@ -504,6 +504,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         qualitative=how,
         qualitative_variant=args.variant,
         log_to_mlflow=not args.no_log,
+        **(
+            {}
+            if args.references is None
+            else {"references": None if args.references == "none" else Path(args.references)}
+        ),
     )
     for note in res.notes:
         print(f"note: {note}")
@@ -840,6 +845,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-qualitative", action="store_true", help="skip the qualitative figure (no model re-run)"
     )
     rp.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    rp.add_argument(
+        "--references",
+        default=None,
+        metavar="FILE",
+        help="published numbers shown beside the main tables (default: reports/references.yaml; none: no rows)",
+    )
     rp.set_defaults(fn=_cmd_report)
 
     cp = cmd(sub, "compare", "the same cells of several experiments side by side, with paired differences")

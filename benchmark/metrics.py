@@ -62,6 +62,7 @@ __all__ = [
     "paired_bootstrap_diff",
     "paired_bootstrap_diff_over_folds",
     "prediction_at_label_size",
+    "seed_bootstrap_ci",
     "logit_threshold",
     "summarize",
 ]
@@ -438,6 +439,47 @@ def bootstrap_ci(
     values = _metric_from_sums(boot_sums, metric)
     low, high = _percentiles(values, confidence)
     return {"point": point, "low": low, "high": high, "n_boot": int(n_boot)}
+
+
+def seed_bootstrap_ci(
+    cells: dict[int, list[tuple[pd.DataFrame, Sequence[int]]]],
+    metric: str = "miou",
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Percentile CI of the mean over seeds of the mean over folds, resampling seeds and episodes.
+
+    ``cells``: seed -> that seed's cells as (per-episode table, fold classes), one per fold. Each
+    resample draws the seeds with replacement and, independently in every (seed, fold) cell, the
+    episodes with replacement within classes (as :func:`bootstrap_ci`), then averages the cells'
+    metrics over folds and the drawn seeds. Returns ``point`` (mean over seeds of the fold mean),
+    ``low``, ``high``, ``seeds``, ``n_boot``.
+    """
+    _check_boot_args(metric, n_boot, confidence)
+    if not cells or any(not v for v in cells.values()):
+        raise MetricsError("seed_bootstrap_ci: every seed needs at least one cell")
+    points, boots = [], []
+    for i, s in enumerate(sorted(cells)):
+        per_fold_point, per_fold_boot = [], []
+        for j, (table, classes) in enumerate(cells[s]):
+            table = check_table(table)
+            cls_tuple = _check_classes(classes)
+            _check_table_classes(table, cls_tuple)
+            stats = table[list(_COUNT_COLUMNS)].to_numpy(dtype=np.int64)
+            cls_index = _class_index(table, cls_tuple)
+            sums = _class_sums_from_arrays(stats, cls_index, len(cls_tuple))
+            per_fold_point.append(float(_metric_from_sums(sums[None], metric)[0]))
+            b = _bootstrap_sums(stats, cls_index, len(cls_tuple), n_boot, seed + 1000 * i + j + 1, True)
+            per_fold_boot.append(_metric_from_sums(b, metric))
+        points.append(float(np.mean(per_fold_point)))
+        boots.append(np.mean(per_fold_boot, axis=0))  # (n_boot,) this seed's fold mean
+    boots_arr = np.stack(boots)  # (seeds, n_boot)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(points), size=(n_boot, len(points)))  # seeds drawn per resample
+    resampled = boots_arr[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+    low, high = _percentiles(resampled, confidence)
+    return {"point": float(np.mean(points)), "low": low, "high": high, "seeds": len(points), "n_boot": n_boot}
 
 
 def paired_bootstrap_diff(

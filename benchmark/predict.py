@@ -8,6 +8,7 @@ cell key).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -67,6 +68,34 @@ def predict_batch(
         )
 
 
+def predict_votes(
+    method: FewShotMethod, feat: Featurizer, batch: list[EpisodeData], memo: StageMemo | None = None
+) -> torch.Tensor:
+    """``kshot: voting`` (``benchmark.methods.registry.SCORING_DEFAULTS``): HSNet's
+    ``predict_mask_nshot`` for any method. The method on each support alone, (B, K, S, S) logits (shot k of episode b
+    at ``[b, k]``); :func:`score_episode` turns them into the voted mask."""
+    k = len(batch[0].supports)
+    singles = [
+        dataclasses.replace(
+            d,
+            supports=[d.supports[i]],
+            support_masks=d.support_masks[i : i + 1],
+            support_labels=d.support_labels[i : i + 1],
+        )
+        for d in batch
+        for i in range(k)
+    ]
+    logits = predict_batch(method, feat, singles, memo)
+    return logits.reshape(len(batch), k, *logits.shape[-2:])
+
+
+def voted_mask(masks: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) bool one-shot masks -> (H, W) bool: HSNet's vote (sum / max(max vote, 1) >= 0.5)."""
+    votes = masks.to(torch.int64).sum(0)
+    max_vote = max(int(votes.max()), 1)
+    return votes.float() / max_vote >= 0.5
+
+
 def predict_episode(
     method: FewShotMethod, feat: Featurizer, data: EpisodeData, return_intermediates: bool = False
 ):
@@ -75,8 +104,14 @@ def predict_episode(
 
 
 def score_episode(logits: torch.Tensor, data: EpisodeData, threshold: float = 0.5) -> dict[str, int]:
-    """One row of the per-episode table from (1, S, S) logits (foreground: probability >= threshold)."""
-    pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold)
+    """One row of the per-episode table from (1, S, S) logits (foreground: probability >= threshold),
+    or from (1, K, S, S) one-shot logits (``kshot: voting``: each thresholded at the scored size, then
+    :func:`voted_mask`)."""
+    if logits.dim() == 4:
+        masks = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold)
+        pred = voted_mask(masks)
+    else:
+        pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold)
     i_bg, u_bg, i_fg, u_fg = intersection_union(pred, data.query_target)
     ep = data.episode
     return {"episode": ep.id, "class": ep.cls, "I_bg": i_bg, "U_bg": u_bg, "I_fg": i_fg, "U_fg": u_fg}

@@ -10,7 +10,7 @@ A study file is YAML (see ``ablations/``)::
     eval: {resolution: original}          # scoring: original | resized (size: 400); default: the protocol's
     folds: [0, 1, 2, 3]
     shots: [1, 5]
-    seeds: [321]                          # one manifest per seed
+    seeds: [321]                          # one manifest per seed; {count: 5, base: 123}: BAM's draw
     episodes: 1000                        # per manifest (null: the protocol's default)
     split: interleaved                    # COCO class split
     batch_size: 1                         # episodes per forward (how, not what: not in the cell key)
@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import warnings
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -98,10 +99,22 @@ class Variant:
     method: str
     settings: dict[str, Any]
     device: str = "auto"
+    explicit: frozenset[str] = frozenset()  # the settings the study sets (the rest are defaults)
 
     def cell_settings(self, dataset: str, fold: int, shot: int) -> dict[str, Any]:
-        """The settings of one cell: checkpoint templates filled in for (dataset, fold, shot)."""
-        return fill_templates(get_method(self.method), self.settings, dataset=dataset, fold=fold, shot=shot)
+        """The settings of one cell: checkpoint templates filled in for (dataset, fold, shot); an
+        FSSAM cell that loads the authors' FSSAM5s checkpoint (K > 1) runs ``kshot_mode: released``,
+        the K-shot path it was trained with, unless the study sets ``kshot_mode``."""
+        out = fill_templates(get_method(self.method), self.settings, dataset=dataset, fold=fold, shot=shot)
+        if loads_fssam5s(self.method, out, shot) and "kshot_mode" not in self.explicit:
+            out["kshot_mode"] = "released"
+        return out
+
+
+def loads_fssam5s(method: str, settings: dict[str, Any], shot: int) -> bool:
+    """Whether a cell loads one of the authors' 5-shot checkpoints (FSSAM5s, trained with the
+    released K-shot path, spec bug B2)."""
+    return method == "fssam" and shot > 1 and bool(settings.get("fssam_checkpoint"))
 
 
 @dataclass
@@ -155,6 +168,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise FssBenchError(f"override {item!r}: value is not valid YAML ({e})") from None
         _set_dotted(out, key.strip(), parsed)
     return out
+
+
+def bam_seeds(value: Any) -> Any:
+    """``seeds: {count: N, base: B}`` -> BAM's evaluation seeds: ``setup_seed(B)`` then
+    ``np.random.randint(0, 1000, N)`` (BAM: base 123, 5 seeds -> [510, 365, 382, 322, 988]); a list
+    (or one integer) is returned as it is."""
+    if not isinstance(value, dict):
+        return value
+    if set(value) != {"count", "base"} or not all(
+        isinstance(value[k], int) and not isinstance(value[k], bool) for k in value
+    ):
+        raise FssBenchError(f"seeds: expected a list of integers or {{count: N, base: B}}, got {value!r}")
+    if not 1 <= value["count"] <= 1000:
+        raise FssBenchError(f"seeds.count must be in 1..1000, got {value['count']}")
+    import numpy as np
+
+    seeds = [int(x) for x in np.random.RandomState(value["base"]).randint(0, 1000, value["count"])]
+    if len(set(seeds)) != len(seeds):
+        raise FssBenchError(f"seeds {value}: BAM's draw repeats a seed ({seeds}); choose another base")
+    return seeds
 
 
 def _int_list(raw: dict, key: str, lo: int | None = None, hi: int | None = None) -> list[int]:
@@ -251,7 +284,7 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     try:
         folds = _int_list({"folds": raw.get("folds", [0, 1, 2, 3])}, "folds", 0, NUM_FOLDS - 1)
         shots = _int_list({"shots": raw.get("shots", [1])}, "shots", 1, None)
-        seeds = _int_list({"seeds": raw.get("seeds", [PROTOCOLS[protocol]["seed"]])}, "seeds")
+        seeds = _int_list({"seeds": bam_seeds(raw.get("seeds", [PROTOCOLS[protocol]["seed"]]))}, "seeds")
     except FssBenchError as e:
         raise FssBenchError(f"{source}: {e}") from None
     episodes = raw.get("episodes")
@@ -388,7 +421,20 @@ def _parse_variant(
         value = settings.get(key)
         if value and not str(value).startswith(MLFLOW_URI_PREFIX) and not Path(str(value)).is_absolute():
             settings[key] = str(base_dir / str(value))
-    variant = Variant(vname, entry.name, settings, device)
+    variant = Variant(vname, entry.name, settings, device, frozenset(inherited) | frozenset(own))
+    if (
+        variant.method == "fssam"
+        and settings.get("kshot_mode") == "intended"
+        and "kshot_mode" in variant.explicit
+    ):
+        k = [shot for shot in shots if loads_fssam5s(variant.method, settings, shot)]
+        if k:
+            warnings.warn(
+                f"{where}: kshot_mode intended with the authors' FSSAM5s checkpoints ({k}-shot cells), which "
+                "were trained with the released K-shot path; drop kshot_mode to run them as trained",
+                UserWarning,
+                stacklevel=2,
+            )
     for ds in roots:
         for fold in folds:
             for shot in shots:

@@ -13,6 +13,7 @@ SAM2_VERSIONS = ("2.0", "2.1")
 SAM2_SIZES = ("t", "s", "b+", "l")
 IMR_VERSIONS = ("v1", "v2")
 KSHOT_MODES = ("intended", "released")
+KSHOT_POINTERS = ("keep", "average")
 
 PRIORS = ("disc", "fg", "none", "oracle")
 DINOV2_ARCH_NAMES = ("vits14", "vitb14", "vitl14", "vitg14")
@@ -27,7 +28,9 @@ class FSSAMConfig:
     normalises the IMR weights), ``scma`` (False = plain attention), ``scma_scale``, ``prior``
     ("disc" = FSSAM, "fg" = FG prior as the pseudo memory, "none" = no pseudo-query memory, "oracle" =
     the query's ground truth as the prior, an upper bound), ``kshot_mode`` ("intended" or "released",
-    see fssam/scma.py), ``dinov2`` size, ``sam2_version``/``sam2_size``, ``image_size``.
+    see fssam/scma.py), ``kshot_pointers`` (intended mode: "keep" the K+1 object pointers, 4(K+1)
+    tokens, as the method describes; "average" the K support pointers into one, so that K identical
+    shots give exactly the 1-shot result), ``dinov2`` size, ``sam2_version``/``sam2_size``, ``image_size``.
     """
 
     sam2_version: str = "2.0"
@@ -45,6 +48,7 @@ class FSSAMConfig:
     scma_scale: float = 10.0
     prior: str = "disc"
     kshot_mode: str = "intended"
+    kshot_pointers: str = "keep"
     round_memory_to_bf16: bool = True
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 elsewhere
 
@@ -60,6 +64,7 @@ class FSSAMConfig:
             "imr_version": IMR_VERSIONS,
             "prior": PRIORS,
             "kshot_mode": KSHOT_MODES,
+            "kshot_pointers": KSHOT_POINTERS,
             "precision": PRECISIONS,
         }
         for name, allowed in choices.items():

@@ -284,6 +284,7 @@ class FSSAM(TrainableSAM2, nn.Module):
                 layout=layout,
                 # the intended multi-shot averaging is part of the SCMA branch, as in the authors' code
                 average=calibration is not None and cfg.kshot_mode == "intended",
+                average_pointers=cfg.kshot_pointers == "average",
                 calibration=calibration,
             )
             pix = pix.permute(1, 2, 0).reshape(b, sam.hidden_dim, h, w)

@@ -15,9 +15,9 @@ object-pointer tokens). With ``calibrate`` the logits of the pseudo-query memory
 K shots:
 * ``intended`` (as the authors wrote it): inside the calibrated attention the support keys and values
   are averaged position-wise over shots (one support block) and ``c_j`` is averaged over the shots'
-  prototypes. One addition of ours: the K support object-pointer tokens are averaged too (the
-  authors' code keeps all K+1 pointers), so that K identical shots give exactly the 1-shot result.
-  Without SCMA nothing is averaged (the authors' plain branch), i.e. plain attention over all K
+  prototypes; the K+1 object pointers (4(K+1) tokens) are kept, as the method describes
+  (``kshot_pointers="keep"``, the default). ``kshot_pointers="average"`` averages the K support
+  pointers too, so that K identical shots give exactly the 1-shot result. Without SCMA nothing is averaged (the authors' plain branch), i.e. plain attention over all K
   support memories;
 * ``released`` (what FSSAM5s actually runs, spec bug B2): no averaging; only shot 0's mask reaches
   the attention, so tokens [0:N] are the "support" block and tokens [N:2N] (support #2 when K > 1)
@@ -66,16 +66,19 @@ class Calibration:
     released: bool = False
 
 
-def average_supports(x: Tensor, layout: MemoryLayout) -> Tensor:
+def average_supports(x: Tensor, layout: MemoryLayout, pointers: bool = False) -> Tensor:
     """Average support tokens over shots (intended K-shot): (B, H, M, d) -> (B, H, M', d).
 
-    M = K*N (+N) + (K (+1))*T  ->  M' = N (+N) + (1 (+1))*T.
+    M = K*N (+N) + (K (+1))*T  ->  M' = N (+N) + (K (+1))*T, the pointer tokens kept; with
+    ``pointers`` the K support pointers are averaged too: M' = N (+N) + (1 (+1))*T.
     """
     k, n, t = layout.shots, layout.tokens_per_memory, layout.ptr_tokens
     b, h, _, d = x.shape
     sup = x[:, :, : k * n].reshape(b, h, k, n, d).mean(2)
     query = x[:, :, k * n : layout.spatial_tokens]
     ptr = x[:, :, layout.spatial_tokens :]
+    if not pointers:
+        return torch.cat([sup, query, ptr], dim=2)
     sup_ptr = ptr[:, :, : k * t].reshape(b, h, k, t, d).mean(2)
     return torch.cat([sup, query, sup_ptr, ptr[:, :, k * t :]], dim=2)
 
@@ -116,6 +119,7 @@ def rope_cross_attention(
     num_k_exclude_rope: int = 0,
     layout: MemoryLayout | None = None,
     average: bool = False,
+    average_pointers: bool = False,
     calibration: Calibration | None = None,
 ) -> Tensor:
     """sam2 ``RoPEAttention.forward`` with optional K-shot averaging and SCMA, on its own weights.
@@ -156,7 +160,7 @@ def rope_cross_attention(
         k_query = k[:, :, q_start : q_start + n]
         bias = calibration_bias(q, k_sup, k_query, masks, calibration.scale)
     if average and layout is not None and layout.shots > 1:
-        k, v = average_supports(k, layout), average_supports(v, layout)
+        k, v = average_supports(k, layout, average_pointers), average_supports(v, layout, average_pointers)
         if calibration is not None:
             q_start = n  # after averaging, the query block follows the single support block
     if calibration is not None:
@@ -176,6 +180,7 @@ def memory_attention(
     num_obj_ptr_tokens: int,
     layout: MemoryLayout | None = None,
     average: bool = False,
+    average_pointers: bool = False,
     calibration: Calibration | None = None,
 ) -> Tensor:
     """sam2 ``MemoryAttention.forward`` with :func:`rope_cross_attention` in every layer.
@@ -204,6 +209,7 @@ def memory_attention(
             num_k_exclude_rope=num_obj_ptr_tokens,
             layout=layout,
             average=average,
+            average_pointers=average_pointers,
             calibration=calibration,
         )
         tgt = tgt + layer.dropout2(tgt2)

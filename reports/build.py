@@ -18,6 +18,7 @@ from benchmark.tracking import Tracker, git_commit
 from reports import figures as F
 from reports.collect import collect_experiment
 from reports.html import Section, write_html
+from reports.references import DEFAULT_REFERENCES, load_references
 from reports.search import TUNED_ON_TEST_WARNING, SearchData, collect_searches, trials_table
 from reports.tables import (
     Table,
@@ -63,11 +64,13 @@ def build_report(
     log_to_mlflow: bool = True,
     tracker: Tracker | None = None,
     extra_tables: list[Table] | None = None,
+    references: Path | None = DEFAULT_REFERENCES,
 ) -> ReportOutput:
     """Build the report of ``experiment`` into ``out`` (default ``reports-out/<experiment>``).
 
     ``extra_tables`` (e.g. the demo's model-free reference predictors) are written, shown in the
-    HTML and Markdown and logged like the paper tables, after them."""
+    HTML and Markdown and logged like the paper tables, after them. ``references``: the published
+    numbers shown beside the main tables (reports/references.yaml; None: none)."""
     tracker = tracker or Tracker(tracking_uri, create=False)
     out = Path(out or Path("reports-out") / experiment).absolute()
     tables_dir, fig_dir = out / "tables", out / "figures"
@@ -77,6 +80,7 @@ def build_report(
     )
     if searches and not _has_cells(tracker, exp.experiment_id):
         return _search_only_report(tracker, experiment, out, searches, log_to_mlflow)
+    published = load_references(references)  # read (and validated) before any work
     with tempfile.TemporaryDirectory(prefix="fssbench-report-") as tmp:
         data = collect_experiment(tracker, experiment, Path(tmp))
     rnd = data.random_init
@@ -88,7 +92,7 @@ def build_report(
     datasets = list(dict.fromkeys(data.cells["dataset"]))
     for ds in datasets:
         for metric in ("miou", "fb_iou"):
-            result.tables.append(main_table(data, ds, metric))
+            result.tables.append(main_table(data, ds, metric, published))
         st = seeds_table(data, ds)
         if st is not None:
             result.tables.append(st)

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from benchmark.data.classes import NUM_FOLDS
-from benchmark.metrics import paired_bootstrap_diff_over_folds
+from benchmark.metrics import paired_bootstrap_diff_over_folds, seed_bootstrap_ci
 from reports.collect import ExperimentData, manifest_classes
+from reports.references import Reference
 
 
 @dataclass
@@ -312,42 +313,111 @@ def _mean_std(mean: float, std: float, n: int) -> str:
     return f"{_num(100 * mean)} ± {_num(100 * std)}" if n > 1 else _fmt(100 * mean)
 
 
-def main_table(data: ExperimentData, dataset: str, metric: str = "miou") -> Table:
+def main_table(
+    data: ExperimentData,
+    dataset: str,
+    metric: str = "miou",
+    references: list[Reference] | None = None,
+    n_boot: int = 1000,
+) -> Table:
     """Paper layout: rows = variants; columns = fold 0..3 and mean, grouped by shot (percent).
 
-    Fold values are means over seeds; the mean column is the mean over the folds present. Best value
-    per column in bold.
+    Fold values are means over seeds; the mean column is the mean over the folds present. With
+    several seeds the mean column reads ``mean ± std`` (std over seeds of the fold mean) and a
+    ``95% CI`` column follows it: a percentile bootstrap over seeds and, within every cell, episodes
+    (:func:`benchmark.metrics.seed_bootstrap_ci`). Best value per column in bold. ``references``
+    that match (dataset, metric, a variant and shot of the table) add a "published" row with the
+    paper's number and a row with our difference from it (when all 4 folds are present).
     """
     cells = data.cells[data.cells["dataset"] == dataset]
     label = METRIC_LABELS[metric]
     shots = sorted(cells["shot"].unique())
     folds = sorted(cells["fold"].unique())
     variants = list(dict.fromkeys(cells["variant"]))
+    n_seeds = cells["seed"].nunique()
     total = NUM_FOLDS
     mean_label = "mean" if len(folds) == total else f"mean ({len(folds)} of {total} folds)"
-    columns = [
-        c for s in shots for c in [*[(f"{s}-shot", f"fold{f}") for f in folds], (f"{s}-shot", mean_label)]
-    ]
+    per_shot = [*[f"fold{f}" for f in folds], mean_label] + (["95% CI"] if n_seeds > 1 else [])
+    columns = [(f"{s}-shot", c) for s in shots for c in per_shot]
     per_fold = cells.groupby(["variant", "shot", "fold"])[metric].mean() * 100
-    values = []
+    values, texts = [], []
     for v in variants:
-        row = []
+        row, text = [], []
         for s in shots:
             fold_vals = [per_fold.get((v, s, f), np.nan) for f in folds]
-            row += [*fold_vals, float(np.nanmean(fold_vals)) if np.isfinite(fold_vals).any() else np.nan]
+            mean = float(np.nanmean(fold_vals)) if np.isfinite(fold_vals).any() else np.nan
+            row += [*fold_vals, mean]
+            text += [*map(_fmt, fold_vals), _fmt(mean)]
+            if n_seeds > 1:
+                mine = cells[(cells["variant"] == v) & (cells["shot"] == s)]
+                by_seed = mine.groupby("seed")[metric].mean()  # each seed's mean over folds
+                text[-1] = _mean_std(by_seed.mean(), by_seed.std(ddof=1), len(by_seed))
+                ci = _seed_ci(data, mine, metric, n_boot)
+                row.append(f"[{_num(100 * ci[0])}, {_num(100 * ci[1])}]" if ci else "")
+                text.append(row[-1] or "–")
         values.append(row)
+        texts.append(text)
+    numeric = [[x if isinstance(x, float) else np.nan for x in row] for row in values]
+    bold = _bold_max(numeric)
+    footer = provenance(data, cells)
+    if n_seeds > 1:
+        footer.append(
+            f"mean ± std over {n_seeds} seeds (std of each seed's fold mean); 95% CI: percentile bootstrap "
+            f"over seeds and, within each cell, episodes ({n_boot} resamples)."
+        )
+    rows = list(variants)
+    for ref in references or []:
+        if (
+            ref.dataset != dataset
+            or ref.metric != metric
+            or ref.variant not in variants
+            or ref.shot not in shots
+        ):
+            continue
+        col = columns.index((f"{ref.shot}-shot", mean_label))
+        ours = values[variants.index(ref.variant)][col]
+        diff = ours - ref.value if len(folds) == total and np.isfinite(ours) else np.nan
+        for name, value, sign in (
+            (f"{ref.method} (published)", ref.value, False),
+            (f"{ref.variant} − published", diff, True),
+        ):
+            row = [np.nan] * len(columns)
+            row[col] = value
+            rows.append(name)
+            values.append(row)
+            texts.append([_num(x, sign=sign) for x in row])
+            bold.append([False] * len(columns))
+        footer.append(
+            f"Published (not measured here): {ref.method}, {_dataset_name(dataset)} {ref.shot}-shot mean "
+            f"{label} {_num(ref.value)}. Source: {ref.source}."
+            + ("" if len(folds) == total else " No difference shown: the table has fewer than 4 folds.")
+        )
     return Table(
         title=f"{label} (%) on {_dataset_name(dataset)}: mean over seeds; mean = mean over "
         + (f"the {total} folds" if len(folds) == total else f"{len(folds)} of {total} folds"),
         name=f"main-{dataset}-{metric}",
         columns=columns,
         row_header="method",
-        rows=variants,
-        cells=[[_fmt(x) for x in row] for row in values],
+        rows=rows,
+        cells=texts,
         values=values,
-        bold=_bold_max(values),
-        footer=provenance(data, cells),
+        bold=bold,
+        footer=footer,
     )
+
+
+def _seed_ci(
+    data: ExperimentData, cells: pd.DataFrame, metric: str, n_boot: int
+) -> tuple[float, float] | None:
+    """95% CI of the mean over seeds of the fold mean for one variant and shot (None: no episodes)."""
+    by_seed: dict[int, list] = {}
+    for _, r in cells.iterrows():
+        table = data.episodes.get(r["run_id"])
+        if table is None or table.empty:
+            return None
+        by_seed.setdefault(int(r["seed"]), []).append((table, manifest_classes(data, r["run_id"])))
+    res = seed_bootstrap_ci(by_seed, metric=metric, n_boot=n_boot)
+    return res["low"], res["high"]
 
 
 METRIC_LABELS = {"miou": "mIoU", "fb_iou": "FB-IoU", "fg_iou": "FG-IoU"}  # one spelling in every title

@@ -60,6 +60,15 @@ def serve(mirror: Path, src: Source, file: Path) -> Path:
     return dest
 
 
+def served_bytes(mirror: Path, name: str, size: int) -> tuple[Source, bytes]:
+    """A random file on the mirror where it serves https://example.org/files/NAME."""
+    src = Source(f"https://example.org/files/{name}", name, "test")
+    payload = os.urandom(size)
+    (mirror / src.relative_path).parent.mkdir(parents=True, exist_ok=True)
+    (mirror / src.relative_path).write_bytes(payload)
+    return src, payload
+
+
 @pytest.fixture(scope="module")
 def dino_s_file(tmp_path_factory) -> Path:
     """Meta's layout of a random-init DINOv2 ViT-S/14 (the real architecture, 88 MB)."""
@@ -155,10 +164,7 @@ def test_a_dropped_connection_resumes_with_a_range_request(dino_s_file, tmp_path
 
 
 def test_a_whole_part_file_left_by_a_killed_process_is_finished_without_downloading_it_again(tmp_path):
-    src = Source("https://example.org/files/a.bin", "a.bin", "test")
-    payload = os.urandom(300_000)
-    (tmp_path / "mirror" / "example.org" / "files").mkdir(parents=True)
-    (tmp_path / "mirror" / src.relative_path).write_bytes(payload)
+    src, payload = served_bytes(tmp_path / "mirror", "a.bin", 300_000)
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.bin.part").write_bytes(payload[:100_000])  # interrupted: resumed
@@ -443,10 +449,7 @@ def test_a_study_refuses_a_checkpoint_that_changed_after_it_was_fetched(pascal_r
 
 
 def test_ctrl_c_while_checking_keeps_the_whole_part_and_the_rerun_does_not_download_again(tmp_path):
-    src = Source("https://example.org/files/c.bin", "c.bin", "test")
-    payload = os.urandom(200_000)
-    (tmp_path / "mirror" / "example.org" / "files").mkdir(parents=True)
-    (tmp_path / "mirror" / src.relative_path).write_bytes(payload)
+    src, payload = served_bytes(tmp_path / "mirror", "c.bin", 200_000)
     out = tmp_path / "out"
 
     def interrupted(path):
@@ -463,10 +466,7 @@ def test_ctrl_c_while_checking_keeps_the_whole_part_and_the_rerun_does_not_downl
 
 
 def test_server_errors_are_retried_and_give_up_after_the_retries(tmp_path):
-    src = Source("https://example.org/files/d.bin", "d.bin", "test", known_hash=None)
-    payload = os.urandom(50_000)
-    (tmp_path / "mirror" / "example.org" / "files").mkdir(parents=True)
-    (tmp_path / "mirror" / src.relative_path).write_bytes(payload)
+    src, payload = served_bytes(tmp_path / "mirror", "d.bin", 50_000)
     with RangeServer(tmp_path / "mirror") as srv:
         srv.fail_with[src.relative_path] = [503, 429]
         got = fetch_file(src, tmp_path / "a", srv.url, progress=False, backoff=0.01)

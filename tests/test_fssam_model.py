@@ -115,8 +115,12 @@ def test_scma_off_equals_sam2_cross_attention(model):
 def test_k_identical_shots_equal_one_shot_in_intended_mode(model, episode):
     query, supports, masks, _ = episode
     one = model(query, supports[:, :1], masks[:, :1])
-    three = model(query, supports[:, :1].repeat(1, 3, 1, 1, 1), masks[:, :1].repeat(1, 3, 1, 1))
+    averaged = variant(model, kshot_pointers="average")
+    three = averaged(query, supports[:, :1].repeat(1, 3, 1, 1, 1), masks[:, :1].repeat(1, 3, 1, 1))
     assert torch.allclose(one, three, atol=1e-3), (one - three).abs().max()
+    # the description's default keeps 4(K+1) pointer tokens: three copies of one pointer weigh more
+    kept = model(query, supports[:, :1].repeat(1, 3, 1, 1, 1), masks[:, :1].repeat(1, 3, 1, 1))
+    assert not torch.allclose(kept, one, atol=1e-4)
     released = variant(model, kshot_mode="released")
     assert torch.equal(released(query, supports[:, :1], masks[:, :1]), one)  # same for one shot
     r3 = released(query, supports[:, :1].repeat(1, 3, 1, 1, 1), masks[:, :1].repeat(1, 3, 1, 1))
@@ -310,3 +314,17 @@ def test_sam2_1_configs_run(episode):
     assert m.sam2.add_tpos_enc_to_obj_ptrs and m.sam2.no_obj_embed_spatial is not None
     out = m(query[:1], supports[:1, :2], masks[:1, :2])
     assert out.shape == (1, S, S) and torch.isfinite(out).all()
+
+
+def test_average_supports_keeps_or_averages_the_pointer_tokens():
+    from fssam.scma import MemoryLayout, average_supports
+
+    # K=2 shots of N=3 tokens, a query block, pointers of T=2 tokens each for S1, S2, Q; d=1, values by hand
+    layout = MemoryLayout(shots=2, tokens_per_memory=3, ptr_tokens=2, has_query=True)
+    s1, s2, q = [1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [7.0, 8.0, 9.0]
+    p1, p2, pq = [10.0, 20.0], [30.0, 40.0], [50.0, 60.0]
+    x = torch.tensor(s1 + s2 + q + p1 + p2 + pq).reshape(1, 1, -1, 1)
+    kept = average_supports(x, layout).flatten().tolist()
+    assert kept == [2.0, 3.0, 4.0] + q + p1 + p2 + pq  # 4(K+1) -> here T(K+1) pointer tokens kept
+    averaged = average_supports(x, layout, pointers=True).flatten().tolist()
+    assert averaged == [2.0, 3.0, 4.0] + q + [20.0, 30.0] + pq

@@ -28,6 +28,17 @@ NOVEL_PASCAL = {k: list(range(5 * k + 1, 5 * k + 6)) for k in range(4)}
 NOVEL_COCO = {k: [4 * m + k + 1 for m in range(20)] for k in range(4)}
 
 
+def hsnet_supports(images: list[str], query_name: str, shot: int) -> list[str]:
+    """HSNet's support loop on numpy's global generator: draw until ``shot`` differ from the query."""
+    support_names = []
+    while True:
+        support_name = np.random.choice(images, 1, replace=False)[0]
+        if query_name != support_name:
+            support_names.append(support_name)
+        if len(support_names) == shot:
+            return support_names
+
+
 def replay_pascal(fold: int, shot: int, n: int, seed: int):
     lines = (HSNET_SPLITS / "pascal" / "val" / f"fold{fold}.txt").read_text().split("\n")
     metadata = [(ln.split("__")[0], int(ln.split("__")[1]) - 1) for ln in lines if ln]  # HSNet: 0-based
@@ -38,13 +49,7 @@ def replay_pascal(fold: int, shot: int, n: int, seed: int):
     out = []
     for idx in range(n):
         query_name, class_sample = metadata[idx % len(metadata)]
-        support_names = []
-        while True:
-            support_name = np.random.choice(classwise[class_sample], 1, replace=False)[0]
-            if query_name != support_name:
-                support_names.append(support_name)
-            if len(support_names) == shot:
-                break
+        support_names = hsnet_supports(classwise[class_sample], query_name, shot)
         out.append((query_name, class_sample + 1, support_names))
     return out
 
@@ -60,13 +65,7 @@ def replay_coco(fold: int, shot: int, n: int, seed: int):
     for _ in range(n):
         class_sample = np.random.choice(class_ids, 1, replace=False)[0]
         query_name = np.random.choice(classwise[class_sample], 1, replace=False)[0]
-        support_names = []
-        while True:
-            support_name = np.random.choice(classwise[class_sample], 1, replace=False)[0]
-            if query_name != support_name:
-                support_names.append(support_name)
-            if len(support_names) == shot:
-                break
+        support_names = hsnet_supports(classwise[class_sample], query_name, shot)
         out.append((query_name, int(class_sample) + 1, support_names))
     return out
 

@@ -78,7 +78,7 @@ def md_rows(path) -> dict[str, list[str]]:
 def test_main_table_matches_per_episode_tables(report):
     out, _, episodes = report
     rows = md_rows(out / "tables" / "main-pascal-miou.md")
-    expected = {}
+    expected, per_seed = {}, {}
     for variant in ("fssam", "no-imr"):
         folds = []
         for fold in (0, 1):
@@ -87,14 +87,31 @@ def test_main_table_matches_per_episode_tables(report):
             ]
             folds.append(100 * np.mean(seeds))
         expected[variant] = [*folds, np.mean(folds)]
-        got = [float(c.strip("*")) for c in rows[variant]]
-        assert got == pytest.approx([round(x, 1) for x in expected[variant]], abs=0.051)
-    # the best value of each column is bold
-    for j in range(3):
+        # each seed's mean over the folds, then mean +- std over the 2 seeds
+        per_seed[variant] = [
+            100
+            * np.mean(
+                [class_wise_miou(episodes[(variant, f, s)], novel_classes("pascal", f)) for f in (0, 1)]
+            )
+            for s in (321, 7)
+        ]
+        got = [float(c.strip("*")) for c in rows[variant][:2]]
+        assert got == pytest.approx([round(x, 1) for x in expected[variant][:2]], abs=0.051)
+        mean, sd = np.mean(per_seed[variant]), np.std(per_seed[variant], ddof=1)
+        assert rows[variant][2].strip("*") == f"{mean:.1f} ± {sd:.1f}"
+        low, high = (float(x) for x in re.findall(r"\d+\.\d", rows[variant][3]))
+        assert low <= round(mean, 1) + 0.05 and high >= round(mean, 1) - 0.05
+    # the best value of each fold column is bold
+    for j in range(2):
         best = max(expected, key=lambda v: expected[v][j])
         assert rows[best][j].startswith("**")
     csv = pd.read_csv(out / "tables" / "main-pascal-miou.csv", index_col=0)
-    assert csv.loc["fssam"].tolist() == pytest.approx(expected["fssam"], abs=1e-9)
+    assert csv.loc["fssam"].tolist()[:3] == pytest.approx(expected["fssam"], abs=1e-9)
+    # the published number sits beside ours, labelled, with its source; no difference on 2 of 4 folds
+    assert rows["FSSAM (published)"][2] == "81.0" and rows["fssam − published"][2] == "–"
+    md = (out / "tables" / "main-pascal-miou.md").read_text()
+    assert "Published (not measured here): FSSAM, PASCAL-5i 1-shot mean mIoU 81.0. Source: Unlocking" in md
+    assert "fewer than 4 folds" in md and "95% CI: percentile bootstrap over seeds" in md
 
 
 def test_ablation_table_difference_is_the_paired_mean(report):
@@ -136,9 +153,10 @@ def test_latex_structure_and_provenance(report):
     assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule")
     assert tex.count("{") == tex.count("}") + tex.count("\\{") - tex.count("\\}")
     body = tex[tex.index("\\midrule") + 8 : tex.index("\\bottomrule")].strip().splitlines()
-    assert len(body) == 2 and all(
-        line.count("&") == 3 and line.endswith("\\\\") for line in body
-    )  # fold0, fold1, mean
+    assert len(body) == 4 and all(
+        line.count("&") == 4 and line.endswith("\\\\") for line in body
+    )  # 2 variants + the published row and its difference; fold0, fold1, mean +- std, 95% CI
+    assert "FSSAM (published)" in tex
     assert "\\textbf{" in tex and "RANDOM-INIT" in tex and "Manifests (sha256)" in tex
 
 

@@ -544,7 +544,18 @@ def synth_coco(
         folder = out / f"{split}2014"
         folder.mkdir(parents=True, exist_ok=True)
         n_annotated = n - 1 if n >= 2 else n
-        plans = _balanced_plans(rng, n_annotated, n_cls, (0.04, 0.12, 0.84), min_per_class, 0.5)
+        # train: half the images hold classes of one (interleaved fold, contiguous fold) cell only, so
+        # every fold's train list (which drops images with any novel pixel) has every base class, for
+        # both class splits; the rest mix classes freely
+        cells = [
+            [c for c in range(1, n_cls + 1) if (c - 1) % 4 == g and (c - 1) // 20 == h]
+            for g in range(4)
+            for h in range(4)
+        ]
+        pure = 0.5 if split == "train" else 0.0
+        plans = _balanced_plans(
+            rng, n_annotated, n_cls, (0.04, 0.12, 0.84), min_per_class, 0.5, cells if pure else None, pure
+        )
         for i, plan in enumerate(plans):
             plan.crowd = i % 13 == 5
         if n_annotated < n:

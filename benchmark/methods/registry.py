@@ -20,9 +20,12 @@ from benchmark.errors import FssBenchError
 from benchmark.methods.base import FewShotMethod
 
 TEMPLATE_FIELDS = ("dataset", "fold", "shot", "arch")
-SCORING_DEFAULTS: dict[str, Any] = {"threshold": 0.5}
+KSHOT_MODES = ("joint", "voting")
+SCORING_DEFAULTS: dict[str, Any] = {"threshold": 0.5, "kshot": "joint"}
 """Settings every method has, applied by the harness when scoring: ``threshold`` is the foreground
-probability cut of the predicted mask (``benchmark.metrics.prediction_at_label_size``)."""
+probability cut of the predicted mask (``benchmark.metrics.prediction_at_label_size``); ``kshot`` is
+``joint`` (the method sees the K supports together) or ``voting`` (K one-shot predictions voted as
+HSNet's ``predict_mask_nshot`` does, ``benchmark.predict.voted_mask``)."""
 
 
 class WeightPool:
@@ -109,6 +112,8 @@ class MethodEntry:
             raise FssBenchError(
                 f"{prefix}threshold: the foreground probability cut must be a number in (0, 1), got {threshold!r}"
             )
+        if resolved["kshot"] not in KSHOT_MODES:
+            raise FssBenchError(f"{prefix}kshot: {resolved['kshot']!r} is not one of {list(KSHOT_MODES)}")
         try:
             self.validate({k: v for k, v in resolved.items() if k not in SCORING_DEFAULTS})
         except (ValueError, FssBenchError) as e:

@@ -1,0 +1,97 @@
+"""K-shot modes: HSNet's voting for any method, the FSSAM5s checkpoints' released path by default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.cell import CellSpec, evaluate_cell
+from benchmark.episode_loader import ImageStore, load_episode
+from benchmark.episodes import build_manifest, manifest_episodes, save_manifest
+from benchmark.errors import FssBenchError
+from benchmark.feature_cache import FeatureCache
+from benchmark.features import Featurizer
+from benchmark.methods import build_method, get_method
+from benchmark.predict import predict_episode, voted_mask
+
+
+def test_voted_mask_by_hand():
+    masks = torch.tensor([[[1, 1, 0, 0]], [[1, 0, 0, 0]], [[1, 1, 1, 0]]], dtype=torch.bool)  # K=3, 1x4
+    # votes 3, 2, 1, 0; max vote 3 -> 1, 0.67, 0.33, 0 -> kept where >= 0.5
+    assert voted_mask(masks).tolist() == [[True, True, False, False]]
+    assert voted_mask(torch.zeros(2, 2, 2, dtype=torch.bool)).tolist() == [[False, False], [False, False]]
+    # one shot out of two: its vote is the maximum, so the mask is that shot's
+    two = torch.tensor([[[1, 0]], [[0, 0]]], dtype=torch.bool)
+    assert voted_mask(two).tolist() == [[True, False]]
+
+
+def test_a_voting_cell_equals_k_one_shot_predictions_voted_by_hand(pascal_root, tmp_path):
+    from benchmark.data.prepared import PreparedDataset
+    from benchmark.episode_loader import episode_target
+    from benchmark.metrics import intersection_union, prediction_at_label_size
+
+    m = build_manifest(pascal_root, 0, 3, "fssam", episodes=6)
+    save_manifest(m, tmp_path / "m.json")
+    settings = get_method("mean_colour").resolve({"image_size": 64, "kshot": "voting"})
+    table = evaluate_cell(
+        CellSpec("mean_colour", settings, tmp_path / "m.json", pascal_root, "cpu"), FeatureCache(None)
+    ).table
+    method = build_method("mean_colour", settings, torch.device("cpu"))
+    feat = Featurizer(method, FeatureCache(None))
+    store = ImageStore(PreparedDataset(pascal_root))
+    for ep, row in zip(manifest_episodes(m), table.itertuples(), strict=True):
+        masks = []
+        for s in ep.supports:  # each support alone, as its own 1-shot episode
+            one = type(ep)(ep.id, ep.query, ep.cls, (s,))
+            data = load_episode(store, m["images"], one, 64)
+            masks.append(
+                prediction_at_label_size(
+                    predict_episode(method, feat, data)[0], data.query_target.shape, 0.5
+                ).numpy()
+            )
+        votes = np.sum(masks, axis=0)
+        pred = votes / max(votes.max(), 1) >= 0.5
+        target = episode_target(store.label(m["images"][ep.query][1]), ep.cls)
+        i_bg, u_bg, i_fg, u_fg = intersection_union(torch.from_numpy(pred), target)
+        assert (row.I_fg, row.U_fg, row.I_bg, row.U_bg) == (i_fg, u_fg, i_bg, u_bg)
+    joint = evaluate_cell(
+        CellSpec(
+            "mean_colour",
+            get_method("mean_colour").resolve({"image_size": 64}),
+            tmp_path / "m.json",
+            pascal_root,
+            "cpu",
+        ),
+        FeatureCache(None),
+    ).table
+    assert not joint[["I_fg", "U_fg"]].equals(table[["I_fg", "U_fg"]])
+    with pytest.raises(FssBenchError, match="kshot: 'vote' is not one of"):
+        get_method("mean_colour").resolve({"kshot": "vote"})
+
+
+def test_fssam5s_checkpoints_run_the_released_kshot_path_unless_the_study_says_otherwise(
+    pascal_root, tmp_path
+):
+    from benchmark.study import load_study
+
+    for arch, shot in (("FSSAM", 1), ("FSSAM5s", 5)):
+        path = tmp_path / "exp" / "pascal" / arch / "split0" / "small" / "snapshot" / f"best_{shot}shot.pth"
+        path.parent.mkdir(parents=True)
+        torch.save({"state_dict": {}}, path)  # existence and format are checked at load, not the keys
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"name: s\ndata: {{pascal: {pascal_root}}}\nfolds: [0]\nshots: [1, 5]\n"
+        f"model: {{fssam_checkpoint: '{tmp_path}/exp/{{dataset}}/{{arch}}/split{{fold}}/small/snapshot/best_{{shot}}shot.pth'}}\n"
+        "variants: {fssam: {}}\n"
+    )
+    (v,) = load_study(study).variants
+    assert v.cell_settings("pascal", 0, 1)["kshot_mode"] == "intended"  # one shot: no K-shot path
+    assert v.cell_settings("pascal", 0, 5)["kshot_mode"] == "released"
+    with pytest.warns(
+        UserWarning, match=r"kshot_mode intended with the authors' FSSAM5s checkpoints \(\[5\]-shot"
+    ):
+        (v,) = load_study(study, ["variants.fssam.kshot_mode=intended"]).variants
+    assert v.cell_settings("pascal", 0, 5)["kshot_mode"] == "intended"
+    (v,) = load_study(study, ["model.fssam_checkpoint=null", "model.random_init=true"]).variants
+    assert v.cell_settings("pascal", 0, 5)["kshot_mode"] == "intended"  # no FSSAM5s checkpoint loaded
