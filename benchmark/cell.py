@@ -46,8 +46,8 @@ from benchmark.features import Featurizer
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
 from benchmark.journal import CellJournal
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
-from benchmark.metrics import bootstrap_ci, prediction_at_label_size, summarize
-from benchmark.predict import predict_batch, predict_episode, predict_votes, score_episode
+from benchmark.metrics import bootstrap_ci, summarize
+from benchmark.predict import predict_scored, score_episode, scored_mask
 from fssam.hashing import file_sha256
 from fssam.sam2_adapter import effective_precision
 from fssam.stages import StageMemo
@@ -362,10 +362,7 @@ def evaluate_cell(
                     ahead[i + workers] = loader.submit(load, batches[i + workers])
                 fetch_before = feat.fetch_seconds
                 t_path = time.perf_counter()
-                if kshot == "voting" and len(datas[0].supports) > 1:
-                    logits = predict_votes(method, feat, datas, stages).float().cpu()
-                else:
-                    logits = predict_batch(method, feat, datas, stages).float().cpu()
+                logits = predict_scored(method, feat, datas, kshot, stages).float().cpu()
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
                 for j, data in enumerate(datas):
                     row = score_episode(logits[j : j + 1], data, threshold)
@@ -502,10 +499,11 @@ def _qualitative(
     paths = []
     for label, idx in list(picks.items())[:count]:
         ep = episodes[int(table["episode"].iloc[idx])]
-        data = load_episode(store, manifest["images"], ep, method.image_size)  # drawn at the label's size
-        logits = predict_episode(method, feat, data)
+        # drawn at the label's size; predicted as the cell scores (kshot), IoU as scored (the table's)
+        data = load_episode(store, manifest["images"], ep, method.image_size)
+        logits = predict_scored(method, feat, [data], str(result.spec.settings.get("kshot", "joint")))
         threshold = float(result.spec.settings.get("threshold", 0.5))
-        pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold).numpy()
+        pred = scored_mask(logits[0:1], data.query_target.shape, threshold).numpy()
         name = class_names(manifest["dataset"])[ep.cls - 1]
         title = (
             f"{result.spec.name} episode {ep.id} ({label}): class {ep.cls} {name}, support 1 of "

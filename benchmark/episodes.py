@@ -176,6 +176,15 @@ def manifest_sha256(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()
 
 
+SEED_MAX = 2**32 - 1  # numpy's legacy generator (HSNet, BAM's seeds) takes 0..2**32 - 1
+
+
+def check_seed(seed: int, where: str) -> None:
+    """Every protocol's generator takes a seed in 0..``SEED_MAX``: a clear error otherwise."""
+    if not 0 <= seed <= SEED_MAX:
+        raise FssBenchError(f"{where}: seed {seed} is out of range; seeds are integers in 0..{SEED_MAX}")
+
+
 def build_manifest(
     data_root: Path,
     fold: int,
@@ -211,6 +220,11 @@ def build_manifest(
         raise FssBenchError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
     seed = PROTOCOLS[protocol]["seed"] if seed is None else int(seed)
     n = PROTOCOLS[protocol]["episodes"] if episodes is None else int(episodes)
+    check_seed(seed, "--seed")
+    if shot < 1:
+        raise FssBenchError(f"--shot must be at least 1, got {shot}")
+    if n < 1:
+        raise FssBenchError(f"--episodes must be at least 1, got {n}")
     classes = (C.novel_classes if kind == "test" else C.base_classes)(ds.dataset, fold, coco_split)
     records = ds.records("val")
     list_name = "sub_class_file_list" if kind == "test" else "records"

@@ -59,17 +59,23 @@ def read_pfenet_lists(folder: Path, fold: int) -> PfenetLists:
                 f"{p}: list not found (PFENet-format lists are made by `fssbench data prepare`)"
             )
     raw_dl, raw_sc = dl.read_bytes(), sc.read_bytes()
+    texts = {}
+    for p, raw in ((dl, raw_dl), (sc, raw_sc)):
+        try:
+            texts[p] = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FssBenchError(f"{p}: not UTF-8 text ({e}); is this a PFENet-format list?") from None
     pairs = []
-    for n, line in enumerate(raw_dl.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(texts[dl].splitlines(), 1):
         if line.strip():
             parts = line.split()
             if len(parts) != 2:
                 raise FssBenchError(f"{dl}:{n}: expected 'IMAGE LABEL', got {line!r}")
             pairs.append((parts[0], parts[1]))
     try:
-        sub = ast.literal_eval(raw_sc.decode("utf-8"))
+        sub = ast.literal_eval(texts[sc])
         sub = {int(c): [(str(a), str(b)) for a, b in v] for c, v in sub.items()}
-    except (ValueError, SyntaxError, TypeError, AttributeError) as e:
+    except (ValueError, SyntaxError, TypeError, AttributeError, MemoryError, RecursionError) as e:
         raise FssBenchError(f"{sc}: not a dict literal class -> [(image, label), ...] ({e})") from None
     sha = hashlib.sha256(raw_dl + b"\0" + raw_sc).hexdigest()
     return PfenetLists(pairs, sub, sha, str(dl))
@@ -90,7 +96,12 @@ class DrawnEpisode:
 
 def _item(rng: random.Random, query: Pair, label_class: list[int], lists: PfenetLists, shot: int) -> tuple:
     cls = label_class[rng.randint(1, len(label_class)) - 1]
-    files = lists.sub_class_file_list[cls]
+    files = lists.sub_class_file_list.get(cls)
+    if files is None:
+        raise FssBenchError(
+            f"{lists.where}: query {query[0]} holds class {cls}, which the class list "
+            "(sub_class_file_list) does not list; the two lists do not belong together"
+        )
     n = len(files)
     if sum(f != query for f in files) < shot:
         raise FssBenchError(
@@ -132,7 +143,7 @@ def authors_draw(
     out: list[DrawnEpisode] = []
     for epoch in range(math.ceil(episodes / (L - 1))):
         base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=gen).item())
-        streams = [random.Random(base_seed + w) for w in range(workers)]
+        streams = [random.Random(base_seed + w) for w in range(min(workers, L))]  # workers >= L idle
         for i, query in enumerate(lists.data_list):
             if len(out) == episodes:
                 return out

@@ -9,7 +9,6 @@ that changed or was truncated after it was fetched is an error before any work
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,19 +16,14 @@ from typing import Any
 
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_text_atomic
+from fssam.hashing import file_sha256
 
 LOCK_NAME = "fssbench-lock.json"
 LOCK_SEARCH_DEPTH = 6
 """How many folders above a file :func:`find_lock_entry` looks for a lock file that lists it."""
 
 
-def sha256_of(path: Path) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_of = file_sha256  # the one file hash of the project (fssam.hashing)
 
 
 class LockFile:

@@ -459,6 +459,11 @@ def seed_bootstrap_ci(
     _check_boot_args(metric, n_boot, confidence)
     if not cells or any(not v for v in cells.values()):
         raise MetricsError("seed_bootstrap_ci: every seed needs at least one cell")
+    if len({len(v) for v in cells.values()}) > 1:
+        raise MetricsError(
+            "seed_bootstrap_ci: every seed needs the same folds, got "
+            + ", ".join(f"seed {k}: {len(v)} cells" for k, v in sorted(cells.items()))
+        )
     points, boots = [], []
     for i, s in enumerate(sorted(cells)):
         per_fold_point, per_fold_boot = [], []
@@ -476,8 +481,11 @@ def seed_bootstrap_ci(
         boots.append(np.mean(per_fold_boot, axis=0))  # (n_boot,) this seed's fold mean
     boots_arr = np.stack(boots)  # (seeds, n_boot)
     rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(points), size=(n_boot, len(points)))  # seeds drawn per resample
-    resampled = boots_arr[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+    n_seeds = len(points)
+    pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))  # seeds drawn per resample
+    # each draw of a seed takes its own episode replicate: a seed drawn twice is two draws
+    replicate = rng.integers(0, n_boot, size=(n_boot, n_seeds))
+    resampled = boots_arr[pick, replicate].mean(axis=1)
     low, high = _percentiles(resampled, confidence)
     return {"point": float(np.mean(points)), "low": low, "high": high, "seeds": len(points), "n_boot": n_boot}
 

@@ -75,18 +75,33 @@ def predict_votes(
     ``predict_mask_nshot`` for any method. The method on each support alone, (B, K, S, S) logits (shot k of episode b
     at ``[b, k]``); :func:`score_episode` turns them into the voted mask."""
     k = len(batch[0].supports)
-    singles = [
-        dataclasses.replace(
-            d,
-            supports=[d.supports[i]],
-            support_masks=d.support_masks[i : i + 1],
-            support_labels=d.support_labels[i : i + 1],
-        )
-        for d in batch
-        for i in range(k)
-    ]
+    singles = [one_shot(d, i) for d in batch for i in range(k)]
     logits = predict_batch(method, feat, singles, memo)
     return logits.reshape(len(batch), k, *logits.shape[-2:])
+
+
+def one_shot(data: EpisodeData, i: int) -> EpisodeData:
+    """The episode with support ``i`` alone (a 1-shot episode on the same query)."""
+    return dataclasses.replace(
+        data,
+        supports=[data.supports[i]],
+        support_masks=data.support_masks[i : i + 1],
+        support_labels=data.support_labels[i : i + 1],
+    )
+
+
+def predict_scored(
+    method: FewShotMethod,
+    feat: Featurizer,
+    batch: list[EpisodeData],
+    kshot: str,
+    memo: StageMemo | None = None,
+) -> torch.Tensor:
+    """The logits a cell scores: (B, S, S) from the method on all supports (``kshot: joint``, and
+    every 1-shot episode), or (B, K, S, S) one-shot logits to vote on (``kshot: voting``, K > 1)."""
+    if kshot == "voting" and len(batch[0].supports) > 1:
+        return predict_votes(method, feat, batch, memo)
+    return predict_batch(method, feat, batch, memo)
 
 
 def voted_mask(masks: torch.Tensor) -> torch.Tensor:
@@ -103,15 +118,19 @@ def predict_episode(
     return predict_batch(method, feat, [data], return_intermediates=return_intermediates)
 
 
+def scored_mask(logits: torch.Tensor, shape: tuple[int, ...], threshold: float = 0.5) -> torch.Tensor:
+    """(1, S, S) logits, or (1, K, S, S) one-shot logits to vote on -> the (H, W) bool prediction at
+    ``shape`` (foreground: probability >= threshold; votes thresholded one by one, then
+    :func:`voted_mask`)."""
+    masks = prediction_at_label_size(logits[0].float().cpu(), tuple(shape), threshold)
+    return voted_mask(masks) if logits.dim() == 4 else masks
+
+
 def score_episode(logits: torch.Tensor, data: EpisodeData, threshold: float = 0.5) -> dict[str, int]:
     """One row of the per-episode table from (1, S, S) logits (foreground: probability >= threshold),
     or from (1, K, S, S) one-shot logits (``kshot: voting``: each thresholded at the scored size, then
     :func:`voted_mask`)."""
-    if logits.dim() == 4:
-        masks = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold)
-        pred = voted_mask(masks)
-    else:
-        pred = prediction_at_label_size(logits[0].float().cpu(), data.query_target.shape, threshold)
+    pred = scored_mask(logits, data.query_target.shape, threshold)
     i_bg, u_bg, i_fg, u_fg = intersection_union(pred, data.query_target)
     ep = data.episode
     return {"episode": ep.id, "class": ep.cls, "I_bg": i_bg, "U_bg": u_bg, "I_fg": i_fg, "U_fg": u_fg}

@@ -44,7 +44,7 @@ from benchmark.episodes import load_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.io_utils import write_text_atomic
-from benchmark.methods import WeightPool, build_method, fill_templates, get_method
+from benchmark.methods import WeightPool, build_method, get_method
 from benchmark.metrics import summarize
 from benchmark.runner import sigterm_as_interrupt, study_manifests
 from benchmark.search_file import SearchSpec
@@ -260,7 +260,9 @@ class SearchRunner:
         return cells
 
     def cell_spec(self, cell: SearchCell, settings: dict[str, Any]) -> CellSpec:
-        filled = fill_templates(self.entry, settings, dataset=cell.dataset, fold=cell.fold, shot=cell.shot)
+        filled = self.spec.variant.cell_settings(
+            cell.dataset, cell.fold, cell.shot, settings=settings, explicit=frozenset(self.spec.space)
+        )
         name = f"{self.spec.variant.name}/{cell.dataset}/fold{cell.fold}/{cell.shot}shot/seed{cell.seed}"
         study = self.spec.study
         return CellSpec(

@@ -326,6 +326,11 @@ def parse_search(
                 raise FssBenchError(f"{source}: objective.{text[len(where_study) + 2 :]}") from None
         raise
 
+    if kind == "val" and study.protocol == "fssam-exact":
+        raise FssBenchError(
+            f"{source}: kind: val with protocol fssam-exact, which reproduces the authors' test episodes "
+            "only; search on protocol fssam (study.protocol=fssam) or set kind: test"
+        )
     variant = study.variants[0]
     entry = get_method(variant.method)
 

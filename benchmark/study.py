@@ -48,7 +48,7 @@ import yaml
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
-from benchmark.episodes import EXACT_LISTS, PROTOCOLS, default_evaluation
+from benchmark.episodes import EXACT_LISTS, PROTOCOLS, SEED_MAX, check_seed, default_evaluation
 from benchmark.errors import FssBenchError
 from benchmark.lockfile import check_against_lock
 from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
@@ -101,20 +101,31 @@ class Variant:
     device: str = "auto"
     explicit: frozenset[str] = frozenset()  # the settings the study sets (the rest are defaults)
 
-    def cell_settings(self, dataset: str, fold: int, shot: int) -> dict[str, Any]:
+    def cell_settings(
+        self,
+        dataset: str,
+        fold: int,
+        shot: int,
+        settings: dict[str, Any] | None = None,
+        explicit: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
         """The settings of one cell: checkpoint templates filled in for (dataset, fold, shot); an
         FSSAM cell that loads the authors' FSSAM5s checkpoint (K > 1) runs ``kshot_mode: released``,
-        the K-shot path it was trained with, unless the study sets ``kshot_mode``."""
-        out = fill_templates(get_method(self.method), self.settings, dataset=dataset, fold=fold, shot=shot)
-        if loads_fssam5s(self.method, out, shot) and "kshot_mode" not in self.explicit:
+        the K-shot path it was trained with, unless the study sets ``kshot_mode``. ``settings`` replace
+        the variant's (a search trial's), ``explicit`` names settings set beyond the study's."""
+        base = self.settings if settings is None else settings
+        out = fill_templates(get_method(self.method), base, dataset=dataset, fold=fold, shot=shot)
+        if loads_fssam5s(self.method, out, shot) and "kshot_mode" not in self.explicit | explicit:
             out["kshot_mode"] = "released"
         return out
 
 
 def loads_fssam5s(method: str, settings: dict[str, Any], shot: int) -> bool:
-    """Whether a cell loads one of the authors' 5-shot checkpoints (FSSAM5s, trained with the
-    released K-shot path, spec bug B2)."""
-    return method == "fssam" and shot > 1 and bool(settings.get("fssam_checkpoint"))
+    """Whether a cell (settings with templates filled in) loads one of the authors' 5-shot
+    checkpoints, trained with the released K-shot path (spec bug B2): a K > 1 FSSAM cell whose
+    checkpoint path names the authors' ``FSSAM5s`` folder (what ``{arch}`` fills in at K > 1)."""
+    checkpoint = settings.get("fssam_checkpoint")
+    return method == "fssam" and shot > 1 and bool(checkpoint) and "FSSAM5s" in str(checkpoint)
 
 
 @dataclass
@@ -182,6 +193,7 @@ def bam_seeds(value: Any) -> Any:
         raise FssBenchError(f"seeds: expected a list of integers or {{count: N, base: B}}, got {value!r}")
     if not 1 <= value["count"] <= 1000:
         raise FssBenchError(f"seeds.count must be in 1..1000, got {value['count']}")
+    check_seed(value["base"], "seeds.base")
     import numpy as np
 
     seeds = [int(x) for x in np.random.RandomState(value["base"]).randint(0, 1000, value["count"])]
@@ -284,7 +296,9 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     try:
         folds = _int_list({"folds": raw.get("folds", [0, 1, 2, 3])}, "folds", 0, NUM_FOLDS - 1)
         shots = _int_list({"shots": raw.get("shots", [1])}, "shots", 1, None)
-        seeds = _int_list({"seeds": bam_seeds(raw.get("seeds", [PROTOCOLS[protocol]["seed"]]))}, "seeds")
+        seeds = _int_list(
+            {"seeds": bam_seeds(raw.get("seeds", [PROTOCOLS[protocol]["seed"]]))}, "seeds", 0, SEED_MAX
+        )
     except FssBenchError as e:
         raise FssBenchError(f"{source}: {e}") from None
     episodes = raw.get("episodes")
@@ -308,6 +322,11 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     lists = raw.get("lists", "own")
     if lists not in EXACT_LISTS:
         raise FssBenchError(f"{source}: lists: {lists!r} is not one of {list(EXACT_LISTS)}")
+    if lists == "authors" and set(roots) - {"pascal"}:
+        raise FssBenchError(
+            f"{source}: lists: authors: the FSSAM release's lists shipped here are PASCAL's, but the study "
+            f"also runs {sorted(set(roots) - {'pascal'})}; use lists: own"
+        )
     ev = raw.get("eval") or {}
     if not isinstance(ev, dict) or set(ev) - {"resolution", "size"}:
         raise FssBenchError(
@@ -422,19 +441,6 @@ def _parse_variant(
         if value and not str(value).startswith(MLFLOW_URI_PREFIX) and not Path(str(value)).is_absolute():
             settings[key] = str(base_dir / str(value))
     variant = Variant(vname, entry.name, settings, device, frozenset(inherited) | frozenset(own))
-    if (
-        variant.method == "fssam"
-        and settings.get("kshot_mode") == "intended"
-        and "kshot_mode" in variant.explicit
-    ):
-        k = [shot for shot in shots if loads_fssam5s(variant.method, settings, shot)]
-        if k:
-            warnings.warn(
-                f"{where}: kshot_mode intended with the authors' FSSAM5s checkpoints ({k}-shot cells), which "
-                "were trained with the released K-shot path; drop kshot_mode to run them as trained",
-                UserWarning,
-                stacklevel=2,
-            )
     for ds in roots:
         for fold in folds:
             for shot in shots:
@@ -445,6 +451,21 @@ def _parse_variant(
                 for role, path in sources.items():
                     if not path.startswith("random-init:"):
                         check_checkpoint_file(path, f"{where}.{_checkpoint_field(entry, role)}")
+
+    if (
+        variant.method == "fssam"
+        and settings.get("kshot_mode") == "intended"
+        and "kshot_mode" in variant.explicit
+    ):
+        cells = [(ds, fold, shot) for ds in roots for fold in folds for shot in shots]
+        k = sorted({c[2] for c in cells if loads_fssam5s(variant.method, variant.cell_settings(*c), c[2])})
+        if k:
+            warnings.warn(
+                f"{where}: kshot_mode intended with the authors' FSSAM5s checkpoints ({k}-shot cells), which "
+                "were trained with the released K-shot path; drop kshot_mode to run them as trained",
+                UserWarning,
+                stacklevel=2,
+            )
     return variant
 
 

@@ -19,8 +19,7 @@ from benchmark.errors import FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.features import Featurizer
 from benchmark.methods import WeightPool, build_method, get_method
-from benchmark.metrics import prediction_at_label_size
-from benchmark.predict import predict_episode
+from benchmark.predict import one_shot, predict_episode, predict_scored, scored_mask
 from reports.collect import ExperimentData
 from reports.figures import EpisodePanels
 
@@ -97,18 +96,23 @@ def episode_panels(
     feat = Featurizer(method, FeatureCache(None))
     episodes = {e.id: e for e in manifest_episodes(manifest)}
     variant = run.data.tags["fss.variant"]
+    table = data.episodes[run_id].set_index("episode")
+    kshot = str(settings.get("kshot", "joint"))
+    voting = kshot == "voting" and int(params["shot"]) > 1
     out = []
     for ep_id, label in select_episodes(data.episodes[run_id], how):
         ep = episodes[ep_id]
         inp = load_episode(store, manifest["images"], ep, method.image_size)  # pictures at the label's size
-        logits, inter = predict_episode(method, feat, inp, return_intermediates=True)
-        pred = prediction_at_label_size(
-            logits[0].float().cpu(), inp.query_target.shape, settings["threshold"]
-        ).numpy()
+        # the prediction as the cell scored it (kshot); priors and IMR steps of the pass that made it
+        # (with voting: the pass on the support shown); the IoU as scored (the table's)
+        if voting:
+            logits = predict_scored(method, feat, [inp], kshot)
+            _, inter = predict_episode(method, feat, one_shot(inp, 0), return_intermediates=True)
+        else:
+            logits, inter = predict_episode(method, feat, inp, return_intermediates=True)
+        pred = scored_mask(logits[0:1], inp.query_target.shape, settings["threshold"]).numpy()
         tgt = inp.query_target
-        valid = tgt != 255
-        inter_ = int(((pred == 1) & (tgt == 1) & valid).sum())
-        union = int((((pred == 1) | (tgt == 1)) & valid).sum())
+        inter_, union = int(table.loc[ep_id, "I_fg"]), int(table.loc[ep_id, "U_fg"])
 
         def arr(x):
             return None if x is None else x[0, 0].float().cpu().numpy()
@@ -117,7 +121,7 @@ def episode_panels(
             EpisodePanels(
                 title=f"{variant} {params['dataset']} fold{params['fold']} {params['shot']}-shot "
                 f"episode {ep.id} ({label}): class {ep.cls} {class_names(params['dataset'])[ep.cls - 1]}, "
-                f"support 1 of {len(ep.supports)} shown",
+                f"support 1 of {len(ep.supports)} shown" + (", prediction by voting" if voting else ""),
                 iou=inter_ / union if union else 0.0,
                 support_image=inp.supports[0].original(),
                 support_mask=inp.support_labels[0],

@@ -341,6 +341,7 @@ def main_table(
     columns = [(f"{s}-shot", c) for s in shots for c in per_shot]
     per_fold = cells.groupby(["variant", "shot", "fold"])[metric].mean() * 100
     values, texts = [], []
+    uneven: set[str] = set()  # variants whose seeds ran different folds: no std or CI
     for v in variants:
         row, text = [], []
         for s in shots:
@@ -350,6 +351,11 @@ def main_table(
             text += [*map(_fmt, fold_vals), _fmt(mean)]
             if n_seeds > 1:
                 mine = cells[(cells["variant"] == v) & (cells["shot"] == s)]
+                if mine.groupby("seed")["fold"].apply(frozenset).nunique() > 1:  # seeds not comparable
+                    uneven.add(v)
+                    row.append("")
+                    text.append("–")
+                    continue
                 by_seed = mine.groupby("seed")[metric].mean()  # each seed's mean over folds
                 text[-1] = _mean_std(by_seed.mean(), by_seed.std(ddof=1), len(by_seed))
                 ci = _seed_ci(data, mine, metric, n_boot)
@@ -364,6 +370,11 @@ def main_table(
         footer.append(
             f"mean ± std over {n_seeds} seeds (std of each seed's fold mean); 95% CI: percentile bootstrap "
             f"over seeds and, within each cell, episodes ({n_boot} resamples)."
+        )
+    if uneven:
+        footer.append(
+            f"{', '.join(sorted(uneven))}: the seeds ran different folds, so the mean is of the fold values "
+            "and no std or CI is shown."
         )
     rows = list(variants)
     for ref in references or []:

@@ -9,12 +9,15 @@ agreement checks the description of the workers' streams, not a copy of the code
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from benchmark.data.classes import novel_classes
 from benchmark.data.prepared import PreparedDataset
@@ -77,12 +80,18 @@ def release_loop(lists, label_class_of, shot, episodes, seed, workers):
     return out
 
 
+def label_class(root: Path, pair: tuple[str, str], classes: list[int]) -> list[int]:
+    """``SemData``'s ``label_class``, read off the label file: its pixel values, minus 0 and 255, that
+    are novel classes of the fold (any pixel counts)."""
+    values = np.unique(np.asarray(Image.open(root / pair[1])))
+    return sorted(int(v) for v in values if v not in (0, 255) and int(v) in classes)
+
+
 def own_lists(root: Path, fold: int):
     ds = PreparedDataset(root)
     lists = read_pfenet_lists(root / "lists" / "fss_list" / "val", fold)
     classes = novel_classes(ds.dataset, fold, "interleaved")
-    by_stem = {Path(r.image).stem: r for r in ds.records("val")}
-    label_class_of = {q: by_stem[Path(q[0]).stem].present(classes) for q in lists.data_list}
+    label_class_of = {q: label_class(root, q, classes) for q in lists.data_list}
     return lists, label_class_of
 
 
@@ -111,25 +120,23 @@ def test_manifest_records_the_draw_and_the_supports_in_model_order(pascal_root):
     m = build_manifest(pascal_root, 1, 5, "fssam-exact", episodes=40, loader_workers=2)
     lists, label_class_of = own_lists(pascal_root, 1)
     want = release_loop(lists, label_class_of, 5, 40, 321, 2)
-    stem = {tuple(v): k for k, v in m["images"].items()}
     assert [
         (e["index"], e["class"], tuple(tuple(m["images"][s]) for s in e["supports"])) for e in m["episodes"]
     ] == [(i, c, s) for i, c, s in want]
     assert all(tuple(m["images"][e["query"]]) == lists.data_list[e["index"]] for e in m["episodes"])
     assert m["draw"] == {"seed": 321, "loader_workers": 2, "lists": "own", "lists_sha256": lists.sha256}
-    assert stem  # every image the episodes use is in the table
+    used = {e["query"] for e in m["episodes"]} | {s for e in m["episodes"] for s in e["supports"]}
+    assert set(m["images"]) == used  # the table holds exactly the images the episodes use
     other = build_manifest(pascal_root, 1, 5, "fssam-exact", episodes=40, loader_workers=3)
     assert other["sha256"] != m["sha256"]
 
 
 def test_coco_own_lists(coco_root):
     m = build_manifest(coco_root, 2, 1, "fssam-exact", episodes=30, loader_workers=4)
-    ds = PreparedDataset(coco_root)
     classes = novel_classes("coco", 2, "interleaved")
     lists = read_pfenet_lists(coco_root / "lists" / "fss_list" / "val", 2)
-    by_stem = {Path(r.image).stem: r for r in ds.records("val")}
     want = release_loop(
-        lists, {q: by_stem[Path(q[0]).stem].present(classes) for q in lists.data_list}, 1, 30, 321, 4
+        lists, {q: label_class(coco_root, q, classes) for q in lists.data_list}, 1, 30, 321, 4
     )
     assert [(e["index"], e["class"]) for e in m["episodes"]] == [(i, c) for i, c, _ in want]
 
@@ -176,3 +183,82 @@ def test_a_study_with_fssam_exact_writes_the_draw_into_its_manifests(pascal_root
         load_study(study, ["protocol=fssam"])
     with pytest.raises(FssBenchError, match="lists: 'theirs' is not one of"):
         load_study(study, ["lists=theirs"])
+
+
+@pytest.mark.parametrize("protocol", ["fssam", "hsnet", "fssam-exact"])
+def test_out_of_range_seeds_shots_and_episode_counts_are_one_line_errors(pascal_root, protocol):
+    for seed in (-1, 2**32, 2**64):
+        with pytest.raises(FssBenchError, match=rf"--seed: seed {seed} is out of range; .*0\.\.4294967295"):
+            build_manifest(pascal_root, 0, 1, protocol, seed=seed, episodes=4)
+    with pytest.raises(FssBenchError, match="--shot must be at least 1, got 0"):
+        build_manifest(pascal_root, 0, 0, protocol, episodes=4)
+    with pytest.raises(FssBenchError, match="--episodes must be at least 1, got 0"):
+        build_manifest(pascal_root, 0, 1, protocol, episodes=0)
+    assert build_manifest(pascal_root, 0, 1, protocol, seed=2**32 - 1, episodes=2)["seed"] == 2**32 - 1
+
+
+def test_bam_seeds_reject_a_base_numpy_cannot_take():
+    from benchmark.study import bam_seeds
+
+    with pytest.raises(FssBenchError, match="seeds.base: seed -3 is out of range"):
+        bam_seeds({"count": 2, "base": -3})
+
+
+def test_more_loader_workers_than_queries_draw_as_many_streams_as_queries(pascal_root):
+    # item i goes to worker i % W: with W >= L every item has a worker of its own, whatever W is
+    lists, label_class_of = own_lists(pascal_root, 0)
+    L = len(lists.data_list)
+    draw = {w: authors_draw(lists, label_class_of.__getitem__, 1, 3 * L, 321, w) for w in (L, 10**6)}
+    assert [(d.cls, d.supports) for d in draw[L]] == [(d.cls, d.supports) for d in draw[10**6]]
+
+
+def test_malformed_lists_are_errors_naming_the_file(pascal_root, tmp_path):
+    src = pascal_root / "lists" / "fss_list" / "val"
+    for name in ("data_list_0.txt", "sub_class_file_list_0.txt"):
+        (tmp_path / name).write_bytes((src / name).read_bytes())
+    lists = read_pfenet_lists(tmp_path, 0)
+    (query, label_classes) = next(iter(own_lists(pascal_root, 0)[1].items()))
+    missing = dict(lists.sub_class_file_list)
+    for c in label_classes:
+        del missing[c]
+    broken = dataclasses.replace(lists, sub_class_file_list=missing)
+    with pytest.raises(
+        FssBenchError, match=r"data_list_0\.txt: query .* holds class \d+, which the class list"
+    ):
+        authors_draw(broken, lambda q: label_classes, 1, 3, 321, 0)
+    (tmp_path / "sub_class_file_list_0.txt").write_bytes(b"\xff\xfe{1: []}")
+    with pytest.raises(FssBenchError, match=r"sub_class_file_list_0\.txt: not UTF-8 text"):
+        read_pfenet_lists(tmp_path, 0)
+
+
+def test_studies_and_searches_refuse_what_fssam_exact_cannot_draw_before_any_work(
+    pascal_root, coco_root, tmp_path
+):
+    from benchmark.search_file import parse_search
+    from benchmark.study import load_study
+
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"name: s\ndata: {{pascal: {pascal_root}, coco: {coco_root}}}\nprotocol: fssam-exact\n"
+        "lists: authors\nfolds: [0]\nmodel: {random_init: true}\nvariants: {mean: {method: mean_colour}}\n"
+    )
+    with pytest.raises(
+        FssBenchError, match=r"s\.yaml: lists: authors: .* also runs \['coco'\]; use lists: own"
+    ):
+        load_study(study)
+    base = {
+        "name": "s",
+        "study": {
+            "name": "s",
+            "data": {"pascal": str(pascal_root)},
+            "protocol": "fssam-exact",
+            "folds": [0],
+            "model": {"random_init": True},
+            "variants": {"mean": {"method": "mean_colour"}},
+        },
+        "space": {"threshold": {"type": "float", "low": 0.1, "high": 0.9}},
+        "trials": 1,
+    }
+    with pytest.raises(FssBenchError, match="q.yaml: kind: val with protocol fssam-exact"):
+        parse_search(base, source="q.yaml")
+    assert parse_search({**base, "kind": "test"}, source="q.yaml").kind == "test"

@@ -168,20 +168,41 @@ def test_protocol_defaults_and_overrides():
         default_evaluation("fssam", "pascal", "original", 400)
 
 
-def test_a_cell_scores_hsnet_manifests_on_the_resized_square(pascal_root, tmp_path):
+def _left_half(settings, ctx):
+    from benchmark.methods.reference import ReferencePredictor
+
+    def fn(query, supports, masks):  # logit +1 on the left half of the S x S input, -1 on the right
+        b, _, h, w = query.shape
+        out = -torch.ones(b, h, w)
+        out[..., : w // 2] = 1.0
+        return out
+
+    return ReferencePredictor(fn, int(settings["image_size"]), ctx.device)
+
+
+def test_a_cell_scores_hsnet_manifests_on_the_resized_square(pascal_root, tmp_path, monkeypatch):
     import torch.nn.functional as F
 
     from benchmark.cell import CellSpec, evaluate_cell
     from benchmark.data.images import read_label
     from benchmark.episodes import save_manifest
     from benchmark.feature_cache import FeatureCache
+    from benchmark.methods import registry
 
+    entry = registry.MethodEntry(
+        "left_half", "left half foreground", {"image_size": 64}, _left_half, lambda s: {}
+    )
+    monkeypatch.setitem(registry._REGISTRY, "left_half", entry)
     m = build_manifest(pascal_root, 0, 1, "hsnet", episodes=4, eval_size=96)
     save_manifest(m, tmp_path / "m.json")
-    spec = CellSpec("all_foreground", {"image_size": 64}, tmp_path / "m.json", pascal_root, "cpu")
+    spec = CellSpec("left_half", {"image_size": 64}, tmp_path / "m.json", pascal_root, "cpu")
     table = evaluate_cell(spec, FeatureCache(None)).table
+    # the 64-px step upsampled (align_corners) to the 96-px square crosses 0 at x = 31.5 * 95 / 63 = 47.5
+    pred = torch.zeros(96, 96, dtype=torch.bool)
+    pred[:, :48] = True
     for e, row in zip(m["episodes"], table.itertuples(), strict=True):
         label = torch.from_numpy(read_label(pascal_root / m["images"][e["query"]][1]).astype(np.float32))
         sq = F.interpolate(label[None, None], size=(96, 96), mode="nearest")[0, 0]  # HSNet's resize
-        valid = sq != 255
-        assert (row.I_fg, row.U_fg) == (int(((sq == e["class"]) & valid).sum()), int(valid.sum()))
+        valid, fg = sq != 255, sq == e["class"]
+        assert (row.I_fg, row.U_fg) == (int((pred & fg & valid).sum()), int(((pred | fg) & valid).sum()))
+        assert 0 < row.I_fg < row.U_fg  # the prediction is neither empty nor everything here

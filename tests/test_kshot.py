@@ -95,3 +95,103 @@ def test_fssam5s_checkpoints_run_the_released_kshot_path_unless_the_study_says_o
     assert v.cell_settings("pascal", 0, 5)["kshot_mode"] == "intended"
     (v,) = load_study(study, ["model.fssam_checkpoint=null", "model.random_init=true"]).variants
     assert v.cell_settings("pascal", 0, 5)["kshot_mode"] == "intended"  # no FSSAM5s checkpoint loaded
+
+
+def _fssam5s_files(tmp_path) -> str:
+    """The authors' layout of checkpoints under ``tmp_path/exp``; returns the study's template."""
+    for arch, shot in (("FSSAM", 1), ("FSSAM5s", 5)):
+        path = tmp_path / "exp" / "pascal" / arch / "split0" / "small" / "snapshot" / f"best_{shot}shot.pth"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": {}}, path)
+    return f"{tmp_path}/exp/{{dataset}}/{{arch}}/split{{fold}}/small/snapshot/best_{{shot}}shot.pth"
+
+
+def test_a_search_cell_runs_the_fssam5s_checkpoint_as_a_study_cell_does(pascal_root, tmp_path):
+    from benchmark.search import SearchCell, SearchRunner
+    from benchmark.search_file import parse_search
+
+    def search(space: dict) -> SearchRunner:
+        spec = parse_search(
+            {
+                "name": "s",
+                "study": {
+                    "name": "s",
+                    "data": {"pascal": str(pascal_root)},
+                    "folds": [0],
+                    "shots": [5],
+                    "model": {"fssam_checkpoint": _fssam5s_files(tmp_path)},
+                    "variants": {"fssam": {}},
+                },
+                "space": space,
+                "trials": 1,
+            },
+            source="s.yaml",
+        )
+        return SearchRunner(spec, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", work_dir=tmp_path / "w")
+
+    cell = SearchCell("pascal", 0, 5, 321, tmp_path / "m.json")
+    r = search({"threshold": {"type": "float", "low": 0.1, "high": 0.9}})
+    settings = {**r.spec.variant.settings, "threshold": 0.3}
+    spec = r.cell_spec(cell, settings)
+    assert spec.settings["kshot_mode"] == "released"
+    assert spec.settings["threshold"] == 0.3
+    assert spec.settings["fssam_checkpoint"].endswith("/pascal/FSSAM5s/split0/small/snapshot/best_5shot.pth")
+    # a searched kshot_mode is the trial's choice, never replaced
+    r = search({"kshot_mode": {"type": "categorical", "choices": ["intended", "released"]}})
+    spec = r.cell_spec(cell, {**r.spec.variant.settings, "kshot_mode": "intended"})
+    assert spec.settings["kshot_mode"] == "intended"
+
+
+def test_a_fixed_checkpoint_outside_the_fssam5s_folder_keeps_the_intended_path(pascal_root, tmp_path):
+    from benchmark.study import load_study, loads_fssam5s
+
+    own = tmp_path / "mine.pth"
+    torch.save({"state_dict": {}}, own)
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"name: s\ndata: {{pascal: {pascal_root}}}\nfolds: [0]\nshots: [5]\n"
+        f"model: {{fssam_checkpoint: '{own}'}}\nvariants: {{fssam: {{}}}}\n"
+    )
+    (v,) = load_study(study).variants
+    assert v.cell_settings("pascal", 0, 5)["kshot_mode"] == "intended"  # a model of one's own
+    assert not loads_fssam5s("fssam", {"fssam_checkpoint": str(own)}, 5)
+    assert loads_fssam5s("fssam", {"fssam_checkpoint": "exp/pascal/FSSAM5s/split0/x.pth"}, 5)
+    assert not loads_fssam5s("fssam", {"fssam_checkpoint": "exp/pascal/FSSAM5s/split0/x.pth"}, 1)
+    assert not loads_fssam5s("naive_sam2", {"fssam_checkpoint": "exp/pascal/FSSAM5s/x.pth"}, 5)
+
+
+def test_the_qualitative_figure_shows_the_voted_prediction_the_cell_scored(pascal_root, tmp_path):
+    import yaml
+
+    from benchmark.runner import StudyRunner
+    from benchmark.study import load_study
+    from benchmark.tracking import Tracker
+    from reports.collect import collect_experiment
+    from reports.episodes import episode_panels
+
+    study = {
+        "name": "vote",
+        "data": {"pascal": str(pascal_root)},
+        "folds": [0],
+        "shots": [3],
+        "episodes": 5,
+        "model": {"random_init": True},
+        "variants": {"mc": {"method": "mean_colour", "image_size": 64, "kshot": "voting"}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    StudyRunner(
+        load_study(tmp_path / "s.yaml"), tracking_uri=uri, work_dir=tmp_path / "w", progress=False
+    ).run()
+    tracker = Tracker(uri, create=False)
+    data = collect_experiment(tracker, "vote", tmp_path / "c")
+    (rid,) = data.cells["run_id"]
+    table = data.episodes[rid]
+    panels = episode_panels(data, tracker, rid, [int(e) for e in table["episode"]])
+    for panel, row in zip(panels, table.itertuples(), strict=True):
+        assert "prediction by voting" in panel.title
+        valid, fg = panel.gt != 255, panel.gt == 1
+        # the panel's prediction is the mask the cell scored: the same intersection and union
+        assert int((panel.pred & fg & valid).sum()) == row.I_fg
+        assert int(((panel.pred | fg) & valid).sum()) == row.U_fg
+        assert panel.iou == pytest.approx(row.I_fg / row.U_fg if row.U_fg else 0.0)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmark.errors import FssBenchError
-from benchmark.metrics import miou, seed_bootstrap_ci
+from benchmark.metrics import MetricsError, miou, seed_bootstrap_ci
 from benchmark.study import bam_seeds
 from reports.collect import ExperimentData
 from reports.references import DEFAULT_REFERENCES, Reference, load_references
@@ -90,3 +90,52 @@ def test_the_published_row_and_its_difference_on_four_folds():
     assert main_table(data, "pascal", "miou", [ref2]).cells[2][mean] == "+1.0"
     assert not any(b for row in t.bold[1:] for b in row)  # published rows never take the bold
     assert main_table(data, "pascal", "miou", []).rows == ["fssam"]
+
+
+def test_seeds_drawn_twice_in_a_resample_are_two_independent_episode_draws():
+    # S seeds with the same table: the mean over S independent episode resamples has the spread of one
+    # seed's resample divided by sqrt(S); reusing one resample for a seed drawn twice would give
+    # sqrt((2S - 1) / S^2) (0.44 at S = 10, against 0.32)
+    rng = np.random.default_rng(5)
+    rows = []
+    for n in range(60):
+        u = int(rng.integers(20, 40))
+        rows.append(
+            {"episode": n, "class": 1, "I_bg": 5, "U_bg": 10, "I_fg": int(rng.integers(0, u + 1)), "U_fg": u}
+        )
+    table = pd.DataFrame(rows)
+    one = seed_bootstrap_ci({0: [(table, [1])]}, n_boot=4000)
+    many = seed_bootstrap_ci({s: [(table, [1])] for s in range(10)}, n_boot=4000)
+    ratio = (many["high"] - many["low"]) / (one["high"] - one["low"])
+    assert ratio == pytest.approx(1 / np.sqrt(10), abs=0.04)
+
+
+def test_seeds_must_cover_the_same_folds():
+    a = const_table({1: (5, 10)})
+    with pytest.raises(MetricsError, match="every seed needs the same folds.*seed 2: 1 cells"):
+        seed_bootstrap_ci({1: [(a, [1]), (a, [1])], 2: [(a, [1])]})
+
+
+def test_a_main_table_whose_seeds_ran_different_folds_shows_no_std_or_ci():
+    def cell(f: int, seed: int, m: float) -> dict:
+        return {
+            "variant": "fssam",
+            "dataset": "pascal",
+            "shot": 1,
+            "fold": f,
+            "seed": seed,
+            "miou": m,
+            "run_id": f"r{f}{seed}",
+            "study": "s",
+            "random_init": False,
+            "manifest_sha256": f"m{f}",
+            "weights": ["w"],
+        }
+
+    # seed 1 ran folds 0 and 1, seed 2 fold 0 only: their fold means are not comparable
+    cells = pd.DataFrame([cell(0, 1, 0.8), cell(1, 1, 0.6), cell(0, 2, 0.7)])
+    t = main_table(ExperimentData("e", "1", cells, pd.DataFrame()), "pascal", "miou", [])
+    mean = t.columns.index(("1-shot", "mean (2 of 4 folds)"))
+    # fold 0: (80 + 70) / 2 = 75, fold 1: 60; the mean of the fold values, with no ± and no CI
+    assert t.cells[0][mean] == "67.5" and t.cells[0][mean + 1] == "–"
+    assert any("the seeds ran different folds" in line for line in t.footer)

@@ -104,7 +104,6 @@ def fetch_data(
     done = []
     for a in DATA[dataset] if archives is None else archives:
         got = fetch_file(a.source, out, mirror, progress, retries=retries, backoff=backoff)
-        entry = lock.get(a.source.filename) or {}
         if a.place_at:
             dest = out / a.place_at
             if dest.is_file() and dest.read_bytes() == got.path.read_bytes():
