@@ -201,12 +201,46 @@ def load_study_for(args: argparse.Namespace):
     return study
 
 
+def add_engine_options(p: argparse.ArgumentParser, search: bool = False) -> None:
+    """--engine local|ray and the Ray engine's options (``run``, ``search``: Optuna workers)."""
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: cells one after the other in this process; ray: on Ray workers (benchmark/engines)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join: auto, HOST:PORT (default: start one on this machine, loopback only)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="Optuna workers on Ray, sharing one study (default: 2)"
+        if search
+        else "Ray workers (default: as many as the cluster holds)",
+    )
+    p.add_argument(
+        "--gpus-per-cell",
+        type=non_negative_float,
+        default=None,
+        help="GPUs each Ray worker reserves (default: the study's resources, else 1 with GPUs, 0 without)",
+    )
+    p.add_argument(
+        "--cpus-per-cell",
+        type=positive_float,
+        default=None,
+        help="CPUs each Ray worker reserves, its torch threads (default: the study's resources, else 1)",
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     study = load_study_for(args)
     from benchmark.runner import StudyRunner, summary_table
 
-    runner = StudyRunner(
-        study,
+    common = dict(
         tracking_uri=args.tracking_uri,
         work_dir=Path(args.work_dir),
         force=args.force,
@@ -216,7 +250,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fail_fast=args.fail_fast,
         cache_max_bytes=None if args.cache_max_gb is None else int(args.cache_max_gb * 2**30),
         compile=args.compile,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
     )
+    if args.engine == "ray":
+        from benchmark.engines.ray_study import RayStudyRunner
+
+        runner: StudyRunner = RayStudyRunner(
+            study,
+            ray_address=args.ray_address,
+            workers=args.workers,
+            gpus_per_cell=args.gpus_per_cell,
+            cpus_per_cell=args.cpus_per_cell,
+            **common,
+        )
+    else:
+        for flag in ("ray_address", "workers", "gpus_per_cell", "cpus_per_cell"):
+            if getattr(args, flag) is not None:
+                raise FssBenchError(f"--{flag.replace('_', '-')} applies to --engine ray only")
+        runner = StudyRunner(study, **common)
     try:
         cells = runner.run()
     except KeyboardInterrupt:
@@ -230,7 +281,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print()
         print(summary.to_markdown(index=False, floatfmt=".1f"))
     print()
-    print(runner.cache.stats.summary() + f"; on disk: {runner.cache.disk_size() / 2**20:.1f} MiB")
+    if args.engine == "ray":
+        print(f"feature caches: on the Ray workers; on disk here: {runner.cache.disk_size() / 2**20:.1f} MiB")
+    else:
+        print(runner.cache.stats.summary() + f"; on disk: {runner.cache.disk_size() / 2**20:.1f} MiB")
     csv = runner.cells_csv
     print(f"tracking: {runner.tracker.uri} (experiment {study.name!r}); cells: {csv}")
     if study.random_init:
@@ -258,8 +312,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from benchmark.search import SearchRunner, check_test_tuning, print_outcome
 
     check_test_tuning(spec, args.allow_test_tuning)
-    runner = SearchRunner(
-        spec,
+    common = dict(
         tracking_uri=args.tracking_uri,
         work_dir=Path(args.work_dir),
         storage=args.storage,
@@ -270,10 +323,29 @@ def _cmd_search(args: argparse.Namespace) -> int:
         device=args.device,
         heartbeat_s=args.heartbeat,
         use_cache=not args.no_cache,
-        progress=not args.quiet,
     )
+    if args.engine != "ray":
+        for flag in ("ray_address", "workers", "gpus_per_cell", "cpus_per_cell"):
+            if getattr(args, flag) is not None:
+                raise FssBenchError(f"--{flag.replace('_', '-')} applies to --engine ray only")
+    runner = SearchRunner(spec, progress=not args.quiet, **common)
     try:
-        outcome = runner.run()
+        if args.engine == "ray":
+            from benchmark.engines.ray_search import run_search_on_ray
+            from benchmark.tracking import Tracker
+
+            outcome = run_search_on_ray(
+                spec,
+                workers=args.workers or 2,
+                ray_address=args.ray_address,
+                gpus_per_worker=args.gpus_per_cell,
+                cpus_per_worker=args.cpus_per_cell or 1.0,
+                progress=not args.quiet,
+                **common,
+            )
+            runner.tracker = Tracker(args.tracking_uri)
+        else:
+            outcome = runner.run()
     except KeyboardInterrupt:
         print(
             "fssbench: interrupted; finished trials and scored episodes are kept: rerun the same "
@@ -461,11 +533,30 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def _cmd_profile(args: argparse.Namespace) -> int:
-    from benchmark.profile import print_profile, profile_study
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
 
+
+def _cmd_profile(args: argparse.Namespace) -> int:
     study = load_study_for(args)
     work = Path(args.work_dir) if args.work_dir else None
+    if args.engine == "ray":
+        from benchmark.engine_profile import parse_worker_counts, print_engine_profile, profile_engine
+
+        counts = parse_worker_counts(args.workers or "1,2")
+        table = profile_engine(
+            study, counts, work, args.ray_address, args.cpus_per_cell, progress=not args.quiet
+        )
+        print_engine_profile(study, table, args.ray_address or "a Ray instance started on this machine")
+        return 0
+    if args.workers or args.ray_address:
+        raise FssBenchError("--workers and --ray-address apply to --engine ray only")
+    from benchmark.profile import print_profile, profile_study
+
     r = profile_study(
         study, work, progress=not args.quiet, dtype_episodes=args.dtype_episodes, compile=args.compile
     )
@@ -661,6 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun cells that are already finished")
     r.add_argument("--no-cache", action="store_true", help="recompute frozen features for every episode")
     r.add_argument(
+        "--cache-dir",
+        default=None,
+        help="feature cache folder (default: <work-dir>/feature-cache); on a shared file system it serves every Ray node",
+    )
+    r.add_argument(
         "--cache-max-gb",
         type=non_negative_float,
         default=None,
@@ -672,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--fail-fast", action="store_true", help="stop at the first failing cell (else: record it, go on)"
     )
+    add_engine_options(r)
     add_throughput_options(r)
     r.set_defaults(fn=_cmd_run)
 
@@ -717,6 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between trial heartbeats (RDB storages); a trial silent for twice that is retried",
     )
     se.add_argument("--no-cache", action="store_true", help="recompute frozen features for every episode")
+    add_engine_options(se, search=True)
     se.set_defaults(fn=_cmd_search)
 
     t = cmd(sub, "train", "fine-tune FSSAM or naive SAM 2 episodically on a fold's base classes")
@@ -822,6 +920,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         help="episodes on which fp16/bf16 cached features are compared with fp32 (0: skip)",
+    )
+    pr.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: the cache profile; ray: cells/s per Ray worker count (--workers 1,2)",
+    )
+    pr.add_argument("--workers", default=None, help="--engine ray: worker counts to compare (default: 1,2)")
+    pr.add_argument(
+        "--ray-address", default=None, help="--engine ray: the cluster (default: one on this machine)"
+    )
+    pr.add_argument(
+        "--cpus-per-cell", type=positive_float, default=None, help="--engine ray: CPUs per worker (default 1)"
     )
     add_throughput_options(pr)
     pr.set_defaults(fn=_cmd_profile)

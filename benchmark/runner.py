@@ -367,7 +367,21 @@ class StudyRunner:
             | {"study.variants": ",".join(v.name for v in study.variants), "study.cells": len(todo)},
         )
         status = "FAILED"
-        bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="cell", disable=not self.progress)
+        try:
+            self.execute(exp, parent, todo, keys)
+            status = "FAILED" if self.failures else "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracker.end_run(parent, status)
+
+    def execute(
+        self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
+    ) -> None:
+        """Run the unfinished cells, in this process, one after the other (``--engine local``; the
+        Ray engine, ``benchmark.engines.ray_study``, replaces this method only)."""
+        bar = tqdm(total=len(todo), desc=f"study {self.study.name}", unit="cell", disable=not self.progress)
         try:
             deferred = []
             for cell in todo:
@@ -380,13 +394,8 @@ class StudyRunner:
                 self.log(f"waiting for {cell.name}: another process is running it")
                 self._try_cell(exp, parent, cell, keys[cell.name], block=True)
                 bar.update()
-            status = "FAILED" if self.failures else "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
         finally:
             bar.close()
-            tracker.end_run(parent, status)
 
     def _try_cell(
         self, exp: str, parent: str, cell: Cell, key_weights: tuple[str, dict], block: bool
@@ -461,6 +470,67 @@ class StudyRunner:
             shutil.rmtree(cell_dir, ignore_errors=True)
             for r in tracker.cell_runs(exp, key):
                 tracker.client.delete_run(r.info.run_id)
+        params, tags = self.cell_record(cell, key, weights)
+        # a nested bar only on a terminal: redirected logs get no cursor-up escapes
+        bar = tqdm(
+            desc=cell.name, unit="ep", leave=False, disable=not self.progress or not sys.stderr.isatty()
+        )
+        rid = None
+
+        def on_start(done: int, total: int) -> None:
+            bar.reset(total=total)
+            bar.update(done)
+            if done:
+                self.log(f"resuming {cell.name} at episode {done} of {total}")
+
+        try:
+            rid = tracker.start_cell(exp, parent, cell.name, params, tags)
+            result = evaluate_cell(
+                cell.spec,
+                self.cache,
+                key=key,
+                pool=self.pool,
+                journal_path=cell_dir / "episodes.jsonl",
+                artifacts_dir=cell_dir / "artifacts",
+                qualitative=self.qualitative,
+                on_start=on_start,
+                on_episode=lambda done, total: bar.update(1),
+                stages=self.stages,
+            )
+            tracker.finish_cell(
+                rid, result.metrics, result.artifacts, {"fss.peak_mem_kind": result.peak_memory_kind}
+            )
+        except KeyboardInterrupt:
+            if rid is not None:
+                tracker.fail_cell(rid, "interrupted (SIGINT/SIGTERM); rerun to resume", status="KILLED")
+            raise
+        except Exception as e:  # one failing cell never stops the study (unless fail_fast)
+            text = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
+            if rid is not None:
+                tracker.fail_cell(
+                    rid, text + ("" if isinstance(e, USER_ERRORS) else "\n" + traceback.format_exc())
+                )
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            self.record_failure(cell, key, rid, text)
+            if self.fail_fast:
+                raise FssBenchError(f"{cell.name} failed (--fail-fast): {text.splitlines()[0]}") from e
+            return
+        finally:
+            bar.close()
+        self.results.append(self._result_row(cell, key, rid, result))
+
+    def record_failure(self, cell: Cell, key: str, rid: str | None, text: str) -> None:
+        """A failed cell in the results and failures, and one line in the log."""
+        first = (text.splitlines() or ["failed"])[0]
+        self.failures.append(CellFailure(cell.name, first))
+        self.results.append(self._row(cell, key) | {"status": "failed", "run_id": rid, "error": text})
+        self.log(f"FAILED {cell.name}: {first}")
+
+    def cell_record(
+        self, cell: Cell, key: str, weights: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The params and tags of a cell's MLflow run (whichever engine runs it)."""
         spec = cell.spec
         device = resolve_device(spec.device)
         resolved = {
@@ -499,57 +569,7 @@ class StudyRunner:
             **{f"fss.weights.{k}": v for k, v in weights.items()},
         }
         tags |= trained_by(cell.spec)
-        # a nested bar only on a terminal: redirected logs get no cursor-up escapes
-        bar = tqdm(
-            desc=cell.name, unit="ep", leave=False, disable=not self.progress or not sys.stderr.isatty()
-        )
-        rid = None
-
-        def on_start(done: int, total: int) -> None:
-            bar.reset(total=total)
-            bar.update(done)
-            if done:
-                self.log(f"resuming {cell.name} at episode {done} of {total}")
-
-        try:
-            rid = tracker.start_cell(exp, parent, cell.name, flat_params("", resolved), tags)
-            result = evaluate_cell(
-                spec,
-                self.cache,
-                key=key,
-                pool=self.pool,
-                journal_path=cell_dir / "episodes.jsonl",
-                artifacts_dir=cell_dir / "artifacts",
-                qualitative=self.qualitative,
-                on_start=on_start,
-                on_episode=lambda done, total: bar.update(1),
-                stages=self.stages,
-            )
-            tracker.finish_cell(
-                rid, result.metrics, result.artifacts, {"fss.peak_mem_kind": result.peak_memory_kind}
-            )
-        except KeyboardInterrupt:
-            if rid is not None:
-                tracker.fail_cell(rid, "interrupted (SIGINT/SIGTERM); rerun to resume", status="KILLED")
-            raise
-        except Exception as e:  # one failing cell never stops the study (unless fail_fast)
-            text = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
-            first = (text.splitlines() or [type(e).__name__])[0]
-            if rid is not None:
-                tracker.fail_cell(
-                    rid, text + ("" if isinstance(e, USER_ERRORS) else "\n" + traceback.format_exc())
-                )
-            self.failures.append(CellFailure(cell.name, first))
-            self.results.append(self._row(cell, key) | {"status": "failed", "run_id": rid, "error": text})
-            self.log(f"FAILED {cell.name}: {first}")
-            if isinstance(e, torch.cuda.OutOfMemoryError):
-                torch.cuda.empty_cache()
-            if self.fail_fast:
-                raise FssBenchError(f"{cell.name} failed (--fail-fast): {first}") from e
-            return
-        finally:
-            bar.close()
-        self.results.append(self._result_row(cell, key, rid, result))
+        return flat_params("", resolved), tags
 
     def _result_row(self, cell: Cell, key: str, rid: str, result: CellResult) -> dict[str, Any]:
         return self._row(cell, key) | {

@@ -66,6 +66,19 @@ def default_storage(tracking_uri: str) -> str:
     return f"sqlite:///{Path.cwd().resolve() / 'optuna.db'}"
 
 
+def with_postgres_driver(url: str) -> str:
+    """``postgresql://`` (or ``postgres://``) with the driver spelled out: SQLAlchemy 2.1 reads a
+    bare ``postgresql://`` as psycopg 3, and this project installs psycopg2 (the ``cluster``
+    extra), so ``postgresql+psycopg2://`` unless psycopg 3 is importable."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            import importlib.util
+
+            driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+            return f"postgresql+{driver}://" + url[len(bare) :]
+    return url
+
+
 def redact(url: str) -> str:
     """A storage URL without its password (what tags and logs show)."""
     parts = urlsplit(url)
@@ -107,6 +120,7 @@ def open_storage(
             f"--storage {redact(url)}: expected an RDB URL (sqlite:///optuna.db, postgresql://user@host/db, "
             "mysql://...) or journal:PATH"
         )
+    url = with_postgres_driver(url)
     engine_kwargs: dict[str, Any] = {}
     if scheme == "sqlite":
         path = Path(url[len("sqlite:///") :])

@@ -15,6 +15,7 @@ A study file is YAML (see ``ablations/``)::
     split: interleaved                    # COCO class split
     batch_size: 1                         # episodes per forward (how, not what: not in the cell key)
     cache: {dtype: fp32, max_gb: null, stages_gb: 1}  # feature storage, disk bound, shared stages
+    resources: {gpus_per_cell: null, cpus_per_cell: 1}  # --engine ray: what each worker reserves
     model: {...}                          # defaults for every variant (FSSAMConfig fields, checkpoints, device)
     variants:
       fssam: {}                           # method fssam with the defaults
@@ -68,6 +69,7 @@ TOP_LEVEL = (
     "lists",
     "eval",
     "cache",
+    "resources",
     "model",
     "variants",
 )
@@ -85,6 +87,20 @@ class CacheSettings:
     dtype: str = "fp32"
     max_gb: float | None = None
     stages_gb: float = 1.0
+
+
+RESOURCE_FIELDS = {
+    "gpus_per_cell": "GPUs each Ray worker reserves (null: 1 on a cluster with GPUs, else 0)",
+    "cpus_per_cell": "CPUs each Ray worker reserves, its torch threads (default 1)",
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """A study's ``resources:`` block (see :data:`RESOURCE_FIELDS`): how, not what (not in the key)."""
+
+    gpus_per_cell: float | None = None
+    cpus_per_cell: float = 1.0
 
 
 HARNESS_FIELDS = ("device",)  # model-block settings that belong to the harness, not to a method
@@ -144,6 +160,7 @@ class Study:
     raw: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 1
     cache: CacheSettings = field(default_factory=CacheSettings)
+    resources: Resources = field(default_factory=Resources)
     loader_workers: int = 32
     lists: str = "own"
     eval_resolution: str | None = None
@@ -311,6 +328,7 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise FssBenchError(f"{source}: batch_size: expected a positive integer, got {batch_size!r}")
     cache = parse_cache(raw.get("cache"), source)
+    resources = parse_resources(raw.get("resources"), source)
     for key in ("loader_workers", "lists"):
         if key in raw and protocol != "fssam-exact":
             raise FssBenchError(
@@ -381,11 +399,39 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         raw=raw,
         batch_size=batch_size,
         cache=cache,
+        resources=resources,
         loader_workers=loader_workers,
         lists=lists,
         eval_resolution=ev.get("resolution"),
         eval_size=ev.get("size"),
     )
+
+
+def parse_resources(raw: Any, source: str) -> Resources:
+    """A study's ``resources:`` block, validated field by field."""
+    if raw is None:
+        return Resources()
+    if not isinstance(raw, dict):
+        raise FssBenchError(f"{source}: resources: expected a mapping with fields {list(RESOURCE_FIELDS)}")
+    for key in raw:
+        if key not in RESOURCE_FIELDS:
+            raise FssBenchError(
+                f"{source}: resources.{key}: unknown field{did_you_mean(key, RESOURCE_FIELDS)}; known: {list(RESOURCE_FIELDS)}"
+            )
+    gpus, cpus = raw.get("gpus_per_cell"), raw.get("cpus_per_cell", 1)
+    for key, value, null in (("gpus_per_cell", gpus, True), ("cpus_per_cell", cpus, False)):
+        if value is None and null:
+            continue
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or value < 0
+            or (key[0] == "c" and value == 0)
+        ):
+            raise FssBenchError(
+                f"{source}: resources.{key}: expected a number {'>= 0 or null' if null else '> 0'}, got {value!r}"
+            )
+    return Resources(None if gpus is None else float(gpus), float(cpus))
 
 
 def parse_cache(raw: Any, source: str) -> CacheSettings:

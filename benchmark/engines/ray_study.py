@@ -1,0 +1,424 @@
+"""``fssbench run STUDY --engine ray``: a study's cells on a Ray cluster, logged by the driver.
+
+Everything but the scheduling is :class:`benchmark.runner.StudyRunner`'s: the driver builds and
+checks the manifests, asks MLflow which cells are finished (the cell key) and opens the parent run;
+:meth:`RayStudyRunner.execute` then hands the unfinished cells to Ray actors
+(:class:`benchmark.engines.cell_worker.CellWorker`), which hold their weights and feature caches
+warm across cells, and logs each answer as the cell's MLflow child run.
+
+* **Affinity.** Cells are grouped by manifest (same images: the feature cache pays off) and the
+  groups dealt to the workers' queues, largest first; an idle worker with an empty queue takes a
+  cell from the longest other queue.
+* **Faults.** A worker that dies (its node removed, the process killed) loses only the cell in
+  hand: the driver starts a replacement (which gets the dead worker's queue once Ray has placed
+  it) and runs the cell again, at most ``max_attempts`` times. Nothing was logged for the lost
+  attempt (workers never touch MLflow), so each cell has one run. A cell that fails by itself is
+  logged FAILED once and not retried. A driver that dies is restarted by hand: the finished cells
+  are skipped, the rest run.
+* **Records.** Across machines the tracking URI must be a server (``http://``), so that every
+  host reads the same records: a file or SQLite store is refused when the cluster's nodes are on
+  more than one host.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from benchmark.engines.cell_worker import CellWorker, cell_payload
+from benchmark.errors import FssBenchError
+from benchmark.io_utils import write_bytes_atomic
+from benchmark.runner import Cell, StudyRunner
+
+SERVER_HINT = (
+    "start one with `mlflow server --backend-store-uri postgresql://USER@HOST/mlflow "
+    "--artifacts-destination DIR --host 0.0.0.0 --port 5000` (deploy/start-servers.sh does it) and "
+    "pass --tracking-uri http://HOST:5000"
+)
+
+
+def check_tracking_for_cluster(tracking_uri: str, hosts: set[str]) -> None:
+    """A cluster spanning several hosts needs a tracking server: a file or SQLite store is refused."""
+    if len(hosts) > 1 and not tracking_uri.startswith(("http://", "https://")):
+        raise FssBenchError(
+            f"--engine ray: the cluster spans {len(hosts)} hosts ({', '.join(sorted(hosts))}) but the "
+            f"tracking URI {tracking_uri} is a local store that the other hosts cannot share; {SERVER_HINT}"
+        )
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to the Ray cluster at ``address`` (``auto``, ``HOST:PORT``; ``None``: start one on
+    this machine, loopback only). Returns whether this call started the connection."""
+    if address is None:  # read when ray is imported: node and bootstrap addresses on 127.0.0.1
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    if address is None:
+        kwargs |= {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False}
+        kwargs["_node_ip_address"] = "127.0.0.1"
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as e:
+        raise FssBenchError(
+            f"--ray-address {address}: no Ray cluster there ({str(e).splitlines()[0][:200]}); start one with "
+            "`ray start --head` (deploy/slurm-ray.sbatch on Slurm) or drop --ray-address to run on this machine"
+        ) from None
+    return True
+
+
+@dataclass
+class _Slot:
+    """A worker as the driver sees it: its actor, its queue and what it is doing."""
+
+    actor: Any
+    name: str
+    queue: collections.deque = field(default_factory=collections.deque)
+    ready: bool = False
+    where: str = "starting"
+    busy: str | None = None  # the cell in hand
+    since: float = field(default_factory=time.monotonic)
+
+
+class RayStudyRunner(StudyRunner):
+    """:class:`StudyRunner` whose cells run on Ray actors (module docstring).
+
+    ``workers``: actors to start (default: as many as the cluster's resources hold, at most one per
+    cell). ``gpus_per_cell``: GPUs each actor reserves (default: the study's ``resources``; null
+    there: 1 on a cluster with GPUs, else 0). ``cpus_per_cell``: CPUs each reserves (torch threads;
+    default: the study's, 1). ``max_attempts``: runs of a cell whose
+    worker died before it answered. ``start_timeout_s``: how long the driver waits with no worker
+    placed before it fails the remaining cells. ``on_event``: called with ``(event, detail)`` at
+    ``"started"``, ``"lost"`` and ``"answered"`` (tests use it to inject faults)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        ray_address: str | None = None,
+        workers: int | None = None,
+        gpus_per_cell: float | None = None,
+        cpus_per_cell: float | None = None,
+        max_attempts: int = 3,
+        start_timeout_s: float = 600.0,
+        on_event: Any = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        res = self.study.resources  # the study's, unless the command line says otherwise
+        gpus_per_cell = res.gpus_per_cell if gpus_per_cell is None else gpus_per_cell
+        cpus_per_cell = res.cpus_per_cell if cpus_per_cell is None else cpus_per_cell
+        if workers is not None and workers < 1:
+            raise FssBenchError(f"--workers must be at least 1, got {workers}")
+        if gpus_per_cell is not None and gpus_per_cell < 0:
+            raise FssBenchError(f"--gpus-per-cell must be >= 0, got {gpus_per_cell}")
+        if cpus_per_cell <= 0:
+            raise FssBenchError(f"--cpus-per-cell must be > 0, got {cpus_per_cell}")
+        self.ray_address, self.workers, self.max_attempts = ray_address, workers, max_attempts
+        self.gpus_per_cell, self.cpus_per_cell = gpus_per_cell, cpus_per_cell
+        self.start_timeout_s, self.on_event = start_timeout_s, on_event
+        self.attempts: collections.Counter = collections.Counter()
+
+    # ------------------------------------------------------------------------------ the cluster
+    def _actor_options(self) -> tuple[dict[str, Any], int]:
+        import ray
+
+        total = ray.cluster_resources()
+        gpus = self.gpus_per_cell
+        if gpus is None:
+            gpus = 1.0 if total.get("GPU", 0) >= 1 else 0.0
+        if gpus > total.get("GPU", 0):
+            raise FssBenchError(
+                f"--gpus-per-cell {gpus:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs; "
+                "use --gpus-per-cell 0 to run on CPUs"
+            )
+        if self.cpus_per_cell > total.get("CPU", 0):
+            raise FssBenchError(
+                f"--cpus-per-cell {self.cpus_per_cell:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs"
+            )
+        fit = int(total.get("CPU", 0) // self.cpus_per_cell)
+        if gpus > 0:
+            fit = min(fit, int(total.get("GPU", 0) // gpus))
+        opts = {
+            "num_cpus": self.cpus_per_cell,
+            "num_gpus": gpus,
+            "max_restarts": 0,  # the driver replaces dead workers itself (and knows what they held)
+            "max_task_retries": 0,
+            "scheduling_strategy": "SPREAD",
+        }
+        return opts, max(1, fit)
+
+    def _worker_args(self) -> dict[str, Any]:
+        s = self.study.cache
+        return {
+            "work_dir": str(self.work_dir),
+            "cache_dir": str(self.cache.directory) if self.cache.directory and self.cache.enabled else None,
+            "use_cache": self.cache.enabled,
+            "memory_cache_bytes": self.cache.memory_bytes,
+            "cache_max_bytes": self.cache.max_disk_bytes,
+            "stages_bytes": int(s.stages_gb * 2**30),
+            "qualitative": self.qualitative,
+            "threads": max(1, int(self.cpus_per_cell)),
+        }
+
+    # ----------------------------------------------------------------------------------- execute
+    def execute(
+        self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
+    ) -> None:
+        import ray
+
+        started = connect(self.ray_address)
+        try:
+            hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+            assert self.tracker is not None
+            check_tracking_for_cluster(self.tracker.uri, hosts)
+            self._schedule(exp, parent, todo, keys)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _schedule(
+        self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
+    ) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        twins: dict[str, list[Cell]] = {}  # cell key -> its cells (variants that resolve alike)
+        for c in todo:
+            twins.setdefault(keys[c.name][0], []).append(c)
+        opts, fit = self._actor_options()
+        n_workers = min(self.workers or fit, len(twins))
+        remote = ray.remote(CellWorker).options(**opts)
+        args = self._worker_args()
+        slots: dict[Any, _Slot] = {}  # ready() ref -> slot, while starting
+        serial = iter(range(1 << 30))
+
+        def start(queue: collections.deque | None = None) -> _Slot:
+            slot = _Slot(remote.remote(**args), f"worker {next(serial)}")
+            if queue:
+                slot.queue = queue
+            slots[slot.actor.where.remote()] = slot
+            return slot
+
+        workers = [start() for _ in range(n_workers)]
+        groups: dict[Path, list[str]] = {}
+        for key, cells in twins.items():
+            groups.setdefault(cells[0].spec.manifest_path, []).append(key)
+        for ks in sorted(groups.values(), key=len, reverse=True):  # largest group to the shortest queue
+            min(workers, key=lambda w: len(w.queue)).queue.extend(ks)
+
+        inflight: dict[Any, tuple[str, _Slot]] = {}
+        done = failed = 0
+        bar = tqdm(
+            total=len(twins), desc=f"study {self.study.name} (ray)", unit="cell", disable=not self.progress
+        )
+        lines = {
+            id(w): tqdm(total=0, position=i + 1, bar_format="{desc}", leave=False, disable=not self.progress)
+            for i, w in enumerate(workers)
+        }
+
+        def show(w: _Slot, text: str) -> None:
+            line = lines.get(id(w))
+            if line is None and self.progress:
+                line = lines[id(w)] = tqdm(total=0, position=len(lines) + 1, bar_format="{desc}", leave=False)
+            if line is not None:
+                line.set_description_str(f"  {w.name} [{w.where}]: {text}")
+
+        def refresh() -> None:
+            bar.set_postfix_str(f"running {len(inflight)}, failed {failed}")
+
+        def replace(w: _Slot, why: str) -> None:
+            workers.remove(w)
+            show(w, f"lost ({why})")
+            with contextlib.suppress(Exception):
+                ray.kill(w.actor, no_restart=True)
+            workers.append(start(w.queue))
+
+        def next_key(w: _Slot) -> str | None:
+            if w.queue:
+                return w.queue.popleft()
+            donor = max((o for o in workers if o is not w), key=lambda o: len(o.queue), default=None)
+            return donor.queue.pop() if donor is not None and donor.queue else None
+
+        waiting_since = time.monotonic()
+        start_failures = 0
+        try:
+            while inflight or any(w.queue for w in workers):
+                for w in workers:
+                    if w.ready and w.busy is None:
+                        key = next_key(w)
+                        if key is None:
+                            continue
+                        cell = twins[key][0]
+                        self.attempts[key] += 1
+                        manifest = self.manifest(cell.spec.manifest_path)
+                        payload = cell_payload(cell.name, key, cell.spec, manifest)
+                        payload["fresh"] = self.force and self.attempts[key] == 1  # --force: no resume
+                        ref = w.actor.run.remote(payload)
+                        inflight[ref], w.busy = (key, w), key
+                        show(
+                            w,
+                            cell.name
+                            + (f" (attempt {self.attempts[key]})" if self.attempts[key] > 1 else ""),
+                        )
+                refresh()
+                if not inflight and not any(w.ready for w in workers):
+                    if time.monotonic() - waiting_since > self.start_timeout_s:
+                        self._fail_unplaced(exp, parent, twins, keys, workers, opts)
+                        return
+                else:
+                    waiting_since = time.monotonic()
+                ready, _ = ray.wait([*inflight, *slots], num_returns=1, timeout=1.0)
+                for ref in ready:
+                    if ref in slots:
+                        w = slots.pop(ref)
+                        try:
+                            w.where, w.ready = ray.get(ref), True
+                            show(w, "idle")
+                            self._event("started", w.where)
+                            start_failures = 0
+                        except RayActorError as e:
+                            start_failures += 1
+                            if start_failures > 2 * n_workers:  # workers that cannot start at all
+                                raise FssBenchError(
+                                    f"--engine ray: {start_failures} workers in a row died while starting; "
+                                    f"the last: {str(e).splitlines()[0][:300]}"
+                                ) from None
+                            if w in workers:
+                                replace(w, "died while starting")
+                        continue
+                    key, w = inflight.pop(ref)
+                    w.busy = None
+                    try:
+                        answer = ray.get(ref)
+                    except RayActorError as e:  # the worker died: the cell is lost, not failed
+                        self._event("lost", twins[key][0].name)
+                        self.log(
+                            f"worker {w.where} died during {twins[key][0].name} ({type(e).__name__}); rerunning it"
+                        )
+                        if w in workers:
+                            replace(w, type(e).__name__)
+                        if self.attempts[key] < self.max_attempts:
+                            workers[-1].queue.appendleft(key)
+                        else:
+                            text = f"its worker died {self.attempts[key]} times (last: {type(e).__name__})"
+                            self._record_failed(exp, parent, twins[key], keys, text, "")
+                            failed += 1
+                            bar.update()
+                        continue
+                    show(w, "idle")
+                    if answer["ok"]:
+                        self._record_answer(exp, parent, twins[key], keys, answer)
+                        done += 1
+                    else:
+                        self._record_failed(
+                            exp, parent, twins[key], keys, answer["error"], answer["traceback"]
+                        )
+                        failed += 1
+                        if self.fail_fast:
+                            raise FssBenchError(
+                                f"{twins[key][0].name} failed (--fail-fast): {answer['error'].splitlines()[0]}"
+                            )
+                    self._event("answered", twins[key][0].name)
+                    bar.update()
+                    refresh()
+        finally:
+            for w in workers:
+                with contextlib.suppress(Exception):
+                    ray.kill(w.actor, no_restart=True)
+            for line in lines.values():
+                line.close()
+            bar.close()
+
+    def _event(self, what: str, detail: str) -> None:
+        if self.on_event is not None:
+            self.on_event(what, detail)
+
+    # ------------------------------------------------------------------------------------ records
+    def _record_answer(
+        self,
+        exp: str,
+        parent: str,
+        cells: list[Cell],
+        keys: dict[str, tuple[str, dict[str, str]]],
+        answer: dict[str, Any],
+    ) -> None:
+        """Log a worker's result as the cell's run (unless another process finished it meanwhile);
+        twin variants get skipped rows pointing at it."""
+        tracker = self.tracker
+        assert tracker is not None
+        first = cells[0]
+        key, weights = keys[first.name]
+        finished = next((r for r in tracker.cell_runs(exp, key) if r.info.status == "FINISHED"), None)
+        if finished is not None and not self.force:
+            for c in cells:
+                self.results.append(self._skipped_row(c, key, finished, "skipped (done by another process)"))
+            return
+        folder = self.work_dir / "ray-artifacts" / key[:20]
+        artifacts = []
+        for name, artifact_path, data in answer["artifacts"]:
+            path = folder / (artifact_path or "") / name
+            write_bytes_atomic(path, data)
+            artifacts.append((path, artifact_path))
+        if self.force:
+            for r in tracker.cell_runs(exp, key):
+                tracker.client.delete_run(r.info.run_id)
+        params, tags = self.cell_record(first, key, weights)
+        tags["fss.engine"] = "ray"
+        tags["fss.worker"] = answer["worker"]
+        rid = tracker.start_cell(exp, parent, first.name, params, tags)
+        tracker.finish_cell(rid, answer["metrics"], artifacts, {"fss.peak_mem_kind": answer["peak_mem_kind"]})
+        self._ran.add(key)
+        self.results.append(
+            self._row(first, key)
+            | {
+                "miou_pct": 100 * answer["summary"]["miou"],
+                "fb_iou_pct": 100 * answer["summary"]["fb_iou"],
+                "status": "run",
+                "run_id": rid,
+                **answer["row"],
+                "attempts": self.attempts[key],
+            }
+        )
+        run = tracker.client.get_run(rid)
+        for c in cells[1:]:
+            self.results.append(self._skipped_row(c, key, run))
+
+    def _record_failed(
+        self,
+        exp: str,
+        parent: str,
+        cells: list[Cell],
+        keys: dict[str, tuple[str, dict[str, str]]],
+        text: str,
+        tb: str,
+    ) -> None:
+        """A FAILED run with the error (once), and a failed row for every twin."""
+        tracker = self.tracker
+        assert tracker is not None
+        key, weights = keys[cells[0].name]
+        params, tags = self.cell_record(cells[0], key, weights)
+        tags["fss.engine"] = "ray"
+        rid = tracker.start_cell(exp, parent, cells[0].name, params, tags)
+        tracker.fail_cell(rid, text + ("\n" + tb if tb else ""))
+        for c in cells:
+            self.record_failure(c, key, rid, text)
+
+    def _fail_unplaced(self, exp, parent, twins, keys, workers, opts) -> None:
+        import ray
+
+        text = (
+            f"no Ray worker could be placed for {self.start_timeout_s:g} s (each needs {opts['num_cpus']:g} CPU "
+            f"and {opts['num_gpus']:g} GPU; the cluster has {ray.available_resources()} free)"
+        )
+        for w in workers:
+            while w.queue:
+                self._record_failed(exp, parent, twins[w.queue.popleft()], keys, text, "")
