@@ -201,6 +201,13 @@ def load_study_for(args: argparse.Namespace):
     return study
 
 
+def refuse_ray_options(args: argparse.Namespace) -> None:
+    """The Ray engine's options given with --engine local: an error naming the option."""
+    for flag in ("ray_address", "workers", "gpus_per_cell", "cpus_per_cell"):
+        if getattr(args, flag) is not None:
+            raise FssBenchError(f"--{flag.replace('_', '-')} applies to --engine ray only")
+
+
 def add_engine_options(p: argparse.ArgumentParser, search: bool = False) -> None:
     """--engine local|ray and the Ray engine's options (``run``, ``search``: Optuna workers)."""
     p.add_argument(
@@ -264,9 +271,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             **common,
         )
     else:
-        for flag in ("ray_address", "workers", "gpus_per_cell", "cpus_per_cell"):
-            if getattr(args, flag) is not None:
-                raise FssBenchError(f"--{flag.replace('_', '-')} applies to --engine ray only")
+        refuse_ray_options(args)
         runner = StudyRunner(study, **common)
     try:
         cells = runner.run()
@@ -325,9 +330,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
     )
     if args.engine != "ray":
-        for flag in ("ray_address", "workers", "gpus_per_cell", "cpus_per_cell"):
-            if getattr(args, flag) is not None:
-                raise FssBenchError(f"--{flag.replace('_', '-')} applies to --engine ray only")
+        refuse_ray_options(args)
     runner = SearchRunner(spec, progress=not args.quiet, **common)
     try:
         if args.engine == "ray":

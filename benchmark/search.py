@@ -259,6 +259,7 @@ class SearchRunner:
         self.tracker: Tracker | None = None
         self.parent_run_id = ""
         self._failures_in_a_row = 0
+        self.run_trials = True  # False: only read the study and write its outputs (the Ray driver)
 
     # ------------------------------------------------------------------------------------ planning
     def plan(self) -> list[SearchCell]:
@@ -301,16 +302,18 @@ class SearchRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         spec = self.spec
         self.cells = self.plan()
-        self._preflight()
+        if self.run_trials:
+            self._preflight()
         tracker = self.tracker = Tracker(self.tracking_uri)
         self.storage_url = self.storage_url or default_storage(tracker.uri)
         self.experiment_id = tracker.experiment_id(spec.experiment)
         storage = open_storage(self.storage_url, self.heartbeat_s, self._on_stale)
         study = self._open_study(storage)
         self.study = study
-        self._retry_interrupted(study)
+        if self.run_trials:
+            self._retry_interrupted(study)
         done = self._finished(study)
-        remaining = max(0, self.trials - done)
+        remaining = max(0, self.trials - done) if self.run_trials else 0
         t0 = time.perf_counter()
         ran_before = len(study.trials)
         status = "FAILED"

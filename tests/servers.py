@@ -110,7 +110,22 @@ def _ensure_os_user(name: str) -> None:
         raise RuntimeError(f"useradd {name} failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
-class PostgresServer:
+class _Server:
+    """A server started by ``__enter__`` and stopped, whatever happened, by ``__exit__``."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PostgresServer(_Server):
     """A throwaway PostgreSQL cluster on 127.0.0.1, as a context manager.
 
     On entry: initdb into a new temporary folder, start the server on a free port and wait until it
@@ -234,14 +249,6 @@ class PostgresServer:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _wait_ready(self) -> None:
         """Retry a real connection until it succeeds (``pg_ctl -w`` has usually waited already)."""
         deadline = time.monotonic() + self.timeout
@@ -319,7 +326,7 @@ class PostgresServer:
         return self.url(name)
 
 
-class MlflowServer:
+class MlflowServer(_Server):
     """A real ``mlflow server`` (uvicorn, one worker) backed by PostgreSQL, as a context manager.
 
     Artifacts are proxied (``mlflow-artifacts:/``) into ``artifacts_dir``. On entry it waits until
@@ -395,14 +402,6 @@ class MlflowServer:
             self.stop()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _wait_healthy(self) -> None:
         assert self.proc is not None

@@ -131,8 +131,8 @@ def _local_scores(root: Path, tmp: Path, episodes: int) -> dict:
 def test_a_failing_cell_is_failed_once_and_a_restarted_driver_runs_only_the_rest(
     ray_cluster, local, pascal_root, tmp_path, monkeypatch
 ):
-    def broken(name, key, spec, manifest):  # one cell's data root missing on the workers
-        payload = cell_payload(name, key, spec, manifest)
+    def broken(name, key, spec, manifest, weights=None):  # one cell's data root missing on the workers
+        payload = cell_payload(name, key, spec, manifest, weights)
         if name.startswith("mc/pascal/fold1"):
             payload["spec"]["data_root"] = str(tmp_path / "nowhere")
         return payload
@@ -249,3 +249,74 @@ def test_ray_options_with_the_local_engine_are_refused(pascal_root, tmp_path, ca
     study = write_study(tmp_path, pascal_root)
     assert main(["run", str(study), "--workers", "2", "--work-dir", str(tmp_path / "w")]) == 2
     assert "--workers applies to --engine ray only" in capsys.readouterr().err
+
+
+def test_force_then_a_failure_leaves_only_the_failed_run(
+    ray_cluster, local, pascal_root, tmp_path, monkeypatch
+):
+    study = write_study(tmp_path, pascal_root)
+    ray_runner(study, tmp_path).run()
+
+    def broken(name, key, spec, manifest, weights=None):
+        payload = cell_payload(name, key, spec, manifest, weights)
+        if name.startswith("af/pascal/fold0"):
+            payload["spec"]["data_root"] = str(tmp_path / "nowhere")
+        return payload
+
+    monkeypatch.setattr(ray_study, "cell_payload", broken)
+    ray_runner(study, tmp_path, force=True).run()
+    runs = cell_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 6  # one run per cell: the old FINISHED one of the failed cell is gone
+    by_status = sorted(r.info.status for r in runs)
+    assert by_status == ["FAILED"] + ["FINISHED"] * 5
+
+
+def test_a_logging_error_marks_the_run_failed_and_the_study_goes_on(
+    ray_cluster, local, pascal_root, tmp_path, monkeypatch
+):
+    from benchmark.tracking import Tracker
+
+    real = Tracker.finish_cell
+
+    def flaky(self, rid, metrics, artifacts, tags=None):
+        if self.client.get_run(rid).info.run_name.startswith("mc/pascal/fold0"):
+            raise ConnectionError("tracking server went away")
+        return real(self, rid, metrics, artifacts, tags)
+
+    monkeypatch.setattr(Tracker, "finish_cell", flaky)
+    study = write_study(tmp_path, pascal_root)
+    table = ray_runner(study, tmp_path).run().set_index("cell")
+    assert table.loc["mc/pascal/fold0/1shot/seed321", "status"] == "failed"
+    assert "logging the result failed (ConnectionError" in table.loc["mc/pascal/fold0/1shot/seed321", "error"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sorted(r.info.status for r in cell_runs(uri)) == ["FAILED"] + ["FINISHED"] * 5  # none RUNNING
+    monkeypatch.undo()
+    ray_runner(study, tmp_path).run()
+    assert_once_and_equal(uri, local)
+
+
+def test_workers_that_fit_no_node_are_refused_before_any_work(ray_cluster, pascal_root, tmp_path):
+    from benchmark.engines.ray_study import actor_resources
+
+    opts, fit = actor_resources(None, 1.0)
+    assert (
+        fit == 2 and opts["num_gpus"] == 0 and opts["runtime_env"]["env_vars"]["CUDA_VISIBLE_DEVICES"] == ""
+    )
+    with pytest.raises(FssBenchError, match="no node of the cluster holds a worker of 2 CPU"):
+        actor_resources(None, 2.0)  # two 1-CPU nodes hold 2 CPUs, but no worker of 2
+    with pytest.raises(FssBenchError, match="no node of the cluster holds a worker of 1 CPU and 1 GPU"):
+        ray_runner(write_study(tmp_path, pascal_root), tmp_path, gpus_per_cell=1).run()
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store existed
+
+
+def test_a_worker_with_another_cell_key_refuses_the_cell(pascal_root, tmp_path):
+    study = load_study(write_study(tmp_path, pascal_root))
+    runner = StudyRunner(study, work_dir=tmp_path / "w", progress=False)
+    cells = runner.cells(runner.build_manifests())
+    cell = next(c for c in cells if c.variant == "mc")
+    key, weights = runner.keys([cell])[cell.name]
+    manifest = load_manifest(cell.spec.manifest_path)
+    worker = CellWorker(str(tmp_path / "node"), None, qualitative=0, threads=1)
+    assert worker.run(cell_payload(cell.name, key, cell.spec, manifest, weights))["ok"]
+    answer = worker.run(cell_payload(cell.name, "0" * 64, cell.spec, manifest, weights))
+    assert not answer["ok"] and "computes another cell key than the driver" in answer["error"]

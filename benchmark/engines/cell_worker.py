@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from benchmark.cell import CellSpec, evaluate_cell
+from benchmark.cell import CellSpec, cell_key, evaluate_cell
+from benchmark.device import resolve_device
 from benchmark.episodes import save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
@@ -31,12 +32,16 @@ from benchmark.methods import WeightPool
 from fssam.stages import StageMemo
 
 
-def cell_payload(name: str, key: str, spec: CellSpec, manifest: dict[str, Any]) -> dict[str, Any]:
+def cell_payload(
+    name: str, key: str, spec: CellSpec, manifest: dict[str, Any], weights: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Everything a worker needs to run one cell, as plain data (picklable, no paths to the driver's
-    files but the data root)."""
+    files but the data root). ``weights``: the driver's weight ids, with which the worker checks
+    that it computes the same cell key (same device type, precision, code and packages)."""
     return {
         "name": name,
         "key": key,
+        "weights": None if weights is None else dict(weights),
         "manifest": manifest,
         "spec": {
             "method": spec.method,
@@ -70,9 +75,14 @@ class CellWorker:
         stages_bytes: int = 0,
         qualitative: int = 3,
         threads: int | None = None,
+        deterministic: bool = False,
     ):
         if threads:
             torch.set_num_threads(max(1, int(threads)))
+        if deterministic:
+            from benchmark.device import set_deterministic
+
+            set_deterministic()
         self.work_dir = Path(work_dir)
         self.cache = FeatureCache(
             Path(cache_dir) if cache_dir else None,
@@ -116,6 +126,15 @@ class CellWorker:
                 feature_dtype=raw["feature_dtype"],
                 compile=raw["compile"],
             )
+            if payload.get("weights") is not None:  # the driver's weight ids: check the key
+                mine = cell_key(spec, manifest["sha256"], payload["weights"])
+                if mine != key:
+                    raise FssBenchError(
+                        f"{payload['name']}: worker {self.where()} computes another cell key than the driver "
+                        f"({mine[:12]} vs {key[:12]}: device {resolve_device(spec.device).type}, precision "
+                        f"{spec.precision} here, or other code or packages); run the driver where the "
+                        "workers' device, code and packages are the same"
+                    )
             cell_dir = self.work_dir / "cells" / key[:20]
             if payload.get("fresh"):  # --force: the cell's journal and artifacts start over
                 shutil.rmtree(cell_dir, ignore_errors=True)
@@ -129,6 +148,23 @@ class CellWorker:
                 qualitative=self.qualitative,
                 stages=self.stages,
             )
+            answer = {
+                "ok": True,
+                "worker": self.where(),
+                "metrics": result.metrics,
+                "summary": {"miou": result.summary["miou"], "fb_iou": result.summary["fb_iou"]},
+                "artifacts": [(p.name, ap, p.read_bytes()) for p, ap in result.artifacts],
+                "peak_mem_kind": result.peak_memory_kind,
+                "row": {
+                    "episodes_run": result.episodes_run,
+                    "seconds": result.seconds,
+                    "episodes_per_s": result.metrics.get("episodes_per_s"),
+                    "peak_mem_mb": result.peak_memory_mb,
+                    **{f"{k}_s": v for k, v in result.timings.items()},
+                    "encoder_passes": sum(result.encoder_passes.values()),
+                    "worker_seconds": time.perf_counter() - t0,
+                },
+            }
         except Exception as e:  # the cell's own failure: reported, never retried
             text = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
             if isinstance(e, torch.cuda.OutOfMemoryError):
@@ -136,20 +172,4 @@ class CellWorker:
             tb = "" if isinstance(e, USER_ERRORS) else traceback.format_exc()
             return {"ok": False, "error": text, "traceback": tb, "worker": self.where()}
         self.cells_run += 1
-        return {
-            "ok": True,
-            "worker": self.where(),
-            "metrics": result.metrics,
-            "summary": {"miou": result.summary["miou"], "fb_iou": result.summary["fb_iou"]},
-            "artifacts": [(p.name, ap, p.read_bytes()) for p, ap in result.artifacts],
-            "peak_mem_kind": result.peak_memory_kind,
-            "row": {
-                "episodes_run": result.episodes_run,
-                "seconds": result.seconds,
-                "episodes_per_s": result.metrics.get("episodes_per_s"),
-                "peak_mem_mb": result.peak_memory_mb,
-                **{f"{k}_s": v for k, v in result.timings.items()},
-                "encoder_passes": sum(result.encoder_passes.values()),
-                "worker_seconds": time.perf_counter() - t0,
-            },
-        }
+        return answer

@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmark.engines.ray_study import check_tracking_for_cluster, connect
-from benchmark.errors import FssBenchError
+from benchmark.engines.ray_study import actor_resources, check_tracking_for_cluster, connect
+from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.search import SearchOutcome, SearchRunner, default_storage, open_storage, redact
 from benchmark.search_file import SearchSpec
 from benchmark.tracking import default_tracking_uri
@@ -63,7 +63,7 @@ def run_search_on_ray(
     """Run the search with ``workers`` Ray actors sharing one Optuna study (module docstring);
     ``kwargs`` are :class:`SearchRunner`'s (tracking_uri, work_dir, storage, trials, ...)."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
 
     if workers < 1:
         raise FssBenchError(f"--workers must be at least 1, got {workers}")
@@ -75,13 +75,8 @@ def run_search_on_ray(
         hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
         check_tracking_for_cluster(kwargs["tracking_uri"], hosts)
         check_storage_for_cluster(kwargs["storage"], hosts)
-        total = ray.cluster_resources()
-        gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
-        if gpus > total.get("GPU", 0):
-            raise FssBenchError(f"--gpus-per-cell {gpus:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
-        remote = ray.remote(SearchWorker).options(
-            num_cpus=cpus_per_worker, num_gpus=gpus, max_restarts=0, max_task_retries=0
-        )
+        opts, _ = actor_resources(gpus_per_worker, cpus_per_worker)
+        remote = ray.remote(SearchWorker).options(**opts)
         t0 = time.perf_counter()
         calls = {}
         for _ in range(workers):
@@ -106,6 +101,11 @@ def run_search_on_ray(
                     actor = calls.pop(ref)
                     try:
                         failures = max(failures, ray.get(ref)["failures"])
+                    except RayTaskError as e:  # the search itself failed (bad storage, study mismatch)
+                        cause = getattr(e, "cause", None)
+                        if isinstance(cause, USER_ERRORS):
+                            raise FssBenchError(f"a search worker stopped: {cause}") from None
+                        raise
                     except RayActorError as e:
                         if restarts >= max_restarts:
                             log(f"a search worker died ({type(e).__name__}); {max_restarts} replaced already")
@@ -120,8 +120,13 @@ def run_search_on_ray(
             bar.close()
             for actor in calls.values():
                 ray.kill(actor, no_restart=True)
-        # the outcome, read from the finished study (and its outputs written) here
-        outcome = SearchRunner(spec, progress=False, log=lambda msg: None, **kwargs).run()
+        # the outcome, read from the study (and its outputs written) here: no trial runs on the driver
+        final = SearchRunner(spec, progress=False, log=lambda msg: None, **kwargs)
+        final.run_trials = False
+        outcome = final.run()
+        finished = watch.finished()
+        if finished < trials:
+            log(f"the study has {finished} of {trials} finished trials; rerun the same command to go on")
         out = dataclasses.replace(outcome, ran_here=watch.count() - before, seconds=time.perf_counter() - t0)
         out.failures = failures
         return out

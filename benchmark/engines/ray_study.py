@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from benchmark.engines.cell_worker import CellWorker, cell_payload
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_bytes_atomic
+from benchmark.methods import WeightPool
 from benchmark.runner import Cell, StudyRunner
 
 SERVER_HINT = (
@@ -44,9 +46,15 @@ SERVER_HINT = (
 )
 
 
+def is_local_store(tracking_uri: str) -> bool:
+    """A store on this host's disk: a SQLite or file URI, or a bare path."""
+    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+
+
 def check_tracking_for_cluster(tracking_uri: str, hosts: set[str]) -> None:
-    """A cluster spanning several hosts needs a tracking server: a file or SQLite store is refused."""
-    if len(hosts) > 1 and not tracking_uri.startswith(("http://", "https://")):
+    """A cluster spanning several hosts needs a shared store (a tracking server or a database): a
+    file or SQLite store is refused."""
+    if len(hosts) > 1 and is_local_store(tracking_uri):
         raise FssBenchError(
             f"--engine ray: the cluster spans {len(hosts)} hosts ({', '.join(sorted(hosts))}) but the "
             f"tracking URI {tracking_uri} is a local store that the other hosts cannot share; {SERVER_HINT}"
@@ -74,6 +82,39 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
             "`ray start --head` (deploy/slurm-ray.sbatch on Slurm) or drop --ray-address to run on this machine"
         ) from None
     return True
+
+
+def actor_resources(gpus: float | None, cpus: float) -> tuple[dict[str, Any], int]:
+    """Ray actor options for workers reserving ``gpus`` GPUs (None: 1 on a cluster with GPUs, else 0)
+    and ``cpus`` CPUs, and how many such workers the alive nodes hold (counted node by node: a worker
+    never spans nodes). Refused (before any work) when not one fits."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    if gpus is None:
+        gpus = 1.0 if any(n.get("GPU", 0) >= 1 for n in nodes) else 0.0
+    fit = 0
+    for n in nodes:
+        per_node = int(n.get("CPU", 0) // cpus)
+        if gpus > 0:
+            per_node = min(per_node, int(n.get("GPU", 0) // gpus))
+        fit += per_node
+    if fit == 0:
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        raise FssBenchError(
+            f"--engine ray: no node of the cluster holds a worker of {cpus:g} CPU and {gpus:g} GPU (the "
+            f"largest has {largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU); lower "
+            "--cpus-per-cell / --gpus-per-cell (0 GPUs runs on CPUs)"
+        )
+    opts: dict[str, Any] = {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        "max_restarts": 0,  # the driver replaces dead workers itself (and knows what they held)
+        "max_task_retries": 0,
+    }
+    if gpus == 0:  # Ray leaves CUDA_VISIBLE_DEVICES alone for 0 GPUs: hide them, so device auto is the CPU
+        opts["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
+    return opts, fit
 
 
 @dataclass
@@ -129,32 +170,8 @@ class RayStudyRunner(StudyRunner):
 
     # ------------------------------------------------------------------------------ the cluster
     def _actor_options(self) -> tuple[dict[str, Any], int]:
-        import ray
-
-        total = ray.cluster_resources()
-        gpus = self.gpus_per_cell
-        if gpus is None:
-            gpus = 1.0 if total.get("GPU", 0) >= 1 else 0.0
-        if gpus > total.get("GPU", 0):
-            raise FssBenchError(
-                f"--gpus-per-cell {gpus:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs; "
-                "use --gpus-per-cell 0 to run on CPUs"
-            )
-        if self.cpus_per_cell > total.get("CPU", 0):
-            raise FssBenchError(
-                f"--cpus-per-cell {self.cpus_per_cell:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs"
-            )
-        fit = int(total.get("CPU", 0) // self.cpus_per_cell)
-        if gpus > 0:
-            fit = min(fit, int(total.get("GPU", 0) // gpus))
-        opts = {
-            "num_cpus": self.cpus_per_cell,
-            "num_gpus": gpus,
-            "max_restarts": 0,  # the driver replaces dead workers itself (and knows what they held)
-            "max_task_retries": 0,
-            "scheduling_strategy": "SPREAD",
-        }
-        return opts, max(1, fit)
+        opts, fit = actor_resources(self.gpus_per_cell, self.cpus_per_cell)
+        return opts | {"scheduling_strategy": "SPREAD"}, fit
 
     def _worker_args(self) -> dict[str, Any]:
         s = self.study.cache
@@ -167,29 +184,47 @@ class RayStudyRunner(StudyRunner):
             "stages_bytes": int(s.stages_gb * 2**30),
             "qualitative": self.qualitative,
             "threads": max(1, int(self.cpus_per_cell)),
+            "deterministic": bool(torch.are_deterministic_algorithms_enabled()),  # --deterministic
         }
 
     # ----------------------------------------------------------------------------------- execute
-    def execute(
-        self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
-    ) -> None:
+    def run(self):  # type: ignore[override]
+        """Join (or start) the cluster and refuse a store the hosts cannot share, before any store,
+        run or model exists; then the local engine's run with :meth:`execute` on Ray."""
         import ray
 
+        from benchmark.tracking import default_tracking_uri
+
+        self.attempts = collections.Counter()
         started = connect(self.ray_address)
         try:
             hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-            assert self.tracker is not None
-            check_tracking_for_cluster(self.tracker.uri, hosts)
-            self._schedule(exp, parent, todo, keys)
+            check_tracking_for_cluster(self.tracking_uri or default_tracking_uri(), hosts)
+            self._actor_options()  # workers that fit no node: refused now
+            return super().run()
         finally:
             if started:
                 ray.shutdown()
+
+    def preflight(self, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]) -> None:
+        """The local engine's strict weight check, on the CPU, and nothing kept: the workers load
+        their own weights, and the driver's GPU (if any) is theirs."""
+        import dataclasses
+
+        on_cpu = [dataclasses.replace(c, spec=dataclasses.replace(c.spec, device="cpu")) for c in todo]
+        super().preflight(on_cpu, keys)
+        self.pool = WeightPool()
+
+    def execute(
+        self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
+    ) -> None:
+        self._schedule(exp, parent, todo, keys)
 
     def _schedule(
         self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
     ) -> None:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         twins: dict[str, list[Cell]] = {}  # cell key -> its cells (variants that resolve alike)
         for c in todo:
@@ -258,9 +293,12 @@ class RayStudyRunner(StudyRunner):
                         if key is None:
                             continue
                         cell = twins[key][0]
+                        if self.attempts[key] == 0 and self._finished_elsewhere(exp, key, twins[key]):
+                            bar.update()  # finished by another process since the plan: not run again
+                            continue
                         self.attempts[key] += 1
                         manifest = self.manifest(cell.spec.manifest_path)
-                        payload = cell_payload(cell.name, key, cell.spec, manifest)
+                        payload = cell_payload(cell.name, key, cell.spec, manifest, keys[cell.name][1])
                         payload["fresh"] = self.force and self.attempts[key] == 1  # --force: no resume
                         ref = w.actor.run.remote(payload)
                         inflight[ref], w.busy = (key, w), key
@@ -272,7 +310,9 @@ class RayStudyRunner(StudyRunner):
                 refresh()
                 if not inflight and not any(w.ready for w in workers):
                     if time.monotonic() - waiting_since > self.start_timeout_s:
-                        self._fail_unplaced(exp, parent, twins, keys, workers, opts)
+                        failed += self._fail_unplaced(exp, parent, twins, keys, workers, opts)
+                        bar.update(bar.total - bar.n)
+                        refresh()
                         return
                 else:
                     waiting_since = time.monotonic()
@@ -299,7 +339,13 @@ class RayStudyRunner(StudyRunner):
                     w.busy = None
                     try:
                         answer = ray.get(ref)
-                    except RayActorError as e:  # the worker died: the cell is lost, not failed
+                    except RayTaskError as e:  # raised by the worker's own code: deterministic
+                        answer = {
+                            "ok": False,
+                            "error": f"worker error: {str(e).splitlines()[0][:500]}",
+                            "traceback": str(e),
+                        }
+                    except RayError as e:  # the worker (or its answer) is gone: the cell is lost, not failed
                         self._event("lost", twins[key][0].name)
                         self.log(
                             f"worker {w.where} died during {twins[key][0].name} ({type(e).__name__}); rerunning it"
@@ -315,9 +361,10 @@ class RayStudyRunner(StudyRunner):
                             bar.update()
                         continue
                     show(w, "idle")
-                    if answer["ok"]:
-                        self._record_answer(exp, parent, twins[key], keys, answer)
+                    if answer["ok"] and self._record_answer(exp, parent, twins[key], keys, answer):
                         done += 1
+                    elif answer["ok"]:
+                        failed += 1  # logging failed: recorded as a failure, rerun next time
                     else:
                         self._record_failed(
                             exp, parent, twins[key], keys, answer["error"], answer["traceback"]
@@ -343,6 +390,33 @@ class RayStudyRunner(StudyRunner):
             self.on_event(what, detail)
 
     # ------------------------------------------------------------------------------------ records
+    def _lock(self, key: str) -> Any:
+        """The cell's file lock, as the local engine takes it: a local process and this driver (or
+        two shards) never log the same cell twice."""
+        from filelock import FileLock
+
+        (self.work_dir / "locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock"))
+
+    def _finished_elsewhere(self, exp: str, key: str, cells: list[Cell]) -> bool:
+        """Whether another process finished the cell since the plan (then skipped rows for it)."""
+        if self.force:
+            return False
+        assert self.tracker is not None
+        run = self.tracker.finished_cell(exp, key)
+        if run is None:
+            return False
+        for c in cells:
+            self.results.append(self._skipped_row(c, key, run, "skipped (done by another process)"))
+        return True
+
+    def _clear_for_force(self, exp: str, key: str) -> None:
+        """--force: every earlier run of the cell goes, finished ones included (as the local engine)."""
+        assert self.tracker is not None
+        if self.force and key not in self._ran:
+            for r in self.tracker.cell_runs(exp, key):
+                self.tracker.client.delete_run(r.info.run_id)
+
     def _record_answer(
         self,
         exp: str,
@@ -350,33 +424,47 @@ class RayStudyRunner(StudyRunner):
         cells: list[Cell],
         keys: dict[str, tuple[str, dict[str, str]]],
         answer: dict[str, Any],
-    ) -> None:
-        """Log a worker's result as the cell's run (unless another process finished it meanwhile);
-        twin variants get skipped rows pointing at it."""
+    ) -> bool:
+        """Log a worker's result as the cell's run, under the cell's lock (unless another process
+        finished it meanwhile); twin variants get skipped rows pointing at it. A logging error marks
+        the run FAILED and the cell failed (False): nothing is left half-logged or RUNNING."""
         tracker = self.tracker
         assert tracker is not None
         first = cells[0]
         key, weights = keys[first.name]
-        finished = next((r for r in tracker.cell_runs(exp, key) if r.info.status == "FINISHED"), None)
-        if finished is not None and not self.force:
-            for c in cells:
-                self.results.append(self._skipped_row(c, key, finished, "skipped (done by another process)"))
-            return
-        folder = self.work_dir / "ray-artifacts" / key[:20]
-        artifacts = []
-        for name, artifact_path, data in answer["artifacts"]:
-            path = folder / (artifact_path or "") / name
-            write_bytes_atomic(path, data)
-            artifacts.append((path, artifact_path))
-        if self.force:
-            for r in tracker.cell_runs(exp, key):
-                tracker.client.delete_run(r.info.run_id)
-        params, tags = self.cell_record(first, key, weights)
-        tags["fss.engine"] = "ray"
-        tags["fss.worker"] = answer["worker"]
-        rid = tracker.start_cell(exp, parent, first.name, params, tags)
-        tracker.finish_cell(rid, answer["metrics"], artifacts, {"fss.peak_mem_kind": answer["peak_mem_kind"]})
-        self._ran.add(key)
+        with self._lock(key):
+            if not self.force and self._finished_elsewhere(exp, key, cells):
+                return True
+            folder = self.work_dir / "ray-artifacts" / key[:20]
+            params, tags = self.cell_record(first, key, weights)
+            tags |= {"fss.engine": "ray", "fss.worker": answer["worker"]}
+            rid = None
+            try:
+                artifacts = []
+                for name, artifact_path, data in answer["artifacts"]:
+                    path = folder / (artifact_path or "") / name
+                    write_bytes_atomic(path, data)
+                    artifacts.append((path, artifact_path))
+                self._clear_for_force(exp, key)
+                rid = tracker.start_cell(exp, parent, first.name, params, tags)
+                tracker.finish_cell(
+                    rid, answer["metrics"], artifacts, {"fss.peak_mem_kind": answer["peak_mem_kind"]}
+                )
+            except KeyboardInterrupt:
+                if rid is not None:
+                    with contextlib.suppress(Exception):
+                        tracker.fail_cell(
+                            rid, "interrupted while logging; rerun to run it again", status="KILLED"
+                        )
+                raise
+            except Exception as e:
+                text = f"logging the result failed ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
+                if rid is not None:
+                    with contextlib.suppress(Exception):
+                        tracker.fail_cell(rid, text)
+                self._failed_rows(cells, key, rid, text)
+                return False
+            self._ran.add(key)
         self.results.append(
             self._row(first, key)
             | {
@@ -391,6 +479,7 @@ class RayStudyRunner(StudyRunner):
         run = tracker.client.get_run(rid)
         for c in cells[1:]:
             self.results.append(self._skipped_row(c, key, run))
+        return True
 
     def _record_failed(
         self,
@@ -401,24 +490,39 @@ class RayStudyRunner(StudyRunner):
         text: str,
         tb: str,
     ) -> None:
-        """A FAILED run with the error (once), and a failed row for every twin."""
+        """A FAILED run with the error (once, under the cell's lock), and a failed row for every twin."""
         tracker = self.tracker
         assert tracker is not None
         key, weights = keys[cells[0].name]
         params, tags = self.cell_record(cells[0], key, weights)
         tags["fss.engine"] = "ray"
-        rid = tracker.start_cell(exp, parent, cells[0].name, params, tags)
-        tracker.fail_cell(rid, text + ("\n" + tb if tb else ""))
-        for c in cells:
-            self.record_failure(c, key, rid, text)
+        rid = None
+        with self._lock(key):
+            try:
+                self._clear_for_force(exp, key)
+                rid = tracker.start_cell(exp, parent, cells[0].name, params, tags)
+                tracker.fail_cell(rid, text + ("\n" + tb if tb else ""))
+            except Exception as e:  # the store is failing too: the failure stays in the results
+                self.log(f"could not record the failure of {cells[0].name} in MLflow ({type(e).__name__})")
+            self._ran.add(key)
+        self._failed_rows(cells, key, rid, text)
 
-    def _fail_unplaced(self, exp, parent, twins, keys, workers, opts) -> None:
+    def _failed_rows(self, cells: list[Cell], key: str, rid: str | None, text: str) -> None:
+        """One failure (as the local engine counts it) and a failed row for each twin variant."""
+        self.record_failure(cells[0], key, rid, text)
+        for c in cells[1:]:
+            self.results.append(self._row(c, key) | {"status": "failed", "run_id": rid, "error": text})
+
+    def _fail_unplaced(self, exp, parent, twins, keys, workers, opts) -> int:
         import ray
 
         text = (
             f"no Ray worker could be placed for {self.start_timeout_s:g} s (each needs {opts['num_cpus']:g} CPU "
             f"and {opts['num_gpus']:g} GPU; the cluster has {ray.available_resources()} free)"
         )
+        n = 0
         for w in workers:
             while w.queue:
                 self._record_failed(exp, parent, twins[w.queue.popleft()], keys, text, "")
+                n += 1
+        return n
