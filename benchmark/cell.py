@@ -271,6 +271,18 @@ class CellResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load_wait, encode, episode_path
     encoder_passes: dict[str, int] = field(default_factory=dict)  # images run through each encoder now
 
+    def run_stats(self) -> dict[str, Any]:
+        """How the run went, for a results row: episodes run now, seconds, episodes/s, peak memory,
+        the time split (``*_s``) and the encoder passes."""
+        return {
+            "episodes_run": self.episodes_run,
+            "seconds": self.seconds,
+            "episodes_per_s": self.metrics.get("episodes_per_s"),
+            "peak_mem_mb": self.peak_memory_mb,
+            **{f"{k}_s": v for k, v in self.timings.items()},
+            "encoder_passes": sum(self.encoder_passes.values()),
+        }
+
 
 def evaluate_cell(
     spec: CellSpec,

@@ -380,7 +380,7 @@ class StudyRunner:
         self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
     ) -> None:
         """Run the unfinished cells, in this process, one after the other (``--engine local``; the
-        Ray engine, ``benchmark.engines.ray_study``, replaces this method only)."""
+        Ray engine, ``benchmark.engines.ray_study``, replaces this method)."""
         bar = tqdm(total=len(todo), desc=f"study {self.study.name}", unit="cell", disable=not self.progress)
         try:
             deferred = []
@@ -401,11 +401,10 @@ class StudyRunner:
         self, exp: str, parent: str, cell: Cell, key_weights: tuple[str, dict], block: bool
     ) -> bool:
         """Run ``cell`` under its lock; False if another process holds the lock and ``block`` is off."""
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
         key = key_weights[0]
-        lock = FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock"))
-        (self.work_dir / "locks").mkdir(parents=True, exist_ok=True)
+        lock = self.cell_lock(key)
         try:
             lock.acquire(timeout=-1 if block else 0)
         except Timeout:
@@ -468,8 +467,7 @@ class StudyRunner:
         cell_dir = self.work_dir / "cells" / key[:20]
         if self.force:
             shutil.rmtree(cell_dir, ignore_errors=True)
-            for r in tracker.cell_runs(exp, key):
-                tracker.client.delete_run(r.info.run_id)
+            self.delete_runs(exp, key)
         params, tags = self.cell_record(cell, key, weights)
         # a nested bar only on a terminal: redirected logs get no cursor-up escapes
         bar = tqdm(
@@ -519,6 +517,20 @@ class StudyRunner:
         finally:
             bar.close()
         self.results.append(self._result_row(cell, key, rid, result))
+
+    def cell_lock(self, key: str) -> Any:
+        """The cell's file lock (``<work-dir>/locks/``): whoever holds it checks, runs and logs the
+        cell, so two processes or engines never log it twice."""
+        from filelock import FileLock
+
+        (self.work_dir / "locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock"))
+
+    def delete_runs(self, exp: str, key: str) -> None:
+        """--force: every earlier run of the cell, finished ones included (the lock holder only)."""
+        assert self.tracker is not None
+        for r in self.tracker.cell_runs(exp, key):
+            self.tracker.client.delete_run(r.info.run_id)
 
     def record_failure(self, cell: Cell, key: str, rid: str | None, text: str) -> None:
         """A failed cell in the results and failures, and one line in the log."""
@@ -577,12 +589,7 @@ class StudyRunner:
             "fb_iou_pct": 100 * result.summary["fb_iou"],
             "status": "run",
             "run_id": rid,
-            "episodes_run": result.episodes_run,
-            "seconds": result.seconds,
-            "episodes_per_s": result.metrics.get("episodes_per_s"),
-            "peak_mem_mb": result.peak_memory_mb,
-            **{f"{k}_s": v for k, v in result.timings.items()},
-            "encoder_passes": sum(result.encoder_passes.values()),
+            **result.run_stats(),
         }
 
 

@@ -407,58 +407,60 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     )
 
 
+def _block(raw: Any, fields: dict[str, str], where: str) -> dict[str, Any]:
+    """A study's settings block (``cache:``, ``resources:``): a mapping of known fields ({} if absent)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise FssBenchError(f"{where}: expected a mapping with fields {list(fields)}")
+    for key in raw:
+        if key not in fields:
+            raise FssBenchError(
+                f"{where}.{key}: unknown field{did_you_mean(key, fields)}; known: {list(fields)}"
+            )
+    return raw
+
+
+def _number(
+    raw: dict[str, Any], key: str, default: float | None, where: str, allow_null: bool, positive: bool = False
+) -> float | None:
+    """A number field of a settings block: >= 0 (> 0 when ``positive``), or null when allowed."""
+    value = raw.get(key, default)
+    if value is None and allow_null:
+        return None
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or value < 0
+        or (positive and value == 0)
+    ):
+        bound = "> 0" if positive else ">= 0"
+        raise FssBenchError(
+            f"{where}.{key}: expected a number {bound}{' or null' if allow_null else ''}, got {value!r}"
+        )
+    return float(value)
+
+
 def parse_resources(raw: Any, source: str) -> Resources:
     """A study's ``resources:`` block, validated field by field."""
-    if raw is None:
-        return Resources()
-    if not isinstance(raw, dict):
-        raise FssBenchError(f"{source}: resources: expected a mapping with fields {list(RESOURCE_FIELDS)}")
-    for key in raw:
-        if key not in RESOURCE_FIELDS:
-            raise FssBenchError(
-                f"{source}: resources.{key}: unknown field{did_you_mean(key, RESOURCE_FIELDS)}; known: {list(RESOURCE_FIELDS)}"
-            )
-    gpus, cpus = raw.get("gpus_per_cell"), raw.get("cpus_per_cell", 1)
-    for key, value, null in (("gpus_per_cell", gpus, True), ("cpus_per_cell", cpus, False)):
-        if value is None and null:
-            continue
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or value < 0
-            or (key[0] == "c" and value == 0)
-        ):
-            raise FssBenchError(
-                f"{source}: resources.{key}: expected a number {'>= 0 or null' if null else '> 0'}, got {value!r}"
-            )
-    return Resources(None if gpus is None else float(gpus), float(cpus))
+    raw = _block(raw, RESOURCE_FIELDS, f"{source}: resources")
+    gpus = _number(raw, "gpus_per_cell", None, f"{source}: resources", allow_null=True)
+    cpus = _number(raw, "cpus_per_cell", 1.0, f"{source}: resources", allow_null=False, positive=True)
+    return Resources(gpus, cpus or 1.0)  # cpus is > 0 here
 
 
 def parse_cache(raw: Any, source: str) -> CacheSettings:
     """A study's ``cache:`` block, validated field by field."""
     if raw is None:
         return CacheSettings()
-    if not isinstance(raw, dict):
-        raise FssBenchError(f"{source}: cache: expected a mapping with fields {list(CACHE_FIELDS)}")
-    for key in raw:
-        if key not in CACHE_FIELDS:
-            raise FssBenchError(
-                f"{source}: cache.{key}: unknown field{did_you_mean(key, CACHE_FIELDS)}; known: {list(CACHE_FIELDS)}"
-            )
+    raw = _block(raw, CACHE_FIELDS, f"{source}: cache")
     dtype = raw.get("dtype", "fp32")
     if dtype not in FEATURE_DTYPE_NAMES:
         raise FssBenchError(f"{source}: cache.dtype: {dtype!r} is not one of {list(FEATURE_DTYPE_NAMES)}")
-
-    def number(key: str, default: float | None, allow_null: bool) -> float | None:
-        value = raw.get(key, default)
-        if value is None and allow_null:
-            return None
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            null = " or null" if allow_null else ""
-            raise FssBenchError(f"{source}: cache.{key}: expected a number >= 0{null}, got {value!r}")
-        return float(value)
-
-    return CacheSettings(dtype, number("max_gb", None, True), number("stages_gb", 1.0, False) or 0.0)
+    where = f"{source}: cache"
+    return CacheSettings(
+        dtype, _number(raw, "max_gb", None, where, True), _number(raw, "stages_gb", 1.0, where, False) or 0.0
+    )
 
 
 def _parse_variant(

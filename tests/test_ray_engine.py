@@ -320,3 +320,23 @@ def test_a_worker_with_another_cell_key_refuses_the_cell(pascal_root, tmp_path):
     assert worker.run(cell_payload(cell.name, key, cell.spec, manifest, weights))["ok"]
     answer = worker.run(cell_payload(cell.name, "0" * 64, cell.spec, manifest, weights))
     assert not answer["ok"] and "computes another cell key than the driver" in answer["error"]
+
+
+def test_the_studys_resources_block_is_validated_and_the_command_line_wins(pascal_root, tmp_path):
+    from benchmark.study import Resources
+
+    study = write_study(tmp_path, pascal_root)
+    assert load_study(study).resources == Resources(None, 1.0)
+    s = load_study(study, ["resources.gpus_per_cell=0", "resources.cpus_per_cell=2"])
+    assert s.resources == Resources(0.0, 2.0)
+    runner = RayStudyRunner(s, work_dir=tmp_path / "w", progress=False)
+    assert (runner.gpus_per_cell, runner.cpus_per_cell) == (0.0, 2.0)
+    runner = RayStudyRunner(s, work_dir=tmp_path / "w", progress=False, cpus_per_cell=1.0)
+    assert runner.cpus_per_cell == 1.0
+    for override, message in (
+        ("resources.cpus_per_cell=0", r"resources\.cpus_per_cell: expected a number > 0, got 0"),
+        ("resources.gpus_per_cell=-1", r"resources\.gpus_per_cell: expected a number >= 0 or null, got -1"),
+        ("resources.gpu=1", r"resources\.gpu: unknown field"),
+    ):
+        with pytest.raises(FssBenchError, match=message):
+            load_study(study, [override])

@@ -155,15 +155,7 @@ class CellWorker:
                 "summary": {"miou": result.summary["miou"], "fb_iou": result.summary["fb_iou"]},
                 "artifacts": [(p.name, ap, p.read_bytes()) for p, ap in result.artifacts],
                 "peak_mem_kind": result.peak_memory_kind,
-                "row": {
-                    "episodes_run": result.episodes_run,
-                    "seconds": result.seconds,
-                    "episodes_per_s": result.metrics.get("episodes_per_s"),
-                    "peak_mem_mb": result.peak_memory_mb,
-                    **{f"{k}_s": v for k, v in result.timings.items()},
-                    "encoder_passes": sum(result.encoder_passes.values()),
-                    "worker_seconds": time.perf_counter() - t0,
-                },
+                "row": {**result.run_stats(), "worker_seconds": time.perf_counter() - t0},
             }
         except Exception as e:  # the cell's own failure: reported, never retried
             text = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"

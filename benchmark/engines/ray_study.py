@@ -167,6 +167,7 @@ class RayStudyRunner(StudyRunner):
         self.gpus_per_cell, self.cpus_per_cell = gpus_per_cell, cpus_per_cell
         self.start_timeout_s, self.on_event = start_timeout_s, on_event
         self.attempts: collections.Counter = collections.Counter()
+        self._placement: tuple[dict[str, Any], int] | None = None  # actor options, workers that fit
 
     # ------------------------------------------------------------------------------ the cluster
     def _actor_options(self) -> tuple[dict[str, Any], int]:
@@ -200,7 +201,7 @@ class RayStudyRunner(StudyRunner):
         try:
             hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
             check_tracking_for_cluster(self.tracking_uri or default_tracking_uri(), hosts)
-            self._actor_options()  # workers that fit no node: refused now
+            self._placement = self._actor_options()  # workers that fit no node: refused now
             return super().run()
         finally:
             if started:
@@ -218,18 +219,14 @@ class RayStudyRunner(StudyRunner):
     def execute(
         self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
     ) -> None:
-        self._schedule(exp, parent, todo, keys)
-
-    def _schedule(
-        self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
-    ) -> None:
+        """The unfinished cells on Ray workers (module docstring), logged here as they answer."""
         import ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
         twins: dict[str, list[Cell]] = {}  # cell key -> its cells (variants that resolve alike)
         for c in todo:
             twins.setdefault(keys[c.name][0], []).append(c)
-        opts, fit = self._actor_options()
+        opts, fit = self._placement or self._actor_options()
         n_workers = min(self.workers or fit, len(twins))
         remote = ray.remote(CellWorker).options(**opts)
         args = self._worker_args()
@@ -251,7 +248,7 @@ class RayStudyRunner(StudyRunner):
             min(workers, key=lambda w: len(w.queue)).queue.extend(ks)
 
         inflight: dict[Any, tuple[str, _Slot]] = {}
-        done = failed = 0
+        failed = 0
         bar = tqdm(
             total=len(twins), desc=f"study {self.study.name} (ray)", unit="cell", disable=not self.progress
         )
@@ -361,10 +358,9 @@ class RayStudyRunner(StudyRunner):
                             bar.update()
                         continue
                     show(w, "idle")
-                    if answer["ok"] and self._record_answer(exp, parent, twins[key], keys, answer):
-                        done += 1
-                    elif answer["ok"]:
-                        failed += 1  # logging failed: recorded as a failure, rerun next time
+                    if answer["ok"]:
+                        if not self._record_answer(exp, parent, twins[key], keys, answer):
+                            failed += 1  # logging failed: recorded as a failure, rerun next time
                     else:
                         self._record_failed(
                             exp, parent, twins[key], keys, answer["error"], answer["traceback"]
@@ -390,14 +386,6 @@ class RayStudyRunner(StudyRunner):
             self.on_event(what, detail)
 
     # ------------------------------------------------------------------------------------ records
-    def _lock(self, key: str) -> Any:
-        """The cell's file lock, as the local engine takes it: a local process and this driver (or
-        two shards) never log the same cell twice."""
-        from filelock import FileLock
-
-        (self.work_dir / "locks").mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock"))
-
     def _finished_elsewhere(self, exp: str, key: str, cells: list[Cell]) -> bool:
         """Whether another process finished the cell since the plan (then skipped rows for it)."""
         if self.force:
@@ -411,11 +399,9 @@ class RayStudyRunner(StudyRunner):
         return True
 
     def _clear_for_force(self, exp: str, key: str) -> None:
-        """--force: every earlier run of the cell goes, finished ones included (as the local engine)."""
-        assert self.tracker is not None
+        """--force: the cell's earlier runs go, finished ones included, once per invocation."""
         if self.force and key not in self._ran:
-            for r in self.tracker.cell_runs(exp, key):
-                self.tracker.client.delete_run(r.info.run_id)
+            self.delete_runs(exp, key)
 
     def _record_answer(
         self,
@@ -432,7 +418,7 @@ class RayStudyRunner(StudyRunner):
         assert tracker is not None
         first = cells[0]
         key, weights = keys[first.name]
-        with self._lock(key):
+        with self.cell_lock(key):
             if not self.force and self._finished_elsewhere(exp, key, cells):
                 return True
             folder = self.work_dir / "ray-artifacts" / key[:20]
@@ -497,7 +483,7 @@ class RayStudyRunner(StudyRunner):
         params, tags = self.cell_record(cells[0], key, weights)
         tags["fss.engine"] = "ray"
         rid = None
-        with self._lock(key):
+        with self.cell_lock(key):
             try:
                 self._clear_for_force(exp, key)
                 rid = tracker.start_cell(exp, parent, cells[0].name, params, tags)
