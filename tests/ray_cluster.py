@@ -71,6 +71,21 @@ class LocalCluster:
         assert not alive, f"Ray processes left after shutdown (killed now): {[p.pid for p in alive]}"
         assert not still, f"Ray processes that would not die: {[p.pid for p in still]}"
 
+    def listening_addresses(self) -> set[str]:
+        """The local addresses on which this cluster's processes listen for TCP."""
+        import psutil
+
+        out = set()
+        for p in psutil.Process().children(recursive=True):
+            if not self._is_ours(p):
+                continue
+            try:
+                conns = p.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            out |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
+        return out
+
     def _is_ours(self, p: Any) -> bool:
         """A process of this cluster (not another fixture's server): Ray names its workers ray::...
         and passes the session folder to every other process it starts."""

@@ -91,6 +91,8 @@ def test_ray_gives_the_local_engines_numbers_on_two_nodes_with_affinity(
     import ray
 
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    listening = ray_cluster.listening_addresses()
+    assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening  # loopback only
     runner = ray_runner(write_study(tmp_path, pascal_root), tmp_path)
     table = runner.run()
     assert list(table["status"]) == ["run"] * 6 and set(table["attempts"]) == {1}
@@ -340,3 +342,32 @@ def test_the_studys_resources_block_is_validated_and_the_command_line_wins(pasca
     ):
         with pytest.raises(FssBenchError, match=message):
             load_study(study, [override])
+
+
+def test_a_ray_address_with_no_cluster_is_a_one_line_error_at_once(pascal_root, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    study = write_study(tmp_path, pascal_root)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for address, message in (
+        ("nonsense", "expected auto or HOST:PORT"),
+        (dead, f"--ray-address {dead}: nothing answers there"),
+    ):
+        cmd = [sys.executable, "-m", "benchmark.cli", "-q", "run", str(study), "--engine", "ray"]
+        proc = subprocess.run(
+            [*cmd, "--ray-address", address, "--tracking-uri", uri],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()

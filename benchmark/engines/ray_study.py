@@ -74,14 +74,34 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     if address is None:
         kwargs |= {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False}
         kwargs["_node_ip_address"] = "127.0.0.1"
+    hint = (
+        "start one with `ray start --head` (deploy/slurm-ray.sbatch on Slurm) or drop --ray-address to run "
+        "on this machine"
+    )
+    if address not in (None, "auto") and "://" not in address:
+        _probe(address, hint)  # Ray itself retries a dead HOST:PORT for minutes
     try:
         ray.init(address=address, **kwargs)
-    except ConnectionError as e:
+    except (ConnectionError, ValueError) as e:
         raise FssBenchError(
-            f"--ray-address {address}: no Ray cluster there ({str(e).splitlines()[0][:200]}); start one with "
-            "`ray start --head` (deploy/slurm-ray.sbatch on Slurm) or drop --ray-address to run on this machine"
+            f"--ray-address {address}: no Ray cluster there ({str(e).splitlines()[0][:200]}); {hint}"
         ) from None
     return True
+
+
+def _probe(address: str, hint: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that answers TCP, or a one-line error (before Ray's long reconnect loop)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise FssBenchError(f"--ray-address {address!r}: expected auto or HOST:PORT (e.g. 10.0.0.1:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise FssBenchError(
+            f"--ray-address {address}: nothing answers there ({e.strerror or e}); {hint}"
+        ) from None
 
 
 def actor_resources(gpus: float | None, cpus: float) -> tuple[dict[str, Any], int]:
