@@ -33,17 +33,31 @@ FAST_HEALTH_CHECKS = {
 class LocalCluster:
     """A head node plus ``extra`` worker nodes, each with ``cpus`` CPUs; ``add``/``remove`` nodes."""
 
-    def __init__(self, extra: int = 1, cpus: int = 1):
+    def __init__(self, base: str, extra: int = 1, cpus: int = 1):
+        """``base``: where the cluster makes its own temp folder. Everything Ray writes goes under it: the session
+        folders (``temp_dir``) and, through ``RAY_TMPDIR``, the address file that ``Cluster``
+        writes to Ray's default folder (``$RAY_TMPDIR/ray/ray_current_cluster``, else /tmp/ray)."""
+        # a short path: Ray puts unix sockets under it (at most 107 bytes in all)
+        self.temp_dir = tempfile.mkdtemp(prefix="fssr", dir=base)
+        self._saved_env = {k: os.environ.get(k) for k in ("RAY_TMPDIR",)}
+        os.environ["RAY_TMPDIR"] = self.temp_dir
+        os.makedirs(os.path.join(self.temp_dir, "ray"), exist_ok=True)
+        self.common = {"include_dashboard": False, "node_ip_address": "127.0.0.1", "temp_dir": self.temp_dir}
+        self.cpus = cpus
+        self.cluster: Any = None
+        try:
+            self._start(extra)
+        except BaseException:
+            self.shutdown()  # a failed start leaves no process and no folder behind
+            raise
+
+    def _start(self, extra: int) -> None:
         import ray
         from ray.cluster_utils import Cluster
 
-        # a short path: Ray puts unix sockets under it
-        self.temp_dir = tempfile.mkdtemp(prefix="fssr", dir="/tmp")
-        self.common = {"include_dashboard": False, "node_ip_address": "127.0.0.1", "temp_dir": self.temp_dir}
-        self.cpus = cpus
         self.cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": cpus, "_system_config": FAST_HEALTH_CHECKS, **self.common},
+            head_node_args={"num_cpus": self.cpus, "_system_config": FAST_HEALTH_CHECKS, **self.common},
         )
         self.nodes = [self.add() for _ in range(extra)]
         ray.init(address=self.cluster.address, log_to_driver=False, configure_logging=False)
@@ -61,13 +75,19 @@ class LocalCluster:
 
         spawned = [p for p in psutil.Process().children(recursive=True) if self._is_ours(p)]
         ray.shutdown()
-        self.cluster.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()
         _, alive = psutil.wait_procs(spawned, timeout=15)
         for p in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         _, still = psutil.wait_procs(alive, timeout=5)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         assert not alive, f"Ray processes left after shutdown (killed now): {[p.pid for p in alive]}"
         assert not still, f"Ray processes that would not die: {[p.pid for p in still]}"
 
@@ -111,9 +131,11 @@ def require_ray() -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[LocalCluster]:
-    """A two-node cluster (head + one node, 1 CPU each) shared by a test module."""
+    """A two-node cluster (head + one node, 1 CPU each) shared by a test module; all its files
+    live in one folder of its own (directly under the temp dir: pytest's would make Ray's socket
+    paths longer than AF_UNIX allows), removed at teardown."""
     require_ray()
-    cluster = LocalCluster(extra=1, cpus=1)
+    cluster = LocalCluster(tempfile.gettempdir(), extra=1, cpus=1)
     try:
         yield cluster
     finally:

@@ -3,6 +3,7 @@ every cell logged exactly once, through a lost node, a failing cell and a restar
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,9 @@ def test_ray_gives_the_local_engines_numbers_on_two_nodes_with_affinity(
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     listening = ray_cluster.listening_addresses()
     assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening  # loopback only
+    # Ray's address file is in the cluster's own folder (a fresh machine has no /tmp/ray to write to)
+    with open(os.path.join(ray_cluster.temp_dir, "ray", "ray_current_cluster")) as f:
+        assert f.read() == ray_cluster.cluster.address
     runner = ray_runner(write_study(tmp_path, pascal_root), tmp_path)
     table = runner.run()
     assert list(table["status"]) == ["run"] * 6 and set(table["attempts"]) == {1}
