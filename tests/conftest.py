@@ -7,11 +7,16 @@ from pathlib import Path
 
 import pytest
 
+import tests.private_home  # first: config and cache folders of the session's own (not ~)
 from benchmark.data.prepare_coco import prepare_coco
 from benchmark.data.prepare_pascal import prepare_pascal
 from benchmark.data.synth import synth_dataset, synth_raw_roots
 from tests.ray_cluster import ray_cluster  # noqa: F401  (a two-node Ray cluster on loopback)
 from tests.servers import mlflow_server, postgres_server  # noqa: F401  (real servers, session-scoped)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    tests.private_home.remove()
 
 
 @pytest.fixture(scope="session")
