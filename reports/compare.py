@@ -20,7 +20,7 @@ from benchmark.io_utils import write_text_atomic
 from benchmark.metrics import paired_bootstrap_diff_over_folds
 from benchmark.tracking import Tracker
 from reports.collect import ExperimentData, collect_experiment, manifest_classes
-from reports.tables import Table, _num, provenance
+from reports.tables import Table, _num, difference_cells, provenance
 
 
 def compare_frame(a: ExperimentData, b: ExperimentData, n_boot: int = 1000) -> pd.DataFrame:
@@ -68,20 +68,20 @@ def compare_frame(a: ExperimentData, b: ExperimentData, n_boot: int = 1000) -> p
 def compare_table(a: ExperimentData, b: ExperimentData, frame: pd.DataFrame) -> Table:
     cells, values = [], []
     for _, r in frame.iterrows():
-        mark = " *" if r["excludes_zero"] else ""
-        cells.append(
+        diff, ci = difference_cells(
+            100 * r["diff"], 100 * r["low"], 100 * r["high"], bool(r["excludes_zero"])
+        )
+        cells.append([_num(100 * r["miou_a"]), _num(100 * r["miou_b"]), diff, ci, str(int(r["pairs"]))])
+        values.append(
             [
-                _num(100 * r["miou_a"]),
-                _num(100 * r["miou_b"]),
-                _num(100 * r["diff"], sign=True) + (mark if np.isfinite(r["diff"]) else ""),
-                f"[{_num(100 * r['low'], sign=True)}, {_num(100 * r['high'], sign=True)}]"
-                if np.isfinite(r["low"])
-                else "–",
-                str(int(r["pairs"])),
+                100 * r["miou_a"],
+                100 * r["miou_b"],
+                100 * r["diff"],
+                100 * r["low"],
+                100 * r["high"],
+                int(r["pairs"]),
             ]
         )
-        ci = f"[{100 * r['low']:.3f}, {100 * r['high']:.3f}]"
-        values.append([100 * r["miou_a"], 100 * r["miou_b"], 100 * r["diff"], ci, r["pairs"]])
     unpaired = int(frame["unpaired"].sum())
     footer = [
         f"A = {a.name}, B = {b.name}. Δ = B − A, mIoU points over the cells both ran on the same manifest; "
@@ -107,6 +107,14 @@ def compare_table(a: ExperimentData, b: ExperimentData, frame: pd.DataFrame) -> 
         cells=cells,
         values=values,
         footer=footer,
+        csv_columns=[
+            "miou_a_pct",
+            "miou_b_pct",
+            "delta_pts",
+            "ci_low_pts",
+            "ci_high_pts",
+            "paired_manifests",
+        ],
     )
 
 

@@ -35,6 +35,9 @@ class Table:
     values: list[list[float | str]]  # raw values for CSV
     bold: list[list[bool]] = field(default_factory=list)
     footer: list[str] = field(default_factory=list)
+    # CSV headers where ``values`` has other columns than the printed table (e.g. a CI printed as
+    # one "[low, high]" cell is two numeric CSV columns); the printed headers otherwise
+    csv_columns: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.bold:
@@ -94,7 +97,9 @@ class Table:
 
     def to_csv(self) -> str:
         df = pd.DataFrame(
-            self.values, columns=self._header_names(), index=pd.Index(self.rows, name=self.row_header)
+            self.values,
+            columns=self.csv_columns or self._header_names(),
+            index=pd.Index(self.rows, name=self.row_header),
         )
         buf = io.StringIO()
         df.to_csv(buf)
@@ -286,6 +291,30 @@ def _num(v: float | None, decimals: int = 1, sign: bool = False, missing: str = 
         return missing
     text = f"{v:+.{decimals}f}" if sign else f"{v:.{decimals}f}"
     return f"{0:.{decimals}f}" if float(text) == 0 else text
+
+
+def difference_decimals(low: float, high: float, excludes_zero: bool, start: int = 1, most: int = 4) -> int:
+    """Decimals to print a difference and its CI with: ``start``, or more when the CI excludes 0 but a
+    bound would print as 0 at fewer, so the printed interval shows what the star claims (a CI of
+    [+0.026, +0.039] points prints as [+0.03, +0.04], not [0.0, 0.0]); at most ``most``."""
+    decimals = start
+    if excludes_zero and np.isfinite(low) and np.isfinite(high):
+        while decimals < most and min(abs(round(low, decimals)), abs(round(high, decimals))) == 0:
+            decimals += 1
+    return decimals
+
+
+def difference_cells(diff: float, low: float, high: float, excludes_zero: bool) -> tuple[str, str]:
+    """The printed Δ (with `` *`` when the CI excludes 0) and its ``[low, high]`` CI, in points,
+    at the precision :func:`difference_decimals` picks."""
+    d = difference_decimals(low, high, excludes_zero)
+    mark = " *" if excludes_zero and np.isfinite(diff) else ""
+    ci = (
+        f"[{_num(low, d, sign=True)}, {_num(high, d, sign=True)}]"
+        if np.isfinite(low) and np.isfinite(high)
+        else _fmt(None)
+    )
+    return _num(diff, d, sign=True) + mark, ci
 
 
 def provenance(data: ExperimentData, cells: pd.DataFrame | None = None) -> list[str]:
@@ -498,24 +527,22 @@ def ablation_table(data: ExperimentData, ablation: pd.DataFrame, dataset: str, s
     values, cells = [], []
     for _, r in df.iterrows():
         is_ref = r["variant"] == ref
-        values.append([100 * r["miou"], 100 * r["diff"], 100 * r["low"], 100 * r["high"], r["pairs"]])
-        mark = " *" if r["excludes_zero"] and not is_ref else ""
-        ci = (
-            f"[{_num(100 * r['low'], sign=True)}, {_num(100 * r['high'], sign=True)}]"
-            if np.isfinite(r["low"]) and np.isfinite(r["high"])
-            else _fmt(None)
+        values.append([100 * r["miou"], 100 * r["diff"], 100 * r["low"], 100 * r["high"], int(r["pairs"])])
+        diff, ci = difference_cells(
+            100 * r["diff"], 100 * r["low"], 100 * r["high"], bool(r["excludes_zero"])
         )
         cells.append(
             [
                 _fmt(100 * r["miou"]),
-                "(reference)" if is_ref else f"{_num(100 * r['diff'], sign=True)}{mark}",
+                "(reference)" if is_ref else diff,
                 "" if is_ref else ci,
                 str(int(r["pairs"])),
             ]
         )
     footer = [
         f"Δ = variant − {ref}, mIoU points; 95% paired bootstrap CI over episodes (each fold's manifest "
-        "resampled within classes, 1000 resamples), * = CI excludes 0."
+        "resampled within classes, 1000 resamples), * = CI excludes 0; a Δ whose CI excludes 0 is "
+        "printed with the decimals that show it."
     ] + provenance(data, data.cells[(data.cells["dataset"] == dataset) & (data.cells["shot"] == shot)])
     return Table(
         title=f"Ablation on {_dataset_name(dataset)}, {shot}-shot: mIoU (%) and difference from {ref}",
@@ -524,11 +551,9 @@ def ablation_table(data: ExperimentData, ablation: pd.DataFrame, dataset: str, s
         row_header="variant",
         rows=list(df["variant"]),
         cells=cells,
-        values=[
-            [v[0], v[1], f"[{_num(v[2], 3, missing='nan')}, {_num(v[3], 3, missing='nan')}]", v[4]]
-            for v in values
-        ],
+        values=values,
         footer=footer,
+        csv_columns=["miou_pct", "delta_pts", "ci_low_pts", "ci_high_pts", "paired_manifests"],
     )
 
 

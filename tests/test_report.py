@@ -125,7 +125,7 @@ def test_ablation_table_difference_is_the_paired_mean(report):
     ]
     assert rows["fssam"][1] == "(reference)"
     assert float(rows["no-imr"][1].rstrip(" *")) == pytest.approx(100 * np.mean(diffs), abs=0.051)
-    low, high = (float(x) for x in re.findall(r"[-+]?\d+\.\d", rows["no-imr"][2]))
+    low, high = (float(x) for x in re.findall(r"[-+]?\d+\.\d+", rows["no-imr"][2]))
     assert (
         low <= float(rows["no-imr"][1].rstrip(" *")) + 0.05
         and high >= float(rows["no-imr"][1].rstrip(" *")) - 0.05

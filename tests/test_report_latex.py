@@ -10,6 +10,7 @@ pdflatex comes from the Debian package ``texlive-latex-recommended`` (booktabs, 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from reports.tables import (
     _num,
     ablation_frame,
     ablation_table,
+    difference_cells,
     latex_escape,
     latex_unicode,
     main_table,
@@ -239,7 +241,7 @@ def test_latex_spellings_of_the_ablation_table(tables):
     tex, md = t.to_latex(), t.to_markdown()
     assert "Δ" in md and "−" in md and "–" not in tex  # Markdown keeps the Unicode
     assert "95\\% CI of $\\Delta$" in tex and "$\\Delta$ = variant $-$ fssam" in tex
-    assert "Δ" in t.to_html() and "Δ" in t.to_csv()
+    assert "Δ" in t.to_html() and t.to_csv().splitlines()[0].isascii()  # CSV headers: names with units
     assert latex_escape("± × – é Ø ß") == "$\\pm$ $\\times$ -- \\'{e} {\\O} {\\ss}"
     missing = Table("t", "t", [("", "a"), ("", "b")], "m", ["x"], [["1.0", "–"]], [[1.0, float("nan")]])
     assert "x & 1.0 & -- \\\\" in missing.to_latex() and "| x | 1.0 | – |" in missing.to_markdown()
@@ -283,8 +285,10 @@ def test_values_that_round_to_zero_print_as_zero(tables):
     assert _num(-0.0004, 3) == "0.000" and _num(float("nan")) == "–"
     ablation = next(t for t in tables if t.name.startswith("ablation-"))
     row = ablation.cells[ablation.rows.index("imr_1")]
-    assert row[1].rstrip(" *") == "0.0" and row[2] == "[0.0, 0.0]"
     assert -0.05 < ablation.values[ablation.rows.index("imr_1")][1] < 0  # really a tiny negative
+    # its CI excludes 0, so it is not printed as "0.0 *" beside "[0.0, 0.0]" but with the decimals
+    # that show the claim (the CI is [-0.00179, -0.00021] points: 4 decimals)
+    assert row[1] == "-0.0008 *" and row[2] == "[-0.0018, -0.0002]"
     for t in tables:
         for text in (t.to_markdown(), t.to_latex(), t.to_csv()):
             assert not SIGNED_ZERO.search(text), (t.name, SIGNED_ZERO.findall(text))
@@ -302,3 +306,26 @@ def test_footers_and_titles_say_what_the_table_covers(data):
     )
     footer = " ".join(per_class_table(both, "pascal", 1, int(five["fold"].iloc[0])).footer)
     assert "zzzzzzzzzzzz" not in footer and "Manifests" in footer
+
+
+def test_a_difference_whose_ci_excludes_zero_prints_the_decimals_that_show_it(tables):
+    # hand-worked: at 1 decimal +0.026 and +0.039 both print 0.0, at 2 they print +0.03 and +0.04
+    assert difference_cells(0.030, 0.026, 0.039, True) == ("+0.03 *", "[+0.03, +0.04]")
+    assert difference_cells(-0.0031, -0.0046, -0.0012, True) == ("-0.003 *", "[-0.005, -0.001]")
+    assert difference_cells(1.23, 0.51, 2.04, True) == ("+1.2 *", "[+0.5, +2.0]")  # 1 decimal shows it
+    # a CI that contains 0 keeps 1 decimal (nothing to show), and no star
+    assert difference_cells(0.030, -0.011, 0.071, False) == ("0.0", "[0.0, +0.1]")
+    assert difference_cells(0.00001, 0.000004, 0.00002, True)[1] == "[0.0000, 0.0000]"  # at most 4
+    # the ablation table's CSV holds the CI as two numeric columns, in points
+    ablation = next(t for t in tables if t.name.startswith("ablation-"))
+    csv = pd.read_csv(io.StringIO(ablation.to_csv()), index_col=0)
+    assert list(csv.columns) == ["miou_pct", "delta_pts", "ci_low_pts", "ci_high_pts", "paired_manifests"]
+    assert all(csv[c].dtype.kind == "f" for c in ("delta_pts", "ci_low_pts", "ci_high_pts"))
+    row = csv.loc["imr_1"]
+    assert row["ci_low_pts"] <= row["delta_pts"] <= row["ci_high_pts"]
+    printed = ablation.cells[ablation.rows.index("imr_1")]
+    low, high = (float(x) for x in printed[2].strip("[]").split(", "))
+    d = len(printed[2].strip("[]").split(", ")[0].split(".")[1])
+    assert (low, high) == (round(row["ci_low_pts"], d), round(row["ci_high_pts"], d))
+    if "*" in printed[1]:  # the printed interval itself excludes 0
+        assert low * high > 0
