@@ -48,10 +48,11 @@ def save_episode_overlay(
     support: np.ndarray | None = None,
     support_mask: np.ndarray | None = None,
 ) -> Path:
-    """Panels: [support with its mask,] query with GT (magenta outline), query with prediction (red)."""
+    """Panels: [support with its mask (yellow outline),] query with GT (magenta outline), query with
+    prediction (red)."""
     panels = []
     if support is not None and support_mask is not None:
-        panels.append(("support", overlay(support, support_mask == 1, (0.1, 0.4, 1.0))))
+        panels.append(("support", outline(support, support_mask == 1, (1.0, 0.85, 0.0))))
     panels.append(("ground truth", outline(query, target == 1, (1.0, 0.0, 1.0))))
     panels.append(("prediction", overlay(query, pred.astype(bool), (1.0, 0.15, 0.1))))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))

@@ -24,6 +24,7 @@ from reports.tables import (
     Table,
     ablation_frame,
     ablation_table,
+    imr_curve_ci,
     main_table,
     per_class_table,
     reference_variant,
@@ -124,7 +125,10 @@ def build_report(
     fssam_cells = data.cells[(data.cells["method"] == "fssam") & data.cells["imr_iters"].notna()]
     if fssam_cells["imr_iters"].nunique() > 1:
         fig_sections.append(
-            Section("IMR iterations", images=[fig(F.imr_curve(data.cells, rnd), "imr-iterations")])
+            Section(
+                "IMR iterations",
+                images=[fig(F.imr_curve(data.cells, rnd, ci=imr_curve_ci(data)), "imr-iterations")],
+            )
         )
     heat, bars = [], []
     for (ds, shot), _ in data.cells.groupby(["dataset", "shot"], sort=False):

@@ -40,7 +40,7 @@ RANDOM_INIT_LABEL = "RANDOM-INIT WEIGHTS"
 """Text put on every figure drawn from random-init (smoke test) weights."""
 
 _RANDOM_INIT_NOTE = f"{RANDOM_INIT_LABEL} - numbers are not meaningful"
-_SUPPORT_COLOR = (0.1, 0.4, 1.0)
+_SUPPORT_COLOR = (1.0, 0.85, 0.0)  # yellow outline: a tint vanished on blue objects
 _PRED_COLOR = (1.0, 0.15, 0.1)
 _GT_COLOR = (1.0, 0.0, 1.0)  # magenta outline: visible on green (and most) objects
 _IGNORE_COLOR = (0.6, 0.6, 0.6)
@@ -154,15 +154,6 @@ def _outline_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, fl
     return outline(overlay(image, mask == 255, _IGNORE_COLOR, alpha=0.5), mask == 1, color)
 
 
-def _mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float]) -> np.ndarray:
-    """``image`` with mask == 1 tinted in ``color`` and ignore pixels (255) tinted grey."""
-    mask = np.asarray(mask)
-    out = overlay(image, mask == 1, color)
-    if mask.dtype != bool and (mask == 255).any():
-        out = overlay(out, mask == 255, _IGNORE_COLOR, alpha=0.4)
-    return out
-
-
 def _na_panel(ax: Axes) -> None:
     ax.set_facecolor("#eeeeee")
     ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=14, color="#666666", transform=ax.transAxes)
@@ -188,7 +179,7 @@ def qualitative_column_titles(n_imr: int) -> list[str]:
 def qualitative_grid(episodes: list[EpisodePanels], random_init: bool) -> Figure:
     """Paper Fig. 5 style grid: one row per episode, one column per stage.
 
-    Columns: support image with its mask (blue), query image, FG prior, Disc prior, the Disc prior
+    Columns: support image with its mask (yellow outline), query image, FG prior, Disc prior, the Disc prior
     after each IMR iteration ("IMR t=1..T", T = the most iterations of any episode), the prediction
     (red) on the query, the ground truth (magenta outline, ignore grey) on the query. Priors are drawn as
     ``jet`` heatmaps on a fixed 0..1 scale, stretched from (S, S) to the query's (Hq, Wq) so they
@@ -217,7 +208,7 @@ def qualitative_grid(episodes: list[EpisodePanels], random_init: bool) -> Figure
         priors: list[np.ndarray | None] = [ep.prior_fg, ep.prior_disc]
         priors += [ep.imr_disc_priors[t] if t < len(ep.imr_disc_priors) else None for t in range(n_imr)]
         panels: list[tuple[str, np.ndarray | None]] = [
-            ("image", _mask_overlay(ep.support_image, ep.support_mask, _SUPPORT_COLOR)),
+            ("image", _outline_overlay(ep.support_image, ep.support_mask, _SUPPORT_COLOR)),
             ("image", ep.query_image),
             *[("prior", p) for p in priors],
             ("image", overlay(ep.query_image, np.asarray(ep.pred).astype(bool), _PRED_COLOR)),
@@ -339,27 +330,67 @@ def imr_curve_data(cells: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["dataset", "shot", "imr_iters"], ignore_index=True)
 
 
-def imr_curve(cells: pd.DataFrame, random_init: bool) -> Figure:
+MIN_Y_SPAN = 10.0
+"""The least span (points) of a line plot's y axis: a zoomed axis makes 0.2 points look like a trend."""
+
+
+def honest_ylim(lows: list[float], highs: list[float], min_span: float = MIN_Y_SPAN) -> tuple[float, float]:
+    """y limits (percent) that hold every point and whisker, span at least ``min_span`` points,
+    centred on the data, and stay within [0, 100]."""
+    lo, hi = float(np.nanmin(lows)), float(np.nanmax(highs))
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    if lo < 0:
+        lo, hi = 0.0, max(hi - lo, min_span)
+    if hi > 100:
+        lo, hi = min(lo - (hi - 100), 100 - min_span), 100.0
+    return max(lo, 0.0), min(hi, 100.0)
+
+
+def imr_curve(cells: pd.DataFrame, random_init: bool, ci: pd.DataFrame | None = None) -> Figure:
     """mIoU (percent) vs number of IMR iterations, one line per (dataset, shot).
 
     Only FSSAM cells (``method == "fssam"``) with a finite ``imr_iters`` are used; the points are
     :func:`imr_curve_data` (mean over seeds within each fold, then over folds). Lines are labelled
-    ``"<dataset> <shot>-shot"``; x ticks are the integer iteration counts present.
+    ``"<dataset> <shot>-shot"``; x ticks are the integer iteration counts present. ``ci`` (columns
+    ``dataset, shot, imr_iters, low, high``, percent) draws each point's 95% CI as an error bar;
+    points without one say so in the caption. The y axis spans at least :data:`MIN_Y_SPAN` points
+    (:func:`honest_ylim`) and the caption prints its range.
     """
     title = "mIoU vs IMR iterations (FSSAM)"
     data = imr_curve_data(cells)
     if data.empty:
         return _empty_figure(title, "no FSSAM cells with IMR iterations", random_init)
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    if ci is not None and not ci.empty:
+        data = data.merge(ci[["dataset", "shot", "imr_iters", "low", "high"]], how="left")
+    else:
+        data = data.assign(low=np.nan, high=np.nan)
+    fig = Figure(figsize=(6.5, 4.8), layout="constrained")
     ax = fig.subplots()
     for (dataset, shot), g in data.groupby(["dataset", "shot"], sort=True):
-        ax.plot(g["imr_iters"], g["miou"], marker="o", label=f"{dataset} {int(shot)}-shot")
+        (line,) = ax.plot(g["imr_iters"], g["miou"], marker="o", label=f"{dataset} {int(shot)}-shot")
+        has = g[np.isfinite(g["low"]) & np.isfinite(g["high"])]
+        if not has.empty:
+            err = np.vstack([has["miou"] - has["low"], has["high"] - has["miou"]])
+            ax.errorbar(
+                has["imr_iters"], has["miou"], yerr=err, fmt="none", ecolor=line.get_color(), capsize=4
+            )
     iters = sorted({int(round(v)) for v in data["imr_iters"]})
     ax.xaxis.set_major_locator(FixedLocator(iters))
+    lows = data["low"].where(np.isfinite(data["low"]), data["miou"])
+    highs = data["high"].where(np.isfinite(data["high"]), data["miou"])
+    y0, y1 = honest_ylim(list(lows), list(highs))
+    ax.set_ylim(y0, y1)
     ax.set_xlabel("IMR iterations")
     ax.set_ylabel("mIoU (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
+    missing = int((~(np.isfinite(data["low"]) & np.isfinite(data["high"]))).sum())
+    caption = f"error bars: 95% bootstrap CI over episodes (and seeds); y axis {y0:.1f} to {y1:.1f}"
+    if missing:
+        caption += f"; {missing} point(s) without a CI"
+    ax.set_title(caption, fontsize=8, color="#444444")
     _suptitle(fig, title, random_init)
     return fig
 
@@ -448,7 +479,9 @@ def fold_variant_heatmap(
     """Heatmap of :func:`fold_variant_table`: variants (rows) x folds + "mean" (columns).
 
     Cells are annotated with the value in percent, 1 decimal (missing combinations stay blank); a
-    white line separates the "mean" column. Colour scale: ``viridis`` over the table's range.
+    white line separates the "mean" column. Colour scale: ``viridis`` anchored at 0..100 (never the
+    table's own range, which makes 0.2 points look like everything); the caption prints the range
+    the values actually span.
     """
     title = f"{metric} (%) per fold: {dataset} {shot}-shot"
     table = fold_variant_table(cells, dataset, shot, metric)
@@ -465,12 +498,21 @@ def fold_variant_heatmap(
         annot=annot.to_numpy(),
         fmt="",
         cmap="viridis",
+        vmin=0.0,
+        vmax=100.0,
         linewidths=0.5,
         linecolor="white",
         cbar_kws={"label": f"{metric} (%)"},
         ax=ax,
     )
     ax.axvline(table.shape[1] - 1, color="white", lw=4)
+    finite = table.to_numpy(dtype=float)[np.isfinite(table.to_numpy(dtype=float))]
+    if finite.size:
+        ax.set_title(
+            f"colour scale 0 to 100; values span {finite.min():.1f} to {finite.max():.1f}",
+            fontsize=9,
+            color="#444444",
+        )
     ax.set_xlabel("fold")
     ax.set_ylabel("variant")
     ax.tick_params(axis="y", labelrotation=0)

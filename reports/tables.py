@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.data.classes import NUM_FOLDS
-from benchmark.metrics import paired_bootstrap_diff_over_folds, seed_bootstrap_ci
+from benchmark.metrics import MetricsError, paired_bootstrap_diff_over_folds, seed_bootstrap_ci
 from reports.collect import ExperimentData, manifest_classes
 from reports.references import Reference
 
@@ -458,6 +458,26 @@ def _seed_ci(
         by_seed.setdefault(int(r["seed"]), []).append((table, manifest_classes(data, r["run_id"])))
     res = seed_bootstrap_ci(by_seed, metric=metric, n_boot=n_boot)
     return res["low"], res["high"]
+
+
+def imr_curve_ci(data: ExperimentData, n_boot: int = 1000) -> pd.DataFrame:
+    """95% CI (percent) of each point of the IMR-iterations figure: columns ``dataset, shot,
+    imr_iters, low, high``. Per point, the cells of its first FSSAM variant with that many
+    iterations (a percentile bootstrap over seeds and episodes within classes, as the main tables'
+    CI); a point whose seeds ran different folds, or whose episodes are missing, gets no row."""
+    cells = data.cells[(data.cells["method"] == "fssam") & pd.to_numeric(data.cells["imr_iters"]).notna()]
+    rows = []
+    for (ds, shot, iters), group in cells.groupby(["dataset", "shot", "imr_iters"], sort=True):
+        first = group[group["variant"] == group["variant"].iloc[0]]
+        try:
+            ci = _seed_ci(data, first, "miou", n_boot)
+        except MetricsError:
+            ci = None
+        if ci is not None:
+            rows.append(
+                {"dataset": ds, "shot": shot, "imr_iters": iters, "low": 100 * ci[0], "high": 100 * ci[1]}
+            )
+    return pd.DataFrame(rows, columns=["dataset", "shot", "imr_iters", "low", "high"])
 
 
 METRIC_LABELS = {"miou": "mIoU", "fb_iou": "FB-IoU", "fg_iou": "FG-IoU"}  # one spelling in every title

@@ -18,6 +18,7 @@ from reports.figures import (
     EpisodePanels,
     ablation_bar_chart,
     fold_variant_heatmap,
+    honest_ylim,
     imr_curve,
     per_class_bars,
     qualitative_grid,
@@ -210,6 +211,54 @@ def test_imr_curve(cells):
     assert list(ax.get_xticks()) == [0, 3]
     assert _has_random_label(fig)
     assert not _has_random_label(imr_curve(cells, random_init=False))
+    # no CI given: the caption says so; the axis spans at least 10 points around the points
+    y0, y1 = ax.get_ylim()
+    ys = np.concatenate([line.get_ydata() for line in lines])
+    assert y1 - y0 >= 10 - 1e-9 and y0 <= ys.min() and y1 >= ys.max() and y0 >= 0 and y1 <= 100
+    assert any("without a CI" in t for t in _texts(fig))
+
+
+def test_imr_curve_draws_the_given_cis_on_an_axis_that_holds_them(cells):
+    fs = cells[(cells["method"] == "fssam") & cells["imr_iters"].notna()]
+    points = fs.groupby(["dataset", "shot", "imr_iters"], as_index=False)["miou"].mean()
+    # hand-made CIs: 1 point below and 3 above each point (fractions in cells, percent here)
+    ci = points.assign(low=100 * points["miou"] - 1.0, high=100 * points["miou"] + 3.0)
+    ci = ci.drop(columns="miou")
+    fig = imr_curve(cells, random_init=False, ci=ci)
+    (ax,) = fig.axes
+    bars = [c for c in ax.collections if c.get_segments()]
+    assert len(bars) == len(SHOTS)
+    for seg in (s for c in bars for s in c.get_segments()):
+        assert seg[1, 1] - seg[0, 1] == pytest.approx(4.0)  # from -1 to +3 points
+    y0, y1 = ax.get_ylim()
+    assert y0 <= min(ci["low"]) and y1 >= max(ci["high"]) and y1 - y0 >= 10 - 1e-9
+    assert not any("without a CI" in t for t in _texts(fig))
+
+
+@pytest.mark.parametrize(
+    ("lows", "highs", "want"),
+    [
+        ([60.1], [60.3], (55.2, 65.2)),  # 0.2 points of data: a 10-point axis centred on it
+        ([1.0], [2.0], (0.0, 10.0)),  # pushed up to stay at or above 0
+        ([98.0], [99.6], (90.0, 100.0)),  # pushed down to stay at or below 100
+        ([40.0], [70.0], (40.0, 70.0)),  # wide enough already
+    ],
+)
+def test_honest_ylim(lows, highs, want):
+    assert honest_ylim(lows, highs) == pytest.approx(want)
+
+
+def test_the_support_mask_is_an_outline_not_a_tint(episodes):
+    fig = qualitative_grid(episodes[:1], random_init=False)
+    shown = fig.axes[0].images[0].get_array()
+    ep = episodes[0]
+    inside = np.zeros(ep.support_mask.shape, bool)
+    inside[10 + 3 : 30 - 3, 12 + 3 : 37 - 3] = True  # the mask is [10:30, 12:37]; 3 px edge
+    assert (shown[inside] == ep.support_image[inside]).all()  # the object itself is untouched
+    edge = np.zeros_like(inside)
+    edge[10:30, 12:37] = True
+    edge &= ~inside
+    assert (shown[edge] == [255, 216, 0]).all()  # yellow: (1.0, 0.85, 0.0) * 255, truncated
 
 
 def test_per_class_bars(per_class):
@@ -244,6 +293,10 @@ def test_fold_variant_heatmap(cells, metric):
     assert [t.get_text() for t in ax.get_yticklabels()] == VARIANTS
     assert not _has_random_label(fig)
     assert _has_random_label(fold_variant_heatmap(cells, "pascal", 5, random_init=True))
+    # the colour scale is anchored at 0..100, not stretched over the data; the range is printed
+    assert ax.collections[0].get_clim() == (0.0, 100.0)
+    values = [float(x) for x in expected]
+    assert ax.get_title() == f"colour scale 0 to 100; values span {min(values):.1f} to {max(values):.1f}"
 
 
 def test_empty_inputs_give_placeholder_figures(cells, per_class):
