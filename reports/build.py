@@ -16,11 +16,12 @@ from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_text_atomic
 from benchmark.tracking import Tracker, git_commit
 from reports import figures as F
-from reports.collect import collect_experiment
+from reports.collect import cells_csv_frame, collect_experiment
 from reports.html import Section, write_html
 from reports.references import DEFAULT_REFERENCES, load_references
 from reports.search import TUNED_ON_TEST_WARNING, SearchData, collect_searches, trials_table
 from reports.tables import (
+    METRIC_LABELS,
     Table,
     ablation_frame,
     ablation_table,
@@ -105,7 +106,7 @@ def build_report(
     result.tables.extend(extra_tables or [])
     for t in result.tables:
         _write_table(t, tables_dir)
-    write_text_atomic(out / "cells.csv", data.cells.to_csv(index=False))
+    write_text_atomic(out / "cells.csv", cells_csv_frame(data.cells).to_csv(index=False))
 
     # ---- figures
     def fig(figure, stem: str) -> Path:
@@ -228,7 +229,9 @@ def _search_parts(
             f"Optuna study {search.optuna_study!r}: {len(search.trials)} trials on {search.kind} manifests."
         )
         if best is not None:
-            text += f" Best: trial {best['number']}, {search.metric} {100 * best['value']:.2f}, params {best['params']}."
+            params = ", ".join(f"{k} = {v}" for k, v in sorted(best["params"].items())) or "none"
+            label = METRIC_LABELS.get(search.metric, search.metric)
+            text += f" Best: trial {best['number']}, {label} {100 * best['value']:.2f}% with {params}."
         if search.tuned_on_test:
             text = "TUNED ON TEST EPISODES. " + text
         sections.append(Section(f"Search {search.name}", html=t.to_html(), images=search.plots, text=text))

@@ -158,3 +158,22 @@ def mean_std_over_seeds(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
 def nanmean(values) -> float:
     v = np.asarray(list(values), dtype=float)
     return float(np.nanmean(v)) if v.size else float("nan")
+
+
+PERCENT_COLUMNS = ("miou", "fb_iou", "fg_iou", "miou_ci_low", "miou_ci_high")
+"""Metrics that the collected cells hold as fractions and ``cells.csv`` writes in percent."""
+
+
+def cells_csv_frame(cells: pd.DataFrame) -> pd.DataFrame:
+    """The report's ``cells.csv``: the runner's schema for the columns both have (``miou_pct``,
+    ``fb_iou_pct``: percent, units in the names), the other metrics likewise in percent
+    (``fg_iou_pct``, ``miou_ci_low_pct``, ``miou_ci_high_pct``), and ``weights`` as the cell's
+    weight ids joined by ``;`` (not a Python tuple)."""
+    out = cells.copy()
+    for name in PERCENT_COLUMNS:
+        if name in out:
+            out[name] = 100 * pd.to_numeric(out[name], errors="coerce")
+    out = out.rename(columns={name: f"{name}_pct" for name in PERCENT_COLUMNS})
+    if "weights" in out:
+        out["weights"] = [";".join(w) if isinstance(w, (tuple, list)) else w for w in out["weights"]]
+    return out

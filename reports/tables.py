@@ -417,6 +417,10 @@ def main_table(
         col = columns.index((f"{ref.shot}-shot", mean_label))
         ours = values[variants.index(ref.variant)][col]
         diff = ours - ref.value if len(folds) == total and np.isfinite(ours) else np.nan
+        if len(folds) != total:
+            # a published number is a mean of all 4 folds: never under a "mean (k of 4 folds)" header
+            at = col + 1 + (columns[col + 1 : col + 2] == [(f"{ref.shot}-shot", "95% CI")])  # after our CI
+            col = _insert_column(columns, values, texts, bold, at, (f"{ref.shot}-shot", PUBLISHED_MEAN))
         for name, value, sign in (
             (f"{ref.method} (published)", ref.value, False),
             (f"{ref.variant} − published", diff, True),
@@ -444,6 +448,29 @@ def main_table(
         bold=bold,
         footer=footer,
     )
+
+
+PUBLISHED_MEAN = f"mean of {NUM_FOLDS} folds (published)"
+"""Header of the column that holds a published number when the table has fewer than 4 folds."""
+
+
+def _insert_column(
+    columns: list[tuple[str, str]],
+    values: list[list],
+    texts: list[list[str]],
+    bold: list[list[bool]],
+    at: int,
+    header: tuple[str, str],
+) -> int:
+    """Insert an empty column ``header`` at ``at`` (the existing one if it is there); its index."""
+    if header in columns:
+        return columns.index(header)
+    columns.insert(at, header)
+    for row_v, row_t, row_b in zip(values, texts, bold, strict=True):
+        row_v.insert(at, np.nan)
+        row_t.insert(at, _fmt(None))
+        row_b.insert(at, False)
+    return at
 
 
 def _seed_ci(

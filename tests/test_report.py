@@ -66,6 +66,10 @@ def report(pascal_root, tmp_path_factory):
     return tmp / "out", uri, episodes
 
 
+def md_lines(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
 def md_rows(path) -> dict[str, list[str]]:
     rows = {}
     for line in path.read_text().splitlines():
@@ -107,8 +111,15 @@ def test_main_table_matches_per_episode_tables(report):
         assert rows[best][j].startswith("**")
     csv = pd.read_csv(out / "tables" / "main-pascal-miou.csv", index_col=0)
     assert csv.loc["fssam"].tolist()[:3] == pytest.approx(expected["fssam"], abs=1e-9)
-    # the published number sits beside ours, labelled, with its source; no difference on 2 of 4 folds
-    assert rows["FSSAM (published)"][2] == "81.0" and rows["fssam − published"][2] == "–"
+    # the published number (a 4-fold mean) sits in a column of its own, not under our "mean (2 of 4
+    # folds)", labelled, with its source; no difference on 2 of 4 folds
+    header = next(
+        line for line in md_lines(out / "tables" / "main-pascal-miou.md") if line.startswith("| method")
+    )
+    names = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert names[2].endswith("mean (2 of 4 folds)") and names[4].endswith("mean of 4 folds (published)")
+    assert rows["FSSAM (published)"][4] == "81.0" and rows["FSSAM (published)"][2] == "–"
+    assert rows["fssam − published"][4] == "–" and rows["fssam"][4] == "–"
     md = (out / "tables" / "main-pascal-miou.md").read_text()
     assert "Published (not measured here): FSSAM, PASCAL-5i 1-shot mean mIoU 81.0. Source: Unlocking" in md
     assert "fewer than 4 folds" in md and "95% CI: percentile bootstrap over seeds" in md
@@ -154,8 +165,8 @@ def test_latex_structure_and_provenance(report):
     assert tex.count("{") == tex.count("}") + tex.count("\\{") - tex.count("\\}")
     body = tex[tex.index("\\midrule") + 8 : tex.index("\\bottomrule")].strip().splitlines()
     assert len(body) == 4 and all(
-        line.count("&") == 4 and line.endswith("\\\\") for line in body
-    )  # 2 variants + the published row and its difference; fold0, fold1, mean +- std, 95% CI
+        line.count("&") == 5 and line.endswith("\\\\") for line in body
+    )  # 2 variants + the published row and its difference; fold0, fold1, mean +- std, 95% CI, published
     assert "FSSAM (published)" in tex
     assert "\\textbf{" in tex and "RANDOM-INIT" in tex and "Manifests (sha256)" in tex
 
@@ -222,3 +233,21 @@ def test_outline_marks_only_the_edge_of_the_mask():
     out = outline(image, mask, (1.0, 0.0, 1.0), width=1)
     drawn = (out == [255, 0, 255]).all(axis=2)
     assert drawn.sum() == 6 * 6 - 4 * 4 and not drawn[3:7, 3:7].any() and (drawn <= mask).all()
+
+
+def test_the_reports_cells_csv_has_the_runners_schema_in_percent(report):
+    out, _, episodes = report
+    cells = pd.read_csv(out / "cells.csv")
+    runners = pd.read_csv(out.parent / "w" / "studies" / "rep" / "cells.csv")
+    shared = ["variant", "method", "dataset", "fold", "shot", "seed", "miou_pct", "fb_iou_pct", "run_id"]
+    assert set(shared) <= set(cells.columns) and set(shared) <= set(runners.columns)
+    assert not {"miou", "fb_iou", "fg_iou"} & set(cells.columns)  # no unlabelled fractions
+    both = cells.merge(runners, on="run_id", suffixes=("", "_runner"))
+    assert len(both) == len(runners) == 2 * 2 * 2
+    np.testing.assert_allclose(both["miou_pct"], both["miou_pct_runner"])
+    for _, r in cells.iterrows():  # percent, computed from the per-episode table by hand
+        want = class_wise_miou(
+            episodes[(r["variant"], r["fold"], r["seed"])], novel_classes("pascal", r["fold"])
+        )
+        assert r["miou_pct"] == pytest.approx(100 * want, abs=1e-9)
+    assert all(not w.startswith("(") and ";" in w or w.startswith("random-init") for w in cells["weights"])

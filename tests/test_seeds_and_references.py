@@ -139,3 +139,35 @@ def test_a_main_table_whose_seeds_ran_different_folds_shows_no_std_or_ci():
     # fold 0: (80 + 70) / 2 = 75, fold 1: 60; the mean of the fold values, with no ± and no CI
     assert t.cells[0][mean] == "67.5" and t.cells[0][mean + 1] == "–"
     assert any("the seeds ran different folds" in line for line in t.footer)
+
+
+def test_on_fewer_than_four_folds_the_published_mean_has_a_column_of_its_own():
+    cells = pd.DataFrame(
+        [
+            {
+                "variant": "fssam",
+                "dataset": "pascal",
+                "shot": 1,
+                "fold": 0,
+                "seed": 321,
+                "miou": 0.70,
+                "run_id": "r0",
+                "study": "s",
+                "random_init": False,
+                "manifest_sha256": "m0",
+                "weights": ["w"],
+            }
+        ]
+    )
+    data = ExperimentData("e", "1", cells, pd.DataFrame())
+    t = main_table(
+        data, "pascal", "miou", [Reference("FSSAM", "fssam", "pascal", 1, "miou", 81.0, "the paper")]
+    )
+    assert t.columns == [
+        ("1-shot", "fold0"),
+        ("1-shot", "mean (1 of 4 folds)"),
+        ("1-shot", "mean of 4 folds (published)"),
+    ]
+    assert t.rows == ["fssam", "FSSAM (published)", "fssam − published"]
+    assert t.cells == [["70.0", "70.0", "–"], ["–", "–", "81.0"], ["–", "–", "–"]]
+    assert len(t.values[0]) == len(t.bold[0]) == 3
