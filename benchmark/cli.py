@@ -118,7 +118,8 @@ def _cmd_episodes(args: argparse.Namespace) -> int:
 
 
 def _draw_note(manifest: dict) -> str:
-    """ ", 4 loader workers, own lists, scored resized to 400 px" for manifests that record these."""
+    """ ", 4 loader workers, own lists, scored resized to 400 px" (and a val manifest's held-out
+    source and left-out classes) for manifests that record these."""
     draw, ev = manifest.get("draw", {}), manifest.get("eval")
     parts = [f"{draw['loader_workers']} loader workers"] if "loader_workers" in draw else []
     parts += [f"{draw['lists']} lists"] if "lists" in draw else []
@@ -126,6 +127,10 @@ def _draw_note(manifest: dict) -> str:
         parts.append(f"scored resized to {ev['size']} px")
     if ev and not ev["ignore_255"]:
         parts.append("no ignore label")
+    if "holdout" in manifest["source"]:
+        parts.append(f"from the train split's held-out {manifest['source']['holdout']['fraction']}")
+    if manifest.get("left_out"):
+        parts.append(f"{len(manifest['left_out'])} base class(es) left out")
     return "".join(f", {p}" for p in parts)
 
 

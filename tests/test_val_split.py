@@ -300,3 +300,26 @@ def test_training_file_val_source(pascal_root, tmp_path, monkeypatch):
     with pytest.raises(Stop):
         trainer.run()
     assert seen == {"holdout_fraction": 0.5}
+
+
+def test_cli_val_source(pascal_root, tmp_path, capsys):
+    out = tmp_path / "h.json"
+    argv = [
+        "-q",
+        "episodes",
+        "--dataset",
+        "pascal",
+        "--data-root",
+        str(pascal_root),
+        "--fold",
+        "1",
+        "--shot",
+        "1",
+    ]
+    held = ["--kind", "val", "--val-source", "train-holdout", "--holdout-fraction", "0.5"]
+    assert main([*argv, *held, "--episodes", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "8 val episodes" in printed and "from the train split's held-out 0.5" in printed
+    assert load_manifest(out)["source"]["split"] == "train"
+    assert main([*argv, "--holdout-fraction", "0.5", "--out", str(tmp_path / "t.json")]) == 2
+    assert "--val-source and --holdout-fraction apply to --kind val only" in capsys.readouterr().err
