@@ -72,23 +72,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_episodes(args: argparse.Namespace) -> int:
-    from benchmark.episodes import build_manifest, load_manifest, save_manifest
+    import warnings
 
-    manifest = build_manifest(
-        Path(args.data_root),
-        fold=args.fold,
-        shot=args.shot,
-        protocol=args.protocol,
-        seed=args.seed,
-        episodes=args.episodes,
-        kind=args.kind,
-        coco_split=args.split,
-        dataset=args.dataset,
-        loader_workers=args.loader_workers,
-        lists=args.lists,
-        resolution=args.eval_resolution,
-        eval_size=args.eval_size,
-    )
+    from benchmark.episodes import ValPoolWarning, build_manifest, load_manifest, save_manifest
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ValPoolWarning)
+        manifest = build_manifest(
+            Path(args.data_root),
+            fold=args.fold,
+            shot=args.shot,
+            protocol=args.protocol,
+            seed=args.seed,
+            episodes=args.episodes,
+            kind=args.kind,
+            coco_split=args.split,
+            dataset=args.dataset,
+            loader_workers=args.loader_workers,
+            lists=args.lists,
+            resolution=args.eval_resolution,
+            eval_size=args.eval_size,
+            val_source=args.val_source,
+            holdout_fraction=args.holdout_fraction,
+        )
+    for w in caught:  # the left-out classes as one plain line; any other warning as Python shows it
+        if issubclass(w.category, ValPoolWarning):
+            print(f"note: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         try:
@@ -107,7 +118,8 @@ def _cmd_episodes(args: argparse.Namespace) -> int:
 
 
 def _draw_note(manifest: dict) -> str:
-    """ ", 4 loader workers, own lists, scored resized to 400 px" for manifests that record these."""
+    """ ", 4 loader workers, own lists, scored resized to 400 px" (and a val manifest's held-out
+    source and left-out classes) for manifests that record these."""
     draw, ev = manifest.get("draw", {}), manifest.get("eval")
     parts = [f"{draw['loader_workers']} loader workers"] if "loader_workers" in draw else []
     parts += [f"{draw['lists']} lists"] if "lists" in draw else []
@@ -115,6 +127,10 @@ def _draw_note(manifest: dict) -> str:
         parts.append(f"scored resized to {ev['size']} px")
     if ev and not ev["ignore_255"]:
         parts.append("no ignore label")
+    if "holdout" in manifest["source"]:
+        parts.append(f"from the train split's held-out {manifest['source']['holdout']['fraction']}")
+    if manifest.get("left_out"):
+        parts.append(f"{len(manifest['left_out'])} base class(es) left out")
     return "".join(f", {p}" for p in parts)
 
 
@@ -731,7 +747,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=positive_int, default=None, help="episodes (default: the protocol's, 1000)"
     )
     e.add_argument(
-        "--kind", choices=("test", "val"), default="test", help="test: novel classes; val: base classes"
+        "--kind",
+        choices=("test", "val"),
+        default="test",
+        help="test: novel classes; val: base classes, on images without a novel-class pixel",
+    )
+    e.add_argument(
+        "--val-source",
+        choices=("val", "train-holdout"),
+        default="val",
+        help="--kind val: draw from the val split, or from a held-out slice of the train split",
+    )
+    e.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=None,
+        help="--val-source train-holdout: the share of the train split held out (default 0.1)",
     )
     e.add_argument("--split", choices=COCO_SPLITS, default="interleaved", help="COCO-20i class split")
     e.add_argument("--out", required=True, help="manifest file to write (JSON)")

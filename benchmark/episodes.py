@@ -24,8 +24,12 @@ Protocols (see the README and ../shared/docs/protocols-and-tools.md section 1):
   release's PASCAL lists, matched to the root by image id) are part of the draw. Test episodes only.
 
 Kinds: ``test`` episodes use the fold's novel classes on the val split (what papers report);
-``val`` episodes use the fold's base classes on the val split (model selection that never looks at a
-novel class), and are labelled as such in the file.
+``val`` episodes (model selection) use the fold's base classes on images that hold no pixel of any
+novel class of the fold (``val_rule: no-novel-pixels``, PFENet's training-list rule), so no val
+query or support is ever a test query or support. They come from the val split (``val_source: val``)
+or from a held-out slice of the train split (``train-holdout``, :func:`heldout_images`, which
+training then skips). A base class with fewer than K+1 such images is left out of the manifest
+(recorded in ``left_out``, with a one-line :class:`ValPoolWarning`); none left is an error.
 """
 
 from __future__ import annotations
@@ -33,12 +37,20 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmark.data import classes as C
-from benchmark.data.lists import ImageRecord, fold_pool, list_line
+from benchmark.data.lists import (
+    HOLDOUT_SALT,
+    ImageRecord,
+    fold_pool,
+    heldout_images,
+    list_line,
+    without_classes,
+)
 from benchmark.data.prepared import PreparedDataset, fold_list_dir
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import canonical_json, write_text_atomic
@@ -55,6 +67,17 @@ label are resized to (HSNet: 400 px, label with nearest)."""
 EXACT_LISTS = ("own", "authors")
 """Where ``fssam-exact`` reads its PFENet-format lists: the prepared root's, or the release's (PASCAL)."""
 KINDS = ("test", "val")
+VAL_RULE = "no-novel-pixels"
+"""The rule a ``kind: val`` manifest's images obey, recorded in it as ``val_rule`` (manifests drawn
+before the rule have no such field): no pixel of any novel class of the fold."""
+VAL_SOURCES = ("val", "train-holdout")
+"""Where ``kind: val`` episodes come from: the val split, or the held-out slice of the train split."""
+HOLDOUT_FRACTION = 0.1
+"""The default share of the train split held out for ``val_source: train-holdout``."""
+
+
+class ValPoolWarning(UserWarning):
+    """A base class had too few images without a novel-class pixel and is left out of a val manifest."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,63 @@ def draw_supports(rng: StableRng, pool: list[ImageRecord], query_id: str, shot: 
             idx = rng.below(len(pool))
         chosen.append(idx)
     return tuple(pool[i].id for i in chosen)
+
+
+def validation_records(
+    ds: PreparedDataset, novel: list[int], val_source: str = "val", holdout_fraction: float | None = None
+) -> tuple[str, list[ImageRecord], list[ImageRecord]]:
+    """The images ``kind: val`` episodes of a fold may use: (split, the split's records, the usable ones).
+
+    Usable: no pixel of any class of ``novel`` (:func:`without_classes`) and, for ``train-holdout``,
+    in the held-out slice of the train split (:func:`heldout_images` with ``holdout_fraction``,
+    default :data:`HOLDOUT_FRACTION`).
+    """
+    if val_source not in VAL_SOURCES:
+        raise FssBenchError(f"--val-source must be one of {VAL_SOURCES}, got {val_source!r}")
+    if val_source == "val":
+        if holdout_fraction is not None:
+            raise FssBenchError("--holdout-fraction applies to --val-source train-holdout only")
+        records = ds.records("val")
+        return "val", records, without_classes(records, novel)
+    fraction = HOLDOUT_FRACTION if holdout_fraction is None else holdout_fraction
+    records = ds.records("train")
+    held = heldout_images(records, fraction)
+    return "train", records, [r for r in without_classes(records, novel) if r.id in held]
+
+
+def usable_classes(
+    records: list[ImageRecord], classes: list[int], shot: int
+) -> tuple[list[int], dict[int, int]]:
+    """Split ``classes`` into those with at least ``shot + 1`` images of ``records`` where the class
+    counts (>= MIN_CLASS_PIXELS px; a query and ``shot`` distinct supports) and the rest, with their
+    image counts: (kept classes ascending, {left-out class: count})."""
+    pool = fold_pool(records, classes, filter_intersection=False)
+    kept = [c for c in pool.per_class if len(pool.per_class[c]) >= shot + 1]
+    left_out = {c: len(v) for c, v in pool.per_class.items() if len(v) < shot + 1}
+    return kept, left_out
+
+
+def holdout_remedy(split: str, holdout_fraction: float | None) -> str:
+    """What to do when a val pool is too small: use the train split's held-out slice, or a larger one."""
+    if split == "val":
+        return (
+            "draw val episodes from a held-out slice of the train split instead (--val-source train-holdout)"
+        )
+    fraction = HOLDOUT_FRACTION if holdout_fraction is None else holdout_fraction
+    return f"hold out more of the train split (--holdout-fraction, now {fraction})"
+
+
+def left_out_note(
+    dataset: str, fold: int, shot: int, left_out: dict[int, int], split: str, holdout_fraction: float | None
+) -> str:
+    """One line naming the base classes a val manifest leaves out, their image counts and the remedy."""
+    names = C.class_names(dataset)
+    listed = ", ".join(f"{c} ({names[c - 1]}) {n} image(s)" for c, n in sorted(left_out.items()))
+    return (
+        f"{dataset} fold {fold} val episodes: base classes left out, with fewer {split}-split images "
+        f"without a novel-class pixel than the {shot + 1} a {shot}-shot episode needs: {listed}; "
+        f"{holdout_remedy(split, holdout_fraction)}"
+    )
 
 
 def sample_episodes(
@@ -199,13 +279,17 @@ def build_manifest(
     lists: str = "own",
     resolution: str | None = None,
     eval_size: int | None = None,
+    val_source: str = "val",
+    holdout_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Build a manifest dict (with its ``sha256``) from a prepared root.
 
     ``dataset``, when given, must match the prepared root's dataset. ``seed``/``episodes`` default
     to the protocol's values. ``loader_workers`` and ``lists`` apply to ``fssam-exact`` only.
     ``resolution``/``eval_size``: where episodes are scored (:func:`default_evaluation`), recorded
-    in the manifest (so in the cell key).
+    in the manifest (so in the cell key). ``val_source``/``holdout_fraction`` apply to ``kind val``
+    only (:func:`validation_records`); base classes with too few usable images are left out with a
+    :class:`ValPoolWarning`.
     """
     ds = PreparedDataset(data_root)
     if dataset is not None and dataset != ds.dataset:
@@ -225,12 +309,31 @@ def build_manifest(
         raise FssBenchError(f"--shot must be at least 1, got {shot}")
     if n < 1:
         raise FssBenchError(f"--episodes must be at least 1, got {n}")
-    classes = (C.novel_classes if kind == "test" else C.base_classes)(ds.dataset, fold, coco_split)
-    records = ds.records("val")
-    list_name = "sub_class_file_list" if kind == "test" else "records"
-    where = f"{ds.root / fold_list_dir(ds.dataset, coco_split) / 'val' / f'{list_name}_{fold}.txt'}"
-    if kind == "val":
-        where = f"{ds.records_path('val')} (base classes of fold {fold})"
+    novel = C.novel_classes(ds.dataset, fold, coco_split)
+    left_out: dict[int, int] = {}
+    if kind == "test":
+        if val_source != "val" or holdout_fraction is not None:
+            raise FssBenchError("--val-source and --holdout-fraction apply to --kind val only")
+        classes, split = novel, "val"
+        records = pool = ds.records("val")
+        where = (
+            f"{ds.root / fold_list_dir(ds.dataset, coco_split) / 'val' / f'sub_class_file_list_{fold}.txt'}"
+        )
+    else:
+        split, records, pool = validation_records(ds, novel, val_source, holdout_fraction)
+        where = f"{ds.records_path(split)} (base classes of fold {fold}, no novel-class pixel)"
+        if protocol == "fssam-exact":  # refused below, before any note about classes
+            classes = C.base_classes(ds.dataset, fold, coco_split)
+        else:
+            classes, left_out = usable_classes(pool, C.base_classes(ds.dataset, fold, coco_split), shot)
+            if not classes:
+                raise FssBenchError(
+                    f"{where}: no base class has the {shot + 1} images a {shot}-shot episode needs; "
+                    + holdout_remedy(split, holdout_fraction)
+                )
+            if left_out:
+                note = left_out_note(ds.dataset, fold, shot, left_out, split, holdout_fraction)
+                warnings.warn(ValPoolWarning(note), stacklevel=2)
     evaluation = default_evaluation(protocol, ds.dataset, resolution, eval_size)
     by_id = {r.id: r for r in records}
     draw = None
@@ -239,9 +342,9 @@ def build_manifest(
             ds, fold, shot, seed, n, kind, coco_split, classes, records, loader_workers, lists
         )
     elif protocol == "hsnet":
-        eps, draw = _hsnet_episodes(ds, fold, shot, seed, n, kind, coco_split, classes, records)
+        eps, draw = _hsnet_episodes(ds, fold, shot, seed, n, kind, coco_split, classes, pool)
     else:
-        eps = sample_episodes(records, classes, shot, protocol, seed, n, where)
+        eps = sample_episodes(pool, classes, shot, protocol, seed, n, where)
     used = sorted({e.query for e in eps} | {s for e in eps for s in e.supports})
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -255,7 +358,7 @@ def build_manifest(
         "num_episodes": n,
         "classes": classes,
         "source": {
-            "split": "val",
+            "split": split,
             # identity of the data: the canonical records of the split (paths and class pixel counts)
             "records_sha256": hashlib.sha256(
                 canonical_json([r.to_json() for r in records]).encode("ascii")
@@ -266,6 +369,12 @@ def build_manifest(
             {"id": e.id, "query": e.query, "class": e.cls, "supports": list(e.supports)} for e in eps
         ],
     }
+    if kind == "val":  # the rule and the data the draw obeyed (test manifests keep the hash they had)
+        manifest["val_rule"] = VAL_RULE
+        manifest["left_out"] = {str(c): k for c, k in sorted(left_out.items())}
+        if split == "train":
+            fraction = HOLDOUT_FRACTION if holdout_fraction is None else holdout_fraction
+            manifest["source"]["holdout"] = {"fraction": fraction, "salt": HOLDOUT_SALT}
     if draw is not None:  # the draw's parameters, and where each episode sits in the authors' loop
         manifest["draw"] = draw["params"]
         for row, (epoch, index) in zip(manifest["episodes"], draw.get("positions", []), strict=False):

@@ -109,7 +109,8 @@ class CellFailure:
 def study_manifests(study: Study, work_dir: Path, kind: str = "test") -> dict[tuple, Path]:
     """(dataset, fold, shot, seed) -> the manifest file of that cell group under
     ``<work_dir>/manifests/`` (written only when missing or different). ``kind="val"``: the fold's
-    base classes (what searches tune on); the name says so."""
+    base classes on images without a novel-class pixel, from the study's ``val_source`` (what
+    searches tune on); the name says so."""
     out = {}
     for ds, root in study.data.items():
         for fold in study.folds:
@@ -129,9 +130,16 @@ def study_manifests(study: Study, work_dir: Path, kind: str = "test") -> dict[tu
                         study.lists,
                         study.eval_resolution,
                         study.eval_size,
+                        **(
+                            {"val_source": study.val_source, "holdout_fraction": study.holdout_fraction}
+                            if kind == "val"
+                            else {}
+                        ),
                     )
                     split = f"-{study.split}" if ds == "coco" else ""
                     tail = "" if kind == "test" else f"-{kind}"
+                    if "holdout" in m["source"]:  # drawn from the train split's held-out slice
+                        tail += f"-holdout{m['source']['holdout']['fraction']}"
                     if "loader_workers" in m.get("draw", {}):  # fssam-exact: part of the draw
                         tail += f"-w{study.loader_workers}-{study.lists}"
                     if m.get("eval", {}).get("resolution") == "resized":

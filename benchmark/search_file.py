@@ -19,8 +19,9 @@ A search file is YAML (see ``ablations/searches/``)::
     report_every: 50                    # episodes between intermediate values (trial.report)
     trials: 40                          # trials in total (a grid defaults to its size)
 
-``kind: val`` manifests hold the fold's base classes on the val split: model selection that never
-looks at a novel class or at the test episodes reports use. ``kind: test`` is refused unless the
+``kind: val`` manifests hold the fold's base classes on val-split images without any pixel of a
+novel class (or on a held-out slice of the train split: ``study.val_source=train-holdout``): model
+selection that never looks at a novel class or at the test episodes reports use. ``kind: test`` is refused unless the
 command is given ``--allow-test-tuning`` (then everything is tagged ``fss.tuned_on_test=true``).
 
 Command-line ``key=value`` overrides use dotted paths into this file (``trials=6``,
@@ -39,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from benchmark.episodes import VAL_RULE
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import canonical_json
 from benchmark.methods import get_method
@@ -144,6 +146,11 @@ class SearchSpec:
             "seeds": s.seeds,
             "episodes": s.episodes,
             "split": s.split,
+            **(
+                {"val_rule": VAL_RULE, "val_source": s.val_source, "holdout_fraction": s.holdout_fraction}
+                if self.kind == "val"
+                else {}
+            ),
         }
 
     @property

@@ -13,6 +13,8 @@ A study file is YAML (see ``ablations/``)::
     seeds: [321]                          # one manifest per seed; {count: 5, base: 123}: BAM's draw
     episodes: 1000                        # per manifest (null: the protocol's default)
     split: interleaved                    # COCO class split
+    val_source: val                       # searches' val manifests: val split | train-holdout
+    holdout_fraction: 0.1                 # train-holdout only: the share of the train split held out
     batch_size: 1                         # episodes per forward (how, not what: not in the cell key)
     cache: {dtype: fp32, max_gb: null, stages_gb: 1}  # feature storage, disk bound, shared stages
     resources: {gpus_per_cell: null, cpus_per_cell: 1}  # --engine ray: what each worker reserves
@@ -49,7 +51,15 @@ import yaml
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
-from benchmark.episodes import EXACT_LISTS, PROTOCOLS, SEED_MAX, check_seed, default_evaluation
+from benchmark.episodes import (
+    EXACT_LISTS,
+    HOLDOUT_FRACTION,
+    PROTOCOLS,
+    SEED_MAX,
+    VAL_SOURCES,
+    check_seed,
+    default_evaluation,
+)
 from benchmark.errors import FssBenchError
 from benchmark.lockfile import check_against_lock
 from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
@@ -67,6 +77,8 @@ TOP_LEVEL = (
     "batch_size",
     "loader_workers",
     "lists",
+    "val_source",
+    "holdout_fraction",
     "eval",
     "cache",
     "resources",
@@ -165,6 +177,8 @@ class Study:
     lists: str = "own"
     eval_resolution: str | None = None
     eval_size: int | None = None
+    val_source: str = "val"  # where kind-val manifests (searches) draw from
+    holdout_fraction: float | None = None  # val_source train-holdout only (default 0.1)
 
     @property
     def random_init(self) -> bool:
@@ -345,6 +359,22 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
             f"{source}: lists: authors: the FSSAM release's lists shipped here are PASCAL's, but the study "
             f"also runs {sorted(set(roots) - {'pascal'})}; use lists: own"
         )
+    val_source = raw.get("val_source", "val")
+    if val_source not in VAL_SOURCES:
+        raise FssBenchError(f"{source}: val_source: {val_source!r} is not one of {list(VAL_SOURCES)}")
+    holdout_fraction = raw.get("holdout_fraction")
+    if holdout_fraction is not None:
+        if val_source != "train-holdout":
+            raise FssBenchError(
+                f"{source}: holdout_fraction: applies to val_source: train-holdout only (val_source is {val_source})"
+            )
+        ok = isinstance(holdout_fraction, (int, float)) and not isinstance(holdout_fraction, bool)
+        if not ok or not 0 < holdout_fraction < 1:
+            raise FssBenchError(
+                f"{source}: holdout_fraction: expected a number in (0, 1), got {holdout_fraction!r}"
+            )
+    elif val_source == "train-holdout":
+        holdout_fraction = HOLDOUT_FRACTION
     ev = raw.get("eval") or {}
     if not isinstance(ev, dict) or set(ev) - {"resolution", "size"}:
         raise FssBenchError(
@@ -404,6 +434,8 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         lists=lists,
         eval_resolution=ev.get("resolution"),
         eval_size=ev.get("size"),
+        val_source=val_source,
+        holdout_fraction=holdout_fraction,
     )
 
 

@@ -2,7 +2,9 @@
 (seed, epoch, position), so any iteration of any epoch can be rebuilt exactly (resume, DDP ranks).
 
 * The list: the train split's images whose labelled classes are all base classes of the fold and
-  that have at least one base class of >= 2*32*32 px (PFENet's ``filter_intersection``).
+  that have at least one base class of >= 2*32*32 px (PFENet's ``filter_intersection``), less the
+  held-out slice (:func:`benchmark.data.lists.heldout_images`) when validation draws from it
+  (``val.source: train-holdout``).
 * An epoch visits every image of the list once as the query, in the order of a permutation drawn
   from ``(seed, epoch)`` (the authors reseed with ``321 + epoch`` every epoch).
 * Episode ``i`` of an epoch: one base class counted in the query is drawn uniformly, then ``shot``
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmark.data import classes as C
-from benchmark.data.lists import FoldPool, ImageRecord, fold_pool
+from benchmark.data.lists import FoldPool, ImageRecord, fold_pool, heldout_images
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episode_loader import ImageStore, episode_target
 from benchmark.episodes import Episode
@@ -48,9 +50,16 @@ class TrainSet:
         return {r.id: r for r in self.pool.images}
 
 
-def train_set(root: PreparedDataset, fold: int, shot: int, coco_split: str = "interleaved") -> TrainSet:
+def train_set(
+    root: PreparedDataset,
+    fold: int,
+    shot: int,
+    coco_split: str = "interleaved",
+    holdout_fraction: float | None = None,
+) -> TrainSet:
     """The fold's base-class training list; a fold with no usable image (or a class with fewer
-    than ``shot + 1`` images) is an error naming the list."""
+    than ``shot + 1`` images) is an error naming the list. ``holdout_fraction``: skip the train
+    split's held-out slice of that fraction (validation draws from it: ``val.source: train-holdout``)."""
     classes = C.base_classes(root.dataset, fold, coco_split)
     try:
         records = root.records("train")
@@ -58,8 +67,14 @@ def train_set(root: PreparedDataset, fold: int, shot: int, coco_split: str = "in
         raise FssBenchError(
             f"{root.root}: no train list ({e}); prepare the data root with `fssbench data prepare`"
         ) from None
-    pool = fold_pool(records, classes, filter_intersection=True)
     where = f"{root.records_path('train')} (base classes of fold {fold})"
+    if holdout_fraction is not None:
+        held = heldout_images(records, holdout_fraction)
+        records = [r for r in records if r.id not in held]
+        where = (
+            f"{root.records_path('train')} (base classes of fold {fold}, held-out {holdout_fraction} skipped)"
+        )
+    pool = fold_pool(records, classes, filter_intersection=True)
     if not pool.images:
         raise FssBenchError(f"{where}: no training image holds only base classes; the fold cannot be trained")
     for c in classes:

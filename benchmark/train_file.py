@@ -23,6 +23,8 @@ A training file is YAML (see ``ablations/train/``)::
       every: epoch                      # or a number of iterations
       patience: 100                     # validations without improvement before stopping
       seed: 321
+      source: val                       # val split | train-holdout (a held-out slice training skips)
+      holdout_fraction: 0.1             # train-holdout only: the share of the train split held out
 
 The crop size is the model's ``image_size``. ``val.kind: test`` (select on the test episodes, as the
 authors did) is refused unless ``--select-on-test`` is given, and then tagged everywhere.
@@ -39,6 +41,7 @@ from typing import Any
 import yaml
 
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
+from benchmark.episodes import HOLDOUT_FRACTION, VAL_SOURCES
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import canonical_json
 from benchmark.methods import get_method
@@ -79,6 +82,8 @@ VAL_DEFAULTS: dict[str, Any] = {
     "patience": 100,
     "seed": 321,
     "kind": "val",
+    "source": "val",
+    "holdout_fraction": None,
 }
 
 
@@ -276,6 +281,20 @@ def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | N
         _number(val["every"], f"{source}: val.every (iterations, or 'epoch')", 1, integer=True)
     if val["kind"] not in ("val", "test"):
         raise FssBenchError(f"{source}: val.kind: {val['kind']!r} is not one of ['val', 'test']")
+    if val["source"] not in VAL_SOURCES:
+        raise FssBenchError(f"{source}: val.source: {val['source']!r} is not one of {list(VAL_SOURCES)}")
+    if val["source"] == "train-holdout":
+        if val["kind"] != "val":
+            raise FssBenchError(f"{source}: val.source: train-holdout applies to val.kind: val only")
+        if val["holdout_fraction"] is None:
+            val["holdout_fraction"] = HOLDOUT_FRACTION
+        fraction = val["holdout_fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise FssBenchError(
+                f"{source}: val.holdout_fraction: expected a number in (0, 1), got {fraction!r}"
+            )
+    elif val["holdout_fraction"] is not None:
+        raise FssBenchError(f"{source}: val.holdout_fraction: applies to val.source: train-holdout only")
     return TrainSpec(
         name=name.strip(),
         description=str(raw.get("description", "")),

@@ -148,6 +148,11 @@ class Trainer:
             spec.val["kind"],
             spec.split,
             spec.dataset,
+            **(
+                {"val_source": spec.val["source"], "holdout_fraction": spec.val["holdout_fraction"]}
+                if spec.val["kind"] == "val"
+                else {}
+            ),
         )
         path = (
             self.out
@@ -187,7 +192,9 @@ class Trainer:
     def _run(self) -> TrainOutcome:
         spec, t0 = self.spec, time.perf_counter()
         self._init_distributed()
-        ts = train_set(PreparedDataset(spec.data_root), spec.fold, spec.shot, spec.split)
+        ts = train_set(
+            PreparedDataset(spec.data_root), spec.fold, spec.shot, spec.split, spec.val["holdout_fraction"]
+        )
         batch, world = spec.train["batch_size"], self.world
         per_epoch = len(ts) // (batch * world)
         if per_epoch == 0:

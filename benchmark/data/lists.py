@@ -8,11 +8,16 @@ are derived from these records, so the rules live in one place:
 * evaluation lists (``filter_intersection=False``): images with at least one counted class of the
   fold's class set, and per class the images where it counts;
 * training lists (``filter_intersection=True``): as above, but images that contain ANY pixel of a
-  class outside the class set (i.e. a novel class) are dropped entirely.
+  class outside the class set (i.e. a novel class) are dropped entirely;
+* validation (model-selection) pools: :func:`without_classes` drops every image holding any pixel
+  of a novel class (the same rule), so no validation image can be a test query or support;
+* the held-out slice of the train split (:func:`heldout_images`): a fixed fraction of the images,
+  chosen by a hash of the image id, that validation may draw from and training must skip.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +98,39 @@ def fold_pool(records: Sequence[ImageRecord], classes: Sequence[int], filter_int
             for c in counted:
                 per_class[c].append(rec)
     return FoldPool(images=images, per_class=per_class)
+
+
+def without_classes(records: Sequence[ImageRecord], classes: Iterable[int]) -> list[ImageRecord]:
+    """The records (in order) holding no pixel at all of any of ``classes``.
+
+    With a fold's novel classes this is PFENet's training-list rule applied to validation: an image
+    is usable for a base class only if none of its pixels belongs to a novel class of the fold.
+    """
+    excluded = set(classes)
+    return [r for r in records if excluded.isdisjoint(r.pixels)]
+
+
+HOLDOUT_SALT = "fssbench-holdout/1:"
+
+
+def holdout_key(image_id: str) -> float:
+    """Where an image falls in [0, 1) for the held-out slice: the first 8 bytes of
+    ``sha256(HOLDOUT_SALT + id)`` as a big-endian integer over 2**64 (same on every machine)."""
+    digest = hashlib.sha256((HOLDOUT_SALT + image_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def heldout_images(records: Iterable[ImageRecord], fraction: float) -> frozenset[str]:
+    """Ids of the train split's held-out slice: the images whose :func:`holdout_key` is below
+    ``fraction`` (in (0, 1)).
+
+    A pure function of the ids and the fraction: independent of list order, fold and seed, and a
+    larger fraction holds out a superset. Validation episodes (``--val-source train-holdout``) draw
+    from these images; the training sampler (:func:`benchmark.train_data.train_set`) skips them.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise FssBenchError(f"holdout fraction: expected a number in (0, 1), got {fraction!r}")
+    return frozenset(r.id for r in records if holdout_key(r.id) < fraction)
 
 
 def list_line(rec: ImageRecord) -> str:
