@@ -74,7 +74,7 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     "blur_p": 0.5,
     "flip_p": 0.5,
     "fg_keep": 0.85,
-    "crop_tries": 30,
+    "crop_tries": 32,  # the release: a first crop + up to 31 re-draws (fssam/augment.py)
 }
 VAL_DEFAULTS: dict[str, Any] = {
     "episodes": 1000,

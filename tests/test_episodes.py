@@ -80,10 +80,29 @@ def test_too_few_images_for_the_shot_is_a_clear_error():
         sample_episodes(RECORDS, CLASSES, 3, "fssam", seed=0, n=10, where="LIST")
 
 
-def test_seed_changes_episodes():
-    a = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=1, n=50, where="t")
-    b = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=2, n=50, where="t")
-    assert a != b
+def test_the_seed_draws_classes_and_supports_independently_and_never_the_query_order():
+    """1200 episodes = 100 passes over the 12 queries. Per query, two independent uniform draws agree
+    with probability sum_c P(c)^2 / (pool of c minus the query), by hand from RECORDS:
+    a0..a4: class 1 only, 5 others -> 1/5; b0, b2, b4: class 2 only, 5 others -> 1/5;
+    q0: classes {1, 2} (class 1's pool is q0 + a0..a4, class 2's b0..b5) -> 1/4 * 1/5 + 1/4 * 1/6;
+    b1, b3, b5: classes {2, 3} (class 3's pool: b1, b3, b5) -> 1/4 * 1/5 + 1/4 * 1/2."""
+    n = 1200
+    a = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=1, n=n, where="t")
+    assert a == sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=1, n=n, where="t")  # a pure function
+    b = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=2, n=n, where="t")
+    order = [r.id for r in RECORDS]
+    assert [e.query for e in a] == [e.query for e in b] == [order[i % 12] for i in range(n)]
+    p, present = pools(), {r.id: {c for c in CLASSES if r.pixels.get(c, 0) > 0} for r in RECORDS}
+    for e in a + b:  # both are valid draws
+        assert e.cls in present[e.query] and e.supports[0] in p[e.cls] - {e.query}
+    chance = [1 / 5] * 8 + [1 / 20 + 1 / 24] + [1 / 20 + 1 / 8] * 3  # the 12 queries, per pass
+    expected = 100 * sum(chance)  # about 222
+    sd = (100 * sum(q * (1 - q) for q in chance)) ** 0.5  # about 13 (independent episodes)
+    agree = sum((x.cls, x.supports) == (y.cls, y.supports) for x, y in zip(a, b, strict=True))
+    assert abs(agree - expected) < 5 * sd, (agree, expected)  # a seed-blind draw would agree 1200 times
+    # and a support is uniform over the others of the pool: a0's 100 supports, 20 each expected
+    counts = Counter(e.supports[0] for e in a if e.query == "a0")
+    assert set(counts) == {"q0", "a1", "a2", "a3", "a4"} and all(5 <= c <= 40 for c in counts.values())
 
 
 def test_manifest_hash_and_tamper_detection(tmp_path):

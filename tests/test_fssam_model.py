@@ -127,7 +127,51 @@ def test_k_identical_shots_equal_one_shot_in_intended_mode(model, episode):
     assert not torch.allclose(r3, one, atol=1e-3)  # the released 5-shot path is not shot-invariant
 
 
-def test_switches(model, episode):
+def imr_by_hand(inter: dict, masks: torch.Tensor, version: str) -> tuple[list, list]:
+    """The spec's IMR (section 4) in float64 from a prediction's intermediates: W_t and D_{t+1}.
+
+    Masks and priors (B, ., 256, 256) reach the 16 x 16 memory grid by bilinear, align_corners=True
+    resizing: output pixel i samples input position i * 255 / 15 = 17 i exactly, i.e. ``[::17]``.
+    """
+    q_fg, d = inter["fg_memory"].double(), inter["disc_memory"].double()  # (B, C, 16, 16)
+    sup = inter["support_memory"].double()  # (B, K, C, 16, 16)
+    m = (masks == 1).double()[..., ::17, ::17]  # (B, K, 16, 16); 255 counts as background
+    p_fg = inter["prior_fg"].double()[:, 0, ::17, ::17]
+    p_d = inter["prior_disc"].double()[:, 0, ::17, ::17]
+
+    def wgap(feat, mask):  # (B, C, h, w), (B, h, w) -> (B, C): sum F m / (sum m + 0.0005)
+        return (feat * mask[:, None]).sum((2, 3)) / (mask.sum((1, 2))[:, None] + 0.0005)
+
+    def cos(proto):  # cos(Q_fg[:, p], proto) -> (B, h, w)
+        dot = (q_fg * proto[:, :, None, None]).sum(1)
+        return dot / (q_fg.norm(dim=1) * proto.norm(dim=1)[:, None, None] + 1e-7)
+
+    def mm(x):  # MinMax over the pixels of each sample
+        lo, hi = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
+        return (x - lo) / (hi - lo + 1e-7)
+
+    a = torch.stack([mm(cos(wgap(sup[:, k], m[:, k]))) for k in range(sup.shape[1])]).mean(0)
+    weights, memories = [], []
+    for _ in range(3):
+        w = torch.relu(mm(cos(wgap(d, p_d))) + a - 1)
+        w = mm(w) if version == "v2" else w
+        d = w[:, None] * q_fg + (1 - w[:, None]) * d
+        p_d = mm(w * p_fg + (1 - w) * p_d)
+        weights.append(w)
+        memories.append(d)
+    return weights, memories
+
+
+def test_switches_produce_what_the_spec_says(model, episode):
+    from fssam.sam2_adapter import (
+        MaskMemory,
+        decode,
+        flatten_levels,
+        mask_to_memory,
+        memory_tokens,
+        split_shots,
+    )
+
     query, supports, masks, qmask = episode
     q, s = model.encode_images(query), model.encode_images(supports.flatten(0, 1))
     base, inter = model.predict(q, s, masks, return_intermediates=True)
@@ -144,18 +188,49 @@ def test_switches(model, episode):
         oracle.predict(q, s, masks)
     none_logits, none_inter = variant(model, prior="none").predict(q, s, masks, return_intermediates=True)
     assert none_inter["memory"] is None and none_logits.shape == (2, S, S)
-    v2 = variant(model, imr_version="v2").predict(q, s, masks)
-    assert not torch.allclose(v2, base, atol=1e-5)
+    # imr_version: v1 (default) W_t = ReLU(B_t + A - 1); v2 MinMaxes it (spec section 4), by hand
+    v2_logits, v2 = variant(model, imr_version="v2").predict(q, s, masks, return_intermediates=True)
+    for version, got in (("v1", inter), ("v2", v2)):
+        weights, memories = imr_by_hand(got, masks, version)
+        for t in range(3):
+            assert torch.allclose(got["imr_weights"][t][:, 0].double(), weights[t], atol=1e-4), (version, t)
+            assert torch.allclose(got["imr_disc_memories"][t + 1].double(), memories[t], atol=1e-4)
+        assert torch.equal(got["memory"], got["imr_disc_memories"][3])  # Mem_Q = D_T
+    assert all(w.amax((1, 2, 3)).min() > 0.999 for w in v2["imr_weights"])  # v2 weights reach 1
+    assert inter["imr_weights"][0].max() < 0.999  # v1's do not here, so the switch matters
+    assert not torch.allclose(v2_logits, base, atol=1e-5)
     # scale 0 makes every bias 0, i.e. SCMA == plain attention (1 shot: no K-shot averaging involved)
     s1, m1 = s.select([0, 3]), masks[:, :1]
     zero = variant(model, scma_scale=0.0).predict(q, s1, m1)
     assert torch.allclose(zero, variant(model, scma=False).predict(q, s1, m1), atol=1e-5)
-    # with K shots, intended SCMA averages the supports while plain attention (scma off) does not
-    assert not torch.allclose(
-        variant(model, scma_scale=0.0).predict(q, s, masks),
-        variant(model, scma=False).predict(q, s, masks),
-        atol=1e-5,
-    )
+    # with K shots, intended SCMA at scale 0 is sam2's own attention over ONE support memory, the
+    # position-wise mean of the K shots' tokens (keys and values are linear in them, and RoPE
+    # treats each block alike), then Mem_Q and all K + 1 pointers (spec section 5, "as written")
+    zero_k, zi = variant(model, scma_scale=0.0).predict(q, s, masks, return_intermediates=True)
+    sam, (b, k) = model.sam2, masks.shape[:2]
+    s_mem = mask_to_memory(sam, s.sam2, (masks == 1).float().reshape(b * k, 1, S, S))
+    disc = mask_to_memory(sam, q.sam2, zi["prior_disc"])
+    memories = [*split_shots(s_mem, b, k), MaskMemory(zi["memory"], disc.pos, disc.obj_ptr)]
+    memory, memory_pos, n_ptr = memory_tokens(sam, memories)
+    n = 16 * 16
+    assert memory.shape[0] == (k + 1) * n + n_ptr and n_ptr == 4 * (k + 1)
+
+    def mean_support(x):  # (M, B, 64): the K support blocks -> their mean, the rest unchanged
+        return torch.cat([x[: k * n].reshape(k, n, *x.shape[1:]).mean(0), x[k * n :]])
+
+    feats, pos, sizes = flatten_levels(sam, q.sam2)
+    with torch.no_grad():
+        pix = sam.memory_attention(
+            curr=[feats[-1]],
+            curr_pos=[pos[-1]],
+            memory=mean_support(memory),
+            memory_pos=mean_support(memory_pos),
+            num_obj_ptr_tokens=n_ptr,
+        )
+        expected = decode(sam, pix.permute(1, 2, 0).reshape(b, sam.hidden_dim, *sizes[-1]), q.sam2).logits
+    assert torch.allclose(zero_k, expected, atol=1e-4), (zero_k - expected).abs().max()
+    # ... which is not plain attention over the K separate support memories (scma off)
+    assert not torch.allclose(zero_k, variant(model, scma=False).predict(q, s, masks), atol=1e-3)
 
 
 def test_scma_off_is_sams_own_memory_attention_over_the_same_memories(model, episode):

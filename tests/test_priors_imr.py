@@ -1,5 +1,7 @@
 """FSSAM's prior and IMR equations on hand-built tensors (spec sections 2 and 4)."""
 
+import numpy as np
+import pytest
 import torch
 
 from fssam.imr import iterative_memory_refinement, refine_step, support_similarity
@@ -73,20 +75,71 @@ def test_refine_step_with_zero_and_one_weights():
     assert torch.equal(mem1, q_fg) and torch.allclose(prior1, minmax(p_fg))
 
 
-def test_imr_zero_iterations_is_identity_and_weights_in_unit_range():
-    torch.manual_seed(3)
-    q_fg, d = torch.randn(2, 64, 8, 8), torch.randn(2, 64, 8, 8)
-    s = torch.randn(2, 2, 64, 8, 8)
-    m = (torch.rand(2, 2, 32, 32) > 0.5).float()
-    p_fg, p_d = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+def imr_by_hand(q_fg, d0, s, m, p_fg, p_d, iters, version):
+    """The IMR equations of the spec (section 4) in float64 numpy, pixel by pixel, written from the text.
+
+    q_fg, d0: (C, h, w); s: (K, C, h, w); m: (K, h, w); p_fg, p_d: (h, w), all at the memory grid.
+    Returns the weights W_0..W_{T-1} and the Disc memories D_0..D_T.
+    """
+    c, h, w = q_fg.shape
+    pixels = [(i, j) for i in range(h) for j in range(w)]
+
+    def wgap(feat, mask):  # sum_p F[:,p] m[p] / (sum_p m[p] + 0.0005)
+        return sum(feat[:, i, j] * mask[i, j] for i, j in pixels) / (mask.sum() + 0.0005)
+
+    def cos_to(proto):  # cos(Q_fg[:,p], proto) = Q_fg[:,p].proto / (|Q_fg[:,p]| |proto| + 1e-7)
+        out = np.zeros((h, w))
+        for i, j in pixels:
+            v = q_fg[:, i, j]
+            out[i, j] = v @ proto / (np.sqrt(v @ v) * np.sqrt(proto @ proto) + 1e-7)
+        return out
+
+    def mm(x):  # MinMax over pixels
+        return (x - x.min()) / (x.max() - x.min() + 1e-7)
+
+    a = sum(mm(cos_to(wgap(s[k], m[k]))) for k in range(len(s))) / len(s)
+    weights, memories, d = [], [d0], d0
+    for _ in range(iters):
+        b = mm(cos_to(wgap(d, p_d)))
+        wt = np.maximum(b + a - 1.0, 0.0)
+        if version == "v2":
+            wt = mm(wt)
+        d = wt * q_fg + (1 - wt) * d
+        p_d = mm(wt * p_fg + (1 - wt) * p_d)
+        weights.append(wt)
+        memories.append(d)
+    return weights, memories
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_imr_matches_the_equations_computed_by_hand(version):
+    """Masks and priors at 15 x 15 go to the 8 x 8 memory grid with bilinear, align_corners=True:
+    output pixel i samples input position i * 14 / 7 = 2i exactly, i.e. every other pixel."""
+    g = torch.Generator().manual_seed(3)
+    q_fg, d = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    s = torch.randn(2, 2, 4, 8, 8, generator=g)
+    q_fg[:, :, :4] += 2 * s[:, 0, :, :4]  # the top rows look like support 0
+    m = (torch.rand(2, 2, 15, 15, generator=g) > 0.5).float()
+    p_fg, p_d = torch.rand(2, 1, 15, 15, generator=g), torch.rand(2, 1, 15, 15, generator=g)
     assert torch.equal(iterative_memory_refinement(q_fg, d, s, m, p_fg, p_d, iters=0).memory, d)
-    res = iterative_memory_refinement(q_fg, d, s, m, p_fg, p_d, iters=3)
-    assert len(res.disc_memories) == 4 and len(res.weights) == 3
-    for w in res.weights:
-        assert w.min() >= 0 and w.max() <= 1
-    # each step is a convex blend of Q_fg and the previous D: recompute it from the recorded weights
-    for t, w in enumerate(res.weights):
-        assert torch.allclose(res.disc_memories[t + 1], w * q_fg + (1 - w) * res.disc_memories[t], atol=1e-6)
+    res = iterative_memory_refinement(q_fg, d, s, m, p_fg, p_d, iters=3, version=version)
+    assert len(res.disc_memories) == 4 and len(res.weights) == 3 and res.memory is res.disc_memories[-1]
+    for bi in range(2):
+        weights, memories = imr_by_hand(
+            *(x[bi].double().numpy() for x in (q_fg, d, s)),
+            m[bi, :, ::2, ::2].double().numpy(),
+            p_fg[bi, 0, ::2, ::2].double().numpy(),
+            p_d[bi, 0, ::2, ::2].double().numpy(),
+            iters=3,
+            version=version,
+        )
+        for t in range(3):
+            assert np.allclose(res.weights[t][bi, 0].numpy(), weights[t], atol=1e-5)
+            assert np.allclose(res.disc_memories[t + 1][bi].numpy(), memories[t + 1], atol=1e-5)
+        # the case is not trivial: some pixels are filled from Q_fg, others are left alone
+        assert (weights[0] > 0.05).any() and (weights[0] == 0).any()
+        if version == "v2":  # MinMax'd weights span [0, 1)
+            assert all(w.min() == 0 and w.max() > 0.999 for w in weights)
 
 
 def test_imr_fills_foreground_only_where_both_similarities_are_high():

@@ -8,12 +8,13 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from benchmark.metrics import miou
 from benchmark.runner import StudyRunner
 from benchmark.study import load_study
 from tests.helpers import run_command, wait_for_journal
@@ -123,11 +124,34 @@ def test_mlflow_contents(small_run):
     assert set(children["tags.fss.metric_units"]) == {"fraction"}
     assert sum(n.startswith("qualitative/") and n.endswith(".png") for n in names) == 3
     local = client.download_artifacts(rid, "episodes.parquet", str(tmp))
-    table = pd.read_parquet(local)
-    assert len(table) == 4
-    assert miou(table, [1, 2, 3, 4, 5]) == pytest.approx(
-        children.set_index("tags.fss.variant").loc["fssam", "metrics.miou"]
+    assert len(pd.read_parquet(local)) == 4
+
+
+def test_the_logged_scores_are_the_class_iou_of_the_label_files(pascal_root, tmp_path):
+    """A model-free method whose output is known (every pixel foreground) on the same episodes, its
+    logged scores computed here from the query label files at their original size, 255 excluded:
+    I_fg = #(label == class), U_fg = #(label != 255), and the background IoU is 0."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = write_study(tmp_path, pascal_root, af={"method": "all_foreground", "image_size": 256})
+    StudyRunner(load_study(study), tracking_uri=uri, work_dir=tmp_path / "work", progress=False).run()
+    (run,) = [r for _, r in runs_of(uri, "unit").iterrows() if r["tags.fss.kind"] == "cell"]
+    client = MlflowClient(uri)
+    manifest = json.loads(
+        Path(client.download_artifacts(run["run_id"], "manifest.json", str(tmp_path))).read_text()
     )
+    inter, union = {c: 0 for c in range(1, 6)}, {c: 0 for c in range(1, 6)}  # fold 0: classes 1..5
+    for e in manifest["episodes"]:
+        label = np.array(Image.open(pascal_root / manifest["images"][e["query"]][1]))
+        inter[e["class"]] += int((label == e["class"]).sum())
+        union[e["class"]] += int((label != 255).sum())
+    assert len(manifest["episodes"]) == 4 and 0 < sum(inter.values()) < sum(union.values())
+    class_iou = [inter[c] / union[c] if union[c] else 0.0 for c in range(1, 6)]
+    fg_iou = sum(inter.values()) / sum(union.values())
+    assert run["metrics.miou"] == pytest.approx(sum(class_iou) / 5, abs=1e-9)
+    assert run["metrics.fg_iou"] == pytest.approx(fg_iou, abs=1e-9)
+    assert run["metrics.fb_iou"] == pytest.approx(fg_iou / 2, abs=1e-9)  # (0 + fg) / 2
+    for c in (1, 5):
+        assert run[f"metrics.iou_class_{c}"] == pytest.approx(class_iou[c - 1], abs=1e-9)
 
 
 def test_every_variant_sees_the_same_manifest(small_run):
