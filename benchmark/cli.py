@@ -7,6 +7,7 @@ its outputs atomically, so a failed or interrupted command leaves nothing half-w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -1032,9 +1033,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_path_options(args: argparse.Namespace) -> None:
+    """Before any work, nothing created: the tracking store given by ``--tracking-uri`` or
+    ``MLFLOW_TRACKING_URI`` is one fssbench can use, and ``--work-dir``/``--cache-dir`` name folders
+    (or nothing yet) with no file on their path."""
+    from benchmark.tracking import check_tracking_uri
+
+    uri = getattr(args, "tracking_uri", None)
+    if uri:
+        check_tracking_uri(uri, "--tracking-uri")
+    elif hasattr(args, "tracking_uri") and os.environ.get("MLFLOW_TRACKING_URI"):
+        check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+    for name in ("work_dir", "cache_dir"):
+        value = getattr(args, name, None)
+        if not value:
+            continue
+        option, path = "--" + name.replace("_", "-"), Path(value)
+        for p in (path, *path.parents):
+            if p.exists():
+                if not p.is_dir():
+                    what = "is a file" if p == path else f"has a file on its path ({p})"
+                    raise FssBenchError(f"{option} {value} {what}; name a folder (it is created if missing)")
+                break
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_path_options(args)
         return args.fn(args)
     except USER_ERRORS as e:
         print(f"fssbench: error: {e}", file=sys.stderr)

@@ -28,6 +28,44 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+SERVER_SCHEMES = ("http://", "https://", "databricks", "postgresql", "mysql", "mssql")
+
+
+def check_tracking_uri(uri: str, option: str = "--tracking-uri") -> None:
+    """Refuse, in one line naming ``option`` and the fix and before anything is created, a store
+    fssbench cannot use: MLflow's file store (``file://`` or a bare path: in maintenance mode), a
+    ``sqlite:///`` path under a file or that is a folder, or a file that is not a SQLite database.
+    Servers and databases are checked when they are first reached."""
+    fix = "use sqlite:///PATH/mlflow.db (a local store) or http://HOST:PORT (an MLflow server)"
+    if uri.startswith(SERVER_SCHEMES):
+        return
+    if not uri.startswith("sqlite:"):
+        raise FssBenchError(
+            f"{option} {uri}: MLflow's file store (file:// or a plain path) is in maintenance mode and "
+            f"fssbench does not use it; {fix}"
+        )
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///":
+        raise FssBenchError(f"{option} {uri}: a SQLite store needs a file path, sqlite:///PATH/mlflow.db")
+    path = Path(uri[len("sqlite:///") :])
+    if path.is_dir():
+        raise FssBenchError(
+            f"{option} {uri}: {path} is a folder; name a file in it, sqlite:///{path}/mlflow.db"
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FssBenchError(f"{option} {uri}: {parent} is a file, not a folder; {fix}")
+            break
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise FssBenchError(
+                    f"{option} {uri}: {path} is not a SQLite database (an MLflow store); {fix} "
+                    "with a new file name"
+                )
+
+
 def git_commit() -> str:
     """The suite's git commit (``+dirty`` if the tree has changes), or ``unknown``."""
     root = Path(__file__).resolve().parents[1]
@@ -69,6 +107,7 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = tracking_uri or default_tracking_uri()
+        check_tracking_uri(self.uri, "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
         if not create and self.is_local_sqlite and not Path(self.uri[len("sqlite:///") :]).is_file():
             raise FssBenchError(
                 f"tracking store {self.uri} does not exist (nothing was created); pass --tracking-uri "

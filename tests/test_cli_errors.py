@@ -146,3 +146,45 @@ def test_a_checkpoint_of_the_wrong_size_fails_before_anything_is_created(pascal_
     assert "sam2_hiera_small.pt does not fit SAM 2 2.0 size s" in line
     # no tracking store and no run; only the (content-addressed) manifests and the hash cache exist
     assert not (tmp_path / "db").exists() and not (tmp_path / "w" / "cells").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("sqlite:///{tmp}/afile/mlflow.db", "{tmp}/afile is a file, not a folder"),
+        ("sqlite:///{tmp}/text.db", "{tmp}/text.db is not a SQLite database"),
+        ("file://{tmp}/mlruns", "MLflow's file store (file:// or a plain path) is in maintenance mode"),
+        ("{tmp}/mlruns", "MLflow's file store (file:// or a plain path) is in maintenance mode"),
+        ("sqlite:///{tmp}/folder", "{tmp}/folder is a folder; name a file in it"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_a_tracking_store_fssbench_cannot_use_is_one_line_and_creates_nothing(
+    pascal_root, tmp_path, capsys, uri, says, command
+):
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    (tmp_path / "text.db").write_text("not a database\n")
+    (tmp_path / "folder").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    uri = uri.format(tmp=tmp_path)
+    if command == "run":
+        args = ["-q", "run", str(study(tmp_path, pascal_root)), "--work-dir", str(tmp_path / "w")]
+        before.append("s.yaml")
+    else:
+        args = ["-q", "report", "--experiment", "x", "--out", str(tmp_path / "r")]
+    assert main([*args, "--tracking-uri", uri]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"fssbench: error: --tracking-uri {uri}: ") and says.format(tmp=tmp_path) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no store, lock, work or out folder
+    assert (tmp_path / "text.db").read_text() == "not a database\n"
+
+
+def test_a_work_dir_that_is_a_file_is_one_line_and_creates_nothing(pascal_root, tmp_path, capsys):
+    path = study(tmp_path, pascal_root)
+    (tmp_path / "w").write_text("a file\n")
+    uri = f"sqlite:///{tmp_path / 'db' / 'm.db'}"
+    for work in (tmp_path / "w", tmp_path / "w" / "sub"):
+        assert main(["-q", "run", str(path), "--work-dir", str(work), "--tracking-uri", uri]) == 2
+        line = one_error_line(capsys)
+        assert line.startswith(f"fssbench: error: --work-dir {work} ") and "name a folder" in line
+    assert not (tmp_path / "db").exists() and (tmp_path / "w").read_text() == "a file\n"
