@@ -3,6 +3,10 @@ at validation, naming the field that asked for it."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from benchmark.errors import FssBenchError
 
 FEATURE_DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -56,21 +60,29 @@ def set_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def compile_method(method) -> int:
-    """``torch.compile`` a method's heavy modules in place (``nn.Module.compile``, so state-dict keys
-    and weight hashes do not change): SAM 2's image encoder, memory encoder, memory attention and
-    mask decoder, and the DINOv2 backbone. Returns how many modules were compiled now (pooled modules
-    shared with another variant are compiled once)."""
+def compile_method(method, **options: Any) -> int:
+    """``torch.compile`` a method's hot modules in place, so that what runs per image and per episode
+    runs compiled: SAM 2's image encoder, memory encoder and mask decoder (``nn.Module.compile``, as
+    each is called as a module), the memory-attention loop that fssam/scma.py drives layer by layer
+    (:func:`fssam.scma.compile_memory_attention`; ``MemoryAttention.forward`` itself never runs),
+    and the DINOv2 backbone. State-dict keys and weight hashes do not change. ``options`` go to
+    ``torch.compile`` (``backend=...``, ``mode=...``). Returns how many modules were compiled now
+    (pooled modules shared with another variant are compiled once)."""
+    from fssam.scma import compile_memory_attention
+
     sam, dino = getattr(method, "sam2", None), getattr(method, "dino", None)
-    modules = []
+    todo: list[tuple[Any, Callable[[], None]]] = []
     if sam is not None:
-        modules += [sam.image_encoder, sam.memory_encoder, sam.memory_attention, sam.sam_mask_decoder]
+        for m in (sam.image_encoder, sam.memory_encoder, sam.sam_mask_decoder):
+            todo.append((m, functools.partial(m.compile, **options)))
+        attn = sam.memory_attention
+        todo.append((attn, functools.partial(compile_memory_attention, attn, **options)))
     if dino is not None:
-        modules.append(dino)
+        todo.append((dino, functools.partial(dino.compile, **options)))
     done = 0
-    for m in modules:
+    for m, compile_it in todo:
         if not getattr(m, "_fss_compiled", False):
-            m.compile()
+            compile_it()
             m._fss_compiled = True
             done += 1
     return done
