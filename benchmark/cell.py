@@ -37,7 +37,7 @@ import torch
 
 from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
-from benchmark.device import compile_method, resolve_device
+from benchmark.device import compile_method, device_identity, resolve_device
 from benchmark.episode_loader import EpisodeData, ImageStore, load_episode
 from benchmark.episodes import evaluation_of, load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
@@ -141,7 +141,7 @@ class CellSpec:
     data_root: Path
     device: str = "auto"
     name: str = ""
-    batch_size: int = 1  # episodes per forward: how, not what (batched logits equal unbatched to ~1e-6)
+    batch_size: int = 1  # episodes per forward: on CPU how, not what (batched equals unbatched); in CUDA keys
     feature_dtype: str = "fp32"  # storage dtype of the frozen features: changes the numbers (in the key)
     compile: bool = False  # torch.compile the heavy modules (how, not what: not in the key)
 
@@ -183,11 +183,12 @@ def cell_key(spec: CellSpec, manifest_sha256: str, weights: Mapping[str, str]) -
     settings = {
         k: v for k, v in spec.settings.items() if k not in entry.checkpoints and k != "precision"
     }  # checkpoint paths are replaced by their hashes, the requested precision by the effective one
+    device = resolve_device(spec.device)
     body = {
         "method": spec.method,
         "settings": settings,
         "precision": spec.precision,
-        "device_type": resolve_device(spec.device).type,  # CUDA kernels (TF32 convs) differ from CPU's
+        "device_type": device.type,  # CUDA kernels (TF32 convs) differ from CPU's
         "manifest": manifest_sha256,
         "weights": dict(weights),
         "code": code_hash(),
@@ -196,6 +197,12 @@ def cell_key(spec: CellSpec, manifest_sha256: str, weights: Mapping[str, str]) -
     }
     if spec.feature_dtype != "fp32":  # fp32 cells keep the keys they had before compact features
         body["feature_dtype"] = spec.feature_dtype
+    identity = device_identity(device)  # GPU model, cuDNN, TF32 and deterministic switches
+    if identity != {"type": "cpu"}:  # CPU cells at full precision keep the keys they had
+        body["device"] = identity
+    if device.type != "cpu":  # batched CPU logits equal unbatched ones (tested); on a GPU, kernels
+        # may differ with the batch: drop this once scripts/gpu-check.sh shows batched == unbatched
+        body["batch_size"] = spec.batch_size
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +172,10 @@ def rope_cross_attention(
     return attn.out_proj(attn._recombine_heads(out))
 
 
+COMPILED_LOOP = "_fss_compiled_loop"
+"""Attribute of a sam2 ``MemoryAttention`` that holds its compiled :func:`memory_attention_loop`."""
+
+
 def memory_attention(
     module,
     curr: Tensor,
@@ -185,6 +190,9 @@ def memory_attention(
 ) -> Tensor:
     """sam2 ``MemoryAttention.forward`` with :func:`rope_cross_attention` in every layer.
 
+    This loop drives ``module.layers`` itself, so ``module.compile()`` would never run: after
+    :func:`compile_memory_attention` the loop runs compiled (same arguments, same result).
+
     Args:
         module: a sam2 ``MemoryAttention``.
         curr, curr_pos: (HW, B, 256) stride-16 image tokens and their positions.
@@ -192,6 +200,43 @@ def memory_attention(
     Returns:
         (HW, B, 256) memory-conditioned features.
     """
+    run = getattr(module, COMPILED_LOOP, None) or memory_attention_loop
+    return run(
+        module,
+        curr,
+        curr_pos,
+        memory,
+        memory_pos,
+        num_obj_ptr_tokens,
+        layout,
+        average,
+        average_pointers,
+        calibration,
+    )
+
+
+def compile_memory_attention(module, **options: Any) -> None:
+    """``torch.compile`` what :func:`memory_attention` runs on ``module`` (a sam2 ``MemoryAttention``).
+
+    ``options`` go to ``torch.compile`` (``backend``, ``mode``, ``dynamic``...). The compiled loop is
+    a plain attribute (no sub-module), so state-dict keys and weight hashes do not change.
+    """
+    setattr(module, COMPILED_LOOP, torch.compile(memory_attention_loop, **options))
+
+
+def memory_attention_loop(
+    module,
+    curr: Tensor,
+    curr_pos: Tensor,
+    memory: Tensor,
+    memory_pos: Tensor,
+    num_obj_ptr_tokens: int,
+    layout: MemoryLayout | None,
+    average: bool,
+    average_pointers: bool,
+    calibration: Calibration | None,
+) -> Tensor:
+    """The eager body of :func:`memory_attention` (what :func:`compile_memory_attention` compiles)."""
     output = curr
     if module.pos_enc_at_input and curr_pos is not None:
         output = output + 0.1 * curr_pos

@@ -154,6 +154,102 @@ def test_feature_dtype_is_in_the_cell_key_and_batch_size_is_not(tmp_path):
     assert len(keys) == 2 and base not in keys
 
 
+@pytest.fixture
+def numeric_switches():
+    """Restores torch's process-wide precision and determinism switches after a test flips them."""
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (
+        cuda.allow_tf32,
+        cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+    )
+    yield
+    cuda.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
+    torch.set_float32_matmul_precision(saved[2])
+    torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+    cudnn.benchmark, cudnn.deterministic = saved[5], saved[6]
+
+
+def test_a_cuda_cell_key_names_the_gpu_its_precision_switches_and_the_batch_size(
+    tmp_path, monkeypatch, numeric_switches
+):
+    """On CUDA (pretended: a fake GPU name on this CPU machine) the key changes exactly when the
+    GPU model, a TF32 or float32-precision switch, a determinism switch or the batch size changes,
+    and comes back when the switch does; on CPU none of the CUDA switches nor the batch size count."""
+    import benchmark.cell
+
+    gpu = {"name": "NVIDIA H100 80GB HBM3"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    monkeypatch.setattr(benchmark.cell, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what set_deterministic would set
+    settings = get_method("fssam").resolve(TINY_128)
+    cuda_spec = CellSpec("fssam", settings, tmp_path / "m.json", tmp_path, "cuda")
+    cpu_spec = dataclasses.replace(cuda_spec, device="cpu")
+
+    def key(spec=cuda_spec) -> str:
+        return cell_key(spec, "a" * 64, {"sam2": "s"})
+
+    base, cpu_base = key(), key(cpu_spec)
+    assert base != cpu_base
+    assert key(dataclasses.replace(cuda_spec, device="cuda:0")) == base  # the same GPU model
+    assert key(dataclasses.replace(cuda_spec, compile=True)) == base  # how, not what
+    assert key(dataclasses.replace(cuda_spec, batch_size=8)) != base  # batched == unbatched unshown on GPU
+    assert key(dataclasses.replace(cpu_spec, batch_size=8)) == cpu_base  # shown on CPU (tests above)
+
+    def set_gpu(name):
+        gpu["name"] = name
+
+    def set_flag(obj, attr):
+        return lambda value: setattr(obj, attr, value)
+
+    cudnn = torch.backends.cudnn
+    switches = [  # (what, set it, its default here, another value)
+        ("GPU model", set_gpu, "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"),
+        ("matmul TF32", set_flag(torch.backends.cuda.matmul, "allow_tf32"), False, True),
+        ("cuDNN TF32", set_flag(cudnn, "allow_tf32"), True, False),
+        # "high" is the same switch as matmul TF32 (torch keeps them in step): the key is the same
+        ("float32 matmul precision", torch.set_float32_matmul_precision, "highest", "medium"),
+        ("deterministic algorithms", torch.use_deterministic_algorithms, False, True),
+        ("cuDNN benchmark", set_flag(cudnn, "benchmark"), False, True),
+        ("cuDNN deterministic", set_flag(cudnn, "deterministic"), False, True),
+    ]
+    seen = {base}
+    for what, flip, default, other in switches:
+        flip(other)
+        changed = key()
+        assert changed not in seen, what  # a new key, unlike every other switch's
+        seen.add(changed)
+        # torch couples matmul TF32 to the float32 matmul precision ("high"), which oneDNN's CPU
+        # matmuls follow (tf32, or bf16 at "medium"): those two are in CPU keys as well
+        if what not in ("matmul TF32", "float32 matmul precision"):
+            assert key(cpu_spec) == cpu_base, what
+        flip(default)
+        assert key() == base, what
+    from benchmark.device import set_deterministic
+
+    set_deterministic()  # --deterministic: no TF32, no autotuning, deterministic algorithms
+    assert key() not in seen
+
+
+def test_a_cpu_key_names_a_reduced_float32_matmul_precision(tmp_path, numeric_switches):
+    """On CPU, float32 matmul precision "medium" lets oneDNN multiply in bf16 (other numbers), so it
+    is in the key; back at "highest" the key is the one it always was."""
+    a = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    spec = CellSpec("fssam", get_method("fssam").resolve(TINY_128), tmp_path / "m.json", tmp_path, "cpu")
+    base, full = cell_key(spec, "a" * 64, {"sam2": "s"}), a @ a
+    torch.set_float32_matmul_precision("medium")
+    reduced_differs = not torch.equal(a @ a, full)  # bf16 where oneDNN has it (x86-64 with AVX-512/AMX)
+    assert cell_key(spec, "a" * 64, {"sam2": "s"}) != base
+    torch.set_float32_matmul_precision("highest")
+    assert torch.equal(a @ a, full) and cell_key(spec, "a" * 64, {"sam2": "s"}) == base
+    print(f"float32 matmul precision 'medium' changes CPU matmuls here: {reduced_differs}")
+
+
 def test_cells_equal_across_batch_sizes_and_loader_threads(episodes, pascal_root):
     path, _ = episodes[1]
     settings = get_method("fssam").resolve(TINY_128)
