@@ -514,7 +514,13 @@ def _parse_variant(
     device = str(switches.get("device", model.get("device", "auto")))
     check_device(device, f"{where}.device" if "device" in switches else f"{source}: model.device")
     settings = entry.resolve({**inherited, **own}, where=where)
-    if settings.get("random_init"):  # random weights replace any checkpoint (tests, demos, timing)
+    if settings.get("random_init"):  # random weights replace the base checkpoints (tests, demos, timing)
+        trained = settings.get("fssam_checkpoint")
+        if trained:  # the authors' trained model would be silently replaced, its cells found "done"
+            raise FssBenchError(
+                f"{where}: random_init is true but fssam_checkpoint is {trained!r}: random weights would "
+                "replace the trained checkpoint; drop one (e.g. add model.fssam_checkpoint=null)"
+            )
         settings.update({key: None for key in entry.checkpoints if key not in entry.overlays})
     for key in entry.checkpoints:
         value = settings.get(key)

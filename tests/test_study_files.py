@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.errors import FssBenchError
 from benchmark.runner import StudyRunner
 from benchmark.study import load_study
 
@@ -29,6 +30,8 @@ def overrides_for(path: Path, pascal_root: Path, coco_root: Path | None) -> list
     for name, switches in (raw.get("variants") or {}).items():  # trained weights do not exist here
         if (switches or {}).get("finetuned_checkpoint"):
             out.append(f"variants.{name}.finetuned_checkpoint=null")
+    if raw.get("model", {}).get("fssam_checkpoint"):  # random init refuses the authors' trained model
+        out.append("model.fssam_checkpoint=null")
     return out + ["model.random_init=true"]
 
 
@@ -79,3 +82,18 @@ def test_the_shipped_demo_study_is_the_one_the_demo_runs(tmp_path):
     shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "ablations" / "demo.yaml").read_text())
     embedded = demo_study(Path("fssbench-demo/data/pascal"), 24)
     assert shipped == embedded
+
+
+def test_random_init_refuses_a_trained_checkpoint_it_would_replace(pascal_root, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"name: e\ndata: {{pascal: {pascal_root}}}\nfolds: [0]\nshots: [1]\nepisodes: 2\n"
+        "model: {fssam_checkpoint: 'missing/best_{shot}shot.pth'}\nvariants: {fssam: {}}\n"
+    )
+    with pytest.raises(
+        FssBenchError, match=r"variants.fssam: random_init is true but fssam_checkpoint is"
+    ) as e:
+        load_study(path, [*TINY])
+    assert "model.fssam_checkpoint=null" in str(e.value)
+    study = load_study(path, [*TINY, "model.fssam_checkpoint=null"])  # the fix the message names
+    assert study.random_init and not study.variants[0].settings.get("fssam_checkpoint")
