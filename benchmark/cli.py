@@ -161,14 +161,16 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
+def shard_spec(text: str) -> tuple[int, int]:
+    """argparse type of ``--shard``: ``I/N`` with 0 <= I < N, refused at parse time (before the
+    study is read or torch imported)."""
     try:
         i, n = (int(x) for x in text.split("/"))
         if not 0 <= i < n:
             raise ValueError
         return i, n
     except ValueError:
-        raise FssBenchError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/2") from None
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, e.g. 0/2, got {text!r}") from None
 
 
 def add_throughput_options(p: argparse.ArgumentParser) -> None:
@@ -270,7 +272,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         force=args.force,
         use_cache=not args.no_cache,
         progress=not args.quiet,
-        shard=_parse_shard(args.shard),
+        shard=args.shard,
         fail_fast=args.fail_fast,
         cache_max_bytes=None if args.cache_max_gb is None else int(args.cache_max_gb * 2**30),
         compile=args.compile,
@@ -798,7 +800,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bound the disk feature cache (least recently used files are evicted; default: unbounded)",
     )
     r.add_argument(
-        "--shard", default="0/1", help="run only cells i, i+N, ... (I/N), to split a study over processes"
+        "--shard",
+        type=shard_spec,
+        default="0/1",
+        metavar="I/N",
+        help="run only cells i, i+N, ... (I/N), to split a study over processes",
     )
     r.add_argument(
         "--fail-fast", action="store_true", help="stop at the first failing cell (else: record it, go on)"

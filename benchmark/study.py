@@ -245,8 +245,17 @@ def _int_list(raw: dict, key: str, lo: int | None = None, hi: int | None = None)
         raise FssBenchError(f"{key}: expected a non-empty list of integers, got {value!r}")
     for v in value:
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise FssBenchError(f"{key}: {v} is out of range [{lo}, {hi}]")
+            raise FssBenchError(f"{key}: {v} is out of range: {_range_text(lo, hi)}")
     return list(dict.fromkeys(value))
+
+
+def _range_text(lo: int | None, hi: int | None) -> str:
+    """``each must be >= 1``, ``each must be <= 3`` or ``each must be in 0..3``."""
+    if hi is None:
+        return f"each must be >= {lo}"
+    if lo is None:
+        return f"each must be <= {hi}"
+    return f"each must be in {lo}..{hi}"
 
 
 MLFLOW_URI_PREFIX = "runs:/"

@@ -188,3 +188,33 @@ def test_a_work_dir_that_is_a_file_is_one_line_and_creates_nothing(pascal_root, 
         line = one_error_line(capsys)
         assert line.startswith(f"fssbench: error: --work-dir {work} ") and "name a folder" in line
     assert not (tmp_path / "db").exists() and (tmp_path / "w").read_text() == "a file\n"
+
+
+def test_a_bad_shard_is_refused_at_parse_time_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom benchmark.cli import main\n"
+        "try:\n    main(['run', 'missing.yaml', '--shard', '3/2'])\nexcept SystemExit as e:\n"
+        "    print(e.code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False"], out
+    assert "argument --shard: expected I/N with 0 <= I < N, e.g. 0/2, got '3/2'" in out.stderr
+    assert build_parser().parse_args(["run", "s.yaml", "--shard", "1/3"]).shard == (1, 3)
+    assert build_parser().parse_args(["run", "s.yaml"]).shard == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("shots=[0]", "shots: 0 is out of range: each must be >= 1"),
+        ("folds=[4]", "folds: 4 is out of range: each must be in 0..3"),
+    ],
+)
+def test_a_number_out_of_range_says_the_range_in_words(pascal_root, tmp_path, capsys, override, says):
+    assert run(tmp_path, study(tmp_path, pascal_root), override) == 2
+    line = one_error_line(capsys)
+    assert says in line and "None" not in line
+    assert nothing_created(tmp_path)
