@@ -472,8 +472,19 @@ def test_server_errors_are_retried_and_give_up_after_the_retries(tmp_path):
         got = fetch_file(src, tmp_path / "a", srv.url, progress=False, backoff=0.01)
         assert got.attempts == 3 and (tmp_path / "a" / "d.bin").read_bytes() == payload
         srv.fail_with[src.relative_path] = [500, 500, 500]
-        with pytest.raises(FssBenchError, match="failed after 2 attempts .*HTTP 500"):
+        with pytest.raises(FssBenchError, match="failed after 2 attempts .*HTTP 500") as e:
             fetch_file(src, tmp_path / "b", srv.url, progress=False, retries=1, backoff=0.01)
+        assert str(e.value).endswith("nothing was downloaded") and ".part" not in str(e.value)
+
+
+def test_a_host_that_does_not_resolve_fails_at_once_without_naming_a_missing_part(tmp_path, capsys):
+    # .invalid never resolves (RFC 2606): as with no network, the look-up fails; retrying cannot help
+    src = Source("https://example.org/a/b.bin", "b.bin", "test")
+    with pytest.raises(FssBenchError, match="cannot resolve the host 'fssbench-test.invalid'") as e:
+        fetch_file(src, tmp_path / "out", "http://fssbench-test.invalid/", progress=False, backoff=5.0)
+    assert "--mirror" in str(e.value) and str(e.value).endswith("nothing was downloaded")
+    assert "resuming in" not in capsys.readouterr().out  # no retries, no back-off
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.suffix != ".lock"] == []
 
 
 def test_negative_retries_are_refused(capsys):

@@ -85,6 +85,13 @@ class ResumingDownloader:
                 requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError,
             ) as e:
+                host = _unresolved_host(e)
+                if host is not None:  # no network, or a wrong host name: retrying will not help
+                    raise FssBenchError(
+                        f"{url}: cannot resolve the host {host!r} (no network here, or a wrong host "
+                        f"name); check the connection, or pass --mirror (or $FSSBENCH_MIRROR). "
+                        + self._kept()
+                    ) from None
                 error = f"{type(e).__name__}: {str(e)[:200]}"
             except requests.HTTPError as e:
                 status = e.response.status_code if e.response is not None else 0
@@ -101,8 +108,7 @@ class ResumingDownloader:
             failures = 1 if grew else failures + 1
             if failures > self.retries:
                 raise FssBenchError(
-                    f"{url}: download failed after {self.attempts} attempts ({error}); the partial file "
-                    f"{self.part} is kept: run the same command again to resume"
+                    f"{url}: download failed after {self.attempts} attempts ({error}); " + self._kept()
                 )
             wait = min(self.backoff * 2 ** (failures - 1), 60.0)
             print(f"fssbench fetch: {error}; resuming in {wait:g} s", flush=True)
@@ -125,6 +131,12 @@ class ResumingDownloader:
         except OSError:  # no hard links here: a copy
             shutil.copyfile(self.part, output_file)
         return None
+
+    def _kept(self) -> str:
+        """What is left to resume from: the partial file when there is one, else nothing."""
+        if self.part.exists() and self.part.stat().st_size > 0:
+            return f"the partial file {self.part} is kept: run the same command again to resume"
+        return "nothing was downloaded"
 
     def _attempt(self, url: str) -> None:
         import requests
@@ -173,6 +185,25 @@ class ResumingDownloader:
         got = self.part.stat().st_size
         if total is not None and got != total:
             raise requests.exceptions.ChunkedEncodingError(f"connection closed at {got} of {total} bytes")
+
+
+def _unresolved_host(error: BaseException) -> str | None:
+    """The host name whose DNS look-up failed somewhere in ``error``'s chain (requests wraps
+    urllib3's ``NameResolutionError`` in ``MaxRetryError``), or None for any other failure."""
+    import socket
+
+    seen: list[BaseException] = []
+    todo: list[object] = [error]
+    while todo and len(seen) < 20:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        if type(e).__name__ == "NameResolutionError" or isinstance(e, socket.gaierror):
+            m = re.search(r"Failed to resolve '([^']+)'", str(e))
+            return m.group(1) if m else "?"
+        todo += [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
+    return None
 
 
 @dataclass
