@@ -302,8 +302,19 @@ class StudyRunner:
         order = {c.name: i for i, c in enumerate(cells)}
         self.results.sort(key=lambda r: order[r["cell"]])
         table = pd.DataFrame(self.results)
-        write_text_atomic(self.cells_csv, table.to_csv(index=False))
+        self.write_cells_csv(table)
         return table
+
+    def write_cells_csv(self, table: pd.DataFrame) -> None:
+        """Write ``cells.csv`` under a lock, merged with what another process wrote there meanwhile
+        (:func:`merge_cells_tables`), so the file holds every cell whoever ran it."""
+        from filelock import FileLock
+
+        path = self.cells_csv
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=600):
+            old = pd.read_csv(path) if path.is_file() and path.stat().st_size else None
+            write_text_atomic(path, merge_cells_tables(old, table).to_csv(index=False))
 
     @property
     def cells_csv(self) -> Path:
@@ -376,6 +387,7 @@ class StudyRunner:
         )
         status = "FAILED"
         try:
+            log_study_record(tracker, parent, study)
             self.execute(exp, parent, todo, keys)
             status = "FAILED" if self.failures else "FINISHED"
         except KeyboardInterrupt:
@@ -580,6 +592,7 @@ class StudyRunner:
             "fss.seed": str(cell.seed),
             "fss.manifest_sha256": self.manifest(spec.manifest_path)["sha256"],
             "fss.study": self.study.name,
+            "fss.study_file": self.study.source,
             "fss.random_init": str(bool(spec.settings.get("random_init"))).lower(),
             "fss.git_commit": git_commit(),
             "fss.versions": json.dumps(package_versions()),
@@ -599,6 +612,39 @@ class StudyRunner:
             "run_id": rid,
             **result.run_stats(),
         }
+
+
+def merge_cells_tables(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """``cells.csv`` after this invocation: ``new``'s rows, except where ``old`` (written by another
+    process) holds the run of the same cell that ``new`` only saw as done elsewhere (same run id:
+    the row that ran it keeps its timings); then ``old``'s cells that ``new`` does not have."""
+    if old is None or old.empty or "cell" not in old:
+        return new
+    old_by_cell = {r["cell"]: r for r in old.to_dict("records")}
+    rows = []
+    for r in new.to_dict("records"):
+        prior = old_by_cell.pop(r["cell"], None)
+        ran_there = (
+            prior is not None
+            and prior.get("status") == "run"
+            and str(r.get("status", "")).startswith("skipped")
+            and prior.get("run_id") == r.get("run_id")
+        )
+        rows.append(prior if ran_there else r)
+    rows += list(old_by_cell.values())
+    return pd.DataFrame(rows, columns=list(dict.fromkeys([*new.columns, *old.columns])))
+
+
+def log_study_record(tracker: Tracker, run_id: str, study: Study) -> None:
+    """The study parent run's artifacts under ``study/``: the file as written (``study-file.yaml``),
+    the command-line overrides in order (``overrides.txt``, one per line) and the study as it runs
+    (``resolved.yaml``: overrides applied, every variant's resolved settings)."""
+    import yaml
+
+    tracker.client.log_text(run_id, study.file_text, "study/study-file.yaml")
+    tracker.client.log_text(run_id, "".join(f"{o}\n" for o in study.overrides), "study/overrides.txt")
+    resolved = yaml.safe_dump(json.loads(json.dumps(study.resolved(), default=str)), sort_keys=False)
+    tracker.client.log_text(run_id, resolved, "study/resolved.yaml")
 
 
 def trained_by(spec: CellSpec) -> dict[str, str]:

@@ -179,10 +179,18 @@ class Study:
     eval_size: int | None = None
     val_source: str = "val"  # where kind-val manifests (searches) draw from
     holdout_fraction: float | None = None  # val_source train-holdout only (default 0.1)
+    file_text: str = ""  # the study file as written (the parent run's artifact)
+    overrides: tuple[str, ...] = ()  # the command-line key=value overrides, in order
 
     @property
     def random_init(self) -> bool:
         return any(v.settings.get("random_init") for v in self.variants)
+
+    def resolved(self) -> dict[str, Any]:
+        """The study as it runs: the file with the overrides applied, and every variant's resolved
+        settings (method defaults included)."""
+        variants = {v.name: {"method": v.method, "device": v.device, **v.settings} for v in self.variants}
+        return {**self.raw, "variants": variants}
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -585,8 +593,9 @@ def load_study(path: Path, overrides: list[str] | None = None) -> Study:
     path = Path(path)
     if not path.is_file():
         raise FssBenchError(f"{path}: study file not found")
+    text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -596,9 +605,11 @@ def load_study(path: Path, overrides: list[str] | None = None) -> Study:
         ) from None
     raw = apply_overrides(raw or {}, overrides or [])
     try:
-        return parse_study(raw, source=str(path), base_dir=Path.cwd())
+        study = parse_study(raw, source=str(path), base_dir=Path.cwd())
     except FssBenchError as e:
         raise _blame_override(e, str(path), overrides or []) from None
+    study.file_text, study.overrides = text, tuple(overrides or ())
+    return study
 
 
 def _blame_override(error: FssBenchError, source: str, overrides: list[str]) -> FssBenchError:

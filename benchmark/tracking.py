@@ -87,10 +87,53 @@ def git_commit() -> str:
         return "unknown"
 
 
+VERSIONED_PACKAGES = (
+    "fssam-bench",
+    "torch",
+    "torchvision",
+    "sam2",
+    "timm",
+    "pillow",
+    "numpy",
+    "scipy",
+    "pandas",
+    "mlflow",
+    "optuna",
+)
+"""The packages whose versions a run's record names (pillow decodes every image: part of the cell key)."""
+
+
 def package_versions() -> dict[str, str]:
-    """Python and the versions of the packages a run's record names (the ``fss.versions`` tag)."""
-    names = ("fssam-bench", "torch", "sam2", "timm", "mlflow", "numpy", "pandas")
-    return {"python": sys.version.split()[0], **installed_versions(names)}
+    """Python, the host, the versions of :data:`VERSIONED_PACKAGES` and, where torch is loaded,
+    its CUDA and cuDNN builds (the ``fss.versions`` tag)."""
+    import platform
+
+    out = {
+        "python": sys.version.split()[0],
+        "host": platform.node(),
+        **installed_versions(VERSIONED_PACKAGES),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["cuda"] = str(torch.version.cuda or "none")
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        out["cudnn"] = str(cudnn or "none")
+    return out
+
+
+def standard_tags(source_name: str) -> dict[str, str]:
+    """MLflow's own tags, so the UI's columns fill: the commit, the user and the run's source."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    commit = git_commit().removesuffix("+dirty")
+    tags = {"mlflow.user": user, "mlflow.source.name": source_name, "mlflow.source.type": "LOCAL"}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 class Tracker:
@@ -167,7 +210,10 @@ class Tracker:
     def start_parent(
         self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, Any]
     ) -> str:
-        run = self.client.create_run(experiment_id, run_name=run_name, tags={**tags, "fss.kind": "study"})
+        source = tags.get("fss.study_file") or "fssbench"
+        run = self.client.create_run(
+            experiment_id, run_name=run_name, tags={**standard_tags(source), **tags, "fss.kind": "study"}
+        )
         self._params_or_kill(run.info.run_id, params)
         return run.info.run_id
 
@@ -229,7 +275,12 @@ class Tracker:
         run = self.client.create_run(
             experiment_id,
             run_name=run_name,
-            tags={**tags, "mlflow.parentRunId": parent_id, "fss.kind": "cell"},
+            tags={
+                **standard_tags(tags.get("fss.study_file") or "fssbench"),
+                **tags,
+                "mlflow.parentRunId": parent_id,
+                "fss.kind": "cell",
+            },
         )
         self._params_or_kill(run.info.run_id, params)
         return run.info.run_id

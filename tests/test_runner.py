@@ -127,6 +127,65 @@ def test_mlflow_contents(small_run):
     assert len(pd.read_parquet(local)) == 4
 
 
+def test_the_study_run_records_the_file_the_overrides_and_the_resolved_study(pascal_root, tmp_path):
+    import getpass
+    import subprocess
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write_study(tmp_path, pascal_root, episodes=2, mean={"method": "mean_colour"})
+    overrides = ["episodes=3", "variants.mean.threshold=0.4"]
+    StudyRunner(load_study(path, overrides), tracking_uri=uri, work_dir=tmp_path / "w", progress=False).run()
+    runs = runs_of(uri, "unit")
+    client = MlflowClient(uri)
+    (parent,) = runs[runs["tags.fss.kind"] == "study"]["run_id"]
+    got = {a.path for a in client.list_artifacts(parent, "study")}
+    assert got == {"study/study-file.yaml", "study/overrides.txt", "study/resolved.yaml"}
+    local = Path(client.download_artifacts(parent, "study", str(tmp_path / "dl")))
+    assert (local / "study-file.yaml").read_text() == path.read_text()  # as written, byte for byte
+    assert (local / "overrides.txt").read_text() == "episodes=3\nvariants.mean.threshold=0.4\n"
+    resolved = yaml.safe_load((local / "resolved.yaml").read_text())
+    assert resolved["episodes"] == 3 and resolved["variants"]["mean"]["method"] == "mean_colour"
+    assert resolved["variants"]["mean"]["threshold"] == 0.4
+    # MLflow's own columns, on the study run and on its cells; the versions name more than torch
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    for _, r in runs.iterrows():
+        assert r["tags.mlflow.user"] == getpass.getuser()
+        assert r["tags.mlflow.source.name"] == str(path)
+        if sha.returncode == 0:
+            assert r["tags.mlflow.source.git.commit"] == sha.stdout.strip()
+    versions = json.loads(runs["tags.fss.versions"].iloc[0])
+    assert {"pillow", "torchvision", "optuna", "host", "cuda", "cudnn"} <= set(versions)
+    assert versions["host"] == __import__("platform").node()
+
+
+def test_cells_csv_keeps_the_rows_another_process_wrote():
+    from benchmark.runner import merge_cells_tables
+
+    a_ran = pd.DataFrame(
+        [
+            {"cell": "x", "status": "run", "run_id": "r1", "seconds": 5.0},
+            {"cell": "y", "status": "skipped (done)", "run_id": "r2", "seconds": None},
+        ]
+    )
+    b_ran = pd.DataFrame(
+        [
+            {"cell": "x", "status": "skipped (done)", "run_id": "r1", "seconds": None},
+            {"cell": "y", "status": "run", "run_id": "r2", "seconds": 7.0},
+        ]
+    )
+    # whoever writes last, both cells keep the row of the process that ran them, with its timing
+    for old, new in ((a_ran, b_ran), (b_ran, a_ran)):
+        merged = merge_cells_tables(old, new).set_index("cell")
+        assert list(merged["status"]) == ["run", "run"] and list(merged["seconds"]) == [5.0, 7.0]
+    # a rerun of a cell (a new run id) replaces the old row; cells only the file has are kept
+    rerun = pd.DataFrame([{"cell": "x", "status": "run", "run_id": "r9", "seconds": 1.0}])
+    merged = merge_cells_tables(a_ran, rerun)
+    assert list(merged["cell"]) == ["x", "y"] and list(merged["run_id"]) == ["r9", "r2"]
+    assert merge_cells_tables(None, rerun).equals(rerun)
+
+
 def test_the_logged_scores_are_the_class_iou_of_the_label_files(pascal_root, tmp_path):
     """A model-free method whose output is known (every pixel foreground) on the same episodes, its
     logged scores computed here from the query label files at their original size, 255 excluded:
