@@ -282,4 +282,10 @@ def _log_report(
         tracker.end_run(rid, "FAILED")
         raise
     tracker.end_run(rid, "FINISHED")
+    # one report run per experiment: the new one replaces the earlier ones (deleted only now, so an
+    # interrupted report never leaves the experiment without one)
+    earlier = tracker.client.search_runs([experiment_id], filter_string="tags.`fss.kind` = 'report'")
+    for r in earlier:
+        if r.info.run_id != rid:
+            tracker.client.delete_run(r.info.run_id)
     return rid

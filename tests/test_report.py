@@ -251,3 +251,20 @@ def test_the_reports_cells_csv_has_the_runners_schema_in_percent(report):
         )
         assert r["miou_pct"] == pytest.approx(100 * want, abs=1e-9)
     assert all(not w.startswith("(") and ";" in w or w.startswith("random-init") for w in cells["weights"])
+
+
+def test_a_new_report_run_replaces_the_earlier_one(tmp_path):
+    from benchmark.tracking import Tracker
+    from reports.build import _log_report
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = tracker.experiment_id("e")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.md").write_text("first\n")
+    first = _log_report(tracker, exp, random_init=True, out=tmp_path / "out")
+    (tmp_path / "out" / "report.md").write_text("second\n")
+    second = _log_report(tracker, exp, random_init=True, out=tmp_path / "out")
+    runs = tracker.client.search_runs([exp], filter_string="tags.`fss.kind` = 'report'")
+    assert [r.info.run_id for r in runs] == [second] and first != second
+    md = tracker.client.download_artifacts(second, "report/report.md", str(tmp_path / "dl"))
+    assert open(md).read() == "second\n"
