@@ -270,13 +270,14 @@ class CellResult:
     peak_memory_mb: float
     peak_memory_kind: str
     random_init: bool
-    weight_hashes: dict[str, str]
+    weight_hashes: dict[str, str]  # what the built method reports of its weights
     device: str
     precision: str
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load_wait, encode, episode_path
     encoder_passes: dict[str, int] = field(default_factory=dict)  # images run through each encoder now
+    weight_ids: dict[str, str] = field(default_factory=dict)  # the cell key's (and the tags') weight ids
 
     def run_stats(self) -> dict[str, Any]:
         """How the run went, for a results row: episodes run now, seconds, episodes/s, peak memory,
@@ -306,6 +307,7 @@ def evaluate_cell(
     on_row: Callable[[dict[str, int]], None] | None = None,
     stages: StageMemo | None = None,
     loader_workers: int = 2,
+    weights: Mapping[str, str] | None = None,
 ) -> CellResult:
     """Score ``spec``'s method on every episode of its manifest, ``spec.batch_size`` episodes per
     forward, the next batch's labels read and uncached images decoded by ``loader_workers``
@@ -324,10 +326,15 @@ def evaluate_cell(
             An exception it raises stops the cell; the rows scored so far stay in the journal.
         stages: a memo of episode stages shared with the other cells of the same manifest
             (fssam/stages.py); results are identical with and without it.
+        weights: the weight ids the key was computed from (role -> SHA-256 or random-init id),
+            recorded in config.json as the run's ``fss.weights.*`` tags have them; computed if
+            omitted.
     """
     manifest = load_manifest(spec.manifest_path)
     device = resolve_device(spec.device)
-    key = key or cell_key(spec, manifest["sha256"], weight_ids(spec))
+    if weights is None and (key is None or artifacts_dir is not None):
+        weights = weight_ids(spec)
+    key = key or cell_key(spec, manifest["sha256"], weights or {})
     if method is None:
         method = build_method(spec.method, dict(spec.settings), device, pool)
     if spec.compile:
@@ -430,6 +437,7 @@ def evaluate_cell(
         peak_memory_kind=memory.kind,
         random_init=bool(method.random_init),
         weight_hashes=method.weight_hashes(),
+        weight_ids=dict(weights or {}),
         device=str(device),
         precision=spec.precision,
         manifest=manifest,
@@ -456,7 +464,8 @@ def cell_config(result: CellResult) -> dict[str, Any]:
         "manifest_sha256": m.get("sha256"),
         "classes": m.get("classes"),
         "class_split": m.get("class_split"),
-        "weights": result.weight_hashes,
+        "weights": result.weight_ids,  # the ids of the cell key and the fss.weights.* tags
+        "weights_loaded": result.weight_hashes,  # the built method's own account of them
         "random_init": result.random_init,
         "code_sha256": code_hash(),
         "packages": number_package_versions(),

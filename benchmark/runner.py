@@ -507,6 +507,7 @@ class StudyRunner:
                 cell.spec,
                 self.cache,
                 key=key,
+                weights=weights,
                 pool=self.pool,
                 journal_path=cell_dir / "episodes.jsonl",
                 artifacts_dir=cell_dir / "artifacts",

@@ -119,6 +119,14 @@ def test_mlflow_contents(small_run):
     assert (
         manifest["sha256"] == children.set_index("tags.fss.variant").loc["fssam", "tags.fss.manifest_sha256"]
     )
+    # config.json names the weights exactly as the run's tags (and the cell key) do
+    config = json.loads(Path(client.download_artifacts(rid, "config.json", str(tmp / "c"))).read_text())
+    fssam_tags = children.set_index("tags.fss.variant").loc["fssam"]
+    assert config["weights"] == {role: fssam_tags[f"tags.fss.weights.{role}"] for role in ("sam2", "dinov2")}
+    assert (
+        config["weights"]["sam2"] == "random-init:seed0"
+        and config["cell_key"] == fssam_tags["tags.fss.cell_key"]
+    )
     per_class = pd.read_csv(client.download_artifacts(rid, "per_class.csv", str(tmp / "pc")))
     assert list(per_class["class_name"]) == ["aeroplane", "bicycle", "bird", "boat", "bottle"]  # fold 0
     assert set(children["tags.fss.metric_units"]) == {"fraction"}

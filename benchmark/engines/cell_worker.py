@@ -142,6 +142,7 @@ class CellWorker:
                 spec,
                 self.cache,
                 key=key,
+                weights=payload.get("weights"),
                 pool=self.pool,
                 journal_path=cell_dir / "episodes.jsonl",
                 artifacts_dir=cell_dir / "artifacts",
