@@ -44,7 +44,7 @@ def profile_engine(
     """One row per worker count: workers, cells, seconds, cells_per_s, speedup (over the first)."""
     import ray
 
-    started = connect(ray_address)
+    started = connect(ray_address, quiet=not progress)
     rows: list[dict[str, Any]] = []
     first: dict[str, float] | None = None
     try:

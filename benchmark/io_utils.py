@@ -98,3 +98,30 @@ def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def say(message: str) -> None:
+    """Print a progress message on a line of its own, also in a redirected log: a progress bar that
+    is not on a terminal leaves its line open (it redraws with a carriage return), so the message
+    would be glued onto it; on a terminal the bars are cleared and redrawn around it."""
+    import sys
+
+    from tqdm import tqdm
+
+    bars = [b for b in list(getattr(tqdm, "_instances", ())) if not getattr(b, "disable", True)]
+    if not bars:
+        print(message, flush=True)
+    elif sys.stderr.isatty():
+        tqdm.write(message, file=sys.stdout)
+    else:
+        sys.stderr.flush()
+        print(("\n" if _same_file(sys.stdout, sys.stderr) else "") + message, flush=True)
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    """Whether two streams write to one file (``2>&1``)."""
+    try:
+        x, y = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)

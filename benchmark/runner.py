@@ -45,7 +45,7 @@ from benchmark.device import resolve_device
 from benchmark.episodes import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
-from benchmark.io_utils import write_text_atomic
+from benchmark.io_utils import say, write_text_atomic
 from benchmark.methods import WeightPool, build_method, get_method
 from benchmark.study import MLFLOW_URI_PREFIX, Study
 from benchmark.tracking import (
@@ -166,7 +166,7 @@ class StudyRunner:
         qualitative: int = 3,
         memory_cache_bytes: int = 2 << 30,
         fail_fast: bool = False,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = say,
         cache_max_bytes: int | None = None,
         compile: bool = False,
     ):

@@ -375,3 +375,34 @@ def test_a_ray_address_with_no_cluster_is_a_one_line_error_at_once(pascal_root, 
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_silences_rays_token_notice(tmp_path, quiet):
+    """-q: Ray's token-authentication notice (printed when a local cluster starts without a token)
+    is not shown; without -q it is."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.ray_cluster import require_ray
+
+    require_ray()
+    short = tempfile.mkdtemp(prefix="fssq")  # Ray's socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env |= {"HOME": str(tmp_path), "RAY_TMPDIR": short, "RAY_USAGE_STATS_ENABLED": "0"}
+    code = (
+        "import ray\nfrom benchmark.engines.ray_study import connect\n"
+        f"connect(None, num_cpus=1, quiet={quiet})\nray.shutdown()\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(short, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ("Token authentication is" in out.stderr) is not quiet, out.stderr[-2000:]

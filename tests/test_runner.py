@@ -295,3 +295,21 @@ def test_resume_after_kill_matches_an_uninterrupted_run(pascal_root, tmp_path):
     for m in ("metrics.miou", "metrics.fb_iou", "metrics.fg_iou"):
         assert killed[m].iloc[0] == uninterrupted[m].iloc[0]
     assert killed["tags.fss.cell_key"].iloc[0] == uninterrupted["tags.fss.cell_key"].iloc[0]
+
+
+def test_a_message_in_a_redirected_log_starts_its_own_line(tmp_path):
+    """stdout and stderr into one file (2>&1): a bar that is not on a terminal leaves its line open,
+    and the runner's messages (benchmark.io_utils.say) must not be glued onto it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from tqdm import tqdm\nfrom benchmark.io_utils import say\n"
+        "bar = tqdm(total=3, desc='study x', mininterval=0)\nbar.update(1)\n"
+        "say('resuming cell-a at episode 2 of 4')\nbar.update(1)\nbar.close()\nsay('done')\n"
+    )
+    with open(tmp_path / "log", "w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, check=True)
+    lines = (tmp_path / "log").read_text().split("\n")
+    assert "resuming cell-a at episode 2 of 4" in lines and "done" in lines  # whole lines
+    assert any("study x" in line and "1/3" in line for line in lines)

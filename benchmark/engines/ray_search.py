@@ -70,7 +70,7 @@ def run_search_on_ray(
     kwargs["tracking_uri"] = kwargs.get("tracking_uri") or default_tracking_uri()
     kwargs["work_dir"] = Path(kwargs.get("work_dir") or "fssbench-runs").absolute()
     kwargs["storage"] = kwargs.get("storage") or default_storage(kwargs["tracking_uri"])
-    started = connect(ray_address)
+    started = connect(ray_address, quiet=not progress)
     try:
         hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
         check_tracking_for_cluster(kwargs["tracking_uri"], hosts)

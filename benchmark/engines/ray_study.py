@@ -61,11 +61,21 @@ def check_tracking_for_cluster(tracking_uri: str, hosts: set[str]) -> None:
         )
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> bool:
+RAY_NOTICE_LOGGERS = ("ray._private.authentication", "ray._private.authentication.authentication_token_setup")
+"""Ray's loggers of notices (the token-authentication one) that ``-q`` silences; errors still show."""
+
+
+def connect(address: str | None, num_cpus: int | None = None, quiet: bool = False) -> bool:
     """Connect to the Ray cluster at ``address`` (``auto``, ``HOST:PORT``; ``None``: start one on
-    this machine, loopback only). Returns whether this call started the connection."""
+    this machine, loopback only). Returns whether this call started the connection. ``quiet``
+    (``-q``): Ray's notices, such as the token-authentication one, are not printed."""
     if address is None:  # read when ray is imported: node and bootstrap addresses on 127.0.0.1
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if quiet:
+        import logging
+
+        for name in RAY_NOTICE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     import ray
 
     if ray.is_initialized():
@@ -217,7 +227,7 @@ class RayStudyRunner(StudyRunner):
         from benchmark.tracking import default_tracking_uri
 
         self.attempts = collections.Counter()
-        started = connect(self.ray_address)
+        started = connect(self.ray_address, quiet=not self.progress)
         try:
             hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
             check_tracking_for_cluster(self.tracking_uri or default_tracking_uri(), hosts)
