@@ -146,20 +146,33 @@ def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) 
 
 
 def project_grid(cold: dict[str, Any], warm: dict[str, Any], encoders: int) -> dict[str, float]:
-    """Seconds for the full PASCAL-5i grid on this device: every unique image through each encoder
-    once (cold-run seconds per encoder pass) plus every episode-variant forward at the warm run's
-    cost per forward (everything included). Costs 5-shot cells at this study's per-forward time
-    unless the study measured them."""
-    cc, wc = cold["cells"], warm["cells"]
+    """Seconds for the full PASCAL-5i grid on this device, from the measured per-stage times (not
+    the whole study's wall time, which includes creating the throwaway store, manifests and the
+    model builds: a fixed cost that does not grow with the grid): every unique image through each
+    encoder once (cold-run seconds per encoder pass) plus every episode-variant forward at the warm
+    run's cost per forward inside the cell function (episode path, feature I/O, decode waits,
+    scoring and journal). ``harness_per_forward_s``: that cost less the method's own episode path
+    and its encoders; ``harness_share``: its part of a forward. ``setup_s``: the warm run's time
+    outside the cells (not projected). Costs 5-shot cells at this study's per-forward time unless
+    the study measured them."""
+    cc = cold["cells"][cold["cells"]["status"] == "run"]
+    wc = warm["cells"][warm["cells"]["status"] == "run"]
     passes = cc["encoder_passes"].sum()
     per_pass = cc["encode_s"].sum() / passes if passes else 0.0
-    per_forward = warm["seconds"] / max(wc["episodes_run"].sum(), 1)
+    forwards_run = max(int(wc["episodes_run"].sum()), 1)
+    in_cells = float(wc["seconds"].sum())
+    per_forward = in_cells / forwards_run
+    model = float(wc["episode_path_s"].sum() + wc["encode_s"].sum())
+    harness = max(in_cells - model, 0.0) / forwards_run
     g = PASCAL_GRID
     forwards = g["variants"] * g["folds"] * g["shots"] * g["episodes"]
     encode = g["unique_images"] * encoders * per_pass
     return {
         "forwards": forwards,
         "per_forward_s": per_forward,
+        "harness_per_forward_s": harness,
+        "harness_share": harness / per_forward if per_forward else 0.0,
+        "setup_s": max(float(warm["seconds"]) - in_cells, 0.0),
         "per_pass_s": per_pass,
         "encode_s": encode,
         "total_s": encode + forwards * per_forward,
@@ -269,4 +282,9 @@ def print_profile(study: Study, r: dict) -> None:
         f"{g['per_forward_s'] * 1e3:.1f} ms, {PASCAL_GRID['unique_images']} images x encoders at "
         f"{g['per_pass_s'] * 1e3:.1f} ms per pass; this study's model sizes; {shots}): "
         f"{g['total_s'] / 60:.1f} min"
+    )
+    print(
+        f"harness per episode: {g['harness_per_forward_s'] * 1e3:.2f} ms of the {g['per_forward_s'] * 1e3:.1f} ms "
+        f"({100 * g['harness_share']:.0f} %: feature I/O, decode waits, scoring, journal; the rest is the "
+        f"method's episode path and encoders); fixed set-up outside the cells {g['setup_s']:.1f} s, not projected"
     )

@@ -351,3 +351,34 @@ def test_profile_counts_encoder_passes_and_splits_the_time(pascal_root, tmp_path
     assert (
         "RANDOM-INIT" in out and "unique images x encoders" in out and "projected full PASCAL-5i grid" in out
     )
+
+
+def test_the_grid_is_projected_from_the_cells_measured_stages_not_the_studys_wall_time():
+    from benchmark.profile import PASCAL_GRID, project_grid
+
+    def run(seconds: float, cells: list[dict]) -> dict:
+        return {"seconds": seconds, "cells": pd.DataFrame(cells)}
+
+    # hand-made runs: two cells of 10 episodes; the warm run's cells took 2 s (of which the method
+    # 1.2 s and its encoders 0.3 s) inside a 10 s study (8 s of store, manifests and model builds)
+    cold = run(30.0, [{"status": "run", "encoder_passes": 40, "encode_s": 4.0}] * 2)
+    warm = run(
+        10.0,
+        [{"status": "run", "episodes_run": 10, "seconds": 1.0, "episode_path_s": 0.6, "encode_s": 0.15}] * 2
+        + [
+            {
+                "status": "skipped (done)",
+                "episodes_run": 0,
+                "seconds": 9.0,
+                "episode_path_s": 9.0,
+                "encode_s": 0,
+            }
+        ],
+    )
+    g = project_grid(cold, warm, encoders=2)
+    assert g["per_forward_s"] == pytest.approx(2.0 / 20)  # not 10 s / 20
+    assert g["harness_per_forward_s"] == pytest.approx((2.0 - 1.2 - 0.3) / 20)
+    assert g["harness_share"] == pytest.approx(0.5 / 2.0) and g["setup_s"] == pytest.approx(8.0)
+    assert g["per_pass_s"] == pytest.approx(8.0 / 80)
+    forwards = 8 * 4 * 2 * 1000
+    assert g["total_s"] == pytest.approx(PASCAL_GRID["unique_images"] * 2 * 0.1 + forwards * 0.1)
