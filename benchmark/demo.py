@@ -16,8 +16,11 @@ A rerun reuses the generated data and skips finished cells.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -175,6 +178,34 @@ def reference_table(reference: pd.DataFrame):
     )
 
 
+def report_inputs(tracker: Any, experiment: str, reference_csv: str) -> str:
+    """SHA-256 of everything the demo's report is built from: the experiment's runs other than
+    report runs (id, status, end time), the reference predictors' scores and the code that draws
+    the report (its commit and the report and demo sources)."""
+    from benchmark.tracking import git_commit
+
+    exp = tracker.client.get_experiment_by_name(experiment)
+    runs, token = [], None
+    while exp is not None:
+        page = tracker.client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        runs += [
+            (r.info.run_id, r.info.status, r.info.end_time)
+            for r in page
+            if r.data.tags.get("fss.kind") != "report"
+        ]
+        token = page.token
+        if not token:
+            break
+    h = hashlib.sha256()
+    h.update(json.dumps(sorted(runs, key=str)).encode())
+    h.update(reference_csv.encode())
+    h.update(git_commit().encode())
+    here = Path(__file__).resolve()
+    for path in sorted([here, *(here.parents[1] / "reports").glob("*.py")]):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, progress: bool = True) -> Path:
     """Run the demo in ``out`` and return the path of the report it wrote."""
     import os
@@ -222,12 +253,23 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p)['sha256']}`" for p in manifests)
     md_models = summary.to_markdown(index=False, floatfmt=".1f")
     md_ref = reference.to_markdown(index=False, floatfmt=".1f")
-    _step("building the report (tables, figures, HTML) from the tracked runs")
     from reports.build import build_report
 
-    full = build_report(
-        study.name, report_dir, tracker=runner.tracker, extra_tables=[reference_table(reference)]
-    )
+    assert runner.tracker is not None
+    inputs = report_inputs(runner.tracker, study.name, reference.to_csv(index=False))
+    stamp = report_dir / ".inputs.sha256"
+    html, md = report_dir / "report.html", report_dir / "report.md"
+    if stamp.is_file() and stamp.read_text().strip() == inputs and html.is_file() and md.is_file():
+        _step("the report's inputs (tracked runs, reference scores, code) are unchanged: report kept")
+        built = f"report: {html} (kept)"
+    else:
+        _step("building the report (tables, figures, HTML) from the tracked runs")
+        stamp.unlink(missing_ok=True)
+        full = build_report(
+            study.name, report_dir, tracker=runner.tracker, extra_tables=[reference_table(reference)]
+        )
+        write_text_atomic(stamp, inputs + "\n")
+        built = f"report: {full.html} ({len(full.tables)} tables and {len(full.figures)} figure files in {full.out})"
     elapsed = time.perf_counter() - t_start  # one figure, in the console and in the report
     report = report_dir / "demo-report.md"
     write_text_atomic(
@@ -242,7 +284,7 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
         f"## Model-free reference predictors (same manifests)\n\n{md_ref}\n\n"
         f"## Search (validation manifests, base classes)\n\n{_search_line(found, search, states)}\n\n"
         f"## Provenance\n\n{manifest_lines}\n\nTracking store: `{uri}`, experiment `{study.name}`. "
-        f"Full report: `{full.html.name}` and `{full.markdown.name}` beside this file. "
+        f"Full report: `{html.name}` and `{md.name}` beside this file. "
         f"Run time: {elapsed:.0f} s.\n",
     )
     print()
@@ -255,9 +297,7 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     print(f"search: {_search_line(found, search, states)}")
     print(runner.cache.stats.summary() + " (study); " + searcher.cache.stats.summary() + " (search)")
     _step(f"summary written to {report}")
-    _step(
-        f"report: {full.html} ({len(full.tables)} tables and {len(full.figures)} figure files in {full.out})"
-    )
+    _step(built)
     _step(f"done in {elapsed:.0f} s")
     if uri.startswith("sqlite:///"):
         _step(f"browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")

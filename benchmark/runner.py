@@ -297,6 +297,8 @@ class StudyRunner:
                 self.results.append(self._skipped_row(c, keys[c.name][0], finished[keys[c.name][0]]))
         if len(todo) < len(cells):
             self.log(f"{len(cells) - len(todo)} of {len(cells)} cells already finished, skipped")
+        if not self.force:
+            todo = self._reuse_from_other_experiments(exp, todo, keys)
         if todo:
             self._run_cells(exp, todo, keys)
         order = {c.name: i for i, c in enumerate(cells)}
@@ -538,6 +540,33 @@ class StudyRunner:
         finally:
             bar.close()
         self.results.append(self._result_row(cell, key, rid, result))
+
+    def _reuse_from_other_experiments(
+        self, exp: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
+    ) -> list[Cell]:
+        """Cells finished under another experiment with the same cell key (an overlapping study) are
+        recorded in this one (``Tracker.copy_cell``, tag ``fss.reused_from``), not computed again;
+        the cells left to run are returned."""
+        tracker = self.tracker
+        assert tracker is not None
+        left = []
+        for cell in todo:
+            key, weights = keys[cell.name]
+            source = tracker.finished_cell_elsewhere(exp, key)
+            if source is None:
+                left.append(cell)
+                continue
+            with self.cell_lock(key):
+                if tracker.finished_cell(exp, key) is None:  # not copied by another process meanwhile
+                    params, tags = self.cell_record(cell, key, weights)
+                    rid = tracker.copy_cell(source, exp, cell.name, params, tags)
+                    where = tracker.client.get_experiment(source.info.experiment_id).name
+                    self.log(f"{cell.name}: finished in experiment {where!r} (same cell key): reused")
+                    self.results.append(self._skipped_row(cell, key, tracker.client.get_run(rid), "reused"))
+                else:
+                    done = tracker.finished_cell(exp, key)
+                    self.results.append(self._skipped_row(cell, key, done, "skipped (done)"))
+        return left
 
     def cell_lock(self, key: str) -> Any:
         """The cell's file lock (``<work-dir>/locks/``): whoever holds it checks, runs and logs the

@@ -256,6 +256,62 @@ class Tracker:
             if not token:
                 return out
 
+    def finished_cell_elsewhere(self, experiment_id: str, key: str) -> Any | None:
+        """A FINISHED cell run with cell key ``key`` in another experiment (the oldest), or None."""
+        others = [e.experiment_id for e in self._experiments() if e.experiment_id != experiment_id]
+        found = []
+        for i in range(0, len(others), 50):
+            found += self.client.search_runs(
+                others[i : i + 50],
+                filter_string=f"tags.`{CELL_KEY_TAG}` = '{key}' and tags.`fss.kind` = 'cell' and attributes.status = 'FINISHED'",
+                max_results=10,
+            )
+        found = [r for r in found if r.data.tags.get("fss.logged") == "true"]
+        return min(found, key=lambda r: r.info.start_time) if found else None
+
+    def _experiments(self) -> list[Any]:
+        out, token = [], None
+        while True:
+            page = self.client.search_experiments(max_results=1000, page_token=token)
+            out += list(page)
+            token = page.token
+            if not token:
+                return out
+
+    def copy_cell(
+        self, source: Any, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
+    ) -> str:
+        """Record the finished cell run ``source`` (another experiment's) in ``experiment_id`` as a
+        FINISHED cell run of its own: ``params`` and ``tags`` as this study names the cell, the
+        source's metrics and artifacts, and ``fss.reused_from`` naming where they came from."""
+        import tempfile
+
+        from mlflow.entities import Metric
+
+        src_exp = self.client.get_experiment(source.info.experiment_id).name
+        tags = {**tags, "fss.reused_from": f"{src_exp}/{source.info.run_id}", "fss.logged": "true"}
+        tags |= {k: v for k, v in source.data.tags.items() if k == "fss.peak_mem_kind"}
+        run = self.client.create_run(
+            experiment_id,
+            run_name=run_name,
+            tags={**standard_tags(tags.get("fss.study_file") or "fssbench"), **tags, "fss.kind": "cell"},
+        )
+        rid = run.info.run_id
+        try:
+            self.log_params(rid, params)
+            now = int(time.time() * 1000)
+            ms = [Metric(k, float(v), now, 0) for k, v in sorted(source.data.metrics.items())]
+            for i in range(0, len(ms), 500):
+                self.client.log_batch(rid, metrics=ms[i : i + 500], synchronous=True)
+            with tempfile.TemporaryDirectory(prefix="fssbench-reuse-") as tmp:
+                local = self.client.download_artifacts(source.info.run_id, "", tmp)
+                self.client.log_artifacts(rid, local)
+        except BaseException:
+            self.client.delete_run(rid)  # never a half-copied cell
+            raise
+        self.client.set_terminated(rid, status="FINISHED")
+        return rid
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

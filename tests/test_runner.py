@@ -313,3 +313,35 @@ def test_a_message_in_a_redirected_log_starts_its_own_line(tmp_path):
     lines = (tmp_path / "log").read_text().split("\n")
     assert "resuming cell-a at episode 2 of 4" in lines and "done" in lines  # whole lines
     assert any("study x" in line and "1/3" in line for line in lines)
+
+
+def test_a_cell_finished_under_another_experiment_is_reused_not_recomputed(pascal_root, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mean = {"method": "mean_colour"}
+    (tmp_path / "a").mkdir()
+    first = write_study(tmp_path / "a", pascal_root, episodes=3, mean=mean)
+    StudyRunner(load_study(first), tracking_uri=uri, work_dir=tmp_path / "w", progress=False).run()
+    # an overlapping study under another name: its "mean" cell is the same cell (same key)
+    second = write_study(tmp_path, pascal_root, episodes=3, mean=mean, fg={"method": "all_foreground"})
+    cells = StudyRunner(
+        load_study(second, ["name=overlap"]), tracking_uri=uri, work_dir=tmp_path / "w", progress=False
+    ).run()
+    status = dict(zip(cells["variant"], cells["status"], strict=True))
+    assert status == {"mean": "reused", "fg": "run"}
+    a, b = runs_of(uri, "unit"), runs_of(uri, "overlap")
+    src = a[a["tags.fss.kind"] == "cell"].iloc[0]
+    copy = b[(b["tags.fss.kind"] == "cell") & (b["tags.fss.variant"] == "mean")].iloc[0]
+    assert copy["tags.fss.reused_from"] == f"unit/{src['run_id']}" and copy["status"] == "FINISHED"
+    assert copy["tags.fss.cell_key"] == src["tags.fss.cell_key"] and copy["tags.fss.study"] == "overlap"
+    assert copy["metrics.miou"] == src["metrics.miou"] and copy["params.method"] == "mean_colour"
+    client = MlflowClient(uri)
+    got = pd.read_parquet(client.download_artifacts(copy["run_id"], "episodes.parquet", str(tmp_path / "c")))
+    want = pd.read_parquet(client.download_artifacts(src["run_id"], "episodes.parquet", str(tmp_path / "s")))
+    assert got.equals(want)
+    # nothing ran twice: one journal per distinct cell; a rerun of the second study skips both
+    assert len(list((tmp_path / "w" / "cells").iterdir())) == 2
+    again = StudyRunner(
+        load_study(second, ["name=overlap"]), tracking_uri=uri, work_dir=tmp_path / "w", progress=False
+    ).run()
+    assert set(again["status"]) == {"skipped (done)"}
+    assert len(runs_of(uri, "overlap").query("`tags.fss.kind` == 'cell'")) == 2
