@@ -372,7 +372,8 @@ def imr_curve(cells: pd.DataFrame, random_init: bool, ci: pd.DataFrame | None = 
         (line,) = ax.plot(g["imr_iters"], g["miou"], marker="o", label=f"{dataset} {int(shot)}-shot")
         has = g[np.isfinite(g["low"]) & np.isfinite(g["high"])]
         if not has.empty:
-            err = np.vstack([has["miou"] - has["low"], has["high"] - has["miou"]])
+            # a percentile CI need not hold the point (few episodes, class-wise mean): no negative bar
+            err = np.clip(np.vstack([has["miou"] - has["low"], has["high"] - has["miou"]]), 0, None)
             ax.errorbar(
                 has["imr_iters"], has["miou"], yerr=err, fmt="none", ecolor=line.get_color(), capsize=4
             )

@@ -233,6 +233,12 @@ def test_imr_curve_draws_the_given_cis_on_an_axis_that_holds_them(cells):
     y0, y1 = ax.get_ylim()
     assert y0 <= min(ci["low"]) and y1 >= max(ci["high"]) and y1 - y0 >= 10 - 1e-9
     assert not any("without a CI" in t for t in _texts(fig))
+    # a percentile CI that does not hold its point (few episodes) draws a one-sided bar, no error
+    above = ci.assign(low=100 * points["miou"] + 1.0, high=100 * points["miou"] + 2.0)
+    fig = imr_curve(cells, random_init=False, ci=above)
+    bars = [c for c in fig.axes[0].collections if c.get_segments()]
+    for seg in (s for c in bars for s in c.get_segments()):
+        assert seg[1, 1] - seg[0, 1] == pytest.approx(2.0)  # from the point to +2
 
 
 @pytest.mark.parametrize(
