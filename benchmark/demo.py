@@ -180,7 +180,7 @@ def reference_table(reference: pd.DataFrame):
 
 def report_inputs(tracker: Any, experiment: str, reference_csv: str) -> str:
     """SHA-256 of everything the demo's report is built from: the experiment's runs other than
-    report runs (id, status, end time), the reference predictors' scores and the code that draws
+    report runs (id and status: a new or rerun cell or trial is a new run), the reference predictors' scores and the code that draws
     the report (its commit and the report and demo sources)."""
     from benchmark.tracking import git_commit
 
@@ -188,11 +188,8 @@ def report_inputs(tracker: Any, experiment: str, reference_csv: str) -> str:
     runs, token = [], None
     while exp is not None:
         page = tracker.client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
-        runs += [
-            (r.info.run_id, r.info.status, r.info.end_time)
-            for r in page
-            if r.data.tags.get("fss.kind") != "report"
-        ]
+        # id and status, not end time: a rerun joins the finished search and ends its run again
+        runs += [(r.info.run_id, r.info.status) for r in page if r.data.tags.get("fss.kind") != "report"]
         token = page.token
         if not token:
             break

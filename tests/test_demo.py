@@ -47,3 +47,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     # a second run reuses the generated data (cell skipping is covered by tests/test_runner.py)
     assert prepare_demo_data(out, progress=False) == out / "data" / "pascal"
     assert "reusing prepared data" in capsys.readouterr().out
+    # a rerun with nothing new keeps the report (same runs, same reference scores, same code)
+    html = out / "report" / "report.html"
+    before = (html.stat().st_mtime_ns, html.read_bytes())
+    run_demo(out, episodes=2, progress=False)
+    assert "unchanged: report kept" in capsys.readouterr().out
+    assert (html.stat().st_mtime_ns, html.read_bytes()) == before
+    reports = client.search_runs([exp.experiment_id], filter_string="tags.`fss.kind` = 'report'")
+    assert len(reports) == 1
+    # a report missing its inputs' stamp (or any new run) is built again
+    (out / "report" / ".inputs.sha256").unlink()
+    run_demo(out, episodes=2, progress=False)
+    assert "building the report" in capsys.readouterr().out and html.stat().st_mtime_ns > before[0]
