@@ -13,6 +13,9 @@
 * Global batch ``g`` holds positions ``[g*B*W, (g+1)*B*W)`` (``B`` per process, ``W`` processes);
   rank ``r`` takes ``B`` consecutive ones, so the ranks together see exactly what one process with
   a batch of ``B*W`` would.
+* :func:`train_loader` decodes and augments the batches in background worker processes (a
+  ``torch.utils.data.DataLoader``); since every sample is a pure function of its position, the
+  batches are the same with any number of workers.
 """
 
 from __future__ import annotations
@@ -150,3 +153,68 @@ def batch_positions(global_batch: int, batch: int, world: int, rank: int) -> lis
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+class TrainBatches(torch.utils.data.Dataset):
+    """Item ``i``: this rank's collated batch of global iteration ``i`` (0-based, over all epochs).
+
+    ``query`` (B,3,S,S) and ``supports`` (B,K,3,S,S) float RGB 0..255, ``query_mask`` (B,S,S) and
+    ``support_masks`` (B,K,S,S) uint8 in {0, 1, 255}; ``B`` is the per-process batch.
+    """
+
+    def __init__(
+        self,
+        store: ImageStore,
+        ts: TrainSet,
+        seed: int,
+        shot: int,
+        aug: AugmentConfig,
+        per_epoch: int,
+        batch: int,
+        world: int = 1,
+        rank: int = 0,
+    ):
+        self.store, self.ts, self.seed, self.shot, self.aug = store, ts, seed, shot, aug
+        self.per_epoch, self.batch, self.world, self.rank = per_epoch, batch, world, rank
+
+    def __getitem__(self, iteration: int) -> dict[str, torch.Tensor]:
+        epoch, g = divmod(int(iteration), self.per_epoch)
+        # one torch thread, as in a DataLoader worker: a multi-threaded reduction (the mean colour
+        # of the padding) sums in another order, so the samples would depend on the thread count
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return collate(
+                [
+                    load_train_episode(
+                        self.store,
+                        self.ts,
+                        draw_episode(self.ts, self.seed, epoch, p, self.shot),
+                        self.seed,
+                        epoch,
+                        self.aug,
+                    )
+                    for p in batch_positions(g, self.batch, self.world, self.rank)
+                ]
+            )
+        finally:
+            torch.set_num_threads(threads)
+
+
+def train_loader(
+    batches: TrainBatches, start: int, stop: int, workers: int, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """The batches of iterations ``start .. stop-1`` in order, built by ``workers`` background
+    processes (0: in this process). The loader draws its worker seed from a private generator, so
+    the process's global torch RNG (dropout, the resumable state) is the same for any ``workers``."""
+    if not isinstance(workers, int) or workers < 0:
+        raise FssBenchError(f"train.workers: expected an integer >= 0, got {workers!r}")
+    return torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,  # an item is already a batch
+        sampler=range(start, stop),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None,
+        generator=torch.Generator().manual_seed(batches.seed),
+    )

@@ -18,13 +18,21 @@ A training file is YAML (see ``ablations/train/``)::
       max_iters: null                   # stop after this many iterations (short runs)
       augment: {scale: [0.9, 1.1], rotate: 10, rotate_p: 0.5, blur_p: 0.5, flip_p: 0.5, fg_keep: 0.85}
       checkpoint_every: 100             # iterations between resumable checkpoints
+      workers: 4                        # background processes decoding and augmenting episodes
+      dist_timeout_s: 7200              # how long torchrun ranks wait for each other (validation)
     val:                                # model selection on VALIDATION episodes (base classes)
       episodes: 1000
-      every: epoch                      # or a number of iterations
-      patience: 100                     # validations without improvement before stopping
+      every: authors                    # the release's cadence; or epoch, or a number of iterations
+      patience: 100                     # epochs (every: authors|epoch) or validations (every: N)
       seed: 321
       source: val                       # val split | train-holdout (a held-out slice training skips)
       holdout_fraction: 0.1             # train-holdout only: the share of the train split held out
+
+``val.every: authors`` is the release's cadence (every epoch's end, plus mid-epoch in every epoch
+when ``epochs <= 100`` and after epoch index 100 otherwise; :func:`benchmark.trainer.validation_due`);
+``workers`` and ``dist_timeout_s`` do not change the trained weights and are left out of the
+training's identity (a run may resume with other values), as are ``max_iters`` and
+``checkpoint_every``.
 
 The crop size is the model's ``image_size``. ``val.kind: test`` (select on the test episodes, as the
 authors did) is refused unless ``--select-on-test`` is given, and then tagged everywhere.
@@ -65,8 +73,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 321,
     "max_iters": None,
     "checkpoint_every": 100,
+    "workers": 4,
+    "dist_timeout_s": 7200,
     "augment": {},
 }
+# what does not change the trained weights (left out of the training's identity)
+RUN_ONLY = ("checkpoint_every", "max_iters", "workers", "dist_timeout_s")
+VAL_CADENCES = ("authors", "epoch")
 AUGMENT_DEFAULTS: dict[str, Any] = {
     "scale": [0.9, 1.1],
     "rotate": 10.0,
@@ -78,7 +91,7 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
 }
 VAL_DEFAULTS: dict[str, Any] = {
     "episodes": 1000,
-    "every": "epoch",
+    "every": "authors",
     "patience": 100,
     "seed": 321,
     "kind": "val",
@@ -114,7 +127,7 @@ class TrainSpec:
 
     def identity(self) -> dict[str, Any]:
         """What the trained weights depend on (a resume file must come from the same)."""
-        t = {k: v for k, v in self.train.items() if k not in ("checkpoint_every", "max_iters")}
+        t = {k: v for k, v in self.train.items() if k not in RUN_ONLY}
         return {
             "method": self.method,
             "dataset": self.dataset,
@@ -233,7 +246,14 @@ def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | N
             check_checkpoint_file(path, f"{source}: model.{role}_checkpoint")
 
     train = _section(raw.get("train"), TRAIN_DEFAULTS, f"{source}: train")
-    for key, lo in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("seed", 0)):
+    for key, lo in (
+        ("epochs", 1),
+        ("batch_size", 1),
+        ("checkpoint_every", 1),
+        ("seed", 0),
+        ("workers", 0),
+        ("dist_timeout_s", 1),
+    ):
         _number(train[key], f"{source}: train.{key}", lo, integer=True)
     _number(train["max_iters"], f"{source}: train.max_iters", 1, integer=True, nullable=True)
     for key in ("lr", "weight_decay", "power"):
@@ -277,8 +297,8 @@ def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | N
     _number(val["episodes"], f"{source}: val.episodes", 1, integer=True)
     _number(val["patience"], f"{source}: val.patience", 1, integer=True)
     _number(val["seed"], f"{source}: val.seed", 0, integer=True)
-    if val["every"] != "epoch":
-        _number(val["every"], f"{source}: val.every (iterations, or 'epoch')", 1, integer=True)
+    if val["every"] not in VAL_CADENCES:
+        _number(val["every"], f"{source}: val.every (iterations, 'authors' or 'epoch')", 1, integer=True)
     if val["kind"] not in ("val", "test"):
         raise FssBenchError(f"{source}: val.kind: {val['kind']!r} is not one of ['val', 'test']")
     if val["source"] not in VAL_SOURCES:

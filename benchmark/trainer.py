@@ -2,15 +2,21 @@
 to many GPUs (``torchrun``), resumable bit for bit, tracked in MLflow.
 
 One iteration: the global batch ``g`` of the epoch (see :mod:`benchmark.train_data`), split over
-the processes; forward through the (DistributedDataParallel-wrapped) model, Dice loss, backward
-(DDP all-reduces and averages the gradients), poly learning rate, AdamW step. Only SAM 2's mask
+the processes and built by ``train.workers`` background processes; forward through the
+(DistributedDataParallel-wrapped) model, Dice loss, backward (DDP all-reduces and averages the
+gradients), poly learning rate (the authors' ``current_iter = i + 1``), AdamW step. Only SAM 2's mask
 decoder, memory encoder and memory attention train; everything else is frozen (checked at start).
 
 Process 0 validates (the cell function on a validation manifest: the fold's base classes on the
-val split), keeps the best weights (``best.pth``, a fine-tuned checkpoint that ``fssbench run`` takes
-as ``finetuned_checkpoint``), writes the resumable state (``train-state.pt``: trainable weights,
-optimizer, iteration, best value, every process's RNG states) atomically every
-``checkpoint_every`` iterations, and logs to MLflow.
+val split) at the cadence of ``val.every`` (:func:`validation_due`; by default the authors': every
+epoch's end, plus mid-epoch), keeps the best weights (``best.pth``, a fine-tuned checkpoint that
+``fssbench run`` takes as ``finetuned_checkpoint``), writes the resumable state (``train-state.pt``:
+trainable weights, optimizer, iteration, best value, every process's RNG states) atomically every
+``checkpoint_every`` iterations, and logs to MLflow. The other processes wait for the validation
+in a collective, up to ``train.dist_timeout_s``.
+
+Every tensor of a collective lives on the model's device (:class:`Collectives`): under ``torchrun``
+on GPUs the process group is NCCL, which serves CUDA tensors only.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +46,12 @@ from benchmark.io_utils import write_text_atomic
 from benchmark.methods import build_method
 from benchmark.runner import sigterm_as_interrupt
 from benchmark.tracking import Tracker, flat_params, git_commit, package_versions
-from benchmark.train_data import batch_positions, collate, draw_episode, load_train_episode, train_set
+from benchmark.train_data import TrainBatches, train_loader, train_set
 from benchmark.train_file import TrainSpec, check_select_on_test
 from fssam.finetune import read_finetuned, save_atomic, save_finetuned, trainable_state
 from fssam.train import dice_loss, poly_lr
 
-STATE_FORMAT = "fssbench-train-state/1"
+STATE_FORMAT = "fssbench-train-state/2"  # /1: poly LR from current_iter = i, patience in validations
 
 
 @dataclass
@@ -71,6 +78,70 @@ def dist_info() -> tuple[int, int, int]:
         int(os.environ.get("WORLD_SIZE", 1)),
         int(os.environ.get("LOCAL_RANK", 0)),
     )
+
+
+def init_distributed(device: torch.device, timeout_s: float) -> None:
+    """Join torchrun's process group: NCCL for CUDA tensors on a GPU (``cuda:nccl``), gloo for CPU
+    tensors on CPUs (``cpu:gloo``); either serves only its device type. ``timeout_s`` bounds every
+    wait, including the other processes' wait for process 0's validation."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # all_gather_object's tensors go to the current CUDA device
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(
+        backend=f"{device.type}:{backend}", timeout=timedelta(seconds=timeout_s)
+    )
+
+
+class Collectives:
+    """The trainer's collectives over ``world`` processes, every tensor placed on ``device`` (the
+    model's) first: NCCL serves CUDA tensors only, so a CPU tensor would fail there. With one
+    process nothing is communicated."""
+
+    def __init__(self, device: torch.device | str, world: int):
+        self.device, self.world = torch.device(device), world
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Process ``src``'s ``tensor`` on every process (a copy on ``device``)."""
+        out = tensor.detach().to(self.device, copy=True)
+        if self.world > 1:
+            torch.distributed.broadcast(out, src)
+        return out
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise mean of ``tensor`` over the processes (a copy on ``device``)."""
+        out = tensor.detach().to(self.device, copy=True)
+        if self.world > 1:
+            torch.distributed.all_reduce(out)
+            out = out / self.world
+        return out
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` (picklable), in rank order. torch places the pickled bytes on the
+        current CUDA device under NCCL (set by :func:`init_distributed`), on the CPU under gloo."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def validation_due(done: int, per_epoch: int, epochs: int, every: str | int) -> bool:
+    """Whether to validate after ``done`` iterations (counted from 1).
+
+    * ``every="authors"``, the cadence of the authors' ``train.py``: at the end of every epoch, and
+      within epoch ``e`` (0-based) after its step of index ``round(per_epoch / 2)`` (Python's
+      rounding, half to even; the release's ``SubEpoch_val``) when ``epochs <= 100`` or ``e > 100``.
+      A mid-epoch point that falls on the epoch's last step validates once.
+    * ``every="epoch"``: at the end of every epoch only.
+    * ``every=N``: every ``N`` iterations.
+    """
+    if every not in ("authors", "epoch"):
+        return done % int(every) == 0
+    epoch, step = divmod(done - 1, per_epoch)  # step: the 0-based index of the step in its epoch
+    if step == per_epoch - 1:
+        return True
+    return every == "authors" and (epochs <= 100 or epoch > 100) and step == round(per_epoch / 2)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
@@ -131,10 +202,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ set-up
     def _init_distributed(self) -> None:
         if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group(backend=backend)
+            init_distributed(self.device, self.spec.train["dist_timeout_s"])
 
     def _val_manifest(self) -> Path:
         spec = self.spec
@@ -171,7 +239,13 @@ class Trainer:
                 f"{self.state_path}: unreadable training state ({type(e).__name__}); restart without --resume "
                 "or restore the file"
             ) from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        if isinstance(state, dict) and str(state.get("format", "")).startswith("fssbench-train-state/"):
+            if state["format"] != STATE_FORMAT:
+                raise FssBenchError(
+                    f"{self.state_path}: written by an older `fssbench train` ({state['format']}: another "
+                    "learning-rate schedule and patience count); restart without --resume"
+                )
+        else:
             raise FssBenchError(f"{self.state_path}: not a training state written by `fssbench train`")
         if state["spec_sha256"] != self.spec.sha256:
             raise FssBenchError(
@@ -202,6 +276,7 @@ class Trainer:
                 f"{spec.source}: train.batch_size: the fold's train list has {len(ts)} images, fewer than a "
                 f"global batch of {batch} x {world} processes"
             )
+        self._per_epoch = per_epoch
         max_iter = spec.train["epochs"] * per_epoch
         stop_at = min(max_iter, spec.train["max_iters"] or max_iter)
         state = self._load_state() if self.resume else None
@@ -221,7 +296,8 @@ class Trainer:
             self.log(
                 f"{spec.method}: {trainable:,} trainable parameters ({', '.join(model.trainable_modules())}), "
                 f"{frozen:,} frozen; {len(ts)} training images, {per_epoch} iterations per epoch "
-                f"(batch {batch} x {world} process(es)), {stop_at} iterations to run"
+                f"(batch {batch} x {world} process(es)), {stop_at} iterations to run, "
+                f"{spec.train['workers']} loader worker(s)"
             )
         groups = [{"params": list(m.parameters()), "name": n} for n, m in model.trainable_modules().items()]
         optimizer = torch.optim.AdamW(groups, lr=spec.train["lr"], weight_decay=spec.train["weight_decay"])
@@ -233,6 +309,7 @@ class Trainer:
                 find_unused_parameters=True,  # the decoder's IoU and extra mask heads get no Dice gradient
             )
         start, best, bad, history, run_id = 0, None, 0, [], None
+        coll = Collectives(self.device, world)
         if state is not None:
             for name, module in model.trainable_modules().items():
                 module.load_state_dict(state["modules"][name])
@@ -241,7 +318,7 @@ class Trainer:
             start, best, bad, history, run_id = (
                 state["global_iter"],
                 state["best"],
-                state["bad_validations"],
+                state["bad"],
                 state["history"],
                 state["mlflow_run_id"],
             )
@@ -265,16 +342,18 @@ class Trainer:
             unit="it",
             disable=not self.progress or self.rank != 0,
         )
-        seed, shot, aug = spec.train["seed"], spec.shot, spec.augment
+        batches = TrainBatches(
+            store, ts, spec.train["seed"], spec.shot, spec.augment, per_epoch, batch, world, self.rank
+        )
+        loader = train_loader(
+            batches, start, stop_at, spec.train["workers"], pin_memory=self.device.type == "cuda"
+        )
+        every, patience = spec.val["every"], spec.val["patience"]
+        by_epoch = every in ("authors", "epoch")  # patience in epochs (the release's), else validations
         try:
-            for i in range(start, stop_at):
-                epoch, g = divmod(i, per_epoch)
-                samples = [
-                    load_train_episode(store, ts, draw_episode(ts, seed, epoch, p, shot), seed, epoch, aug)
-                    for p in batch_positions(g, batch, world, self.rank)
-                ]
-                b = {k: v.to(self.device) for k, v in collate(samples).items()}
-                lr = poly_lr(spec.train["lr"], i, max_iter, spec.train["power"])
+            for i, cpu_batch in enumerate(loader, start):
+                b = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
+                lr = poly_lr(spec.train["lr"], i + 1, max_iter, spec.train["power"])
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 logits = net(b["query"], b["supports"], b["support_masks"], query_mask=b["query_mask"])
@@ -290,10 +369,7 @@ class Trainer:
                     else 0.0
                 )
                 optimizer.step()
-                mean_loss = loss.detach()
-                if world > 1:
-                    torch.distributed.all_reduce(mean_loss)
-                    mean_loss = mean_loss / world
+                mean_loss = coll.mean(loss)
                 if self.rank == 0 and i + 1 > logged_until:
                     buffer += [
                         ("loss", float(mean_loss), i + 1),
@@ -303,23 +379,23 @@ class Trainer:
                 bar.update()
                 bar.set_postfix_str(f"loss {float(mean_loss):.4f}")
                 done = i + 1
-                every = spec.val["every"]
-                validate = done == stop_at or (
-                    done % per_epoch == 0 if every == "epoch" else done % every == 0
-                )
+                validate = done == stop_at or validation_due(done, per_epoch, spec.train["epochs"], every)
                 if validate:
-                    best, bad, stop = self._validate(
-                        model, val_path, cache, done, best, bad, history, tracker, epoch
+                    best, improved = self._validate(
+                        model, val_path, cache, done, best, history, tracker, coll
                     )
-                    stopped_early = stop and done < stop_at
+                    if not by_epoch:
+                        bad = 0 if improved else bad + 1
+                if by_epoch and done % per_epoch == 0:  # an epoch ends: did it improve (mid or end)?
+                    bad = 0 if best["iteration"] > done - per_epoch else bad + 1
+                stopped_early = bad >= patience and done < stop_at
                 if validate or done % spec.train["checkpoint_every"] == 0 or done == stop_at:
                     self._flush(tracker, buffer)
-                    self._save_state(model, optimizer, done, best, bad, history)
+                    self._save_state(model, optimizer, done, best, bad, history, coll)
                 if stopped_early:
                     if self.rank == 0:
-                        self.log(
-                            f"early stop at iteration {done}: {spec.val['patience']} validations without improvement"
-                        )
+                        unit = "epochs" if by_epoch else "validations"
+                        self.log(f"early stop at iteration {done}: {patience} {unit} without improvement")
                     break
             status = "FINISHED"
         except KeyboardInterrupt:
@@ -352,10 +428,10 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------- validation
-    def _validate(self, model, val_path, cache, done, best, bad, history, tracker, epoch):
-        """Process 0 scores the validation manifest; the decision is shared with every process."""
+    def _validate(self, model, val_path, cache, done, best, history, tracker, coll):
+        """Process 0 scores the validation manifest and shares the value; returns (best, improved)."""
         spec = self.spec
-        value = torch.zeros(1)
+        value = torch.zeros(1, dtype=torch.float64)
         if self.rank == 0:
             model.eval()
             try:
@@ -371,13 +447,12 @@ class Trainer:
                 for module in model.trainable_modules().values():
                     module.train()
             value[0] = result.summary["miou"]
-        if self.world > 1:
-            torch.distributed.broadcast(value, 0)
-        miou = float(value[0])
-        history.append({"iteration": done, "epoch": epoch, "val_miou": miou})
+        miou = float(coll.broadcast(value, 0)[0])
+        epochs = done / self._per_epoch
+        history.append({"iteration": done, "epoch": epochs, "val_miou": miou})
         improved = best is None or miou > best["value"]
         if improved:
-            best, bad = {"value": miou, "iteration": done}, 0
+            best = {"value": miou, "iteration": done}
             if self.rank == 0:
                 save_finetuned(
                     model.sam2,
@@ -389,23 +464,26 @@ class Trainer:
                         "val_miou": miou,
                         "train_sha256": spec.sha256,
                         "mlflow_run_id": self.run_id,
+                        **self._trained_path(),
                     },
                 )
-        else:
-            bad += 1
         if tracker is not None:
             tracker.client.log_metric(self.run_id, "val_miou", miou, step=done)
         if self.rank == 0:
-            self.log(f"iteration {done}: validation mIoU {100 * miou:.2f}" + (" (best)" if improved else ""))
-        return best, bad, bad >= spec.val["patience"]
+            self.log(
+                f"iteration {done} (epoch {epochs:.2f}): validation mIoU {100 * miou:.2f}"
+                + (" (best)" if improved else "")
+            )
+        return best, improved
+
+    def _trained_path(self) -> dict[str, Any]:
+        """The K-shot path the weights were trained (and validated) with, for the checkpoint's record."""
+        mode = self.spec.settings.get("kshot_mode")
+        return {"kshot_mode": mode} if mode is not None and self.spec.shot > 1 else {}
 
     # ------------------------------------------------------------------------------- checkpoints
-    def _save_state(self, model, optimizer, done, best, bad, history) -> None:
-        states = [None] * self.world
-        if self.world > 1:
-            torch.distributed.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
+    def _save_state(self, model, optimizer, done, best, bad, history, coll) -> None:
+        states = coll.gather_objects(rng_state())
         if self.rank != 0:
             return
         save_atomic(
@@ -418,7 +496,7 @@ class Trainer:
                 "optimizer": optimizer.state_dict(),
                 "rng": states,
                 "best": best,
-                "bad_validations": bad,
+                "bad": bad,  # epochs (val.every: authors|epoch) or validations without improvement
                 "history": history,
                 "mlflow_run_id": self.run_id,
             },

@@ -21,9 +21,16 @@ def dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     return (1 - dice).mean()
 
 
-def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float = 0.9) -> float:
-    """lr = base_lr * (1 - iteration / max_iter) ** power, per iteration, no warm-up."""
-    return base_lr * (1 - iteration / max_iter) ** power
+def poly_lr(base_lr: float, current_iter: int, max_iter: int, power: float = 0.9) -> float:
+    """lr = base_lr * (1 - current_iter / max_iter) ** power, per iteration, no warm-up.
+
+    ``current_iter`` counts from 1, as the authors' ``train.py`` does (``current_iter = epoch *
+    len(loader) + i + 1``): the first step (0-based index 0) runs at ``current_iter = 1`` and the last
+    (index ``max_iter - 1``) at ``current_iter = max_iter``, i.e. with lr 0.
+    """
+    if not 0 <= current_iter <= max_iter:
+        raise ValueError(f"poly_lr: current_iter {current_iter} is outside [0, max_iter={max_iter}]")
+    return base_lr * (1 - current_iter / max_iter) ** power
 
 
 def make_optimizer(model, lr: float = 1e-3, weight_decay: float = 0.0) -> torch.optim.AdamW:

@@ -32,7 +32,7 @@ def train_dict(root, **extra) -> dict:
         "fold": 0,
         "shot": 1,
         "model": dict(TINY_128),
-        "train": {"batch_size": 2, "max_iters": 4, "checkpoint_every": 2},
+        "train": {"batch_size": 2, "max_iters": 4, "checkpoint_every": 2, "workers": 2},
         "val": {"episodes": 4, "every": 2, "patience": 5},
     }
     for key, value in extra.items():
@@ -125,10 +125,13 @@ def test_mlflow_records_the_curves_validation_and_checkpoint(trained):
     assert run.data.tags["fss.random_init"] == "true" and run.data.tags["fss.tuned_on_test"] == "false"
     for name in ("loss", "lr", "grad_norm"):
         assert [m.step for m in client.get_metric_history(outcome.run_id, name)] == [1, 2, 3, 4]
-    lrs = [m.value for m in client.get_metric_history(outcome.run_id, "lr")]
+    lrs = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "lr"), key=lambda m: m.step)]
     ts = train_set(PreparedDataset(spec.data_root), 0, 1)
-    total = 300 * (len(ts) // 2)  # epochs x iterations per epoch (batch 2, one process)
-    assert lrs == pytest.approx([1e-3 * (1 - i / total) ** 0.9 for i in range(4)])  # poly, per iteration
+    assert len(ts) // 2 == 41  # iterations per epoch (batch 2, one process): max_iter = 300 x 41 = 12300
+    # the release: lr = 1e-3 (1 - current_iter / 12300) ** 0.9 with current_iter = i + 1 for step i,
+    # e.g. step 0: (12299 / 12300) ** 0.9 = exp(0.9 ln(1 - 1/12300)) = 0.99992683
+    expected = [9.999268289708418e-4, 9.998536573467465e-4, 9.997804851276607e-4, 9.997073123135312e-4]
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
     assert [m.step for m in client.get_metric_history(outcome.run_id, "val_miou")] == [2, 4]
     sha = run.data.tags["fss.checkpoint_sha256"]
     from fssam.hashing import file_sha256
@@ -142,8 +145,9 @@ def test_mlflow_records_the_curves_validation_and_checkpoint(trained):
 
 def test_resume_reaches_bitwise_the_same_weights(trained, pascal_root, tmp_path):
     spec, _, _, tmp = trained
-    half = parse_train(train_dict(pascal_root, train={"max_iters": 2}), "tiny.yaml")
-    assert half.sha256 == spec.sha256  # max_iters is not part of what the weights depend on
+    # the first half in this process (no loader workers), the rest with 2 workers, as the fixture ran
+    half = parse_train(train_dict(pascal_root, train={"max_iters": 2, "workers": 0}), "tiny.yaml")
+    assert half.sha256 == spec.sha256  # max_iters and workers are not part of what the weights depend on
     out = tmp_path / "out"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     Trainer(half, out, tracking_uri=uri, progress=False, log=lambda m: None).run()
@@ -199,7 +203,9 @@ def test_a_trained_checkpoint_is_scored_by_fssbench_run(trained, pascal_root, tm
         ({"train": {"lr": -1}}, r"train.lr: expected a number >= 0"),
         ({"train": {"bach_size": 2}}, r"train.bach_size: unknown field \(did you mean 'batch_size'\?\)"),
         ({"train": {"augment": {"scale": [1.2, 0.9]}}}, r"train.augment.scale: expected \[low, high\]"),
-        ({"val": {"every": "sometimes"}}, r"val.every \(iterations, or 'epoch'\)"),
+        ({"val": {"every": "sometimes"}}, r"val.every \(iterations, 'authors' or 'epoch'\)"),
+        ({"train": {"workers": -1}}, r"train.workers: expected an integer >= 0, got -1"),
+        ({"train": {"dist_timeout_s": 0}}, r"train.dist_timeout_s: expected an integer >= 1"),
         (
             {"model": {**TINY_128, "fssam_checkpoint": "x.pth"}},
             r"model.fssam_checkpoint: training starts from",
@@ -243,10 +249,12 @@ def test_the_shipped_training_files_are_valid(pascal_root, coco_root):
     )
     assert pascal.train["epochs"] == 300 and pascal.val["patience"] == 100 and pascal.train["lr"] == 1e-3
     assert pascal.augment.scale == (0.9, 1.1) and pascal.augment.crop == 512
+    assert pascal.val["every"] == "authors" and pascal.train["workers"] == 4
     coco = load_train(
         root / "ablations" / "train" / "coco.yaml", [f"data={{coco: {coco_root}}}", "model.random_init=true"]
     )
     assert coco.train["epochs"] == 75 and coco.val["patience"] == 25 and coco.augment.scale == (0.8, 1.25)
+    assert coco.val["every"] == "authors"
 
 
 def test_export_to_the_authors_layout_round_trips_losslessly(pascal_root, tmp_path):
@@ -363,3 +371,247 @@ def test_a_corrupt_training_state_is_one_line_not_a_traceback(pascal_root, tmp_p
         Trainer(
             spec, tmp_path / "out", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", resume=True, progress=False
         ).run()
+
+
+# ------------------------------------------------------------------ the authors' recipe, multi-GPU
+
+
+def test_poly_lr_counts_iterations_from_one_as_the_release_does():
+    from fssam.train import poly_lr
+
+    # the release (util.poly_learning_rate with current_iter = epoch * len(loader) + i + 1):
+    # lr = base_lr * (1 - current_iter / max_iter) ** power; with max_iter = 4, power 0.9:
+    # step 0: 1e-3 * 0.75 ** 0.9 = 7.718895e-4; step 1: 1e-3 * 0.5 ** 0.9 = 5.358867e-4; step 3 (last): 0
+    assert poly_lr(1e-3, 1, 4, 0.9) == pytest.approx(7.718895067235705e-4, rel=1e-12)
+    assert poly_lr(1e-3, 2, 4, 0.9) == pytest.approx(5.358867312681466e-4, rel=1e-12)
+    assert poly_lr(1e-3, 4, 4, 0.9) == 0.0
+    with pytest.raises(ValueError, match="current_iter 5 is outside"):
+        poly_lr(1e-3, 5, 4)
+
+
+def test_the_authors_validation_cadence():
+    from benchmark.trainer import validation_due
+
+    def due(per_epoch, epochs, every, upto):
+        return [d for d in range(1, upto + 1) if validation_due(d, per_epoch, epochs, every)]
+
+    # epochs <= 100 (COCO's 75): every epoch's end, and after the step of index round(n / 2)
+    assert due(5, 75, "authors", 15) == [3, 5, 8, 10, 13, 15]  # round(2.5) = 2: the 3rd step
+    assert due(4, 75, "authors", 8) == [3, 4, 7, 8]  # round(2) = 2
+    assert due(7, 75, "authors", 7) == [5, 7]  # round(3.5) = 4: the 5th step
+    assert due(2, 75, "authors", 4) == [2, 4]  # round(1) = 1 is the last step: validated once
+    # epochs > 100 (PASCAL's 300): epoch ends only, mid-epoch too from epoch index 101 on
+    assert due(4, 300, "authors", 412) == [4 * e for e in range(1, 102)] + [407, 408, 411, 412]
+    assert due(5, 75, "epoch", 15) == [5, 10, 15]
+    assert due(5, 75, 4, 15) == [4, 8, 12]
+
+
+@pytest.fixture
+def four_image_epochs(monkeypatch):
+    """The fold's train list cut to its first 4 queries (supports still drawn from the whole list):
+    with batch 1, an epoch is 4 iterations."""
+    import benchmark.trainer as trainer_module
+    from benchmark.data.lists import FoldPool
+    from benchmark.train_data import TrainSet
+
+    real = trainer_module.train_set
+
+    def first_four(root, fold, shot, split="interleaved"):
+        ts = real(root, fold, shot, split)
+        cut = TrainSet(ts.dataset, ts.fold, ts.classes, FoldPool(ts.pool.images[:4], ts.pool.per_class))
+        cut.__dict__["by_id"] = ts.by_id  # every image of the list, the supports' too
+        return cut
+
+    monkeypatch.setattr(trainer_module, "train_set", first_four)
+
+
+def scripted_validation(monkeypatch, values: list[float]) -> None:
+    """Validation returns ``values`` in turn (the cadence and the patience are under test, not the model)."""
+    import types
+
+    import benchmark.trainer as trainer_module
+
+    left = list(values)
+    monkeypatch.setattr(
+        trainer_module, "evaluate_cell", lambda *a, **k: types.SimpleNamespace(summary={"miou": left.pop(0)})
+    )
+
+
+def steps_of(uri: str, run_id: str, name: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, name))
+
+
+@pytest.mark.slow  # 8 iterations
+def test_mid_epoch_validation_and_patience_in_epochs_as_the_release(
+    pascal_root, tmp_path, monkeypatch, four_image_epochs
+):
+    # 4 epochs of 4 iterations (max_iter 16); validations after 3 (mid-epoch: the step of index
+    # round(4 / 2) = 2) and 4, then 7 and 8
+    scripted_validation(monkeypatch, [0.5, 0.4, 0.3, 0.2])
+    raw = train_dict(
+        pascal_root,
+        train={"batch_size": 1, "epochs": 4, "max_iters": None, "workers": 2, "checkpoint_every": 100},
+        val={"every": "authors", "episodes": 2, "patience": 1},
+    )
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    outcome = Trainer(parse_train(raw, "t.yaml"), tmp_path / "out", tracking_uri=uri, progress=False).run()
+    assert steps_of(uri, outcome.run_id, "val_miou") == [(3, 0.5), (4, 0.4), (7, 0.3), (8, 0.2)]
+    # epoch 0 improved (mid-epoch: kept as best.pth), epoch 1 did not: patience 1 (epoch) stops
+    # after it; counting validations, the first worse one (iteration 4) would have stopped it
+    assert outcome.stopped_early and outcome.iterations_run == 8
+    assert (outcome.best_iteration, outcome.best_value) == (3, 0.5)
+    assert read_finetuned(tmp_path / "out" / "best.pth")["meta"]["iteration"] == 3
+    state = torch.load(tmp_path / "out" / "train-state.pt", weights_only=False)
+    assert state["bad"] == 1 and state["global_iter"] == 8
+    # 1e-3 (1 - (i + 1) / 16) ** 0.9 at steps i = 0, 1, 7: 1e-3 x (15/16, 14/16, 8/16) ** 0.9
+    lrs = dict(steps_of(uri, outcome.run_id, "lr"))
+    assert [lrs[1], lrs[2], lrs[8]] == pytest.approx(
+        [9.435700528992709e-4, 8.867623542572073e-4, 5.358867312681466e-4], rel=1e-12
+    )
+
+
+def test_the_loader_gives_the_same_batches_with_0_and_2_workers(pascal_root):
+    from benchmark.episode_loader import ImageStore
+    from benchmark.train_data import TrainBatches, collate, load_train_episode, train_loader
+    from fssam.augment import AugmentConfig
+
+    ts = train_set(PreparedDataset(pascal_root), 0, 2)
+    store = ImageStore(PreparedDataset(pascal_root))
+    aug = AugmentConfig(crop=64)
+    per_epoch = len(ts) // 4  # batch 2 x 2 processes
+    batches = TrainBatches(store, ts, 321, 2, aug, per_epoch, batch=2, world=2, rank=1)
+    start, stop = per_epoch - 1, per_epoch + 1  # the last batch of epoch 0 and the first of epoch 1
+    # what the step loop drew before: rank 1 of global batch g takes positions 4g + 2, 4g + 3
+    expected = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the loader builds samples with one thread, whatever the machine
+    for it in range(start, stop):
+        epoch, g = divmod(it, per_epoch)
+        positions = [4 * g + 2, 4 * g + 3]
+        expected.append(
+            collate(
+                [
+                    load_train_episode(store, ts, draw_episode(ts, 321, epoch, p, 2), 321, epoch, aug)
+                    for p in positions
+                ]
+            )
+        )
+    torch.set_num_threads(threads)
+    rng_before = torch.get_rng_state()
+    for workers in (0, 2):
+        got = list(train_loader(batches, start, stop, workers))
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            assert a.keys() == b.keys() and a["supports"].shape == (2, 2, 3, 64, 64)
+            for k in a:
+                assert torch.equal(a[k], b[k]), (workers, k)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the loader draws from its own generator
+
+
+def test_collectives_place_every_tensor_on_the_model_device(monkeypatch):
+    from benchmark.trainer import Collectives
+
+    seen = []
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda t, src: seen.append(("broadcast", t.device)))
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: seen.append(("all_reduce", t.device)))
+    coll = Collectives("meta", world=2)  # any device but the CPU the inputs are on
+    out = coll.broadcast(torch.zeros(1, dtype=torch.float64), 0)
+    mean = coll.mean(torch.ones(3))
+    assert seen == [("broadcast", torch.device("meta")), ("all_reduce", torch.device("meta"))]
+    assert out.device.type == "meta" and mean.device.type == "meta" and mean.shape == (3,)
+
+
+def test_the_trainer_runs_collectives_only_through_collectives():
+    """Outside ``init_distributed`` and ``Collectives``, no ``torch.distributed`` collective is called
+    (one that made its own tensor could put it on the CPU, which NCCL refuses)."""
+    import ast
+    import inspect
+
+    import benchmark.trainer as trainer_module
+
+    collectives = {"broadcast", "all_reduce", "all_gather", "all_gather_object", "broadcast_object_list"}
+    collectives |= {"reduce", "gather", "scatter", "barrier", "reduce_scatter", "all_to_all"}
+    tree = ast.parse(inspect.getsource(trainer_module))
+    found = []
+    for top in tree.body:
+        if isinstance(top, (ast.FunctionDef, ast.ClassDef)) and top.name in (
+            "init_distributed",
+            "Collectives",
+        ):
+            continue
+        for node in ast.walk(top):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
+                found.append(f"from {node.module} import")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in collectives
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "distributed"
+            ):
+                found.append(f"torch.distributed.{node.attr}")
+    assert found == []
+
+
+def test_collectives_between_two_processes(tmp_path):
+    import socket
+    from datetime import timedelta
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    from tests.dist_workers import collectives_worker
+
+    mp.spawn(collectives_worker, args=(port, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert got["refused"] == "No backend type associated with device type cpu"
+        assert got["timeout"] == timedelta(seconds=1234)  # train.dist_timeout_s
+        assert torch.equal(got["value"], torch.tensor([0.4375], dtype=torch.float64))  # process 0's
+        assert torch.equal(got["mean"], torch.tensor([2.0, -0.5]))  # ([1, 0] + [3, -1]) / 2
+        assert got["gathered"] == [{"rank": 0}, {"rank": 1}]
+
+
+def test_k_shot_training_trains_the_k_shot_path_its_checkpoint_is_scored_with(
+    pascal_root, tmp_path, monkeypatch, four_image_epochs
+):
+    import fssam.model as fssam_model
+
+    released = []
+    real = fssam_model.Calibration
+
+    def recording(*args, **kwargs):
+        calibration = real(*args, **kwargs)
+        released.append(calibration.released)
+        return calibration
+
+    monkeypatch.setattr(fssam_model, "Calibration", recording)
+    scripted_validation(monkeypatch, [0.5])  # the model runs for the training step only
+    raw = train_dict(
+        pascal_root,
+        shot=2,
+        model={"kshot_mode": "released"},  # the release's FSSAM5s recipe (its bug B2)
+        train={"batch_size": 1, "max_iters": 1, "workers": 0},
+        val={"every": 1, "episodes": 2},
+    )
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    outcome = Trainer(parse_train(raw, "t.yaml"), tmp_path / "out", tracking_uri=uri, progress=False).run()
+    assert released == [True]  # the training step's SCMA ran the released K-shot path
+    assert read_finetuned(outcome.best_checkpoint)["meta"]["kshot_mode"] == "released"
+    assert MlflowClient(uri).get_run(outcome.run_id).data.params["kshot_mode"] == "released"
+    # by default a K-shot training trains `intended`, which a study cell scoring the checkpoint runs
+    default = parse_train(train_dict(pascal_root, shot=2), "t.yaml")
+    study = parse_study(
+        {
+            "name": "k",
+            "data": {"pascal": str(pascal_root)},
+            "folds": [0],
+            "shots": [2],
+            "episodes": 2,
+            "model": dict(TINY_128),
+            "variants": {"ft": {"finetuned_checkpoint": str(outcome.best_checkpoint)}},
+        }
+    )
+    cell = study.variants[0].cell_settings("pascal", 0, 2)
+    assert default.settings["kshot_mode"] == cell["kshot_mode"] == "intended"

@@ -97,7 +97,7 @@ def write_train(tmp: Path, root: Path, **train) -> Path:
         "fold": 0,
         "shot": 1,
         "model": TINY_128,
-        "train": {"batch_size": 2, "max_iters": 6, "checkpoint_every": 2, **train},
+        "train": {"batch_size": 2, "max_iters": 6, "checkpoint_every": 2, "workers": 2, **train},
         "val": {"episodes": 3, "every": 3, "patience": 5},
     }
     path = tmp / "train.yaml"
@@ -127,19 +127,29 @@ def train_command(path: Path, out: Path, uri: str, *extra: str, torchrun: int = 
 
 
 def test_torchrun_two_processes_train_end_to_end(pascal_root, tmp_path):
-    path = write_train(tmp_path, pascal_root, batch_size=1, max_iters=2)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        train_command(path, tmp_path / "out", uri, torchrun=2),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    state = torch.load(tmp_path / "out" / "train-state.pt", weights_only=False)
+    runs = {}
+    for workers in (2, 0):  # loader workers in each process, or none
+        (tmp_path / f"w{workers}").mkdir()
+        path = write_train(tmp_path / f"w{workers}", pascal_root, batch_size=1, max_iters=2, workers=workers)
+        runs[workers] = subprocess.run(
+            train_command(path, tmp_path / f"out{workers}", uri, torchrun=2),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+        assert runs[workers].returncode == 0, runs[workers].stderr[-3000:]
+    # the same batches, the same collectives: bitwise the same weights
+    a = read_finetuned(tmp_path / "out2" / "last.pth")["modules"]
+    b = read_finetuned(tmp_path / "out0" / "last.pth")["modules"]
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+    proc = runs[2]
+    state = torch.load(tmp_path / "out2" / "train-state.pt", weights_only=False)
     assert state["world_size"] == 2 and state["global_iter"] == 2 and len(state["rng"]) == 2
     client = MlflowClient(uri)
     run = client.get_run(state["mlflow_run_id"])
