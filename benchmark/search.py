@@ -12,6 +12,8 @@ Records:
 * Optuna: the study (default storage ``optuna.db`` beside the MLflow store) carries the search's
   identity hash; resuming it with a different search is refused. RDB storages run heartbeats, so a
   trial whose worker died is failed and retried with the same parameters, not left RUNNING.
+* Workers: what two of them could race on (creating or joining the study and its parent run,
+  enqueueing retries, recording a stale trial, writing the outputs) runs under :class:`StudyLock`.
 * MLflow: one parent run per Optuna study (``fss.kind = search``), found again on resume and by
   every worker; one nested run per trial number (``fss.kind = trial``) with its parameters, the
   running objective as a curve (step = episodes done), the final value and the trial's state.
