@@ -12,6 +12,8 @@ Records:
 * Optuna: the study (default storage ``optuna.db`` beside the MLflow store) carries the search's
   identity hash; resuming it with a different search is refused. RDB storages run heartbeats, so a
   trial whose worker died is failed and retried with the same parameters, not left RUNNING.
+* Workers: what two of them could race on (creating or joining the study and its parent run,
+  enqueueing retries, recording a stale trial, writing the outputs) runs under :class:`StudyLock`.
 * MLflow: one parent run per Optuna study (``fss.kind = search``), found again on resume and by
   every worker; one nested run per trial number (``fss.kind = trial``) with its parameters, the
   running objective as a curve (step = episodes done), the final value and the trial's state.
@@ -22,6 +24,7 @@ Records:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -53,7 +56,6 @@ from benchmark.tracking import Tracker, git_commit, package_versions
 from fssam.stages import StageMemo
 
 DEFAULT_HEARTBEAT_S = 60
-PARENT_WAIT_S = 60.0  # how long a second worker waits for the first to create the parent run
 MAX_CONSECUTIVE_FAILURES = 3
 SEARCH_ATTR = "fss.search_sha256"
 PARENT_ATTR = "fss.mlflow_parent_run_id"
@@ -90,12 +92,97 @@ def redact(url: str) -> str:
 
 
 def storage_lock_path(url: str) -> Path | None:
-    """The local file a storage lives in (SQLite or journal), for the workers' start-up lock."""
+    """The local file a storage lives in (SQLite or journal); its study lock is ``PATH.lock``."""
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///") :])
     if url.startswith("journal:"):
         return Path(url[len("journal:") :])
     return None
+
+
+class StudyLock:
+    """An inter-process lock shared by every worker of one Optuna study, held around what two
+    workers could otherwise race on: creating the study and its MLflow parent run, enqueueing the
+    retry of an interrupted or stale trial, and writing the search's outputs to the parent run.
+
+    * SQLite or journal storage: a file lock ``PATH.lock`` beside the file (``filelock``; the
+      kernel releases it when its process dies).
+    * PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) keyed by the study name,
+      on a connection of the storage's own engine; MySQL: ``GET_LOCK``. The server releases it
+      when the connection drops, so a killed worker never leaves it held.
+
+    Re-entrant within one process; waiting longer than ``timeout_s`` is an error naming the storage.
+    """
+
+    def __init__(self, url: str, storage: Any, study_name: str, timeout_s: float = 600.0):
+        self.url, self.storage, self.study_name, self.timeout_s = url, storage, study_name, timeout_s
+        digest = hashlib.sha256(f"fssbench-search:{study_name}".encode()).digest()
+        self.key = int.from_bytes(digest[:8], "big", signed=True)  # PostgreSQL: a bigint
+        self.name = "fssbench-" + digest.hex()[:40]  # MySQL: at most 64 characters
+        self.depth = 0
+        self.file_lock = None
+        self.connection: Any = None
+        path = storage_lock_path(url)
+        if path is not None:
+            from filelock import FileLock
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file_lock = FileLock(str(path) + ".lock", timeout=timeout_s)
+
+    def __enter__(self) -> StudyLock:
+        if self.depth == 0:
+            self._acquire()
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self._release()
+
+    def _acquire(self) -> None:
+        if self.file_lock is not None:
+            from filelock import Timeout
+
+            try:
+                self.file_lock.acquire()
+            except Timeout:
+                raise FssBenchError(self._busy()) from None
+            return
+        from sqlalchemy import text
+
+        conn = self.storage.engine.connect()
+        postgres = conn.dialect.name == "postgresql"
+        take = "SELECT pg_try_advisory_lock(:key)" if postgres else "SELECT GET_LOCK(:name, 0)"
+        deadline = time.monotonic() + self.timeout_s
+        while not conn.execute(text(take), {"key": self.key, "name": self.name}).scalar():
+            if time.monotonic() > deadline:
+                conn.close()
+                raise FssBenchError(self._busy())
+            time.sleep(0.1)
+        conn.commit()  # the lock belongs to the session, not to this transaction
+        self.connection = conn
+
+    def _release(self) -> None:
+        if self.file_lock is not None:
+            self.file_lock.release()
+            return
+        from sqlalchemy import text
+
+        conn, self.connection = self.connection, None
+        postgres = conn.dialect.name == "postgresql"
+        give = "SELECT pg_advisory_unlock(:key)" if postgres else "SELECT RELEASE_LOCK(:name)"
+        try:
+            conn.execute(text(give), {"key": self.key, "name": self.name})
+            conn.commit()
+        finally:
+            conn.close()
+
+    def _busy(self) -> str:
+        return (
+            f"--storage {redact(self.url)}: another worker of Optuna study {self.study_name!r} has held its "
+            f"study lock for {self.timeout_s:.0f} s; stop the stuck fssbench search process and rerun"
+        )
 
 
 def open_storage(
@@ -206,6 +293,10 @@ class SearchCell:
 
 @dataclass
 class SearchOutcome:
+    """What one worker did: ``ran_here`` counts the trials this process ran (any final state, not
+    other workers'); ``failures`` is the number of failures in a row that stopped this worker
+    (``MAX_CONSECUTIVE_FAILURES``), 0 when it was not stopped by failures (then it exits 0)."""
+
     study_name: str
     storage: str
     parent_run_id: str
@@ -259,6 +350,7 @@ class SearchRunner:
         self.tracker: Tracker | None = None
         self.parent_run_id = ""
         self._failures_in_a_row = 0
+        self._stopped_on_failures = False  # MAX_CONSECUTIVE_FAILURES of this worker's trials in a row
         self.run_trials = True  # False: only read the study and write its outputs (the Ray driver)
 
     # ------------------------------------------------------------------------------------ planning
@@ -308,6 +400,7 @@ class SearchRunner:
         self.storage_url = self.storage_url or default_storage(tracker.uri)
         self.experiment_id = tracker.experiment_id(spec.experiment)
         storage = open_storage(self.storage_url, self.heartbeat_s, self._on_stale)
+        self.lock = StudyLock(self.storage_url, storage, self.study_name)
         study = self._open_study(storage)
         self.study = study
         if self.run_trials:
@@ -315,7 +408,7 @@ class SearchRunner:
         done = self._finished(study)
         remaining = max(0, self.trials - done) if self.run_trials else 0
         t0 = time.perf_counter()
-        ran_before = len(study.trials)
+        ran_here = 0
         status = "FAILED"
         tracker.client.update_run(self.parent_run_id, status="RUNNING")
         from tqdm import tqdm
@@ -336,7 +429,9 @@ class SearchRunner:
                 from optuna.study import MaxTrialsCallback
                 from optuna.trial import TrialState
 
-                def on_trial(study: Any, trial: Any) -> None:
+                def on_trial(study: Any, trial: Any) -> None:  # called for this worker's trials only
+                    nonlocal ran_here
+                    ran_here += 1
                     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
                         bar.update()
                     try:
@@ -345,9 +440,11 @@ class SearchRunner:
                     except ValueError:
                         pass
 
+                # no n_trials: a failed trial does not count towards --trials (only finished ones
+                # do), so the worker stops at --trials finished trials in the study, after
+                # MAX_CONSECUTIVE_FAILURES failures in a row, at --timeout, or when a grid is walked
                 study.optimize(
                     self._objective,
-                    n_trials=remaining,
                     timeout=self.timeout,
                     catch=(Exception,),
                     callbacks=[
@@ -360,7 +457,7 @@ class SearchRunner:
                 self.log(
                     f"Optuna study {self.study_name!r} already has {done} finished trials (--trials {self.trials})"
                 )
-            status = "FINISHED" if self._failures_in_a_row < MAX_CONSECUTIVE_FAILURES else "FAILED"
+            status = "FINISHED" if not self._stopped_on_failures else "FAILED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -368,19 +465,20 @@ class SearchRunner:
             bar.close()
             tracker.end_run(self.parent_run_id, status)
         seconds = time.perf_counter() - t0
-        outcome = SearchOutcome(
-            study_name=self.study_name,
-            storage=redact(self.storage_url),
-            parent_run_id=self.parent_run_id,
-            trials=trials_table(study),
-            best=best_trial(study),
-            ran_here=len(study.trials) - ran_before,
-            seconds=seconds,
-            cache_summary=self.cache.stats.summary(),
-        )
-        outcome.failures = self._failures_in_a_row
-        if outcome.best is not None:
-            self._write_outputs(study, outcome)
+        with self.lock:  # the outputs and the parent run's tags: one worker at a time, the last one wins
+            outcome = SearchOutcome(
+                study_name=self.study_name,
+                storage=redact(self.storage_url),
+                parent_run_id=self.parent_run_id,
+                trials=trials_table(study),
+                best=best_trial(study),
+                ran_here=ran_here,
+                seconds=seconds,
+                cache_summary=self.cache.stats.summary(),
+            )
+            outcome.failures = self._failures_in_a_row if self._stopped_on_failures else 0
+            if outcome.best is not None:
+                self._write_outputs(study, outcome)
         return outcome
 
     def _preflight(self) -> None:
@@ -402,61 +500,59 @@ class SearchRunner:
 
     # -------------------------------------------------------------------------------- the study
     def _open_study(self, storage: Any) -> Any:
-        """Create the Optuna study (this worker then creates the MLflow parent run) or load it (and
-        wait for the parent run the creating worker records in the study)."""
+        """Create the Optuna study and the MLflow parent run, or load them, under the study lock: the
+        first worker creates both, the others find both (a parent whose creator died before
+        recording it, or that lives in another MLflow store, is created by the next worker)."""
         import optuna
 
         spec, tracker = self.spec, self.tracker
         assert tracker is not None
         sampler, pruner = make_sampler(spec), make_pruner(spec)
-        try:
-            study = optuna.create_study(
-                study_name=self.study_name,
-                storage=storage,
-                sampler=sampler,
-                pruner=pruner,
-                direction=spec.direction,
-                load_if_exists=False,
-            )
-            created = True
-        except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(
-                study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner
-            )
-            created = False
-        if created:
-            attrs = {
-                SEARCH_ATTR: spec.sha256,
-                "fss.search": spec.name,
-                "fss.search_file": spec.source,
-                "fss.tuned_on_test": spec.tuned_on_test,
-                "fss.random_init": bool(spec.variant.settings.get("random_init")),
-                "fss.identity": spec.identity(),
-            }
-            for k, v in attrs.items():
-                study.set_user_attr(k, v)
-            self._create_parent(study)
+        with self.lock:
+            try:
+                study = optuna.create_study(
+                    study_name=self.study_name,
+                    storage=storage,
+                    sampler=sampler,
+                    pruner=pruner,
+                    direction=spec.direction,
+                    load_if_exists=False,
+                )
+            except optuna.exceptions.DuplicatedStudyError:
+                study = optuna.load_study(
+                    study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner
+                )
+            else:
+                attrs = {
+                    SEARCH_ATTR: spec.sha256,
+                    "fss.search": spec.name,
+                    "fss.search_file": spec.source,
+                    "fss.tuned_on_test": spec.tuned_on_test,
+                    "fss.random_init": bool(spec.variant.settings.get("random_init")),
+                    "fss.identity": spec.identity(),
+                }
+                for k, v in attrs.items():
+                    study.set_user_attr(k, v)
+                self._create_parent(study)
+                return study
+            attrs = study.user_attrs
+            if attrs.get(SEARCH_ATTR) not in (None, spec.sha256):
+                raise FssBenchError(
+                    f"Optuna study {self.study_name!r} in {redact(self.storage_url or '')} was created by a "
+                    f"different search (other space, objective, manifests or settings); pass --study-name NEW "
+                    f"to start a new one, or restore the search file it was created with "
+                    f"({attrs.get('fss.search_file')})"
+                )
+            if list(study.directions)[0].name.lower() != spec.direction:
+                raise FssBenchError(
+                    f"Optuna study {self.study_name!r} has direction {study.direction.name.lower()}"
+                )
+            rid = attrs.get(PARENT_ATTR)
+            if rid is None or not self._run_exists(rid):
+                self._create_parent(study)
+            else:
+                self.parent_run_id = rid
             return study
-        deadline = time.monotonic() + PARENT_WAIT_S
-        while PARENT_ATTR not in study.user_attrs and time.monotonic() < deadline:
-            time.sleep(0.5)  # the creating worker is about to record the parent run
-        attrs = study.user_attrs
-        if attrs.get(SEARCH_ATTR) not in (None, spec.sha256):
-            raise FssBenchError(
-                f"Optuna study {self.study_name!r} in {redact(self.storage_url or '')} was created by a different "
-                f"search (other space, objective, manifests or settings); pass --study-name NEW to start a new "
-                f"one, or restore the search file it was created with ({attrs.get('fss.search_file')})"
-            )
-        if list(study.directions)[0].name.lower() != spec.direction:
-            raise FssBenchError(
-                f"Optuna study {self.study_name!r} has direction {study.direction.name.lower()}"
-            )
-        rid = attrs.get(PARENT_ATTR)
-        if rid is None or not self._run_exists(rid):
-            self._create_parent(study)  # the creator died before recording it, or another MLflow store
-        else:
-            self.parent_run_id = rid
-        return study
 
     def _run_exists(self, run_id: str) -> bool:
         assert self.tracker is not None
@@ -511,30 +607,39 @@ class SearchRunner:
         return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
     def _retry_interrupted(self, study: Any) -> None:
-        """Trials interrupted by Ctrl-C or SIGTERM are run again with the same parameters (once)."""
+        """Trials interrupted by Ctrl-C or SIGTERM are run again with the same parameters, once: the
+        study lock makes reading the retries and enqueueing the missing ones one step, so workers
+        restarted together never enqueue the same retry twice."""
         from optuna.trial import TrialState
 
-        trials = study.get_trials(deepcopy=False)
-        retried = {t.user_attrs.get("retry_of") for t in trials}
-        for t in trials:
-            if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        with self.lock:
+            trials = study.get_trials(deepcopy=False)
+            retried = {t.user_attrs.get("retry_of") for t in trials}
+            for t in trials:
+                if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
+                    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
 
     def _on_stale(self, study: Any, trial: Any) -> None:
         """A trial whose worker stopped heartbeating was failed by Optuna: its MLflow run is marked
-        FAILED (created if the worker died before making it), and it is retried as a new trial."""
+        FAILED (created if the worker died before making it), and it is retried as a new trial. Under
+        the study lock and only if no retry of it exists yet: two workers that both saw it stale
+        (SQLite does not lock the row they both read) record and retry it once."""
         from optuna.storages import RetryFailedTrialCallback
 
         assert self.tracker is not None
         message = "its worker stopped sending heartbeats (killed or lost); retried as a new trial"
-        rid = trial.user_attrs.get("mlflow_run_id")
-        try:
-            if rid is None:
-                rid = self._trial_run(trial.number, trial.params, {})
-            self.tracker.client.set_tag(rid, "fss.trial_state", "FAIL")
-            self.tracker.fail_cell(rid, message)
-        finally:
-            RetryFailedTrialCallback(max_retry=3)(study, trial)
+        with self.lock:
+            history = [t.system_attrs.get("retry_history") or [] for t in study.get_trials(deepcopy=False)]
+            if any(h and h[-1] == trial.number for h in history):
+                return  # another worker recorded and retried it already
+            rid = trial.user_attrs.get("mlflow_run_id")
+            try:
+                if rid is None:
+                    rid = self._trial_run(trial.number, trial.params, {})
+                self.tracker.client.set_tag(rid, "fss.trial_state", "FAIL")
+                self.tracker.fail_cell(rid, message)
+            finally:
+                RetryFailedTrialCallback(max_retry=3)(study, trial)
 
     # -------------------------------------------------------------------------------- a trial
     def _trial_run(self, number: int, params: dict[str, Any], extra_tags: dict[str, str]) -> str:
@@ -595,6 +700,7 @@ class SearchRunner:
             self._failures_in_a_row += 1
             if self._failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
                 self.log(f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row: stopping this worker")
+                self._stopped_on_failures = True
                 trial.study.stop()
             raise
         tracker.client.log_metric(rid, "objective", value, step=progress["episodes"])

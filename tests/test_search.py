@@ -48,7 +48,7 @@ def search_dict(root: Path, **extra) -> dict:
         },
         "objective": {"metric": "miou", "direction": "maximize"},
         "sampler": {"type": "random", "seed": 3},
-        "pruner": {"type": "median", "startup_trials": 2, "warmup_steps": 0},
+        "pruner": {"type": "median", "startup_trials": 2, "warmup_steps": 3},
         "report_every": 2,
         "trials": 6,
         **extra,
@@ -91,34 +91,81 @@ def test_six_trials_run_and_at_least_one_is_pruned_by_the_median_rule(six_trials
         if t.state == TrialState.COMPLETE:
             assert steps[-1] == EPISODES
             assert t.value == pytest.approx(t.intermediate_values[EPISODES])
-        else:  # pruned exactly when Optuna's documented median rule says so, and not before
+        else:
             assert steps[-1] < EPISODES
-        for s in steps if t.state == TrialState.PRUNED else []:
-            assert median_rule_prunes(trials, t, s) == (s == steps[-1]), (t.number, s)
+        # the median rule replayed from the stored values: a pruned trial was below the median at
+        # its last step and not before; a completed trial was never below it
+        prunes = [median_rule_prunes(trials, t, s) for s in steps]
+        expected = [False] * (len(steps) - 1) + [t.state == TrialState.PRUNED]
+        assert prunes == expected, (t.number, steps, prunes)
+    # the warmup was live: some trial was below the median at step 2 (< warmup 3) and ran on
+    assert any(median_rule_prunes(trials, t, 2, warmup=0) for t in trials if 4 in t.intermediate_values)
 
 
-def median_rule_prunes(trials, t, step: int, startup: int = 2) -> bool:
-    """Optuna's median stopping rule, from its documentation: prune when the trial's best
-    intermediate value so far is worse than the median of the COMPLETE earlier trials' values at
-    the same step, once ``startup`` trials have completed."""
+def median_rule_prunes(trials, t, step: int, startup: int = 2, warmup: int = 3) -> bool:
+    """Optuna's MedianPruner rule (its documentation, written out): at a step of at least
+    ``warmup``, once ``startup`` trials have completed, prune when the trial's best intermediate
+    value up to that step is below the median of the completed trials' values at that step. One
+    worker runs the trials in order, so the completed trials are those numbered before ``t``."""
     done = [u for u in trials[: t.number] if u.state == TrialState.COMPLETE]
-    if len(done) < startup:
+    if len(done) < startup or step < warmup:
         return False
     at_step = [u.intermediate_values[step] for u in done if step in u.intermediate_values]
     best = max(v for k, v in t.intermediate_values.items() if k <= step)
     return bool(at_step) and best < statistics.median(at_step)
 
 
-def test_a_trials_value_is_the_cell_functions_miou_on_the_val_manifest(six_trials, pascal_root):
-    spec, r, outcome, tmp = six_trials
-    manifest = next((tmp / "work" / "manifests").glob("*-val.json"))
-    best = outcome.best
-    settings = spec.variant.settings | best["params"]
-    result = evaluate_cell(
-        CellSpec("fssam", settings, manifest, pascal_root, "cpu", "check"), FeatureCache(None)
-    )
-    assert result.manifest["kind"] == "val"
-    assert best["value"] == pytest.approx(result.summary["miou"], abs=1e-12)
+def floor_search(root: Path, **extra) -> dict:
+    """A model-free search: the ``all_foreground`` reference method (logit +1 everywhere), so a
+    pixel is foreground exactly when ``sigmoid(1) >= threshold``."""
+    return {
+        "name": "floor-search",
+        "study": {
+            "name": "floor-study",
+            "data": {"pascal": str(root)},
+            "folds": [0],
+            "shots": [1],
+            "variants": {"floor": {"method": "all_foreground", "image_size": 32}},
+        },
+        "episodes": EPISODES,
+        "space": {"threshold": {"type": "float", "low": 0.3, "high": 0.95}},
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": {"type": "none"},
+        "report_every": 4,
+        "trials": 4,
+        **extra,
+    }
+
+
+def test_a_trials_value_is_the_miou_of_its_predictions_on_the_val_manifest(pascal_root, tmp_path):
+    import json
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    spec = parse_search(floor_search(pascal_root), source="floor.yaml")
+    runner(spec, tmp_path).run()
+    (path,) = (tmp_path / "work" / "manifests").glob("*-val.json")
+    manifest = json.loads(path.read_text())
+    assert manifest["kind"] == "val" and manifest["num_episodes"] == EPISODES
+    # every pixel foreground: per episode I_fg = pixels of the class, U_fg = pixels not ignored (255)
+    inter = {c: 0 for c in manifest["classes"]}
+    union = {c: 0 for c in manifest["classes"]}
+    for e in manifest["episodes"]:
+        label = np.array(Image.open(pascal_root / manifest["images"][e["query"]][1]))
+        inter[e["class"]] += int((label == e["class"]).sum())
+        union[e["class"]] += int((label != 255).sum())
+    all_fg = sum(inter[c] / union[c] if union[c] else 0.0 for c in inter) / len(inter)  # zero union: 0
+    assert 0.0 < all_fg < 1.0
+    study = optuna.load_study(study_name="floor-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    sides = set()
+    for t in study.trials:
+        foreground = 1 / (1 + math.exp(-1)) >= t.params["threshold"]
+        sides.add(foreground)
+        assert t.state == TrialState.COMPLETE
+        assert t.value == pytest.approx(all_fg if foreground else 0.0, abs=1e-12), t.params
+    assert sides == {True, False}  # both kinds of trial were drawn
 
 
 def test_mlflow_holds_one_nested_run_per_trial_number_with_optunas_state(six_trials):
@@ -336,3 +383,128 @@ def test_the_shipped_demo_search_is_the_one_the_demo_runs():
     study = demo_study(Path("fssbench-demo/data/pascal"), 24)
     assert yaml.safe_load((root / shipped["study"]).read_text()) == study
     assert {**shipped, "study": study} == demo_search(study, 24)
+
+
+def failing_cell(monkeypatch, fails: set[int]) -> list[int]:
+    """Make the cell function (a dependency of the search) raise on the calls numbered in ``fails``
+    (0-based); the other calls run the real one. Returns the list of call numbers made."""
+    import benchmark.search
+
+    calls: list[int] = []
+    real = benchmark.search.evaluate_cell
+
+    def cell(*args, **kwargs):
+        calls.append(len(calls))
+        if calls[-1] in fails:
+            raise RuntimeError(f"cell call {calls[-1]} broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark.search, "evaluate_cell", cell)
+    return calls
+
+
+def cli_search(tmp: Path, raw: dict, *extra: str) -> int:
+    from benchmark.cli import main
+
+    path = tmp / "search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    return main(["-q", "search", str(path), "--work-dir", str(tmp / "work"), "--tracking-uri", uri, *extra])
+
+
+def test_three_failures_in_a_row_stop_the_worker_with_exit_status_1(
+    pascal_root, tmp_path, monkeypatch, capsys
+):
+    failing_cell(monkeypatch, fails=set(range(100)))
+    assert cli_search(tmp_path, floor_search(pascal_root, episodes=2)) == 1
+    assert "3 trial(s) failed in a row" in capsys.readouterr().err
+    study = optuna.load_study(study_name="floor-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3  # stopped at the third
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("floor-search")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`fss.kind` = 'search'")
+    assert parent.info.status == "FAILED"
+
+
+def test_failures_not_three_in_a_row_neither_count_as_trials_nor_fail_the_exit_status(
+    pascal_root, tmp_path, monkeypatch
+):
+    # trials 0 and 2 fail: --trials 2 finished trials take four trials, and the worker exits 0
+    calls = failing_cell(monkeypatch, fails={0, 2})
+    assert cli_search(tmp_path, floor_search(pascal_root, episodes=2, trials=2)) == 0
+    study = optuna.load_study(study_name="floor-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE] * 2
+    assert len(calls) == 4
+
+
+def test_a_search_whose_last_trial_failed_once_exits_0(pascal_root, tmp_path, monkeypatch):
+    # a grid of two points: the second (last) trial fails, then the grid is walked and the worker ends
+    failing_cell(monkeypatch, fails={1})
+    raw = floor_search(
+        pascal_root,
+        episodes=2,
+        trials=None,
+        sampler={"type": "grid"},
+        space={"threshold": {"type": "float", "low": 0.3, "high": 0.6, "grid": [0.3, 0.6]}},
+    )
+    assert cli_search(tmp_path, raw) == 0
+    study = optuna.load_study(study_name="floor-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+
+
+def test_ran_here_counts_this_workers_trials_only(pascal_root, tmp_path, monkeypatch):
+    """Another worker finishes a trial while this one runs its first: it counts towards --trials,
+    not towards this worker's ``ran_here``."""
+    from optuna.distributions import FloatDistribution
+
+    import benchmark.search
+
+    real = benchmark.search.evaluate_cell
+
+    def cell_while_another_worker_finishes_a_trial(*args, **kwargs):
+        study = optuna.load_study(study_name="floor-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        if len(study.trials) == 1:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"threshold": 0.5},
+                    distributions={"threshold": FloatDistribution(0.3, 0.95)},
+                    value=0.25,
+                    user_attrs={"worker": "elsewhere"},
+                )
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark.search, "evaluate_cell", cell_while_another_worker_finishes_a_trial)
+    spec = parse_search(floor_search(pascal_root, episodes=2, trials=3), source="floor.yaml")
+    outcome = runner(spec, tmp_path).run()
+    assert [t["number"] for t in outcome.trials] == [0, 1, 2] and outcome.ran_here == 2
+    study = optuna.load_study(study_name="floor-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.trials[1].user_attrs["worker"] == "elsewhere"
+    assert {t.user_attrs["worker"] for t in (study.trials[0], study.trials[2])} != {"elsewhere"}
+
+
+def test_the_study_lock_of_a_file_storage_excludes_a_second_worker(tmp_path):
+    import threading
+
+    from benchmark.search import StudyLock
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first, second = StudyLock(url, None, "s"), StudyLock(url, None, "s")  # two workers' locks
+    events: list[str] = []
+    with first:
+        with first:  # re-entrant in one worker
+            pass
+
+        def other() -> None:
+            with second:
+                events.append("second in")
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(0.5)
+        events.append("first out")
+    thread.join(10)
+    assert events == ["first out", "second in"]
+    impatient = StudyLock(url, None, "s", timeout_s=0.2)
+    with first, pytest.raises(FssBenchError, match=r"another worker of Optuna study 's' has held"):
+        impatient.__enter__()
