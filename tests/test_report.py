@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -267,4 +268,4 @@ def test_a_new_report_run_replaces_the_earlier_one(tmp_path):
     runs = tracker.client.search_runs([exp], filter_string="tags.`fss.kind` = 'report'")
     assert [r.info.run_id for r in runs] == [second] and first != second
     md = tracker.client.download_artifacts(second, "report/report.md", str(tmp_path / "dl"))
-    assert open(md).read() == "second\n"
+    assert Path(md).read_text() == "second\n"
