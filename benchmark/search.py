@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from benchmark.cell import CellSpec, CheckpointHashes, cell_key, evaluate_cell, weight_ids
+from benchmark.cell import CellSpec, CheckpointHashes, cell_key, code_hash, evaluate_cell, weight_ids
 from benchmark.data.image_check import check_files
 from benchmark.device import resolve_device
 from benchmark.episodes import load_manifest
@@ -52,7 +52,7 @@ from benchmark.metrics import summarize
 from benchmark.runner import sigterm_as_interrupt, study_manifests
 from benchmark.search_file import SearchSpec
 from benchmark.study import parse_study
-from benchmark.tracking import Tracker, git_commit, package_versions
+from benchmark.tracking import Tracker, git_commit, package_versions, standard_tags
 from fssam.stages import StageMemo
 
 DEFAULT_HEARTBEAT_S = 60
@@ -657,11 +657,32 @@ class SearchRunner:
             "fss.random_init": str(bool(spec.variant.settings.get("random_init"))).lower(),
             "fss.variant": spec.variant.name,
             "fss.method": spec.variant.method,
+            **self._provenance(params),
             **extra_tags,
         }
         run = self.tracker.client.create_run(self.experiment_id, run_name=f"trial {number}", tags=tags)
         self.tracker.log_params(run.info.run_id, dict(params))
         return run.info.run_id
+
+    def _provenance(self, params: dict[str, Any]) -> dict[str, str]:
+        """What a cell run records of where its numbers come from, for a trial: MLflow's standard
+        tags, the commit, package versions and code hash, the search file, and per cell of the
+        search (``dataset.foldK.Nshot.seedS``) its manifest's hash and its weights (file hashes or
+        random-init ids, for the trial's own settings)."""
+        settings = self.entry.resolve({**self.spec.variant.settings, **params})
+        manifests, weights = {}, {}
+        for cell in self.cells:
+            manifests[cell.label] = self.manifests[cell.manifest_path]["sha256"]
+            weights[cell.label] = weight_ids(self.cell_spec(cell, settings), self.hashes)
+        return {
+            **standard_tags(self.spec.source),
+            "fss.git_commit": git_commit(),
+            "fss.versions": json.dumps(package_versions()),
+            "fss.code_sha256": code_hash(),
+            "fss.search_file": self.spec.source,
+            "fss.manifest_sha256s": json.dumps(manifests, sort_keys=True),
+            "fss.weights": json.dumps(weights, sort_keys=True),
+        }
 
     def _objective(self, trial: Any) -> float:
         import optuna
@@ -911,19 +932,24 @@ def save_plots(study: Any, folder: Path, spec: SearchSpec) -> tuple[dict[str, Pa
 
     out, notes = {}, []
     params = list(spec.space)
+    # objective values in percent, as the tables print them (trials hold fractions)
+    label = f"{spec.metric} (%)"
+    in_percent = {"target": lambda t: 100 * t.value, "target_name": label}
     makers = {
-        "history": lambda: ovm.plot_optimization_history(study),
+        "history": lambda: ovm.plot_optimization_history(study, **in_percent),
         "importances": lambda: ovm.plot_param_importances(study),
-        "slice": lambda: ovm.plot_slice(study),
-        "contour": lambda: ovm.plot_contour(study, params=params[:2]),
+        "slice": lambda: ovm.plot_slice(study, **in_percent),
+        "contour": lambda: ovm.plot_contour(study, params=params[:2], **in_percent),
     }
     title_note = " (RANDOM-INIT WEIGHTS)" if spec.variant.settings.get("random_init") else ""
     if spec.tuned_on_test:
         title_note += " (TUNED ON TEST)"
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "unique value length is less than 2"
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     for name, make in makers.items():
-        if name == "contour" and len(params) < 2:
-            notes.append("contour plot skipped: the space has one parameter")
+        reason = _nothing_to_show(name, params, done)
+        if reason:
+            notes.append(f"{name} plot skipped: {reason}")
             continue
         try:
             with warnings.catch_warnings():
@@ -932,7 +958,10 @@ def save_plots(study: Any, folder: Path, spec: SearchSpec) -> tuple[dict[str, Pa
                 ax = make()
             axes = ax if hasattr(ax, "flat") else [ax]
             fig = next(iter(getattr(axes, "flat", axes))).figure
-            fig.suptitle(f"{spec.name}: {name}{title_note}", color="red" if title_note else "black")
+            fig.suptitle(
+                f"{spec.name} (Optuna study {study.study_name}): {name}{title_note}",
+                color="red" if title_note else "black",
+            )
             path = folder / f"{name}.png"
             fig.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(fig)
@@ -943,6 +972,24 @@ def save_plots(study: Any, folder: Path, spec: SearchSpec) -> tuple[dict[str, Pa
             )
             plt.close("all")
     return out, notes
+
+
+def _nothing_to_show(plot: str, params: list[str], done: list[Any]) -> str | None:
+    """Why an Optuna plot would show nothing (then it is skipped, with this reason), or None."""
+    if not done:
+        return "no trial completed"
+    if plot == "contour":
+        if len(params) < 2:
+            return "the space has one parameter"
+        for p in params[:2]:
+            drawn = {repr(t.params.get(p)) for t in done}
+            if len(drawn) < 2:
+                return f"every completed trial drew one value of {p} ({next(iter(drawn))})"
+    if plot in ("slice", "importances") and all(
+        len({repr(t.params.get(p)) for t in done}) < 2 for p in params
+    ):
+        return "every completed trial drew the same parameters"
+    return None
 
 
 def print_outcome(outcome: SearchOutcome, spec: SearchSpec, tracking_uri: str, out: Any = sys.stdout) -> None:

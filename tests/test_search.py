@@ -7,6 +7,7 @@ and MLflow's records are compared trial by trial with Optuna's.
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -194,6 +195,18 @@ def test_mlflow_holds_one_nested_run_per_trial_number_with_optunas_state(six_tri
         assert run.data.metrics["episodes_run"] == t.user_attrs["episodes_run"]
         if t.state == TrialState.COMPLETE:
             assert run.data.metrics["objective"] == pytest.approx(t.value)
+        # the provenance a cell run has: commit, versions, code, manifests and weights per cell
+        tags = run.data.tags
+        assert tags["fss.git_commit"] and json.loads(tags["fss.versions"])["torch"]
+        assert len(tags["fss.code_sha256"]) == 64 and tags["mlflow.source.name"] == "tiny.yaml"
+        (label,) = json.loads(tags["fss.manifest_sha256s"])  # one cell: pascal fold 0, 1 shot
+        assert label == "pascal.fold0.1shot.seed321"
+        manifest = next((tmp / "work" / "manifests").glob("*-val.json"))
+        assert json.loads(tags["fss.manifest_sha256s"])[label] == json.loads(manifest.read_text())["sha256"]
+        assert json.loads(tags["fss.weights"])[label] == {
+            "sam2": "random-init:seed0",
+            "dinov2": "random-init:seed1",
+        }
 
 
 def test_outputs_plots_and_the_best_params_study_file_runs(six_trials, pascal_root):
@@ -508,3 +521,58 @@ def test_the_study_lock_of_a_file_storage_excludes_a_second_worker(tmp_path):
     impatient = StudyLock(url, None, "s", timeout_s=0.2)
     with first, pytest.raises(FssBenchError, match=r"another worker of Optuna study 's' has held"):
         impatient.__enter__()
+
+
+def test_search_plots_are_in_percent_name_the_study_and_skip_what_shows_nothing(tmp_path, monkeypatch):
+    import types
+
+    import optuna
+    from matplotlib.figure import Figure
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from benchmark.search import save_plots
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name="optuna-s1", direction="maximize")
+    dists = {"threshold": FloatDistribution(0.1, 0.9), "imr_iters": IntDistribution(0, 5)}
+    for th, value in [(0.2, 0.31), (0.5, 0.42), (0.7, 0.38), (0.4, 0.45)]:
+        # every trial drew imr_iters 3: a contour over it would be empty
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"threshold": th, "imr_iters": 3}, distributions=dists, value=value
+            )
+        )
+    spec = types.SimpleNamespace(
+        space={"threshold": None, "imr_iters": None},
+        metric="miou",
+        name="s",
+        tuned_on_test=False,
+        variant=types.SimpleNamespace(settings={"random_init": False}),
+    )
+    seen = {}
+
+    def record(fig, path, **kwargs):
+        ax = fig.axes[0]
+        seen[Path(path).stem] = (
+            fig._suptitle.get_text(),
+            ax.get_ylabel(),
+            [list(line.get_ydata()) for line in ax.lines]
+            + [list(c.get_offsets()[:, 1]) for c in ax.collections if len(c.get_offsets())],
+        )
+        Path(path).write_bytes(b"png")
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    out, notes = save_plots(study, tmp_path, spec)
+    assert (
+        "contour" not in out
+        and "contour plot skipped: every completed trial drew one value of imr_iters (3)" in notes
+    )
+    assert set(out) == {"history", "importances", "slice"}
+    title, ylabel, lines = seen["history"]
+    assert title == "s (Optuna study optuna-s1): history" and ylabel == "miou (%)"
+    values = sorted(float(v) for y in lines for v in y)
+    assert values and values[-1] == pytest.approx(45.0)  # percent, not 0.45
+    # no completed trial: nothing is drawn, each plot says why
+    empty = optuna.create_study(study_name="optuna-s2")
+    out, notes = save_plots(empty, tmp_path, spec)
+    assert out == {} and all(n.endswith("skipped: no trial completed") for n in notes) and len(notes) == 4
