@@ -35,17 +35,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.cell import CellSpec, evaluate_cell
+from benchmark.cell import CellSpec, CheckpointHashes, code_hash, evaluate_cell
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
 from benchmark.episode_loader import ImageStore
-from benchmark.episodes import build_manifest, save_manifest
+from benchmark.episodes import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.io_utils import write_text_atomic
-from benchmark.methods import build_method
+from benchmark.methods import build_method, get_method
 from benchmark.runner import sigterm_as_interrupt
-from benchmark.tracking import Tracker, flat_params, git_commit, package_versions
+from benchmark.tracking import Tracker, flat_params, git_commit, package_versions, standard_tags
 from benchmark.train_data import TrainBatches, train_loader, train_set
 from benchmark.train_file import TrainSpec, check_select_on_test
 from fssam.finetune import read_finetuned, save_atomic, save_finetuned, trainable_state
@@ -326,7 +326,7 @@ class Trainer:
                 self.log(f"resuming at iteration {start} of {stop_at} from {self.state_path}")
 
         self.run_id = run_id  # the resumed run, or None until process 0 creates it
-        tracker = self._tracker(trainable, frozen, per_epoch, stop_at) if self.rank == 0 else None
+        tracker = self._tracker(trainable, frozen, per_epoch, stop_at, val_path) if self.rank == 0 else None
         run_id = self.run_id
         logged_until = self._logged_until(tracker, run_id)
         store = ImageStore(PreparedDataset(spec.data_root))
@@ -507,8 +507,10 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------------ MLflow
-    def _tracker(self, trainable, frozen, per_epoch, stop_at) -> Tracker:
-        """The MLflow store, with ``self.run_id`` set RUNNING again (resume) or created."""
+    def _tracker(self, trainable, frozen, per_epoch, stop_at, val_path: Path) -> Tracker:
+        """The MLflow store, with ``self.run_id`` set RUNNING again (resume) or created. The run
+        records the base weights (``fss.weights.<role>``: file hashes or random-init ids), the data
+        root and the validation manifest's hash besides the settings."""
         spec = self.spec
         tracker = Tracker(self.tracking_uri)
         exp = tracker.experiment_id(spec.name)
@@ -529,6 +531,11 @@ class Trainer:
             "fss.git_commit": git_commit(),
             "fss.versions": json.dumps(package_versions()),
             "fss.device": str(self.device),
+            "fss.data_root": str(spec.data_root),
+            "fss.val_manifest_sha256": load_manifest(val_path)["sha256"],
+            "fss.code_sha256": code_hash(),
+            **{f"fss.weights.{role}": v for role, v in base_weight_ids(spec).items()},
+            **standard_tags(spec.source),
         }
         run = tracker.client.create_run(
             exp, run_name=f"train {spec.method} {spec.dataset} fold{spec.fold} {spec.shot}shot", tags=tags
@@ -540,6 +547,7 @@ class Trainer:
         params |= flat_params("val.", spec.val) | {
             "method": spec.method,
             "dataset": spec.dataset,
+            "data_root": str(spec.data_root),
             "fold": spec.fold,
             "shot": spec.shot,
             "init_seed": spec.settings.get("seed"),
@@ -659,3 +667,10 @@ def export_checkpoint(spec: TrainSpec, finetuned: Path, out: Path) -> Path:
             dino_meta = export_meta_state_dict(model.dino)
     save_authors_checkpoint(model, out, epoch=int(meta.get("iteration", 0)), dino_meta=dino_meta)
     return out
+
+
+def base_weight_ids(spec: TrainSpec) -> dict[str, str]:
+    """Role -> SHA-256 of each base weight file training starts from, or its random-init id."""
+    hashes = CheckpointHashes()
+    sources = get_method(spec.method).weight_sources(dict(spec.settings))
+    return {r: src if src.startswith("random-init:") else hashes.sha256(src) for r, src in sources.items()}

@@ -4,6 +4,7 @@ scoring the result with ``fssbench run``, and the training file's validation."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -123,6 +124,15 @@ def test_mlflow_records_the_curves_validation_and_checkpoint(trained):
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["fss.kind"] == "train"
     assert run.data.tags["fss.random_init"] == "true" and run.data.tags["fss.tuned_on_test"] == "false"
+    # provenance: the base weights, the data root and the validation manifest it selected on
+    tags = run.data.tags
+    assert (
+        tags["fss.weights.sam2"] == "random-init:seed0" and tags["fss.weights.dinov2"] == "random-init:seed1"
+    )
+    assert tags["fss.data_root"] == str(spec.data_root) == run.data.params["data_root"]
+    (val,) = (tmp / "out" / "manifests").glob("val-fold0-1shot-*.json")
+    assert tags["fss.val_manifest_sha256"] == json.loads(val.read_text())["sha256"]
+    assert tags["mlflow.source.name"] == spec.source
     for name in ("loss", "lr", "grad_norm"):
         assert [m.step for m in client.get_metric_history(outcome.run_id, name)] == [1, 2, 3, 4]
     lrs = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "lr"), key=lambda m: m.step)]
