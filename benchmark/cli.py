@@ -1063,8 +1063,32 @@ def check_path_options(args: argparse.Namespace) -> None:
                 break
 
 
+NOTE_WARNINGS = ("ValPoolWarning",)
+"""Warnings that are notes to the user (a validation class left out): one plain line each."""
+
+
+def _notes_as_one_line() -> None:
+    """Show the warnings of :data:`NOTE_WARNINGS` as ``fssbench: note: ...`` (one line, no file and
+    source line), whichever command raises them; any other warning as Python shows it."""
+    import warnings
+
+    shown = warnings.showwarning
+    if getattr(shown, "fssbench_notes", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if category.__name__ in NOTE_WARNINGS:
+            print(f"fssbench: note: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.fssbench_notes = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _notes_as_one_line()
     try:
         check_path_options(args)
         return args.fn(args)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -143,9 +144,29 @@ class Variant:
         the variant's (a search trial's), ``explicit`` names settings set beyond the study's."""
         base = self.settings if settings is None else settings
         out = fill_templates(get_method(self.method), base, dataset=dataset, fold=fold, shot=shot)
-        if loads_fssam5s(self.method, out, shot) and "kshot_mode" not in self.explicit | explicit:
-            out["kshot_mode"] = "released"
+        if "kshot_mode" not in self.explicit | explicit and shot > 1:
+            if loads_fssam5s(self.method, out, shot):
+                out["kshot_mode"] = "released"
+            trained = (
+                trained_kshot_mode(out) if "kshot_mode" in get_method(self.method).all_defaults else None
+            )
+            if trained is not None:  # a checkpoint of `fssbench train` runs the path it was trained with
+                out["kshot_mode"] = trained
         return out
+
+
+def trained_kshot_mode(settings: dict[str, Any]) -> str | None:
+    """The K-shot path a fine-tuned checkpoint was trained with, from the record ``fssbench train``
+    writes beside it (``best.pth.json``: ``kshot_mode``); None without a local record."""
+    path = settings.get("finetuned_checkpoint")
+    record = Path(f"{path}.json") if path and not str(path).startswith(MLFLOW_URI_PREFIX) else None
+    if record is None or not record.is_file():
+        return None
+    try:
+        mode = json.loads(record.read_text()).get("kshot_mode")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return mode if mode in ("intended", "released") else None
 
 
 def loads_fssam5s(method: str, settings: dict[str, Any], shot: int) -> bool:

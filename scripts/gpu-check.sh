@@ -123,6 +123,6 @@ for mode in eager compiled; do
   [ "$mode" = compiled ] && flags=(--compile)
   echo "-- profile, $mode (the target: the full grid projected under 2 minutes)"
   "$PY" -m benchmark.cli -q profile ablations/component-prior-ablation.yaml "data.pascal=$OUT/pascal" \
-    model.random_init=true "folds=[0]" "shots=[1,5]" episodes=40 batch_size=8 --device cuda \
+    model.fssam_checkpoint=null model.random_init=true "folds=[0]" "shots=[1,5]" episodes=40 batch_size=8 --device cuda \
     --work-dir "$OUT/profile-$mode" "${flags[@]}"
 done

@@ -229,3 +229,23 @@ def test_inductor_compiled_hot_modules_on_cuda_give_the_eager_logits():
     from torch._inductor.compile_fx import compile_fx
 
     _check_every_hot_module_runs_compiled(inner=compile_fx, tolerance=1e-3, device="cuda")
+
+
+def test_the_gpu_check_scripts_profile_command_is_a_valid_study(pascal_root, tmp_path):
+    """scripts/gpu-check.sh only runs on a lent GPU: its profile command's study and overrides are
+    checked here, on CPU, so a refused override is not found there first."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from benchmark.study import load_study
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "scripts" / "gpu-check.sh").read_text().replace("\\\n", " ")
+    (line,) = [x for x in text.splitlines() if "-m benchmark.cli -q profile " in x]
+    words = shlex.split(line.replace("$OUT/pascal", str(pascal_root)))
+    study = Path(root / words[words.index("profile") + 1])
+    overrides = [w for w in words[words.index("profile") + 2 :] if "=" in w and not w.startswith("--")]
+    assert any(re.match(r"model\.random_init=true", o) for o in overrides)
+    s = load_study(study, overrides)  # raises on a refused combination (random init + trained model)
+    assert s.random_init and len(s.variants) == 8 and s.shots == [1, 5] and s.batch_size == 8

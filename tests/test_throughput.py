@@ -273,6 +273,7 @@ def tiny_study(pascal_root: Path, *extra: str):
         f"data.pascal={pascal_root}",
         "episodes=4",
         "folds=[0]",
+        "model.fssam_checkpoint=null",  # random init refuses the authors' trained model
         *[f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_128.items()],
         *extra,
     ]

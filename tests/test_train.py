@@ -426,8 +426,8 @@ def four_image_epochs(monkeypatch):
 
     real = trainer_module.train_set
 
-    def first_four(root, fold, shot, split="interleaved"):
-        ts = real(root, fold, shot, split)
+    def first_four(root, fold, shot, split="interleaved", holdout_fraction=None):
+        ts = real(root, fold, shot, split, holdout_fraction)
         cut = TrainSet(ts.dataset, ts.fold, ts.classes, FoldPool(ts.pool.images[:4], ts.pool.per_class))
         cut.__dict__["by_id"] = ts.by_id  # every image of the list, the supports' too
         return cut
@@ -552,6 +552,10 @@ def test_the_trainer_runs_collectives_only_through_collectives():
         for node in ast.walk(top):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
                 found.append(f"from {node.module} import")
+            if isinstance(node, ast.Import) and any(
+                a.name.startswith("torch.distributed") for a in node.names
+            ):
+                found.append("import torch.distributed")  # an alias would hide its calls below
             if (
                 isinstance(node, ast.Attribute)
                 and node.attr in collectives
@@ -610,18 +614,28 @@ def test_k_shot_training_trains_the_k_shot_path_its_checkpoint_is_scored_with(
     assert released == [True]  # the training step's SCMA ran the released K-shot path
     assert read_finetuned(outcome.best_checkpoint)["meta"]["kshot_mode"] == "released"
     assert MlflowClient(uri).get_run(outcome.run_id).data.params["kshot_mode"] == "released"
-    # by default a K-shot training trains `intended`, which a study cell scoring the checkpoint runs
-    default = parse_train(train_dict(pascal_root, shot=2), "t.yaml")
-    study = parse_study(
-        {
-            "name": "k",
-            "data": {"pascal": str(pascal_root)},
-            "folds": [0],
-            "shots": [2],
-            "episodes": 2,
-            "model": dict(TINY_128),
-            "variants": {"ft": {"finetuned_checkpoint": str(outcome.best_checkpoint)}},
-        }
-    )
-    cell = study.variants[0].cell_settings("pascal", 0, 2)
-    assert default.settings["kshot_mode"] == cell["kshot_mode"] == "intended"
+    # a study cell scoring the checkpoint runs the path it was trained with (read off best.pth.json),
+    # unless the study names one; by default a K-shot training trains `intended`
+    record = json.loads((tmp_path / "out" / "best.pth.json").read_text())
+    assert record["kshot_mode"] == "released"
+
+    def cell_mode(variant: dict, shot: int = 2) -> str:
+        study = parse_study(
+            {
+                "name": "k",
+                "data": {"pascal": str(pascal_root)},
+                "folds": [0],
+                "shots": [shot],
+                "episodes": 2,
+                "model": dict(TINY_128),
+                "variants": {"ft": {"finetuned_checkpoint": str(outcome.best_checkpoint), **variant}},
+            }
+        )
+        return study.variants[0].cell_settings("pascal", 0, shot)["kshot_mode"]
+
+    assert cell_mode({}) == "released"
+    assert cell_mode({"kshot_mode": "intended"}) == "intended"  # the study's own choice wins
+    assert parse_train(train_dict(pascal_root, shot=2), "t.yaml").settings["kshot_mode"] == "intended"
+    record["kshot_mode"] = "intended"  # a checkpoint trained the default way
+    (tmp_path / "out" / "best.pth.json").write_text(json.dumps(record))
+    assert cell_mode({}) == "intended"

@@ -323,3 +323,16 @@ def test_cli_val_source(pascal_root, tmp_path, capsys):
     assert load_manifest(out)["source"]["split"] == "train"
     assert main([*argv, "--holdout-fraction", "0.5", "--out", str(tmp_path / "t.json")]) == 2
     assert "--val-source and --holdout-fraction apply to --kind val only" in capsys.readouterr().err
+
+
+def test_every_command_shows_a_left_out_class_as_one_note_line(capsys, monkeypatch):
+    from benchmark import cli
+
+    others = []  # what Python's own display gets: every other warning
+    monkeypatch.setattr(warnings, "showwarning", lambda *args, **kwargs: others.append(args[1]))
+    cli._notes_as_one_line()
+    # what Python calls to show a warning that no filter silenced
+    warnings.showwarning(ValPoolWarning("class 7 (cat): 1 image; left out"), ValPoolWarning, "x.py", 3)
+    warnings.showwarning(UserWarning("something else"), UserWarning, "x.py", 4)
+    assert capsys.readouterr().err.splitlines() == ["fssbench: note: class 7 (cat): 1 image; left out"]
+    assert others == [UserWarning]
