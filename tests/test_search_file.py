@@ -124,7 +124,10 @@ def test_objective_restricts_the_study(pascal_root):
         ),
         ({"pruner": {"type": "hyperband"}}, r"pruner.type: 'hyperband' is not one of"),
         ({"objective": {"metric": "acc"}}, r"objective.metric: 'acc' is not one of \['miou', 'fb_iou'\]"),
-        ({"objective": {"folds": [7]}}, r"s.yaml: objective.folds: 7 is out of range: each must be in 0\.\.3"),
+        (
+            {"objective": {"folds": [7]}},
+            r"s.yaml: objective.folds: 7 is out of range: each must be in 0\.\.3",
+        ),
         (
             {"objective": {"datasets": ["coco"]}},
             r"objective.datasets: expected a non-empty list of the study's datasets \['pascal'\]",
