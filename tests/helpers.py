@@ -46,3 +46,25 @@ def wait_for_journal(work: Path, episodes: int, timeout: float = 240) -> Path:
             return found[0]
         time.sleep(0.02)
     raise AssertionError(f"no cell journal under {work} reached {episodes} episodes in {timeout} s")
+
+
+def floor_search(root: Path, **extra) -> dict:
+    """A model-free search: the ``all_foreground`` reference method (logit +1 everywhere), so a
+    pixel is foreground exactly when ``sigmoid(1) >= threshold``."""
+    return {
+        "name": "floor-search",
+        "study": {
+            "name": "floor-study",
+            "data": {"pascal": str(root)},
+            "folds": [0],
+            "shots": [1],
+            "variants": {"floor": {"method": "all_foreground", "image_size": 32}},
+        },
+        "episodes": 8,
+        "space": {"threshold": {"type": "float", "low": 0.3, "high": 0.95}},
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": {"type": "none"},
+        "report_every": 4,
+        "trials": 4,
+        **extra,
+    }

@@ -24,7 +24,7 @@ from benchmark.runner import StudyRunner
 from benchmark.search import SearchRunner, best_study_raw, redact
 from benchmark.search_file import load_search, parse_search
 from benchmark.study import load_study
-from tests.helpers import TINY
+from tests.helpers import TINY, floor_search
 
 EPISODES = 8
 
@@ -114,28 +114,6 @@ def median_rule_prunes(trials, t, step: int, startup: int = 2, warmup: int = 3) 
     at_step = [u.intermediate_values[step] for u in done if step in u.intermediate_values]
     best = max(v for k, v in t.intermediate_values.items() if k <= step)
     return bool(at_step) and best < statistics.median(at_step)
-
-
-def floor_search(root: Path, **extra) -> dict:
-    """A model-free search: the ``all_foreground`` reference method (logit +1 everywhere), so a
-    pixel is foreground exactly when ``sigmoid(1) >= threshold``."""
-    return {
-        "name": "floor-search",
-        "study": {
-            "name": "floor-study",
-            "data": {"pascal": str(root)},
-            "folds": [0],
-            "shots": [1],
-            "variants": {"floor": {"method": "all_foreground", "image_size": 32}},
-        },
-        "episodes": EPISODES,
-        "space": {"threshold": {"type": "float", "low": 0.3, "high": 0.95}},
-        "sampler": {"type": "random", "seed": 0},
-        "pruner": {"type": "none"},
-        "report_every": 4,
-        "trials": 4,
-        **extra,
-    }
 
 
 def test_a_trials_value_is_the_miou_of_its_predictions_on_the_val_manifest(pascal_root, tmp_path):

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
-from tests.helpers import ROOT, TINY, wait_for_journal
+from tests.helpers import ROOT, TINY, floor_search, wait_for_journal
 from tests.servers import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -190,22 +190,14 @@ sys.exit(benchmark.cli.main(sys.argv[4:]))
 
 def write_floor_search(tmp: Path, root: Path, episodes: int, trials: int) -> Path:
     """A model-free search (the all_foreground reference method): trials cost no model."""
-    raw = {
-        "name": "workers",
-        "study": {
-            "name": "floor-study",
-            "data": {"pascal": str(root)},
-            "folds": [0],
-            "shots": [1],
-            "variants": {"floor": {"method": "all_foreground", "image_size": 32}},
-        },
-        "episodes": episodes,
-        "space": {"threshold": {"type": "float", "low": 0.1, "high": 0.9}},
-        "sampler": {"type": "random", "seed": 0},
-        "pruner": {"type": "none"},
-        "report_every": 1,
-        "trials": trials,
-    }
+    raw = floor_search(
+        root,
+        name="workers",
+        episodes=episodes,
+        space={"threshold": {"type": "float", "low": 0.1, "high": 0.9}},
+        report_every=1,
+        trials=trials,
+    )
     path = tmp / "search.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
