@@ -101,11 +101,25 @@ def test_ray_gives_the_local_engines_numbers_on_two_nodes_with_affinity(
     table = runner.run()
     assert list(table["status"]) == ["run"] * 6 and set(table["attempts"]) == {1}
     assert_once_and_equal(f"sqlite:///{tmp_path / 'mlflow.db'}", local)
-    # two workers, one per node; the three cells of a manifest (fold) went to one worker
+    # two workers, one per node
     by_fold = table.groupby("fold")["run_id"].apply(list)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    workers = {f: {client.get_run(r).data.tags["fss.worker"] for r in rids} for f, rids in by_fold.items()}
-    assert all(len(w) == 1 for w in workers.values()) and workers[0] != workers[1], workers
+    # each manifest (fold) was dealt to one worker's queue, and a worker took a cell of another
+    # manifest only once its own queue was empty (an idle worker takes from the longest other queue):
+    # per worker, in start order, its own fold's cells come first; the two folds start on two workers
+    ran = sorted(
+        (client.get_run(r).info.start_time, client.get_run(r).data.tags["fss.worker"], f)
+        for f, rids in by_fold.items()
+        for r in rids
+    )
+    per_worker: dict[str, list[int]] = {}
+    for _, worker, fold in ran:
+        per_worker.setdefault(worker, []).append(fold)
+    assert len(per_worker) == 2, per_worker
+    for folds in per_worker.values():
+        own = folds[0]
+        assert folds == sorted(folds, key=lambda f: f != own), per_worker  # own fold, then stolen cells
+    assert {folds[0] for folds in per_worker.values()} == {0, 1}, per_worker
 
 
 @pytest.mark.slow
