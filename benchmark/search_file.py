@@ -4,7 +4,7 @@ A search file is YAML (see ``ablations/searches/``)::
 
     name: fssam-inference-pascal        # the default Optuna study name
     experiment: fssam-inference-pascal  # the MLflow experiment (default: the name)
-    study: ablations/main-table.yaml    # the base study: a study file (path) or an inline mapping
+    study: ../main-table.yaml           # the base study: a study file (relative to this file) or an inline mapping
     variant: fssam                      # whose switches are searched (default: the first variant)
     kind: val                           # the manifests the objective runs on (val | test)
     episodes: 200                       # per validation manifest (default: the study's)
@@ -26,7 +26,9 @@ command is given ``--allow-test-tuning`` (then everything is tagged ``fss.tuned_
 
 Command-line ``key=value`` overrides use dotted paths into this file (``trials=6``,
 ``space.imr_iters.high=4``); ``study.X`` reaches into the base study even when it is a path
-(``study.model.random_init=true``, ``study.data.pascal=DIR``).
+(``study.model.random_init=true``, ``study.data.pascal=DIR``), and ``study=PATH`` re-points the
+base study. Paths in the file resolve relative to its folder, paths on the command line against the
+working directory (:mod:`benchmark.file_paths`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import yaml
 
 from benchmark.episodes import VAL_RULE
 from benchmark.errors import FssBenchError
+from benchmark.file_paths import resolve_paths, search_path_fields, study_path_fields
 from benchmark.io_utils import canonical_json
 from benchmark.methods import get_method
 from benchmark.study import Study, Variant, _blame_override, apply_overrides, did_you_mean, parse_study
@@ -453,28 +456,51 @@ def _read_yaml(path: Path, what: str) -> Any:
 
 
 def load_search(path: Path, overrides: list[str] | None = None) -> SearchSpec:
-    """Read, override and validate a search file; its ``study`` path resolves against the working
-    directory, like every path in study files."""
+    """Read, override and validate a search file. Its ``study`` path (and an inline study's paths)
+    resolve relative to the search file's folder, the paths inside a study file relative to that
+    file, and those of overrides (``study=PATH`` re-points the base study) against the working
+    directory (:mod:`benchmark.file_paths`)."""
     path = Path(path)
+    overrides = list(overrides or [])
     raw = _read_yaml(path, "search file") or {}
     if not isinstance(raw, dict):
         raise FssBenchError(f"{path}: a search file must be a YAML mapping")
+    raw = resolve_paths(raw, search_path_fields, path.parent)
+    repoint = [o for o in overrides if o.split("=", 1)[0].strip() == "study"]
+    raw = apply_overrides(raw, repoint, search_path_fields)  # study=PATH before the study is read
     study_file = None
     if isinstance(raw.get("study"), str):
-        study_file = raw["study"]
-        study_path = Path(study_file)
+        study_path = Path(raw["study"])
+        study_file = _shown(study_path)
         if not study_path.is_file():
-            raise FssBenchError(
-                f"{path}: study: study file {study_file} not found (paths resolve against the working directory)"
+            said = (
+                f"command-line override {repoint[-1]!r}: study file {study_file} not found (a path on "
+                "the command line resolves against the working directory)"
+                if repoint
+                else f"{path}: study: study file {study_file} not found (a file's paths resolve "
+                "relative to its folder)"
             )
-        raw = {**raw, "study": _read_yaml(study_path, "study file") or {}}
-    raw = apply_overrides(raw, overrides or [])
+            raise FssBenchError(said)
+        study_raw = _read_yaml(study_path, "study file") or {}
+        if isinstance(study_raw, dict):
+            study_raw = resolve_paths(study_raw, study_path_fields, study_path.parent)
+        raw = {**raw, "study": study_raw}
+    rest = [o for o in overrides if o not in repoint]
+    raw = apply_overrides(raw, rest, search_path_fields)
     try:
-        return parse_search(raw, source=str(path), base_dir=Path.cwd(), study_file=study_file)
+        return parse_search(raw, source=str(path), base_dir=path.parent, study_file=study_file)
     except FssBenchError as e:
-        error = _blame_override(e, str(path), overrides or [])
+        error = _blame_override(e, str(path), rest)
         if study_file is not None and error is e:  # a field of the base study set by study.X=...
             error = _blame_override(
-                e, study_file, [o[len("study.") :] for o in overrides or [] if o.startswith("study.")]
+                e, study_file, [o[len("study.") :] for o in rest if o.startswith("study.")]
             )
         raise error from None
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a message shows it: relative to the working directory when it lies below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -3,7 +3,7 @@
 A study file is YAML (see ``ablations/``)::
 
     name: component-ablation              # the MLflow experiment
-    data: {pascal: data/pascal}           # dataset -> prepared data root
+    data: {pascal: ../data/pascal}        # dataset -> prepared data root (relative to this file)
     protocol: fssam                       # episode protocol (fssam | hsnet | fssam-exact)
     loader_workers: 32                    # fssam-exact only: the authors' DataLoader workers
     lists: own                            # fssam-exact only: own (the root's) | authors (PASCAL)
@@ -31,7 +31,9 @@ variant takes those its method accepts (a key no method of the study accepts is 
 ``device`` (auto | cpu | cuda[:i]). FSSAM's ``fssam_checkpoint``, the authors' trained checkpoint,
 is a template that may use ``{dataset}``, ``{fold}``, ``{shot}`` and ``{arch}`` (FSSAM for 1 shot,
 FSSAM5s otherwise), e.g. ``exp/{dataset}/{arch}/split{fold}/small/snapshot/best_{shot}shot.pth``. ``key=value`` overrides from the command line use dotted paths
-(``episodes=20``, ``model.random_init=true``, ``variants.fssam.imr_iters=2``).
+(``episodes=20``, ``model.random_init=true``, ``variants.fssam.imr_iters=2``). Paths in the file
+(data roots, checkpoints) resolve relative to its folder, paths on the command line against the
+working directory (:mod:`benchmark.file_paths`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from benchmark.episodes import (
     default_evaluation,
 )
 from benchmark.errors import FssBenchError
+from benchmark.file_paths import PathFields, override_value, resolve_paths, study_path_fields
 from benchmark.lockfile import check_against_lock
 from benchmark.methods import MethodEntry, fill_templates, get_method, method_names
 
@@ -224,8 +227,12 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides (values parsed as YAML) to a copy of the study dict."""
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], path_fields: PathFields | None = None
+) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (values parsed as YAML) to a copy of a file's dict; with
+    ``path_fields``, the paths an override gives resolve against the working directory
+    (:mod:`benchmark.file_paths`)."""
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
@@ -237,6 +244,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise FssBenchError(f"override {item!r}: value is not valid YAML ({e})") from None
+        if path_fields is not None:
+            parsed = override_value(key.strip(), parsed, path_fields)
         _set_dotted(out, key.strip(), parsed)
     return out
 
@@ -610,7 +619,8 @@ def with_device(study: Study, device: str, where: str = "--device") -> Study:
 
 
 def load_study(path: Path, overrides: list[str] | None = None) -> Study:
-    """Read, override and validate a study file (relative paths resolve against the working directory)."""
+    """Read, override and validate a study file. Its paths resolve relative to its folder, those of
+    overrides against the working directory (:mod:`benchmark.file_paths`)."""
     path = Path(path)
     if not path.is_file():
         raise FssBenchError(f"{path}: study file not found")
@@ -624,9 +634,12 @@ def load_study(path: Path, overrides: list[str] | None = None) -> Study:
         raise FssBenchError(
             f"{where}: not valid YAML: {what}; fix the file at that line and column"
         ) from None
-    raw = apply_overrides(raw or {}, overrides or [])
+    raw = raw or {}
+    if isinstance(raw, dict):
+        raw = resolve_paths(raw, study_path_fields, path.parent)
+    raw = apply_overrides(raw, overrides or [], study_path_fields)
     try:
-        study = parse_study(raw, source=str(path), base_dir=Path.cwd())
+        study = parse_study(raw, source=str(path), base_dir=path.parent)
     except FssBenchError as e:
         raise _blame_override(e, str(path), overrides or []) from None
     study.file_text, study.overrides = text, tuple(overrides or ())

@@ -4,7 +4,7 @@ A training file is YAML (see ``ablations/train/``)::
 
     name: fssam-pascal-train            # the MLflow experiment
     method: fssam                       # or naive_sam2 (the same command trains both)
-    data: {pascal: data/pascal}         # one dataset -> its prepared root
+    data: {pascal: ../../data/pascal}   # one dataset -> its prepared root (relative to this file)
     fold: 0
     shot: 1
     model: {sam2_checkpoint: ..., dinov2_checkpoint: ..., image_size: 512}   # the method's settings
@@ -51,6 +51,7 @@ import yaml
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.episodes import HOLDOUT_FRACTION, VAL_SOURCES
 from benchmark.errors import FssBenchError
+from benchmark.file_paths import resolve_paths, train_path_fields
 from benchmark.io_utils import canonical_json
 from benchmark.methods import get_method
 from benchmark.study import (
@@ -334,7 +335,8 @@ def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | N
 
 
 def load_train(path: Path, overrides: list[str] | None = None) -> TrainSpec:
-    """Read, override and validate a training file (paths resolve against the working directory)."""
+    """Read, override and validate a training file. Its paths resolve relative to its folder, those
+    of overrides against the working directory (:mod:`benchmark.file_paths`)."""
     path = Path(path)
     if not path.is_file():
         raise FssBenchError(f"{path}: training file not found")
@@ -342,9 +344,11 @@ def load_train(path: Path, overrides: list[str] | None = None) -> TrainSpec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise FssBenchError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    raw = apply_overrides(raw, overrides or [])
+    if isinstance(raw, dict):
+        raw = resolve_paths(raw, train_path_fields, path.parent)
+    raw = apply_overrides(raw, overrides or [], train_path_fields)
     try:
-        return parse_train(raw, source=str(path), base_dir=Path.cwd())
+        return parse_train(raw, source=str(path), base_dir=path.parent)
     except FssBenchError as e:
         raise _blame_override(e, str(path), overrides or []) from None
 

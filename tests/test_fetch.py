@@ -34,6 +34,7 @@ from benchmark.fetch.data import extract_archive, fetch_data
 from benchmark.fetch.download import MIRROR_ENV, fetch_file
 from benchmark.fetch.sources import DATA, WEIGHTS, Source
 from benchmark.fetch.weights import fetch_weights, list_weights, register_checkpoint, register_path
+from benchmark.file_paths import absolute_path
 from benchmark.lockfile import LOCK_NAME
 from fssam.checkpoint import to_authors_state_dict
 from fssam.config import FSSAMConfig
@@ -355,9 +356,11 @@ def test_register_verifies_and_files_an_authors_checkpoint(authors_checkpoint, t
     assert register_path("fssam/coco/split3/5shot", Path("exp"), "sam2_hiera_s") == Path(
         "exp/coco/FSSAM5s/split3/small/snapshot/best_5shot.pth"
     )
+    # (the template relative to the study file; fetch register run in the repository root)
     template = yaml.safe_load((ROOT / "ablations/main-table.yaml").read_text())["model"]["fssam_checkpoint"]
+    template = absolute_path(template, ROOT / "ablations")
     for dataset, fold, shot, arch in (("pascal", 0, 1, "FSSAM"), ("coco", 3, 5, "FSSAM5s")):
-        assert register_path(f"fssam/{dataset}/split{fold}/{shot}shot", Path("exp"), "sam2_hiera_s") == Path(
+        assert register_path(f"fssam/{dataset}/split{fold}/{shot}shot", ROOT / "exp", "sam2_hiera_s") == Path(
             template.format(dataset=dataset, fold=fold, shot=shot, arch=arch)
         )
     with pytest.raises(FssBenchError, match="expected fssam/"):

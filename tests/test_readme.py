@@ -41,13 +41,14 @@ def test_adding_a_method_example_runs(pascal_root, tmp_path, monkeypatch):
     assert result.summary["n_episodes"] == 3 and 0 <= result.summary["miou"] <= 1
 
 
-def test_real_data_and_weights_is_three_commands_that_parse():
+def test_real_data_and_weights_is_three_commands_that_parse(monkeypatch):
     import shlex
 
     import yaml
 
     from benchmark.cli import build_parser
     from benchmark.fetch.sources import WEIGHTS
+    from benchmark.file_paths import resolve_paths, study_path_fields
     from benchmark.study import apply_overrides
 
     block = re.search(r"## Real data and weights\n\n```bash\n(.*?)```", README, re.S)
@@ -56,12 +57,18 @@ def test_real_data_and_weights_is_three_commands_that_parse():
     assert [shlex.split(ln)[:2] for ln in lines] == [["fssbench", "fetch"]] * 2 + [["fssbench", "run"]]
     weights, data, run = (build_parser().parse_args(shlex.split(ln)[1:]) for ln in lines)
     assert set(weights.names) <= set(WEIGHTS) and (data.dataset, data.prepare) == ("pascal", "data/pascal")
-    study = yaml.safe_load((Path(__file__).resolve().parents[1] / run.study).read_text())
-    study = apply_overrides(study, run.overrides)
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the commands run in the repository root
+    study_file = root / run.study
+    study = resolve_paths(yaml.safe_load(study_file.read_text()), study_path_fields, study_file.parent)
+    study = apply_overrides(study, run.overrides, study_path_fields)
     assert set(study["data"]) == {"pascal"} and set(study["variants"]) == {"fssam", "naive-sam2"}
-    # the fetched files are where the study looks for them
-    assert study["model"]["sam2_checkpoint"] == f"{weights.out}/{WEIGHTS['sam2-s'].source.filename}"
-    assert study["model"]["dinov2_checkpoint"] == f"{weights.out}/{WEIGHTS['dinov2-vitb14'].source.filename}"
+    assert study["data"]["pascal"] == str(root / data.prepare)
+    # the fetched files are where the study (its paths relative to its own folder) looks for them
+    assert study["model"]["sam2_checkpoint"] == str(root / weights.out / WEIGHTS["sam2-s"].source.filename)
+    assert study["model"]["dinov2_checkpoint"] == str(
+        root / weights.out / WEIGHTS["dinov2-vitb14"].source.filename
+    )
     register = re.search(r"(fssbench fetch register ~\S+ --as \S+)", README)
     args = build_parser().parse_args(shlex.split(register.group(1))[1:])
     assert args.as_ == "fssam/pascal/split0/1shot"

@@ -349,30 +349,31 @@ def test_the_shipped_search_files_are_valid(pascal_root, coco_root):
     assert {p.stem for p in files} >= {"fssam-inference-pascal", "imr-scma-grid", "demo"}
     for path in files:
         raw = yaml.safe_load(path.read_text())
-        study = yaml.safe_load((root / raw["study"]).read_text())
+        study = yaml.safe_load((path.parent / raw["study"]).read_text())  # relative to the search file
         over = [f"study.data.pascal={pascal_root}", "study.model.random_init=true"]
         if study.get("model", {}).get("fssam_checkpoint"):  # random init refuses a trained checkpoint
             over.append("study.model.fssam_checkpoint=null")
         if "coco" in study["data"]:
             over.append(f"study.data.coco={coco_root}")
-        import os
-
-        cwd = os.getcwd()
-        os.chdir(root)
-        try:
-            spec = load_search(path, over)
-        finally:
-            os.chdir(cwd)
+        spec = load_search(path, over)  # from any working directory (here the test's own)
         assert spec.kind == "val" and spec.space
 
 
 def test_the_shipped_demo_search_is_the_one_the_demo_runs():
     from benchmark.demo import demo_search, demo_study
+    from benchmark.file_paths import resolve_paths, study_path_fields
 
     root = Path(__file__).resolve().parents[1]
-    shipped = yaml.safe_load((root / "ablations" / "searches" / "demo.yaml").read_text())
-    study = demo_study(Path("fssbench-demo/data/pascal"), 24)
-    assert yaml.safe_load((root / shipped["study"]).read_text()) == study
+    searches = root / "ablations" / "searches"
+    shipped = yaml.safe_load((searches / "demo.yaml").read_text())
+    assert (searches / shipped["study"]).resolve() == root / "ablations" / "demo.yaml"
+    # its study finds the data of a demo run in the repository root
+    study = demo_study(root / "fssbench-demo" / "data" / "pascal", 24)
+    study_file = searches / shipped["study"]
+    shipped_study = resolve_paths(
+        yaml.safe_load(study_file.read_text()), study_path_fields, study_file.parent
+    )
+    assert shipped_study == study
     assert {**shipped, "study": study} == demo_search(study, 24)
 
 

@@ -78,10 +78,13 @@ def test_the_shipped_demo_study_is_the_one_the_demo_runs(tmp_path):
     import yaml
 
     from benchmark.demo import demo_study
+    from benchmark.file_paths import resolve_paths, study_path_fields
 
-    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "ablations" / "demo.yaml").read_text())
-    embedded = demo_study(Path("fssbench-demo/data/pascal"), 24)
-    assert shipped == embedded
+    root = Path(__file__).resolve().parents[1]
+    shipped = yaml.safe_load((root / "ablations" / "demo.yaml").read_text())
+    # its data path, relative to the file, finds the data of a demo run in the repository root
+    shipped = resolve_paths(shipped, study_path_fields, root / "ablations")
+    assert shipped == demo_study(root / "fssbench-demo" / "data" / "pascal", 24)
 
 
 def test_random_init_refuses_a_trained_checkpoint_it_would_replace(pascal_root, tmp_path):
