@@ -42,7 +42,7 @@ from benchmark.episode_loader import ImageStore
 from benchmark.episodes import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
-from benchmark.io_utils import write_text_atomic
+from benchmark.io_utils import say, write_text_atomic
 from benchmark.methods import build_method, get_method
 from benchmark.runner import sigterm_as_interrupt
 from benchmark.tracking import Tracker, flat_params, git_commit, package_versions, standard_tags
@@ -175,6 +175,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def loader_workers(requested: int) -> int:
+    """``train.workers`` capped at the CPUs this process may use: more loader processes than CPUs
+    only contend (torch warns about it), and the batches are the same for any number of workers."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(requested, cpus)
+
+
 class Trainer:
     def __init__(
         self,
@@ -185,7 +195,7 @@ class Trainer:
         select_on_test: bool = False,
         device: str | None = None,
         progress: bool = True,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = say,
     ):
         check_select_on_test(spec, select_on_test)
         self.spec, self.out, self.tracking_uri = spec, Path(out_dir).absolute(), tracking_uri
@@ -292,12 +302,18 @@ class Trainer:
         val_path = self._val_manifest()
         model.train_mode()
         trainable, frozen = parameter_counts(model)
+        workers = loader_workers(spec.train["workers"])
         if self.rank == 0:
             self.log(
                 f"{spec.method}: {trainable:,} trainable parameters ({', '.join(model.trainable_modules())}), "
                 f"{frozen:,} frozen; {len(ts)} training images, {per_epoch} iterations per epoch "
                 f"(batch {batch} x {world} process(es)), {stop_at} iterations to run, "
-                f"{spec.train['workers']} loader worker(s)"
+                f"{workers} loader worker(s)"
+                + (
+                    f" (train.workers {spec.train['workers']}, capped at the {workers} CPU(s) this process may use)"
+                    if workers < spec.train["workers"]
+                    else ""
+                )
             )
         groups = [{"params": list(m.parameters()), "name": n} for n, m in model.trainable_modules().items()]
         optimizer = torch.optim.AdamW(groups, lr=spec.train["lr"], weight_decay=spec.train["weight_decay"])
@@ -345,9 +361,7 @@ class Trainer:
         batches = TrainBatches(
             store, ts, spec.train["seed"], spec.shot, spec.augment, per_epoch, batch, world, self.rank
         )
-        loader = train_loader(
-            batches, start, stop_at, spec.train["workers"], pin_memory=self.device.type == "cuda"
-        )
+        loader = train_loader(batches, start, stop_at, workers, pin_memory=self.device.type == "cuda")
         every, patience = spec.val["every"], spec.val["patience"]
         by_epoch = every in ("authors", "epoch")  # patience in epochs (the release's), else validations
         try:

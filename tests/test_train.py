@@ -639,3 +639,29 @@ def test_k_shot_training_trains_the_k_shot_path_its_checkpoint_is_scored_with(
     record["kshot_mode"] = "intended"  # a checkpoint trained the default way
     (tmp_path / "out" / "best.pth.json").write_text(json.dumps(record))
     assert cell_mode({}) == "intended"
+
+
+def test_loader_workers_are_capped_at_the_cpus_the_process_may_use(monkeypatch):
+    import os
+
+    from benchmark.trainer import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [loader_workers(n) for n in (0, 1, 2, 4)] == [0, 1, 2, 2]
+
+
+def test_training_messages_start_their_own_lines_in_a_redirected_log(pascal_root, tmp_path):
+    """``fssbench train ... > log 2>&1``: the validation lines are not glued onto the progress bar's."""
+    import subprocess
+    import sys
+
+    raw = train_dict(pascal_root, train={"max_iters": 2, "workers": 0}, val={"every": 1, "episodes": 2})
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "benchmark.cli", "train", str(path), "--out", str(tmp_path / "out")]
+    cmd += ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    with open(tmp_path / "log", "w") as f:
+        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=tmp_path)
+    lines = (tmp_path / "log").read_text().replace("\r", "\n").split("\n")
+    validations = [ln for ln in lines if "validation mIoU" in ln and "best validation" not in ln]
+    assert len(validations) == 2 and all(ln.startswith("iteration ") for ln in validations), validations
