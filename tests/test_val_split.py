@@ -326,11 +326,11 @@ def test_cli_val_source(pascal_root, tmp_path, capsys):
 
 
 def test_every_command_shows_a_left_out_class_as_one_note_line(capsys, monkeypatch):
-    from benchmark import cli
+    from benchmark.cli import guards
 
     others = []  # what Python's own display gets: every other warning
     monkeypatch.setattr(warnings, "showwarning", lambda *args, **kwargs: others.append(args[1]))
-    cli._notes_as_one_line()
+    guards.notes_as_one_line()
     # what Python calls to show a warning that no filter silenced
     warnings.showwarning(ValPoolWarning("class 7 (cat): 1 image; left out"), ValPoolWarning, "x.py", 3)
     warnings.showwarning(UserWarning("something else"), UserWarning, "x.py", 4)
