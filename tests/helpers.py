@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,14 @@ def run_command(study: Path, work: Path, uri: str) -> list[str]:
         "--tracking-uri",
         uri,
     ]
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child the test stops with SIGINT (Ctrl-C): the default disposition, so
+    Python turns it into KeyboardInterrupt. A test run started in the background by a
+    non-interactive shell (``pytest ... &``, CI runners) inherits SIGINT *ignored*, which Python
+    keeps, and the child would run to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_journal(work: Path, episodes: int, timeout: float = 240) -> Path:

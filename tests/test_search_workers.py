@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
-from tests.helpers import ROOT, TINY, floor_search, wait_for_journal
+from tests.helpers import ROOT, TINY, floor_search, interruptible, wait_for_journal
 from tests.servers import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -139,7 +139,9 @@ def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(pascal_root,
 
 def test_ctrl_c_fails_the_trial_and_a_rerun_retries_it_resuming_its_episodes(pascal_root, tmp_path):
     path = write_search(tmp_path, pascal_root, episodes=30, trials=2)
-    proc = subprocess.Popen(command(path, tmp_path), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command(path, tmp_path), cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    )
     try:
         journal = wait_for_journal(tmp_path / "work", 3)
     finally:
@@ -219,6 +221,7 @@ def start_together(path: Path, tmp: Path, tag: str, workers: int = 2, delay: flo
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                preexec_fn=interruptible,  # some tests stop them with Ctrl-C
             )
         )
     deadline = time.time() + 300
@@ -261,10 +264,8 @@ def test_workers_restarted_together_retry_each_interrupted_trial_once(pascal_roo
             hung.append(err[-6000:])
             continue
         assert p.returncode == 130, err[-3000:]
-    if hung:
-        # seen once in CI (1 in about 6 runs of this test): a worker interrupted mid-trial did not
-        # exit; recorded with its stacks for the follow-up, not hidden as a pass
-        pytest.xfail("a worker did not exit within 120 s of Ctrl-C; its stacks:\n" + hung[0])
+    if hung:  # (once seen when the test run had SIGINT ignored: see tests.helpers.interruptible)
+        pytest.fail("a worker did not exit within 120 s of Ctrl-C; its stacks:\n" + hung[0])
     study, _, _ = records(tmp_path)
     interrupted = [t.number for t in study.trials if t.user_attrs.get("interrupted")]
     assert len(interrupted) == 2 and all(t.state == TrialState.FAIL for t in study.trials)
