@@ -33,7 +33,7 @@ from fssam.scma import memory_attention
 from fssam.stages import SharedStages
 
 
-class NaiveSAM2(TrainableSAM2, nn.Module):
+class NaiveSAM2(TrainableSAM2):
     """Supports as SAM 2 conditioning memories; the query attends to them; decode.
 
     Uses the SAM 2 fields of :class:`FSSAMConfig` (version, size, image size, checkpoint,

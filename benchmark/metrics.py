@@ -1,7 +1,8 @@
 """Few-shot segmentation metrics: the ground truth of the suite.
 
-Everything here is a pure function (arrays/tensors in, numbers/tables out), except the small
-:class:`FSSEvaluator` accumulator, which only collects rows of the per-episode table.
+Everything here is a pure function (arrays/tensors in, numbers/tables out). The accumulator of a
+cell's per-episode rows is its journal (``benchmark.journal``: durable, resumable), which
+``benchmark.cell.evaluate_cell`` turns into the table that :func:`summarize` scores.
 
 Pipeline for one episode (1-way, K-shot), following FSSAM/BAM/PFENet ``test.py``::
 
@@ -48,7 +49,6 @@ from benchmark.errors import FssBenchError
 __all__ = [
     "EPISODE_COLUMNS",
     "METRICS",
-    "FSSEvaluator",
     "MetricsError",
     "bootstrap_ci",
     "check_table",
@@ -236,73 +236,6 @@ def check_table(table: pd.DataFrame) -> pd.DataFrame:
     if (out["I_bg"] > out["U_bg"]).any() or (out["I_fg"] > out["U_fg"]).any():
         raise MetricsError("per-episode table has an intersection larger than its union")
     return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# Evaluator
-# ---------------------------------------------------------------------------------------------------
-
-
-class FSSEvaluator:
-    """Detectron2-style accumulator of per-episode counts for one fold.
-
-    Usage::
-
-        ev = FSSEvaluator(classes=[1, 2, 3, 4, 5])
-        for ep in episodes:
-            ev.process(ep.id, ep.cls, pred, target)   # pred (H, W) bool, target (H, W) {0,1,255}
-        ev.table()      # per-episode DataFrame (EPISODE_COLUMNS, int64)
-        ev.evaluate()   # summarize(table, classes)
-    """
-
-    def __init__(self, classes: Sequence[int]) -> None:
-        self.classes: tuple[int, ...] = _check_classes(classes)
-        self._class_set = frozenset(self.classes)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget all processed episodes."""
-        self._rows: list[tuple[int, int, int, int, int, int]] = []
-        self._seen: set[int] = set()
-
-    def process(
-        self,
-        episode: int,
-        cls: int,
-        pred: np.ndarray | torch.Tensor,
-        target: np.ndarray | torch.Tensor,
-    ) -> tuple[int, int, int, int]:
-        """Score one episode and store its row.
-
-        Args:
-            episode: unique episode id (from the episode manifest).
-            cls: the episode's target class; must be one of the evaluator's classes.
-            pred: ``(H, W)`` bool / {0,1} prediction at label resolution.
-            target: ``(H, W)`` target in {0, 1, 255} (see :func:`episode_target`).
-
-        Returns:
-            The episode's ``(I_bg, U_bg, I_fg, U_fg)``.
-        """
-        episode = _as_int(episode, "episode")
-        cls = _as_int(cls, "cls")
-        if cls not in self._class_set:
-            raise MetricsError(
-                f"FSSEvaluator: class {cls} is not one of the fold's classes {list(self.classes)}"
-            )
-        if episode in self._seen:
-            raise MetricsError(f"FSSEvaluator: episode {episode} was already processed")
-        counts = intersection_union(pred, target)
-        self._seen.add(episode)
-        self._rows.append((episode, cls, *counts))
-        return counts
-
-    def table(self) -> pd.DataFrame:
-        """Per-episode table of everything processed so far, in processing order."""
-        return episode_table(self._rows)
-
-    def evaluate(self) -> dict[str, Any]:
-        """``summarize(self.table(), self.classes)``."""
-        return summarize(self.table(), self.classes)
 
 
 # ---------------------------------------------------------------------------------------------------

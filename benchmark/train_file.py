@@ -3,7 +3,7 @@
 A training file is YAML (see ``ablations/train/``)::
 
     name: fssam-pascal-train            # the MLflow experiment
-    method: fssam                       # or naive_sam2 (the same command trains both)
+    method: fssam                       # or naive_sam2: any method with the Trainable capability
     data: {pascal: ../../data/pascal}   # one dataset -> its prepared root (relative to this file)
     fold: 0
     shot: 1
@@ -53,7 +53,7 @@ from benchmark.episodes import HOLDOUT_FRACTION, VAL_SOURCES
 from benchmark.errors import FssBenchError
 from benchmark.file_paths import resolve_paths, train_path_fields
 from benchmark.io_utils import canonical_json
-from benchmark.methods import get_method
+from benchmark.methods import get_method, get_trainable, trainable_method_names
 from benchmark.study import (
     _blame_override,
     apply_overrides,
@@ -64,7 +64,7 @@ from benchmark.study import (
 from fssam.augment import AugmentConfig
 
 TOP_LEVEL = ("name", "description", "method", "data", "fold", "shot", "split", "model", "train", "val")
-TRAINABLE_METHODS = ("fssam", "naive_sam2")
+DEFAULT_METHOD = "fssam"  # a training file without ``method:``
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 300,
     "batch_size": 2,
@@ -188,11 +188,11 @@ def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | N
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise FssBenchError(f"{source}: name: expected a non-empty string (the MLflow experiment)")
-    method = raw.get("method", "fssam")
-    if method not in TRAINABLE_METHODS:
-        raise FssBenchError(
-            f"{source}: method: {method!r} cannot be trained; trainable: {list(TRAINABLE_METHODS)}"
-        )
+    method = raw.get("method", DEFAULT_METHOD)
+    try:
+        get_trainable(method)
+    except FssBenchError as e:
+        raise FssBenchError(f"{source}: method: {e}") from None
     data = raw.get("data")
     if not isinstance(data, dict) or len(data) != 1:
         raise FssBenchError(
@@ -214,15 +214,17 @@ def parse_train(raw: dict[str, Any], source: str = "<train>", base_dir: Path | N
     if not isinstance(model, dict):
         raise FssBenchError(f"{source}: model: expected a mapping of {method} settings")
     entry = get_method(method)
-    for key in ("fssam_checkpoint", "finetuned_checkpoint", "device"):
+    trainable = [get_method(m) for m in trainable_method_names()]
+    refused = dict.fromkeys(key for e in trainable for key in e.trainable.refused)  # ordered, unique
+    for key in (*refused, "device"):
         if model.get(key):
             raise FssBenchError(
                 f"{source}: model.{key}: training starts from the pretrained SAM 2 (and DINOv2) weights; "
                 + ("the device is a command-line option (--device)" if key == "device" else "remove it")
             )
     # like a study's model defaults: the method takes the settings it has (a training file serves
-    # FSSAM and naive SAM 2 alike); a key that no trainable method has is a typo
-    known = set().union(*(get_method(m).all_defaults for m in TRAINABLE_METHODS))
+    # every trainable method alike); a key that no trainable method has is a typo
+    known = set().union(*(e.all_defaults for e in trainable))
     for key in model:
         if key not in known:
             raise FssBenchError(

@@ -4,8 +4,9 @@ to many GPUs (``torchrun``), resumable bit for bit, tracked in MLflow.
 One iteration: the global batch ``g`` of the epoch (see :mod:`benchmark.train_data`), split over
 the processes and built by ``train.workers`` background processes; forward through the
 (DistributedDataParallel-wrapped) model, Dice loss, backward (DDP all-reduces and averages the
-gradients), poly learning rate (the authors' ``current_iter = i + 1``), AdamW step. Only SAM 2's mask
-decoder, memory encoder and memory attention train; everything else is frozen (checked at start).
+gradients), poly learning rate (the authors' ``current_iter = i + 1``), AdamW step. Only the method's
+trainable modules train (for FSSAM and naive SAM 2: SAM 2's mask decoder, memory encoder and memory
+attention); everything else is frozen (checked at start).
 
 Process 0 validates (the cell function on a validation manifest: the fold's base classes on the
 val split) at the cadence of ``val.every`` (:func:`validation_due`; by default the authors': every
@@ -17,6 +18,9 @@ in a collective, up to ``train.dist_timeout_s``.
 
 Every tensor of a collective lives on the model's device (:class:`Collectives`): under ``torchrun``
 on GPUs the process group is NCCL, which serves CUDA tensors only.
+
+The trainer names no method: what trains, how the weights are saved and exported comes from the
+method's :class:`~benchmark.methods.registry.Trainable` capability (``MethodEntry.trainable``).
 """
 
 from __future__ import annotations
@@ -43,12 +47,12 @@ from benchmark.episodes import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.feature_cache import FeatureCache
 from benchmark.io_utils import say, write_text_atomic
-from benchmark.methods import build_method, get_method
+from benchmark.methods import TrainableMethod, build_method, get_method, get_trainable
 from benchmark.runner import sigterm_as_interrupt
 from benchmark.tracking import Tracker, flat_params, git_commit, package_versions, standard_tags
 from benchmark.train_data import TrainBatches, train_loader, train_set
 from benchmark.train_file import TrainSpec, check_select_on_test
-from fssam.finetune import read_finetuned, save_atomic, save_finetuned, trainable_state
+from fssam.finetune import module_states, save_atomic
 from fssam.train import dice_loss, poly_lr
 
 STATE_FORMAT = "fssbench-train-state/2"  # /1: poly LR from current_iter = i, patience in validations
@@ -144,7 +148,7 @@ def validation_due(done: int, per_epoch: int, epochs: int, every: str | int) -> 
     return every == "authors" and (epochs <= 100 or epoch > 100) and step == round(per_epoch / 2)
 
 
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+def parameter_counts(model: TrainableMethod) -> tuple[int, int]:
     """(trainable, frozen) parameter counts, checking that exactly the trainable modules train."""
     trainable_ids = {id(p) for m in model.trainable_modules().values() for p in m.parameters()}
     trainable = frozen = 0
@@ -296,7 +300,7 @@ class Trainer:
         # the weights load strictly before anything is written: a checkpoint of another architecture
         # or size is an error naming the field, and leaves no output folder behind
         try:
-            model = build_method(spec.method, dict(spec.settings), self.device)
+            model: TrainableMethod = build_method(spec.method, dict(spec.settings), self.device)
         except USER_ERRORS as e:
             raise FssBenchError(f"{spec.source}: model: {e}") from None
         val_path = self._val_manifest()
@@ -468,11 +472,11 @@ class Trainer:
         if improved:
             best = {"value": miou, "iteration": done}
             if self.rank == 0:
-                save_finetuned(
-                    model.sam2,
+                get_trainable(spec.method).save(
+                    model,
                     self.out / "best.pth",
                     spec.method,
-                    _config(spec),
+                    dict(spec.settings),
                     {
                         "iteration": done,
                         "val_miou": miou,
@@ -506,7 +510,7 @@ class Trainer:
                 "spec_sha256": self.spec.sha256,
                 "world_size": self.world,
                 "global_iter": done,
-                "modules": trainable_state(model.sam2),
+                "modules": module_states(model.trainable_modules()),
                 "optimizer": optimizer.state_dict(),
                 "rng": states,
                 "best": best,
@@ -516,8 +520,8 @@ class Trainer:
             },
             self.state_path,
         )
-        save_finetuned(
-            model.sam2, self.out / "last.pth", self.spec.method, _config(self.spec), {"iteration": done}
+        get_trainable(self.spec.method).save(
+            model, self.out / "last.pth", self.spec.method, dict(self.spec.settings), {"iteration": done}
         )
 
     # ------------------------------------------------------------------------------------ MLflow
@@ -602,7 +606,7 @@ class Trainer:
             from fssam.hashing import file_sha256
 
             sha = file_sha256(best)
-            meta = read_finetuned(best)["meta"]
+            meta = get_trainable(self.spec.method).read_meta(best)
             write_text_atomic(
                 self.out / "best.pth.json",
                 json.dumps(
@@ -614,12 +618,6 @@ class Trainer:
             tracker.client.set_tag(self.run_id, "fss.checkpoint_sha256", sha)
             tracker.client.log_artifact(self.run_id, str(best), "checkpoint")
             tracker.client.log_artifact(self.run_id, str(self.out / "best.pth.json"), "checkpoint")
-
-
-def _config(spec: TrainSpec):
-    from benchmark.methods.fssam import fssam_config
-
-    return fssam_config(spec.settings)
 
 
 def print_outcome(outcome: TrainOutcome, spec: TrainSpec, out: Any = sys.stdout) -> None:
@@ -652,34 +650,15 @@ def print_outcome(outcome: TrainOutcome, spec: TrainSpec, out: Any = sys.stdout)
 
 
 def export_checkpoint(spec: TrainSpec, finetuned: Path, out: Path) -> Path:
-    """A fine-tuned checkpoint with its base weights, in the authors' layout (FSSAM:
-    ``{'epoch', 'state_dict'}`` with ``sam2.*`` / ``dino.*``) or Meta's SAM 2 layout (naive SAM 2)."""
-    from benchmark.methods.fssam import fssam_config
-    from fssam.checkpoint import save_authors_checkpoint, save_meta_sam2_checkpoint
-    from fssam.dinov2 import META_PRETRAIN_GRID, export_meta_state_dict
-    from fssam.finetune import apply_finetuned
-    from fssam.sam2_adapter import read_checkpoint
-
-    cfg = fssam_config(spec.settings)
+    """A fine-tuned checkpoint with its base weights, in the layout of the method's
+    :class:`~benchmark.methods.registry.Trainable` capability (``.layout`` names it: the authors'
+    ``{'epoch', 'state_dict'}`` for FSSAM, Meta's SAM 2 layout for naive SAM 2)."""
+    trainable = get_trainable(spec.method)
     model = build_method(spec.method, dict(spec.settings), torch.device("cpu"))
-    apply_finetuned(model.sam2, Path(finetuned), cfg)
-    meta = read_finetuned(Path(finetuned))["meta"]
-    if spec.method == "naive_sam2":
-        save_meta_sam2_checkpoint(model.sam2, out)
-        return out
-    dino_meta = None
-    if model.dino is not None:
-        if spec.settings.get("dinov2_checkpoint"):
-            raw = read_checkpoint(Path(spec.settings["dinov2_checkpoint"]))
-            dino_meta = raw.get("model", raw) if isinstance(raw, dict) else None
-        elif spec.settings["dinov2_input_size"] != 14 * META_PRETRAIN_GRID:
-            raise FssBenchError(
-                f"{spec.source}: model.dinov2_input_size: exporting random-init DINOv2 weights in Meta's layout "
-                f"needs its {META_PRETRAIN_GRID}x{META_PRETRAIN_GRID} grid (dinov2_input_size: 518)"
-            )
-        else:
-            dino_meta = export_meta_state_dict(model.dino)
-    save_authors_checkpoint(model, out, epoch=int(meta.get("iteration", 0)), dino_meta=dino_meta)
+    try:
+        trainable.export(model, Path(finetuned), Path(out), dict(spec.settings))
+    except FssBenchError as e:  # "model.<setting>: ...": name the file too
+        raise FssBenchError(f"{spec.source}: {e}") from None
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,15 @@ FORMAT = "fssam-finetuned/1"
 ARCH_FIELDS = ("sam2_version", "sam2_size", "image_size")
 
 
-class TrainableSAM2:
-    """Mixin for the models built on SAM 2 (FSSAM, naive SAM 2): what fine-tuning trains."""
+class TrainableSAM2(nn.Module):
+    """Base of the models built on SAM 2 (FSSAM, naive SAM 2): what fine-tuning trains.
+
+    A subclass sets ``sam2`` (the official ``SAM2Base``) and ``config`` (its :class:`FSSAMConfig`)
+    in ``__init__``; everything here reads only those two and ``nn.Module``'s own methods.
+    """
 
     sam2: nn.Module
+    config: FSSAMConfig
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """SAM 2's mask decoder, memory encoder and memory attention (the optimizer's groups)."""
@@ -50,8 +56,8 @@ class TrainableSAM2:
 
     def freeze(self) -> None:
         """Eval mode everywhere, no parameter trainable (inference default)."""
-        self.requires_grad_(False)  # type: ignore[attr-defined]
-        self.eval()  # type: ignore[attr-defined]
+        self.requires_grad_(False)
+        self.eval()
 
     def train_mode(self) -> list[nn.Parameter]:
         """Enable fine-tuning: exactly the trainable modules get gradients and train mode (dropout).
@@ -74,7 +80,7 @@ class TrainableSAM2:
     def sam2_stage_params(self) -> dict[str, Any]:
         """What a SAM 2 stage (a memory) depends on besides its inputs: architecture, weights
         (fine-tuned ones included), effective precision, bf16 rounding. Part of every shared-stage key."""
-        sam, cfg = self.sam2, self.config  # type: ignore[attr-defined]
+        sam, cfg = self.sam2, self.config
         return {
             "sam2": sam2_feature_identity(sam),
             "weights": weights_id(sam, cfg.seed),
@@ -92,7 +98,7 @@ class TrainableSAM2:
             stages,
             stage,
             self.sam2_stage_params() | params,
-            lambda: mask_to_memory(self.sam2, feats, mask, self.config.round_memory_to_bf16),  # type: ignore[attr-defined]
+            lambda: mask_to_memory(self.sam2, feats, mask, self.config.round_memory_to_bf16),
         )
 
 
@@ -114,12 +120,16 @@ def save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
-def trainable_state(sam: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """module name -> a detached copy of its state dict."""
+def module_states(modules: Mapping[str, nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
+    """module name -> a detached CPU copy of its state dict."""
     return {
-        name: {k: v.detach().clone().cpu() for k, v in m.state_dict().items()}
-        for name, m in sam2_trainable_modules(sam).items()
+        name: {k: v.detach().clone().cpu() for k, v in m.state_dict().items()} for name, m in modules.items()
     }
+
+
+def trainable_state(sam: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """SAM 2's trainable modules (:func:`sam2_trainable_modules`) -> a detached copy of each state dict."""
+    return module_states(sam2_trainable_modules(sam))
 
 
 def save_finetuned(

@@ -126,7 +126,7 @@ class DINOv2PriorEncoder:
             return {"dino": self.dino(images).float()}
 
 
-class FSSAM(TrainableSAM2, nn.Module):
+class FSSAM(TrainableSAM2):
     """FSSAM (ICML 2025) with every ablation switch of :class:`FSSAMConfig`.
 
     Sub-modules keep the authors' names (``sam2``: the official ``SAM2Base``; ``dino``: the DINOv2

@@ -1,7 +1,7 @@
 """Report figures for ``fssbench report``: pure functions, DataFrames/arrays in, ``Figure`` out.
 
 Every figure function builds a standalone :class:`matplotlib.figure.Figure` (not registered with
-pyplot, so nothing leaks if a caller never saves it), never calls ``plt.show()``, and labels the
+pyplot, so nothing leaks if a caller never saves it and nothing needs closing), and labels the
 figure with a red "RANDOM-INIT WEIGHTS" warning in its suptitle when ``random_init`` is true.
 :func:`save_figure` writes ``<stem>.png`` and ``<stem>.pdf``.
 
@@ -21,20 +21,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from benchmark.io_utils import respect_umask  # noqa: E402
-from benchmark.qualitative import outline, overlay  # noqa: E402
+from benchmark.io_utils import respect_umask
+from benchmark.qualitative import outline, overlay
 
 RANDOM_INIT_LABEL = "RANDOM-INIT WEIGHTS"
 """Text put on every figure drawn from random-init (smoke test) weights."""
@@ -73,30 +69,29 @@ class EpisodePanels:
 
 
 def save_figure(fig: Figure, stem: Path, dpi: int = 120) -> list[Path]:
-    """Write ``<stem>.png`` (at ``dpi``) and ``<stem>.pdf``, creating folders, then close ``fig``.
+    """Write ``<stem>.png`` (at ``dpi``) and ``<stem>.pdf``, creating folders.
 
-    ``stem`` is used as-is (a dot in its name is kept, not treated as a suffix). Each file is
+    ``fig`` is a standalone ``Figure`` (no pyplot window or backend: ``savefig`` renders PNG with
+    Agg and PDF with matplotlib's PDF writer), so there is nothing to close: it is freed with its
+    last reference. ``stem`` is used as-is (a dot in its name is kept, not treated as a suffix). Each file is
     written to a temporary name and moved into place, so readers never see a half-written file.
     Returns ``[png_path, pdf_path]``.
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    try:
-        for fmt in ("png", "pdf"):
-            path = stem.parent / f"{stem.name}.{fmt}"
-            fd, tmp = tempfile.mkstemp(prefix=f".{stem.name}.", suffix=f".{fmt}", dir=stem.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fig.savefig(fh, format=fmt, dpi=dpi)
-                respect_umask(tmp)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            paths.append(path)
-    finally:
-        plt.close(fig)
+    for fmt in ("png", "pdf"):
+        path = stem.parent / f"{stem.name}.{fmt}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem.name}.", suffix=f".{fmt}", dir=stem.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fig.savefig(fh, format=fmt, dpi=dpi)
+            respect_umask(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        paths.append(path)
     return paths
 
 

@@ -16,7 +16,6 @@ from benchmark.episode_loader import episode_target
 from benchmark.errors import FssBenchError
 from benchmark.metrics import (
     EPISODE_COLUMNS,
-    FSSEvaluator,
     bootstrap_ci,
     class_iou,
     episode_table,
@@ -324,30 +323,26 @@ def test_mean_over_folds() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Evaluator
+# Scoring pipeline: what a cell does per episode (predict.py) and per cell (cell.py)
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_evaluator_basic_flow_and_errors() -> None:
-    ev = FSSEvaluator(classes=[1, 2])
+def test_scoring_pipeline_flow_and_errors() -> None:
+    """intersection_union per episode -> episode_table rows -> summarize, as a cell scores them."""
     target = np.array([[1, 0], [X, 1]], dtype=np.uint8)
     pred = np.array([[1, 1], [1, 0]], dtype=bool)
     # valid 3; fg target {(0,0),(1,1)}, pred fg valid {(0,0),(0,1)}: I_fg 1, U_fg 3; I_bg 0, U_bg 2
-    assert ev.process(0, 1, pred, target) == (0, 2, 1, 3)
-    with pytest.raises(ValueError, match="already"):
-        ev.process(0, 2, pred, target)
-    with pytest.raises(ValueError, match="not one of"):
-        ev.process(1, 3, pred, target)
-    table = ev.table()
+    counts = intersection_union(pred, target)
+    assert counts == (0, 2, 1, 3)
+    table = episode_table([(0, 1, *counts)])
     assert list(table.columns) == list(EPISODE_COLUMNS)
     assert all(table[c].dtype == np.int64 for c in EPISODE_COLUMNS)
     assert table.to_numpy().tolist() == [[0, 1, 0, 2, 1, 3]]
-    assert ev.evaluate() == summarize(table, [1, 2])
-    assert ev.evaluate()["miou"] == pytest.approx((1 / 3) / 2)
-    ev.reset()
-    assert len(ev.table()) == 0
-    ev.process(0, 2, pred, target)  # id reusable after reset
-    assert ev.table()["class"].tolist() == [2]
+    assert summarize(table, [1, 2])["miou"] == pytest.approx((1 / 3) / 2)
+    with pytest.raises(ValueError, match="repeats episode ids"):
+        episode_table([(0, 1, *counts), (0, 2, *counts)])
+    with pytest.raises(ValueError, match="not among the given classes"):
+        summarize(episode_table([(1, 3, *counts)]), [1, 2])
 
 
 @st.composite
@@ -384,19 +379,19 @@ def _brute_force_counts(pixels: list[tuple[bool, int]]) -> tuple[int, int, int, 
 
 @settings(max_examples=60, deadline=None)
 @given(_episodes())
-def test_evaluator_matches_brute_force_pixel_concatenation(episodes) -> None:
+def test_scoring_pipeline_matches_brute_force_pixel_concatenation(episodes) -> None:
     classes = [3, 8, 13, 18]
-    ev = FSSEvaluator(classes)
+    rows = []
     per_class_pixels: dict[int, list[tuple[bool, int]]] = {c: [] for c in classes}
     all_pixels: list[tuple[bool, int]] = []
     for ep_id, (cls, pred, tgt) in enumerate(episodes):
-        ev.process(ep_id * 7 + 1, cls, pred, tgt)
+        rows.append((ep_id * 7 + 1, cls, *intersection_union(pred, tgt)))
         pix = list(zip(pred.ravel().tolist(), tgt.ravel().tolist(), strict=True))
-        assert ev.table().iloc[-1][list(EPISODE_COLUMNS[2:])].tolist() == list(_brute_force_counts(pix))
+        assert list(rows[-1][2:]) == list(_brute_force_counts(pix))
         per_class_pixels[cls].extend(pix)
         all_pixels.extend(pix)
 
-    result = ev.evaluate()
+    result = summarize(episode_table(rows), classes)
     expected_class_iou = {}
     for c in classes:
         _, _, i_fg, u_fg = _brute_force_counts(per_class_pixels[c])

@@ -321,6 +321,26 @@ def test_save_figure(tmp_path, cells):
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["imr_curve.v1.pdf", "imr_curve.v1.png"]
 
 
+def test_figures_never_touch_pyplot(tmp_path, cells, per_class, ablation, episodes):
+    """Every figure (seaborn's included) is a standalone Figure: pyplot's list of open figures stays
+    as it was, so nothing needs closing after save_figure."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    for i, fig in enumerate(
+        [
+            qualitative_grid(episodes, random_init=True),
+            ablation_bar_chart(ablation, random_init=True),
+            imr_curve(cells, random_init=False),
+            per_class_bars(per_class, "pascal", 1, random_init=False),
+            fold_variant_heatmap(cells, "pascal", 1, random_init=False),
+        ]
+    ):
+        assert fig.canvas.manager is None  # no pyplot window behind it
+        save_figure(fig, tmp_path / f"fig{i}")
+    assert plt.get_fignums() == before
+
+
 # ----------------------------------------------------------------------------------------------- HTML
 
 

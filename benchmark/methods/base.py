@@ -1,4 +1,5 @@
-"""What the harness knows of a few-shot segmentation method: two small protocols.
+"""What the harness knows of a few-shot segmentation method: two small protocols, and a third for
+the methods that can be fine-tuned.
 
 The harness never names a concrete model class. It asks a method for its frozen encoders, caches
 what they compute per image, and hands the merged features of an episode to ``predict``::
@@ -8,7 +9,8 @@ what they compute per image, and hands the merged features of an episode to ``pr
 
 FSSAM (``fssam.FSSAM``), the naive SAM 2 baseline (``baselines.naive_sam2.NaiveSAM2``) and the
 model-free references (``benchmark.methods.reference``) satisfy these protocols structurally: the
-method packages never import the harness.
+method packages never import the harness. A method whose registry entry declares the ``trainable``
+capability (:class:`benchmark.methods.registry.Trainable`) builds a :class:`TrainableMethod`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
-    from torch import Tensor
+    from torch import Tensor, nn
 
 Features = dict[str, "Tensor"]
 """Named feature tensors with the images along dim 0, e.g. ``{"sam2.2": (N, 256, S/16, S/16)}``."""
@@ -69,3 +71,20 @@ class FewShotMethod(Protocol):
     def predict(
         self, query: Features, supports: Features, support_masks: Tensor, **episode_extras: Any
     ) -> Tensor | tuple[Tensor, dict[str, Any]]: ...
+
+
+@runtime_checkable
+class TrainableMethod(FewShotMethod, Protocol):
+    """A :class:`FewShotMethod` that ``fssbench train`` fine-tunes: a ``torch.nn.Module`` whose
+    ``forward(query_images, support_images, support_masks, query_mask=...)`` takes (B, 3, S, S),
+    (B, K, 3, S, S) and (B, K, S, S) and returns (B, S, S) logits.
+
+    ``trainable_modules()``: name -> module, what training changes (one optimizer group each, in
+    this order; the fine-tuned checkpoint holds exactly these).
+    ``train_mode()``: exactly those modules get gradients and train mode (dropout); everything else
+    is frozen and in eval mode. Returns the trainable parameters.
+    """
+
+    def trainable_modules(self) -> Mapping[str, nn.Module]: ...
+
+    def train_mode(self) -> list[nn.Parameter]: ...

@@ -1,12 +1,14 @@
-"""Registration of FSSAM (``fssam.FSSAM``): its switches, weights and builder."""
+"""Registration of FSSAM (``fssam.FSSAM``): its switches, weights, builder and training capability."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from benchmark.errors import FssBenchError
-from benchmark.methods.registry import BuildContext, MethodEntry
+from benchmark.methods.registry import BuildContext, MethodEntry, Trainable
 from fssam.config import FSSAMConfig
 
 CONFIG_FIELDS = tuple(f.name for f in fields(FSSAMConfig))
@@ -127,6 +129,63 @@ def _validate(settings: dict[str, Any]) -> None:
         )
 
 
+def save_sam2_finetuned(
+    model, path: Path, method: str, settings: dict[str, Any], meta: Mapping[str, Any]
+) -> str:
+    """SAM 2's trained modules of FSSAM or naive SAM 2 as a fine-tuned checkpoint
+    (``fssam-finetuned/1``, :func:`fssam.finetune.save_finetuned`); returns its SHA-256."""
+    from fssam.finetune import save_finetuned
+
+    return save_finetuned(model.sam2, Path(path), method, fssam_config(settings), dict(meta))
+
+
+def read_sam2_finetuned_meta(path: Path) -> dict[str, Any]:
+    """The ``meta`` of a fine-tuned checkpoint (iteration, validation mIoU, ...)."""
+    from fssam.finetune import read_finetuned
+
+    return read_finetuned(Path(path))["meta"]
+
+
+def apply_sam2_finetuned(model, finetuned: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Load a fine-tuned checkpoint into ``model.sam2`` (strictly); returns the checkpoint's meta."""
+    from fssam.finetune import apply_finetuned
+
+    apply_finetuned(model.sam2, Path(finetuned), fssam_config(settings))
+    return read_sam2_finetuned_meta(finetuned)
+
+
+def export_authors_layout(model, finetuned: Path, out: Path, settings: dict[str, Any]) -> None:
+    """FSSAM with its fine-tuned SAM 2 as the authors' ``train.py`` writes it: ``{'epoch',
+    'state_dict'}`` with ``sam2.*`` / ``dino.*`` keys (DINOv2 in Meta's layout, which needs its
+    pretraining grid when the weights are random-init)."""
+    from fssam.checkpoint import save_authors_checkpoint
+    from fssam.dinov2 import META_PRETRAIN_GRID, export_meta_state_dict
+    from fssam.sam2_adapter import read_checkpoint
+
+    meta = apply_sam2_finetuned(model, finetuned, settings)
+    dino_meta = None
+    if model.dino is not None:
+        if settings.get("dinov2_checkpoint"):
+            raw = read_checkpoint(Path(settings["dinov2_checkpoint"]))
+            dino_meta = raw.get("model", raw) if isinstance(raw, dict) else None
+        elif settings["dinov2_input_size"] != 14 * META_PRETRAIN_GRID:
+            raise FssBenchError(
+                f"model.dinov2_input_size: exporting random-init DINOv2 weights in Meta's layout "
+                f"needs its {META_PRETRAIN_GRID}x{META_PRETRAIN_GRID} grid (dinov2_input_size: 518)"
+            )
+        else:
+            dino_meta = export_meta_state_dict(model.dino)
+    save_authors_checkpoint(model, out, epoch=int(meta.get("iteration", 0)), dino_meta=dino_meta)
+
+
+TRAINABLE = Trainable(
+    save=save_sam2_finetuned,
+    read_meta=read_sam2_finetuned_meta,
+    export=export_authors_layout,
+    layout="the authors' layout",
+    refused=("fssam_checkpoint", "finetuned_checkpoint"),  # training starts from SAM 2 and DINOv2
+)
+
 ENTRY = MethodEntry(
     name="fssam",
     description="FSSAM (ICML 2025): priors, IMR, SCMA on SAM 2 (fssam/)",
@@ -136,4 +195,5 @@ ENTRY = MethodEntry(
     validate=_validate,
     checkpoints=("sam2_checkpoint", "dinov2_checkpoint", "fssam_checkpoint", "finetuned_checkpoint"),
     overlays=("finetuned_checkpoint",),
+    trainable=TRAINABLE,
 )

@@ -2,7 +2,8 @@
 
 Adding a method is one file plus one registration: write the model (it satisfies
 :class:`~benchmark.methods.base.FewShotMethod`), then describe it with a :class:`MethodEntry` and
-``register`` it in ``benchmark/methods/__init__.py``. The harness only ever talks to entries.
+``register`` it in ``benchmark/methods/__init__.py``. The harness only ever talks to entries. A
+method that ``fssbench train`` can fine-tune also declares the :class:`Trainable` capability.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import difflib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
 from benchmark.errors import FssBenchError
-from benchmark.methods.base import FewShotMethod
+from benchmark.methods.base import FewShotMethod, TrainableMethod
 
 TEMPLATE_FIELDS = ("dataset", "fold", "shot", "arch")
 KSHOT_MODES = ("joint", "voting")
@@ -62,6 +64,33 @@ class BuildContext:
     pool: WeightPool = field(default_factory=WeightPool)
 
 
+@dataclass(frozen=True)
+class Trainable:
+    """The capability of a method that ``fssbench train`` fine-tunes (``MethodEntry.trainable``).
+
+    The entry's ``build`` then returns a :class:`~benchmark.methods.base.TrainableMethod`: its
+    ``trainable_modules()`` are what trains (one optimizer group each; the resumable state holds
+    their state dicts) and ``train_mode()`` enters training. The trainer names no method; it uses:
+
+    ``save(model, path, method, settings, meta)``: write the trained modules as a fine-tuned
+    checkpoint (what the method's ``finetuned_checkpoint`` setting reads), atomically, recording
+    ``method`` and ``meta``; returns the file's SHA-256. ``settings``: the method's resolved settings.
+    ``read_meta(path)``: the ``meta`` a checkpoint written by ``save`` holds.
+    ``export(model, finetuned, out, settings)``: apply the fine-tuned checkpoint ``finetuned`` to the
+    freshly built ``model`` and write it with its base weights to ``out`` in ``layout``; a setting
+    that makes that impossible is an ``FssBenchError`` starting ``model.<setting>:``.
+    ``layout``: the export's layout in a few words, for messages (``wrote OUT in {layout}``).
+    ``refused``: settings a training file may not set, because training starts from the base
+    weights (an already-trained checkpoint, a fine-tuned overlay).
+    """
+
+    save: Callable[[TrainableMethod, Path, str, dict[str, Any], Mapping[str, Any]], str]
+    read_meta: Callable[[Path], dict[str, Any]]
+    export: Callable[[TrainableMethod, Path, Path, dict[str, Any]], None]
+    layout: str
+    refused: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity
 class MethodEntry:
     """A registered method.
@@ -75,6 +104,8 @@ class MethodEntry:
     ``weight_sources(settings)``: role -> checkpoint path, or ``"random-init:..."``, for resolved
     settings; raise ``FssBenchError`` (naming the field) when the weights are not given.
     ``build(settings, ctx)``: the method, on ``ctx.device``.
+    ``trainable``: how ``fssbench train`` fine-tunes it (:class:`Trainable`); ``None``: it cannot be
+    trained.
     """
 
     name: str
@@ -85,6 +116,7 @@ class MethodEntry:
     validate: Callable[[dict[str, Any]], None] = lambda settings: None
     checkpoints: tuple[str, ...] = ()
     overlays: tuple[str, ...] = ()
+    trainable: Trainable | None = None
 
     @property
     def all_defaults(self) -> dict[str, Any]:
@@ -139,6 +171,19 @@ def get_method(name: str) -> MethodEntry:
 
 def method_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def trainable_method_names() -> list[str]:
+    """The registered methods with the :class:`Trainable` capability, sorted."""
+    return sorted(name for name, entry in _REGISTRY.items() if entry.trainable is not None)
+
+
+def get_trainable(name: str) -> Trainable:
+    """The training capability of method ``name``; an ``FssBenchError`` when it has none."""
+    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    if entry is None or entry.trainable is None:
+        raise FssBenchError(f"{name!r} cannot be trained; trainable: {trainable_method_names()}")
+    return entry.trainable
 
 
 def fill_templates(entry: MethodEntry, settings: Mapping[str, Any], **values: Any) -> dict[str, Any]:
