@@ -55,11 +55,11 @@ def run_export(args: argparse.Namespace) -> int:
     from benchmark.train_file import load_train
 
     spec = load_train(Path(args.train), args.overrides)
+    from benchmark.methods import get_trainable
     from benchmark.trainer import export_checkpoint
 
     out = export_checkpoint(spec, Path(args.checkpoint), Path(args.out))
-    layout = "Meta's SAM 2 layout (sam2_checkpoint)" if spec.method == "naive_sam2" else "the authors' layout"
-    print(f"wrote {out} in {layout}")
+    print(f"wrote {out} in {get_trainable(spec.method).layout}")
     return 0
 
 
