@@ -40,20 +40,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from benchmark.cell import CellSpec, CheckpointHashes, cell_key, code_hash, evaluate_cell, weight_ids
-from benchmark.data.image_check import check_files
-from benchmark.device import resolve_device
+from benchmark.cell import CellSpec, cell_key, code_hash, evaluate_cell, weight_ids
 from benchmark.episodes import load_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
-from benchmark.feature_cache import FeatureCache
+from benchmark.interrupts import sigterm_as_interrupt
 from benchmark.io_utils import write_text_atomic
-from benchmark.methods import WeightPool, build_method, get_method
+from benchmark.methods import get_method
 from benchmark.metrics import summarize
-from benchmark.runner import sigterm_as_interrupt, study_manifests
+from benchmark.plan import cell_spec, study_manifests
+from benchmark.records.tracking import Tracker, git_commit, package_versions, standard_tags
 from benchmark.search_file import SearchSpec
 from benchmark.study import parse_study
-from benchmark.tracking import Tracker, git_commit, package_versions, standard_tags
-from fssam.stages import StageMemo
+from benchmark.workspace import Workspace
 
 DEFAULT_HEARTBEAT_S = 60
 MAX_CONSECUTIVE_FAILURES = 3
@@ -332,20 +330,16 @@ class SearchRunner:
     ):
         check_test_tuning(spec, allow_test_tuning)
         self.spec, self.tracking_uri, self.progress, self.log = spec, tracking_uri, progress, log
-        self.work_dir = Path(work_dir).absolute()
+        # trials that differ only downstream of a stage (say scma_scale) share it on each episode
+        self.workspace = Workspace.for_study(
+            spec.study.cache, work_dir, use_cache=use_cache, memory_cache_bytes=memory_cache_bytes
+        )
+        self.work_dir = self.workspace.work_dir
         self.storage_url = storage
         self.study_name = study_name or spec.name
         self.trials = trials or spec.trials
         self.timeout, self.heartbeat_s = timeout, heartbeat_s
         self.device = device or spec.variant.device
-        self.cache = FeatureCache(
-            self.work_dir / "feature-cache", memory_bytes=memory_cache_bytes, enabled=use_cache
-        )
-        # trials that differ only downstream of a stage (say scma_scale) share it on each episode
-        stages_gb = spec.study.cache.stages_gb
-        self.stages = StageMemo(int(stages_gb * 2**30)) if use_cache and stages_gb > 0 else None
-        self.pool = WeightPool()
-        self.hashes = CheckpointHashes(self.work_dir / "checkpoint-hashes.json")
         self.entry = get_method(spec.variant.method)
         self.tracker: Tracker | None = None
         self.parent_run_id = ""
@@ -353,34 +347,31 @@ class SearchRunner:
         self._stopped_on_failures = False  # MAX_CONSECUTIVE_FAILURES of this worker's trials in a row
         self.run_trials = True  # False: only read the study and write its outputs (the Ray driver)
 
+    # the workspace's parts, by their old names
+    cache = property(lambda self: self.workspace.cache)
+    hashes = property(lambda self: self.workspace.hashes)
+
     # ------------------------------------------------------------------------------------ planning
     def plan(self) -> list[SearchCell]:
         """The validation (or, when allowed, test) manifests of every cell, with their images checked."""
         manifests = study_manifests(self.spec.study, self.work_dir, kind=self.spec.kind)
         cells = [SearchCell(ds, f, k, s, p) for (ds, f, k, s), p in manifests.items()]
         self.manifests = {c.manifest_path: load_manifest(c.manifest_path) for c in cells}  # read once
-        pairs = set()
-        for c in cells:
-            root = self.spec.study.data[c.dataset]
-            pairs |= {(root / i, root / lab) for i, lab in self.manifests[c.manifest_path]["images"].values()}
-        check_files(sorted(pairs), self.work_dir / "images-checked.json")
+        data = self.spec.study.data
+        self.workspace.check_images((self.manifests[c.manifest_path], data[c.dataset]) for c in cells)
         return cells
 
     def cell_spec(self, cell: SearchCell, settings: dict[str, Any]) -> CellSpec:
-        filled = self.spec.variant.cell_settings(
-            cell.dataset, cell.fold, cell.shot, settings=settings, explicit=frozenset(self.spec.space)
-        )
-        name = f"{self.spec.variant.name}/{cell.dataset}/fold{cell.fold}/{cell.shot}shot/seed{cell.seed}"
-        study = self.spec.study
-        return CellSpec(
-            self.entry.name,
-            filled,
+        """The spec of the searched variant with the trial's ``settings`` on ``cell``."""
+        return cell_spec(
+            self.spec.study,
+            self.spec.variant,
+            (cell.dataset, cell.fold, cell.shot, cell.seed),
             cell.manifest_path,
-            study.data[cell.dataset],
-            self.device,
-            name,
-            batch_size=study.batch_size,
-            feature_dtype=study.cache.dtype,
+            method=self.entry.name,
+            device=self.device,
+            settings=settings,
+            explicit=frozenset(self.spec.space),
         )
 
     # ---------------------------------------------------------------------------------------- run
@@ -487,16 +478,8 @@ class SearchRunner:
         settings = self.spec.variant.settings
         if settings.get("random_init"):
             return
-        first = self.cells[0]
-        try:
-            build_method(
-                self.entry.name,
-                dict(self.cell_spec(first, settings).settings),
-                resolve_device(self.device),
-                self.pool,
-            )
-        except USER_ERRORS as e:
-            raise FssBenchError(f"{self.spec.source}: variant {self.spec.variant.name}: {e}") from None
+        blame = f"{self.spec.source}: variant {self.spec.variant.name}"
+        self.workspace.preflight([(self.cell_spec(self.cells[0], settings), None, blame)])
 
     # -------------------------------------------------------------------------------- the study
     def _open_study(self, storage: Any) -> Any:
@@ -751,7 +734,6 @@ class SearchRunner:
     def _evaluate(self, trial: Any, settings: dict[str, Any], rid: str, progress: dict[str, int]) -> float:
         """Every cell of the search with ``settings``; reports the running objective to Optuna."""
         import optuna
-        from filelock import FileLock
 
         spec, client = self.spec, self.tracker.client  # type: ignore[union-attr]
         metric, every = spec.metric, spec.report_every
@@ -796,16 +778,16 @@ class SearchRunner:
                     elif len(rows) < total:  # a cell's last episode reports its exact value below
                         report(sum(values + [value_of(rows)]) / (len(values) + 1), progress["episodes"])
 
-            (self.work_dir / "locks").mkdir(parents=True, exist_ok=True)
-            with FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock")):  # a twin trial elsewhere
+            ws = self.workspace
+            with ws.cell_lock(key):  # a twin trial elsewhere
                 result = evaluate_cell(
                     cspec,
-                    self.cache,
+                    ws.cache,
                     key=key,
-                    pool=self.pool,
-                    journal_path=self.work_dir / "cells" / key[:20] / "episodes.jsonl",
+                    pool=ws.pool,
+                    journal_path=ws.journal_path(key),
                     on_row=on_row,
-                    stages=self.stages,
+                    stages=ws.stages,
                     on_start=lambda done, total, name=cspec.name: (
                         done
                         and self.log(f"trial {trial.number}: resuming {name} at episode {done} of {total}")
