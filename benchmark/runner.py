@@ -11,6 +11,9 @@ The engine plans, skips, locks, tracks and reports; the numbers come from the sh
    metrics and artifacts are logged and the run is marked FINISHED;
 4. a failing cell is marked FAILED with the error as the ``fss.error`` tag and the study goes on
    (``fail_fast`` stops); SIGINT and SIGTERM mark the running child and the parent KILLED.
+
+What the cells share (feature cache, weight pool, stages, hashes, locks, cell folders) is the
+:class:`benchmark.workspace.Workspace`; every MLflow write goes through :mod:`benchmark.records`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +30,18 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark.cell import CellResult, cell_key, evaluate_cell, weight_ids
+from benchmark.cell import cell_key, evaluate_cell, weight_ids
 from benchmark.episodes import load_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.interrupts import sigterm_as_interrupt
-from benchmark.io_utils import say, write_text_atomic
+from benchmark.io_utils import say
 from benchmark.plan import Cell, study_cells, study_manifests
 from benchmark.records.cells import CellOutcome, CellRecords
 from benchmark.records.downloads import resolve_artifact_uris
+from benchmark.records.table import CellTable, write_cells_csv
 from benchmark.records.tracking import Tracker
 from benchmark.study import Study
 from benchmark.workspace import Workspace
-
-
-@dataclass
-class CellFailure:
-    cell: str
-    error: str
 
 
 class StudyRunner:
@@ -81,8 +78,7 @@ class StudyRunner:
             cache_max_bytes=cache_max_bytes,
         )
         self.work_dir = self.workspace.work_dir
-        self.results: list[dict[str, Any]] = []
-        self.failures: list[CellFailure] = []
+        self.table = CellTable(None, log)
         self.tracker: Tracker | None = None
         self.records: CellRecords | None = None
         self._manifests: dict[Path, dict[str, Any]] = {}
@@ -92,6 +88,9 @@ class StudyRunner:
     pool = property(lambda self: self.workspace.pool)
     stages = property(lambda self: self.workspace.stages)
     hashes = property(lambda self: self.workspace.hashes)
+    # this invocation's rows (cells.csv) and failed cells
+    results = property(lambda self: self.table.rows)
+    failures = property(lambda self: self.table.failures)
 
     # ---------------------------------------------------------------------------------- planning
     def build_manifests(self) -> dict[tuple, Path]:
@@ -137,8 +136,7 @@ class StudyRunner:
             return self._run()
 
     def _run(self) -> pd.DataFrame:
-        self.results, self.failures, self._ran, self._manifests = [], [], set(), {}
-        self._also: dict[str, list[str]] = {}  # run id -> the other variants it stands for
+        self.table, self._ran, self._manifests = CellTable(None, self.log), set(), {}
         self._started_ms = int(time.time() * 1000)  # runs that ended after this are this invocation's
         cells = resolve_artifact_uris(
             self.cells(self.build_manifests()), self.work_dir, self.tracking_uri, self.study.source
@@ -150,10 +148,10 @@ class StudyRunner:
         self.preflight(todo, keys)  # so do weights that do not fit
         tracker = self.tracker = self.tracker or Tracker(self.tracking_uri)
         exp = tracker.experiment_id(self.study.name)
-        self.records = CellRecords(tracker, self.study, exp, self.manifest)
+        self.records = self.table.records = CellRecords(tracker, self.study, exp, self.manifest)
         for c in cells:
             if keys[c.name][0] in finished:
-                self.results.append(self._skipped_row(c, keys[c.name][0], finished[keys[c.name][0]]))
+                self.table.skipped(c, keys[c.name][0], finished[keys[c.name][0]])
         if len(todo) < len(cells):
             self.log(f"{len(cells) - len(todo)} of {len(cells)} cells already finished, skipped")
         if not self.force:
@@ -167,15 +165,8 @@ class StudyRunner:
         return table
 
     def write_cells_csv(self, table: pd.DataFrame) -> None:
-        """Write ``cells.csv`` under a lock, merged with what another process wrote there meanwhile
-        (:func:`merge_cells_tables`), so the file holds every cell whoever ran it."""
-        from filelock import FileLock
-
-        path = self.cells_csv
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock", timeout=600):
-            old = pd.read_csv(path) if path.is_file() and path.stat().st_size else None
-            write_text_atomic(path, merge_cells_tables(old, table).to_csv(index=False))
+        """``cells.csv``, merged with what another process wrote there meanwhile (:func:`write_cells_csv`)."""
+        write_cells_csv(self.cells_csv, table)
 
     @property
     def cells_csv(self) -> Path:
@@ -256,35 +247,17 @@ class StudyRunner:
                 # finished meanwhile: by another process, or by this one (two variants, one cell);
                 # with --force, a run that ended after this invocation started is already the rerun
                 how = "skipped (done)" if mine else "skipped (done by another process)"
-                self.results.append(self._skipped_row(cell, key, done, how))
+                self.table.skipped(cell, key, done, how)
                 return True
             failed = [r for r in runs if r.info.status == "FAILED" and r.info.start_time >= self._started_ms]
             if failed:  # failed just now, here (a twin variant) or in another process: not again
-                row = cell_row(cell, key) | {"run_id": failed[0].info.run_id}
-                row["error"] = failed[0].data.tags.get("fss.error", "")
-                row["status"] = "failed" if mine else "failed (in another process)"
-                self.results.append(row)
+                self.table.failed_meanwhile(cell, key, failed[0], here=mine)
                 return True
             self._ran.add(key)
             self._run_cell(cell, key, key_weights[1])
             return True
         finally:
             lock.release()
-
-    def _skipped_row(self, cell: Cell, key: str, run: Any, status: str = "skipped (done)") -> dict[str, Any]:
-        tags, rid = run.data.tags, run.info.run_id
-        also = self._also.setdefault(rid, [v for v in tags.get("fss.also_variants", "").split(",") if v])
-        if self.records is not None and cell.variant not in (tags.get("fss.variant"), *also):
-            # another variant resolved to this very cell: the run stands for both (reports show both)
-            also.append(cell.variant)
-            self.records.also_variants(rid, also)
-        m = run.data.metrics
-        return cell_row(cell, key) | {
-            "miou_pct": _pct(m.get("miou")),
-            "fb_iou_pct": _pct(m.get("fb_iou")),
-            "status": status,
-            "run_id": run.info.run_id,
-        }
 
     def _run_cell(self, cell: Cell, key: str, weights: dict[str, str]) -> None:
         """Evaluate the cell in this process, its run open (RUNNING) meanwhile, and record the outcome."""
@@ -342,7 +315,7 @@ class StudyRunner:
             return
         finally:
             bar.close()
-        self.results.append(result_row(cell, key, rid, result))
+        self.table.ran(cell, key, rid, result.summary, **result.run_stats())
 
     def _reuse_from_other_experiments(
         self, exp: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
@@ -364,10 +337,10 @@ class StudyRunner:
                     rid = records.copy(source, cell, key, weights)
                     where = tracker.client.get_experiment(source.info.experiment_id).name
                     self.log(f"{cell.name}: finished in experiment {where!r} (same cell key): reused")
-                    self.results.append(self._skipped_row(cell, key, tracker.client.get_run(rid), "reused"))
+                    self.table.skipped(cell, key, tracker.client.get_run(rid), "reused")
                 else:
                     done = tracker.finished_cell(exp, key)
-                    self.results.append(self._skipped_row(cell, key, done, "skipped (done)"))
+                    self.table.skipped(cell, key, done, "skipped (done)")
         return left
 
     def cell_lock(self, key: str) -> Any:
@@ -376,60 +349,7 @@ class StudyRunner:
 
     def record_failure(self, cell: Cell, key: str, rid: str | None, text: str) -> None:
         """A failed cell in the results and failures, and one line in the log."""
-        first = (text.splitlines() or ["failed"])[0]
-        self.failures.append(CellFailure(cell.name, first))
-        self.results.append(cell_row(cell, key) | {"status": "failed", "run_id": rid, "error": text})
-        self.log(f"FAILED {cell.name}: {first}")
-
-
-def cell_row(cell: Cell, key: str) -> dict[str, Any]:
-    """The columns of a cell's cells.csv row that say which cell it is."""
-    return {
-        "cell": cell.name,
-        "variant": cell.variant,
-        "method": cell.spec.method,
-        "dataset": cell.dataset,
-        "fold": cell.fold,
-        "shot": cell.shot,
-        "seed": cell.seed,
-        "cell_key": key,
-    }
-
-
-def result_row(cell: Cell, key: str, rid: str, result: CellResult) -> dict[str, Any]:
-    """A cell run in this process: its row of cells.csv."""
-    return cell_row(cell, key) | {
-        "miou_pct": 100 * result.summary["miou"],
-        "fb_iou_pct": 100 * result.summary["fb_iou"],
-        "status": "run",
-        "run_id": rid,
-        **result.run_stats(),
-    }
-
-
-def merge_cells_tables(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
-    """``cells.csv`` after this invocation: ``new``'s rows, except where ``old`` (written by another
-    process) holds the run of the same cell that ``new`` only saw as done elsewhere (same run id:
-    the row that ran it keeps its timings); then ``old``'s cells that ``new`` does not have."""
-    if old is None or old.empty or "cell" not in old:
-        return new
-    old_by_cell = {r["cell"]: r for r in old.to_dict("records")}
-    rows = []
-    for r in new.to_dict("records"):
-        prior = old_by_cell.pop(r["cell"], None)
-        ran_there = (
-            prior is not None
-            and prior.get("status") == "run"
-            and str(r.get("status", "")).startswith("skipped")
-            and prior.get("run_id") == r.get("run_id")
-        )
-        rows.append(prior if ran_there else r)
-    rows += list(old_by_cell.values())
-    return pd.DataFrame(rows, columns=list(dict.fromkeys([*new.columns, *old.columns])))
-
-
-def _pct(fraction: float | None) -> float | None:
-    return None if fraction is None else 100 * fraction
+        self.table.failure(cell, key, rid, text)
 
 
 def summary_table(cells: pd.DataFrame) -> pd.DataFrame:

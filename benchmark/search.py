@@ -48,6 +48,7 @@ from benchmark.io_utils import write_text_atomic
 from benchmark.methods import get_method
 from benchmark.metrics import summarize
 from benchmark.plan import cell_spec, study_manifests
+from benchmark.records.search import SearchRecords
 from benchmark.records.tracking import Tracker, git_commit, package_versions, standard_tags
 from benchmark.search_file import SearchSpec
 from benchmark.study import parse_study
@@ -342,7 +343,7 @@ class SearchRunner:
         self.device = device or spec.variant.device
         self.entry = get_method(spec.variant.method)
         self.tracker: Tracker | None = None
-        self.parent_run_id = ""
+        self.records: SearchRecords | None = None
         self._failures_in_a_row = 0
         self._stopped_on_failures = False  # MAX_CONSECUTIVE_FAILURES of this worker's trials in a row
         self.run_trials = True  # False: only read the study and write its outputs (the Ray driver)
@@ -350,6 +351,7 @@ class SearchRunner:
     # the workspace's parts, by their old names
     cache = property(lambda self: self.workspace.cache)
     hashes = property(lambda self: self.workspace.hashes)
+    parent_run_id = property(lambda self: self.records.parent_run_id if self.records else "")
 
     # ------------------------------------------------------------------------------------ planning
     def plan(self) -> list[SearchCell]:
@@ -390,6 +392,9 @@ class SearchRunner:
         tracker = self.tracker = Tracker(self.tracking_uri)
         self.storage_url = self.storage_url or default_storage(tracker.uri)
         self.experiment_id = tracker.experiment_id(spec.experiment)
+        records = self.records = SearchRecords(
+            tracker, spec, self.experiment_id, self.study_name, redact(self.storage_url)
+        )
         storage = open_storage(self.storage_url, self.heartbeat_s, self._on_stale)
         self.lock = StudyLock(self.storage_url, storage, self.study_name)
         study = self._open_study(storage)
@@ -401,7 +406,7 @@ class SearchRunner:
         t0 = time.perf_counter()
         ran_here = 0
         status = "FAILED"
-        tracker.client.update_run(self.parent_run_id, status="RUNNING")
+        records.reopen_parent()
         from tqdm import tqdm
 
         bar = tqdm(
@@ -454,7 +459,7 @@ class SearchRunner:
             raise
         finally:
             bar.close()
-            tracker.end_run(self.parent_run_id, status)
+            records.end_parent(status)
         seconds = time.perf_counter() - t0
         with self.lock:  # the outputs and the parent run's tags: one worker at a time, the last one wins
             outcome = SearchOutcome(
@@ -488,8 +493,8 @@ class SearchRunner:
         recording it, or that lives in another MLflow store, is created by the next worker)."""
         import optuna
 
-        spec, tracker = self.spec, self.tracker
-        assert tracker is not None
+        spec, records = self.spec, self.records
+        assert records is not None
         sampler, pruner = make_sampler(spec), make_pruner(spec)
         with self.lock:
             try:
@@ -531,58 +536,15 @@ class SearchRunner:
                     f"Optuna study {self.study_name!r} has direction {study.direction.name.lower()}"
                 )
             rid = attrs.get(PARENT_ATTR)
-            if rid is None or not self._run_exists(rid):
+            if rid is None or not records.has_parent(rid):
                 self._create_parent(study)
             else:
-                self.parent_run_id = rid
+                records.parent_run_id = rid
             return study
 
-    def _run_exists(self, run_id: str) -> bool:
-        assert self.tracker is not None
-        try:
-            run = self.tracker.client.get_run(run_id)
-        except Exception:
-            return False
-        return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
-
     def _create_parent(self, study: Any) -> None:
-        spec, tracker = self.spec, self.tracker
-        assert tracker is not None
-        tags = {
-            "fss.kind": "search",
-            "fss.search": spec.name,
-            "fss.optuna_study": self.study_name,
-            "fss.optuna_storage": redact(self.storage_url or ""),
-            "fss.tuned_on_test": str(spec.tuned_on_test).lower(),
-            "fss.random_init": str(bool(spec.variant.settings.get("random_init"))).lower(),
-            "fss.search_sha256": spec.sha256,
-            "fss.search_file": spec.source,
-            "fss.variant": spec.variant.name,
-            "fss.method": spec.variant.method,
-            "fss.kind_of_manifests": spec.kind,
-            "fss.git_commit": git_commit(),
-            "fss.versions": json.dumps(package_versions()),
-        }
-        run = tracker.client.create_run(self.experiment_id, run_name=f"search {self.study_name}", tags=tags)
-        self.parent_run_id = run.info.run_id
-        tracker.log_params(
-            self.parent_run_id,
-            {
-                "space": json.dumps({k: p.to_json() for k, p in spec.space.items()}),
-                "metric": spec.metric,
-                "direction": spec.direction,
-                "sampler": json.dumps(spec.sampler),
-                "pruner": json.dumps(spec.pruner),
-                "report_every": spec.report_every,
-                "kind": spec.kind,
-                "folds": json.dumps(spec.study.folds),
-                "shots": json.dumps(spec.study.shots),
-                "episodes": spec.study.episodes,
-                "method": spec.variant.method,
-                "variant": spec.variant.name,
-            },
-        )
-        study.set_user_attr(PARENT_ATTR, self.parent_run_id)
+        assert self.records is not None
+        study.set_user_attr(PARENT_ATTR, self.records.create_parent())
 
     def _finished(self, study: Any) -> int:
         from optuna.trial import TrialState
@@ -609,7 +571,7 @@ class SearchRunner:
         (SQLite does not lock the row they both read) record and retry it once."""
         from optuna.storages import RetryFailedTrialCallback
 
-        assert self.tracker is not None
+        assert self.records is not None
         message = "its worker stopped sending heartbeats (killed or lost); retried as a new trial"
         with self.lock:
             history = [t.system_attrs.get("retry_history") or [] for t in study.get_trials(deepcopy=False)]
@@ -619,33 +581,14 @@ class SearchRunner:
             try:
                 if rid is None:
                     rid = self._trial_run(trial.number, trial.params, {})
-                self.tracker.client.set_tag(rid, "fss.trial_state", "FAIL")
-                self.tracker.fail_cell(rid, message)
+                self.records.fail_stale(rid, message)
             finally:
                 RetryFailedTrialCallback(max_retry=3)(study, trial)
 
     # -------------------------------------------------------------------------------- a trial
     def _trial_run(self, number: int, params: dict[str, Any], extra_tags: dict[str, str]) -> str:
-        assert self.tracker is not None
-        spec = self.spec
-        tags = {
-            "mlflow.parentRunId": self.parent_run_id,
-            "fss.kind": "trial",
-            "fss.search": spec.name,
-            "fss.trial_number": str(number),
-            "fss.trial_state": "RUNNING",
-            "fss.optuna_study": self.study_name,
-            "fss.optuna_storage": redact(self.storage_url or ""),
-            "fss.tuned_on_test": str(spec.tuned_on_test).lower(),
-            "fss.random_init": str(bool(spec.variant.settings.get("random_init"))).lower(),
-            "fss.variant": spec.variant.name,
-            "fss.method": spec.variant.method,
-            **self._provenance(params),
-            **extra_tags,
-        }
-        run = self.tracker.client.create_run(self.experiment_id, run_name=f"trial {number}", tags=tags)
-        self.tracker.log_params(run.info.run_id, dict(params))
-        return run.info.run_id
+        assert self.records is not None
+        return self.records.trial_run(number, params, {**self._provenance(params), **extra_tags})
 
     def _provenance(self, params: dict[str, Any]) -> dict[str, str]:
         """What a cell run records of where its numbers come from, for a trial: MLflow's standard
@@ -670,8 +613,8 @@ class SearchRunner:
     def _objective(self, trial: Any) -> float:
         import optuna
 
-        spec, tracker = self.spec, self.tracker
-        assert tracker is not None
+        spec, records = self.spec, self.records
+        assert records is not None
         params = suggest(trial, spec)
         settings = self.entry.resolve({**spec.variant.settings, **params})
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -707,7 +650,7 @@ class SearchRunner:
                 self._stopped_on_failures = True
                 trial.study.stop()
             raise
-        tracker.client.log_metric(rid, "objective", value, step=progress["episodes"])
+        records.metric(rid, "objective", value, step=progress["episodes"])
         self._end_trial(trial, rid, "COMPLETE", progress["episodes"])
         self._failures_in_a_row = 0
         return value
@@ -721,21 +664,16 @@ class SearchRunner:
         error: str | None = None,
         status: str = "FINISHED",
     ) -> None:
-        assert self.tracker is not None
         trial.set_user_attr("episodes_run", episodes)
-        client = self.tracker.client
-        client.log_metric(rid, "episodes_run", float(episodes))
-        client.set_tag(rid, "fss.trial_state", state)
-        if error is not None:
-            self.tracker.fail_cell(rid, error, status=status)
-        else:
-            client.set_terminated(rid, status="FINISHED")
+        assert self.records is not None
+        self.records.end_trial(rid, state, episodes, error, status)
 
     def _evaluate(self, trial: Any, settings: dict[str, Any], rid: str, progress: dict[str, int]) -> float:
         """Every cell of the search with ``settings``; reports the running objective to Optuna."""
         import optuna
 
-        spec, client = self.spec, self.tracker.client  # type: ignore[union-attr]
+        spec, records = self.spec, self.records
+        assert records is not None
         metric, every = spec.metric, spec.report_every
         wilcoxon = spec.pruner["type"] == "wilcoxon"
         values: list[float] = []
@@ -753,7 +691,7 @@ class SearchRunner:
                 return
             reported.add(step)
             trial.report(value, step)
-            client.log_metric(rid, f"running_{metric}", value, step=progress["episodes"])
+            records.metric(rid, f"running_{metric}", value, step=progress["episodes"])
             if trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned after {progress['episodes']} episodes (running {metric} {100 * value:.2f})"
@@ -794,7 +732,7 @@ class SearchRunner:
                     ),
                 )
             values.append(float(result.summary[metric]))
-            client.log_metric(rid, f"{metric}.{cell.label}", values[-1])
+            records.metric(rid, f"{metric}.{cell.label}", values[-1])
             if not wilcoxon:
                 report(sum(values) / len(values), progress["episodes"])
         if wilcoxon and chunk:
@@ -807,7 +745,7 @@ class SearchRunner:
         logged to the parent run (``search/``)."""
         import pandas as pd
 
-        assert self.tracker is not None and outcome.best is not None
+        assert self.records is not None and outcome.best is not None
         folder = self.work_dir / "searches" / self.study_name
         folder.mkdir(parents=True, exist_ok=True)
         best_path = folder / "best-study.yaml"
@@ -821,14 +759,7 @@ class SearchRunner:
         plots, notes = save_plots(study, folder, self.spec)
         outcome.outputs.update(plots)
         outcome.notes.extend(notes)
-        client = self.tracker.client
-        for path in [best_path, trials_path, *plots.values()]:
-            client.log_artifact(self.parent_run_id, str(path), "search")
-        client.log_metric(self.parent_run_id, "best_value", float(outcome.best["value"]))
-        client.set_tag(self.parent_run_id, "fss.best_trial", str(outcome.best["number"]))
-        client.set_tag(
-            self.parent_run_id, "fss.best_params", json.dumps(outcome.best["params"], sort_keys=True)
-        )
+        self.records.log_outputs([best_path, trials_path, *plots.values()], outcome.best)
 
 
 def check_test_tuning(spec: SearchSpec, allow: bool) -> None:

@@ -4,7 +4,8 @@ Everything but the scheduling is :class:`benchmark.runner.StudyRunner`'s: the dr
 checks the manifests, asks MLflow which cells are finished (the cell key) and opens the parent run;
 :meth:`RayStudyRunner.execute` then hands the unfinished cells to Ray actors
 (:class:`benchmark.engines.cell_worker.CellWorker`), which hold their weights and feature caches
-warm across cells, and logs each answer as the cell's MLflow child run.
+warm across cells, and records each answer as the cell's MLflow child run with
+:mod:`benchmark.records.cells`, as the local engine does.
 
 * **Affinity.** Cells are grouped by manifest (same images: the feature cache pays off) and the
   groups dealt to the workers' queues, largest first; an idle worker with an empty queue takes a
@@ -38,7 +39,7 @@ from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_bytes_atomic
 from benchmark.plan import Cell
 from benchmark.records.cells import CellOutcome
-from benchmark.runner import StudyRunner, cell_row
+from benchmark.runner import StudyRunner
 
 SERVER_HINT = (
     "start one with `mlflow server --backend-store-uri postgresql://USER@HOST/mlflow "
@@ -420,7 +421,7 @@ class RayStudyRunner(StudyRunner):
         if run is None:
             return False
         for c in cells:
-            self.results.append(self._skipped_row(c, key, run, "skipped (done by another process)"))
+            self.table.skipped(c, key, run, "skipped (done by another process)")
         return True
 
     def _clear_for_force(self, key: str) -> None:
@@ -479,20 +480,10 @@ class RayStudyRunner(StudyRunner):
                 self._failed_rows(cells, key, rid, text)
                 return False
             self._ran.add(key)
-        self.results.append(
-            cell_row(first, key)
-            | {
-                "miou_pct": 100 * answer["summary"]["miou"],
-                "fb_iou_pct": 100 * answer["summary"]["fb_iou"],
-                "status": "run",
-                "run_id": rid,
-                **answer["row"],
-                "attempts": self.attempts[key],
-            }
-        )
+        self.table.ran(first, key, rid, answer["summary"], **answer["row"], attempts=self.attempts[key])
         run = records.tracker.client.get_run(rid)
         for c in cells[1:]:
-            self.results.append(self._skipped_row(c, key, run))
+            self.table.skipped(c, key, run)
         return True
 
     def _record_failed(
@@ -524,7 +515,7 @@ class RayStudyRunner(StudyRunner):
         """One failure (as the local engine counts it) and a failed row for each twin variant."""
         self.record_failure(cells[0], key, rid, text)
         for c in cells[1:]:
-            self.results.append(cell_row(c, key) | {"status": "failed", "run_id": rid, "error": text})
+            self.table.failed(c, key, rid, text)
 
     def _fail_unplaced(self, exp, parent, twins, keys, workers, opts) -> int:
         import ray
