@@ -422,33 +422,7 @@ class SearchRunner:
                     self.log(
                         f"resuming Optuna study {self.study_name!r}: {done} of {self.trials} trials finished"
                     )
-                from optuna.study import MaxTrialsCallback
-                from optuna.trial import TrialState
-
-                def on_trial(study: Any, trial: Any) -> None:  # called for this worker's trials only
-                    nonlocal ran_here
-                    ran_here += 1
-                    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                        bar.update()
-                    try:
-                        best = study.best_value
-                        bar.set_postfix_str(f"best {spec.metric} {100 * best:.2f}")
-                    except ValueError:
-                        pass
-
-                # no n_trials: a failed trial does not count towards --trials (only finished ones
-                # do), so the worker stops at --trials finished trials in the study, after
-                # MAX_CONSECUTIVE_FAILURES failures in a row, at --timeout, or when a grid is walked
-                study.optimize(
-                    self._objective,
-                    timeout=self.timeout,
-                    catch=(Exception,),
-                    callbacks=[
-                        MaxTrialsCallback(self.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
-                        on_trial,
-                    ],
-                    gc_after_trial=False,
-                )
+                ran_here = self._optimize(study, bar)
             else:
                 self.log(
                     f"Optuna study {self.study_name!r} already has {done} finished trials (--trials {self.trials})"
@@ -476,6 +450,40 @@ class SearchRunner:
             if outcome.best is not None:
                 self._write_outputs(study, outcome)
         return outcome
+
+    def _optimize(self, study: Any, bar: Any) -> int:
+        """This worker's trials, until the study has ``--trials`` finished ones; returns how many
+        ran here."""
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        ran_here = 0
+
+        def on_trial(study: Any, trial: Any) -> None:  # called for this worker's trials only
+            nonlocal ran_here
+            ran_here += 1
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                bar.update()
+            try:
+                best = study.best_value
+                bar.set_postfix_str(f"best {self.spec.metric} {100 * best:.2f}")
+            except ValueError:
+                pass
+
+        # no n_trials: a failed trial does not count towards --trials (only finished ones
+        # do), so the worker stops at --trials finished trials in the study, after
+        # MAX_CONSECUTIVE_FAILURES failures in a row, at --timeout, or when a grid is walked
+        study.optimize(
+            self._objective,
+            timeout=self.timeout,
+            catch=(Exception,),
+            callbacks=[
+                MaxTrialsCallback(self.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                on_trial,
+            ],
+            gc_after_trial=False,
+        )
+        return ran_here
 
     def _preflight(self) -> None:
         """Real weights are loaded strictly once now (and kept for the trials): a wrong checkpoint is
