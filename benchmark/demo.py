@@ -182,7 +182,7 @@ def report_inputs(tracker: Any, experiment: str, reference_csv: str) -> str:
     """SHA-256 of everything the demo's report is built from: the experiment's runs other than
     report runs (id and status: a new or rerun cell or trial is a new run), the reference predictors' scores and the code that draws
     the report (its commit and the report and demo sources)."""
-    from benchmark.tracking import git_commit
+    from benchmark.records.tracking import git_commit
 
     exp = tracker.client.get_experiment_by_name(experiment)
     runs, token = [], None
@@ -207,7 +207,8 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     """Run the demo in ``out`` and return the path of the report it wrote."""
     import os
 
-    from benchmark.runner import StudyRunner, study_manifests, summary_table
+    from benchmark.plan import study_manifests
+    from benchmark.runner import StudyRunner, summary_table
     from benchmark.search import SearchRunner
     from benchmark.search_file import parse_search
     from benchmark.study import parse_study

@@ -104,7 +104,7 @@ def _split(run: dict[str, Any]) -> dict[str, float]:
 def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) -> pd.DataFrame:
     """Per variant and compact dtype: max |logit - fp32 logit| and the share of query pixels (at label
     size) whose mask agrees with fp32's, on the first ``episodes`` episodes of the first manifest."""
-    from benchmark.runner import study_manifests
+    from benchmark.plan import study_manifests
 
     manifests = study_manifests(study, work)
     (ds, *_), path = next(iter(manifests.items()))

@@ -40,20 +40,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from benchmark.cell import CellSpec, CheckpointHashes, cell_key, code_hash, evaluate_cell, weight_ids
-from benchmark.data.image_check import check_files
-from benchmark.device import resolve_device
+from benchmark.cell import CellSpec, cell_key, code_hash, evaluate_cell, weight_ids
 from benchmark.episodes import load_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
-from benchmark.feature_cache import FeatureCache
+from benchmark.interrupts import sigterm_as_interrupt
 from benchmark.io_utils import write_text_atomic
-from benchmark.methods import WeightPool, build_method, get_method
+from benchmark.methods import get_method
 from benchmark.metrics import summarize
-from benchmark.runner import sigterm_as_interrupt, study_manifests
+from benchmark.plan import cell_spec, study_manifests
+from benchmark.records.search import SearchRecords
+from benchmark.records.tracking import Tracker, git_commit, package_versions, standard_tags
 from benchmark.search_file import SearchSpec
 from benchmark.study import parse_study
-from benchmark.tracking import Tracker, git_commit, package_versions, standard_tags
-from fssam.stages import StageMemo
+from benchmark.workspace import Workspace
 
 DEFAULT_HEARTBEAT_S = 60
 MAX_CONSECUTIVE_FAILURES = 3
@@ -332,26 +331,27 @@ class SearchRunner:
     ):
         check_test_tuning(spec, allow_test_tuning)
         self.spec, self.tracking_uri, self.progress, self.log = spec, tracking_uri, progress, log
-        self.work_dir = Path(work_dir).absolute()
+        # trials that differ only downstream of a stage (say scma_scale) share it on each episode
+        self.workspace = Workspace.for_study(
+            spec.study.cache, work_dir, use_cache=use_cache, memory_cache_bytes=memory_cache_bytes
+        )
+        self.work_dir = self.workspace.work_dir
         self.storage_url = storage
         self.study_name = study_name or spec.name
         self.trials = trials or spec.trials
         self.timeout, self.heartbeat_s = timeout, heartbeat_s
         self.device = device or spec.variant.device
-        self.cache = FeatureCache(
-            self.work_dir / "feature-cache", memory_bytes=memory_cache_bytes, enabled=use_cache
-        )
-        # trials that differ only downstream of a stage (say scma_scale) share it on each episode
-        stages_gb = spec.study.cache.stages_gb
-        self.stages = StageMemo(int(stages_gb * 2**30)) if use_cache and stages_gb > 0 else None
-        self.pool = WeightPool()
-        self.hashes = CheckpointHashes(self.work_dir / "checkpoint-hashes.json")
         self.entry = get_method(spec.variant.method)
         self.tracker: Tracker | None = None
-        self.parent_run_id = ""
+        self.records: SearchRecords | None = None
         self._failures_in_a_row = 0
         self._stopped_on_failures = False  # MAX_CONSECUTIVE_FAILURES of this worker's trials in a row
         self.run_trials = True  # False: only read the study and write its outputs (the Ray driver)
+
+    # the workspace's parts, by their old names
+    cache = property(lambda self: self.workspace.cache)
+    hashes = property(lambda self: self.workspace.hashes)
+    parent_run_id = property(lambda self: self.records.parent_run_id if self.records else "")
 
     # ------------------------------------------------------------------------------------ planning
     def plan(self) -> list[SearchCell]:
@@ -359,28 +359,21 @@ class SearchRunner:
         manifests = study_manifests(self.spec.study, self.work_dir, kind=self.spec.kind)
         cells = [SearchCell(ds, f, k, s, p) for (ds, f, k, s), p in manifests.items()]
         self.manifests = {c.manifest_path: load_manifest(c.manifest_path) for c in cells}  # read once
-        pairs = set()
-        for c in cells:
-            root = self.spec.study.data[c.dataset]
-            pairs |= {(root / i, root / lab) for i, lab in self.manifests[c.manifest_path]["images"].values()}
-        check_files(sorted(pairs), self.work_dir / "images-checked.json")
+        data = self.spec.study.data
+        self.workspace.check_images((self.manifests[c.manifest_path], data[c.dataset]) for c in cells)
         return cells
 
     def cell_spec(self, cell: SearchCell, settings: dict[str, Any]) -> CellSpec:
-        filled = self.spec.variant.cell_settings(
-            cell.dataset, cell.fold, cell.shot, settings=settings, explicit=frozenset(self.spec.space)
-        )
-        name = f"{self.spec.variant.name}/{cell.dataset}/fold{cell.fold}/{cell.shot}shot/seed{cell.seed}"
-        study = self.spec.study
-        return CellSpec(
-            self.entry.name,
-            filled,
+        """The spec of the searched variant with the trial's ``settings`` on ``cell``."""
+        return cell_spec(
+            self.spec.study,
+            self.spec.variant,
+            (cell.dataset, cell.fold, cell.shot, cell.seed),
             cell.manifest_path,
-            study.data[cell.dataset],
-            self.device,
-            name,
-            batch_size=study.batch_size,
-            feature_dtype=study.cache.dtype,
+            method=self.entry.name,
+            device=self.device,
+            settings=settings,
+            explicit=frozenset(self.spec.space),
         )
 
     # ---------------------------------------------------------------------------------------- run
@@ -399,6 +392,9 @@ class SearchRunner:
         tracker = self.tracker = Tracker(self.tracking_uri)
         self.storage_url = self.storage_url or default_storage(tracker.uri)
         self.experiment_id = tracker.experiment_id(spec.experiment)
+        records = self.records = SearchRecords(
+            tracker, spec, self.experiment_id, self.study_name, redact(self.storage_url)
+        )
         storage = open_storage(self.storage_url, self.heartbeat_s, self._on_stale)
         self.lock = StudyLock(self.storage_url, storage, self.study_name)
         study = self._open_study(storage)
@@ -410,7 +406,7 @@ class SearchRunner:
         t0 = time.perf_counter()
         ran_here = 0
         status = "FAILED"
-        tracker.client.update_run(self.parent_run_id, status="RUNNING")
+        records.reopen_parent()
         from tqdm import tqdm
 
         bar = tqdm(
@@ -426,33 +422,7 @@ class SearchRunner:
                     self.log(
                         f"resuming Optuna study {self.study_name!r}: {done} of {self.trials} trials finished"
                     )
-                from optuna.study import MaxTrialsCallback
-                from optuna.trial import TrialState
-
-                def on_trial(study: Any, trial: Any) -> None:  # called for this worker's trials only
-                    nonlocal ran_here
-                    ran_here += 1
-                    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                        bar.update()
-                    try:
-                        best = study.best_value
-                        bar.set_postfix_str(f"best {spec.metric} {100 * best:.2f}")
-                    except ValueError:
-                        pass
-
-                # no n_trials: a failed trial does not count towards --trials (only finished ones
-                # do), so the worker stops at --trials finished trials in the study, after
-                # MAX_CONSECUTIVE_FAILURES failures in a row, at --timeout, or when a grid is walked
-                study.optimize(
-                    self._objective,
-                    timeout=self.timeout,
-                    catch=(Exception,),
-                    callbacks=[
-                        MaxTrialsCallback(self.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
-                        on_trial,
-                    ],
-                    gc_after_trial=False,
-                )
+                ran_here = self._optimize(study, bar)
             else:
                 self.log(
                     f"Optuna study {self.study_name!r} already has {done} finished trials (--trials {self.trials})"
@@ -463,7 +433,7 @@ class SearchRunner:
             raise
         finally:
             bar.close()
-            tracker.end_run(self.parent_run_id, status)
+            records.end_parent(status)
         seconds = time.perf_counter() - t0
         with self.lock:  # the outputs and the parent run's tags: one worker at a time, the last one wins
             outcome = SearchOutcome(
@@ -481,22 +451,48 @@ class SearchRunner:
                 self._write_outputs(study, outcome)
         return outcome
 
+    def _optimize(self, study: Any, bar: Any) -> int:
+        """This worker's trials, until the study has ``--trials`` finished ones; returns how many
+        ran here."""
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        ran_here = 0
+
+        def on_trial(study: Any, trial: Any) -> None:  # called for this worker's trials only
+            nonlocal ran_here
+            ran_here += 1
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                bar.update()
+            try:
+                best = study.best_value
+                bar.set_postfix_str(f"best {self.spec.metric} {100 * best:.2f}")
+            except ValueError:
+                pass
+
+        # no n_trials: a failed trial does not count towards --trials (only finished ones
+        # do), so the worker stops at --trials finished trials in the study, after
+        # MAX_CONSECUTIVE_FAILURES failures in a row, at --timeout, or when a grid is walked
+        study.optimize(
+            self._objective,
+            timeout=self.timeout,
+            catch=(Exception,),
+            callbacks=[
+                MaxTrialsCallback(self.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                on_trial,
+            ],
+            gc_after_trial=False,
+        )
+        return ran_here
+
     def _preflight(self) -> None:
         """Real weights are loaded strictly once now (and kept for the trials): a wrong checkpoint is
         an error before any store or study exists."""
         settings = self.spec.variant.settings
         if settings.get("random_init"):
             return
-        first = self.cells[0]
-        try:
-            build_method(
-                self.entry.name,
-                dict(self.cell_spec(first, settings).settings),
-                resolve_device(self.device),
-                self.pool,
-            )
-        except USER_ERRORS as e:
-            raise FssBenchError(f"{self.spec.source}: variant {self.spec.variant.name}: {e}") from None
+        blame = f"{self.spec.source}: variant {self.spec.variant.name}"
+        self.workspace.preflight([(self.cell_spec(self.cells[0], settings), None, blame)])
 
     # -------------------------------------------------------------------------------- the study
     def _open_study(self, storage: Any) -> Any:
@@ -505,8 +501,8 @@ class SearchRunner:
         recording it, or that lives in another MLflow store, is created by the next worker)."""
         import optuna
 
-        spec, tracker = self.spec, self.tracker
-        assert tracker is not None
+        spec, records = self.spec, self.records
+        assert records is not None
         sampler, pruner = make_sampler(spec), make_pruner(spec)
         with self.lock:
             try:
@@ -548,58 +544,15 @@ class SearchRunner:
                     f"Optuna study {self.study_name!r} has direction {study.direction.name.lower()}"
                 )
             rid = attrs.get(PARENT_ATTR)
-            if rid is None or not self._run_exists(rid):
+            if rid is None or not records.has_parent(rid):
                 self._create_parent(study)
             else:
-                self.parent_run_id = rid
+                records.parent_run_id = rid
             return study
 
-    def _run_exists(self, run_id: str) -> bool:
-        assert self.tracker is not None
-        try:
-            run = self.tracker.client.get_run(run_id)
-        except Exception:
-            return False
-        return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
-
     def _create_parent(self, study: Any) -> None:
-        spec, tracker = self.spec, self.tracker
-        assert tracker is not None
-        tags = {
-            "fss.kind": "search",
-            "fss.search": spec.name,
-            "fss.optuna_study": self.study_name,
-            "fss.optuna_storage": redact(self.storage_url or ""),
-            "fss.tuned_on_test": str(spec.tuned_on_test).lower(),
-            "fss.random_init": str(bool(spec.variant.settings.get("random_init"))).lower(),
-            "fss.search_sha256": spec.sha256,
-            "fss.search_file": spec.source,
-            "fss.variant": spec.variant.name,
-            "fss.method": spec.variant.method,
-            "fss.kind_of_manifests": spec.kind,
-            "fss.git_commit": git_commit(),
-            "fss.versions": json.dumps(package_versions()),
-        }
-        run = tracker.client.create_run(self.experiment_id, run_name=f"search {self.study_name}", tags=tags)
-        self.parent_run_id = run.info.run_id
-        tracker.log_params(
-            self.parent_run_id,
-            {
-                "space": json.dumps({k: p.to_json() for k, p in spec.space.items()}),
-                "metric": spec.metric,
-                "direction": spec.direction,
-                "sampler": json.dumps(spec.sampler),
-                "pruner": json.dumps(spec.pruner),
-                "report_every": spec.report_every,
-                "kind": spec.kind,
-                "folds": json.dumps(spec.study.folds),
-                "shots": json.dumps(spec.study.shots),
-                "episodes": spec.study.episodes,
-                "method": spec.variant.method,
-                "variant": spec.variant.name,
-            },
-        )
-        study.set_user_attr(PARENT_ATTR, self.parent_run_id)
+        assert self.records is not None
+        study.set_user_attr(PARENT_ATTR, self.records.create_parent())
 
     def _finished(self, study: Any) -> int:
         from optuna.trial import TrialState
@@ -626,7 +579,7 @@ class SearchRunner:
         (SQLite does not lock the row they both read) record and retry it once."""
         from optuna.storages import RetryFailedTrialCallback
 
-        assert self.tracker is not None
+        assert self.records is not None
         message = "its worker stopped sending heartbeats (killed or lost); retried as a new trial"
         with self.lock:
             history = [t.system_attrs.get("retry_history") or [] for t in study.get_trials(deepcopy=False)]
@@ -636,33 +589,14 @@ class SearchRunner:
             try:
                 if rid is None:
                     rid = self._trial_run(trial.number, trial.params, {})
-                self.tracker.client.set_tag(rid, "fss.trial_state", "FAIL")
-                self.tracker.fail_cell(rid, message)
+                self.records.fail_stale(rid, message)
             finally:
                 RetryFailedTrialCallback(max_retry=3)(study, trial)
 
     # -------------------------------------------------------------------------------- a trial
     def _trial_run(self, number: int, params: dict[str, Any], extra_tags: dict[str, str]) -> str:
-        assert self.tracker is not None
-        spec = self.spec
-        tags = {
-            "mlflow.parentRunId": self.parent_run_id,
-            "fss.kind": "trial",
-            "fss.search": spec.name,
-            "fss.trial_number": str(number),
-            "fss.trial_state": "RUNNING",
-            "fss.optuna_study": self.study_name,
-            "fss.optuna_storage": redact(self.storage_url or ""),
-            "fss.tuned_on_test": str(spec.tuned_on_test).lower(),
-            "fss.random_init": str(bool(spec.variant.settings.get("random_init"))).lower(),
-            "fss.variant": spec.variant.name,
-            "fss.method": spec.variant.method,
-            **self._provenance(params),
-            **extra_tags,
-        }
-        run = self.tracker.client.create_run(self.experiment_id, run_name=f"trial {number}", tags=tags)
-        self.tracker.log_params(run.info.run_id, dict(params))
-        return run.info.run_id
+        assert self.records is not None
+        return self.records.trial_run(number, params, {**self._provenance(params), **extra_tags})
 
     def _provenance(self, params: dict[str, Any]) -> dict[str, str]:
         """What a cell run records of where its numbers come from, for a trial: MLflow's standard
@@ -687,8 +621,8 @@ class SearchRunner:
     def _objective(self, trial: Any) -> float:
         import optuna
 
-        spec, tracker = self.spec, self.tracker
-        assert tracker is not None
+        spec, records = self.spec, self.records
+        assert records is not None
         params = suggest(trial, spec)
         settings = self.entry.resolve({**spec.variant.settings, **params})
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -724,7 +658,7 @@ class SearchRunner:
                 self._stopped_on_failures = True
                 trial.study.stop()
             raise
-        tracker.client.log_metric(rid, "objective", value, step=progress["episodes"])
+        records.metric(rid, "objective", value, step=progress["episodes"])
         self._end_trial(trial, rid, "COMPLETE", progress["episodes"])
         self._failures_in_a_row = 0
         return value
@@ -738,22 +672,16 @@ class SearchRunner:
         error: str | None = None,
         status: str = "FINISHED",
     ) -> None:
-        assert self.tracker is not None
         trial.set_user_attr("episodes_run", episodes)
-        client = self.tracker.client
-        client.log_metric(rid, "episodes_run", float(episodes))
-        client.set_tag(rid, "fss.trial_state", state)
-        if error is not None:
-            self.tracker.fail_cell(rid, error, status=status)
-        else:
-            client.set_terminated(rid, status="FINISHED")
+        assert self.records is not None
+        self.records.end_trial(rid, state, episodes, error, status)
 
     def _evaluate(self, trial: Any, settings: dict[str, Any], rid: str, progress: dict[str, int]) -> float:
         """Every cell of the search with ``settings``; reports the running objective to Optuna."""
         import optuna
-        from filelock import FileLock
 
-        spec, client = self.spec, self.tracker.client  # type: ignore[union-attr]
+        spec, records = self.spec, self.records
+        assert records is not None
         metric, every = spec.metric, spec.report_every
         wilcoxon = spec.pruner["type"] == "wilcoxon"
         values: list[float] = []
@@ -771,7 +699,7 @@ class SearchRunner:
                 return
             reported.add(step)
             trial.report(value, step)
-            client.log_metric(rid, f"running_{metric}", value, step=progress["episodes"])
+            records.metric(rid, f"running_{metric}", value, step=progress["episodes"])
             if trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned after {progress['episodes']} episodes (running {metric} {100 * value:.2f})"
@@ -796,23 +724,23 @@ class SearchRunner:
                     elif len(rows) < total:  # a cell's last episode reports its exact value below
                         report(sum(values + [value_of(rows)]) / (len(values) + 1), progress["episodes"])
 
-            (self.work_dir / "locks").mkdir(parents=True, exist_ok=True)
-            with FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock")):  # a twin trial elsewhere
+            ws = self.workspace
+            with ws.cell_lock(key):  # a twin trial elsewhere
                 result = evaluate_cell(
                     cspec,
-                    self.cache,
+                    ws.cache,
                     key=key,
-                    pool=self.pool,
-                    journal_path=self.work_dir / "cells" / key[:20] / "episodes.jsonl",
+                    pool=ws.pool,
+                    journal_path=ws.journal_path(key),
                     on_row=on_row,
-                    stages=self.stages,
+                    stages=ws.stages,
                     on_start=lambda done, total, name=cspec.name: (
                         done
                         and self.log(f"trial {trial.number}: resuming {name} at episode {done} of {total}")
                     ),
                 )
             values.append(float(result.summary[metric]))
-            client.log_metric(rid, f"{metric}.{cell.label}", values[-1])
+            records.metric(rid, f"{metric}.{cell.label}", values[-1])
             if not wilcoxon:
                 report(sum(values) / len(values), progress["episodes"])
         if wilcoxon and chunk:
@@ -825,7 +753,7 @@ class SearchRunner:
         logged to the parent run (``search/``)."""
         import pandas as pd
 
-        assert self.tracker is not None and outcome.best is not None
+        assert self.records is not None and outcome.best is not None
         folder = self.work_dir / "searches" / self.study_name
         folder.mkdir(parents=True, exist_ok=True)
         best_path = folder / "best-study.yaml"
@@ -839,14 +767,7 @@ class SearchRunner:
         plots, notes = save_plots(study, folder, self.spec)
         outcome.outputs.update(plots)
         outcome.notes.extend(notes)
-        client = self.tracker.client
-        for path in [best_path, trials_path, *plots.values()]:
-            client.log_artifact(self.parent_run_id, str(path), "search")
-        client.log_metric(self.parent_run_id, "best_value", float(outcome.best["value"]))
-        client.set_tag(self.parent_run_id, "fss.best_trial", str(outcome.best["number"]))
-        client.set_tag(
-            self.parent_run_id, "fss.best_params", json.dumps(outcome.best["params"], sort_keys=True)
-        )
+        self.records.log_outputs([best_path, trials_path, *plots.values()], outcome.best)
 
 
 def check_test_tuning(spec: SearchSpec, allow: bool) -> None:

@@ -45,13 +45,13 @@ from benchmark.device import resolve_device
 from benchmark.episode_loader import ImageStore
 from benchmark.episodes import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
-from benchmark.feature_cache import FeatureCache
+from benchmark.interrupts import sigterm_as_interrupt
 from benchmark.io_utils import say, write_text_atomic
 from benchmark.methods import TrainableMethod, build_method, get_method, get_trainable
-from benchmark.runner import sigterm_as_interrupt
-from benchmark.tracking import Tracker, flat_params, git_commit, package_versions, standard_tags
+from benchmark.records.tracking import Tracker, flat_params, git_commit, package_versions, standard_tags
 from benchmark.train_data import TrainBatches, train_loader, train_set
 from benchmark.train_file import TrainSpec, check_select_on_test
+from benchmark.workspace import Workspace
 from fssam.finetune import module_states, save_atomic
 from fssam.train import dice_loss, poly_lr
 
@@ -350,7 +350,7 @@ class Trainer:
         run_id = self.run_id
         logged_until = self._logged_until(tracker, run_id)
         store = ImageStore(PreparedDataset(spec.data_root))
-        cache = FeatureCache(self.out / "feature-cache")
+        cache = Workspace(self.out).cache  # the validation's feature cache: <out>/feature-cache
         buffer: list[tuple[str, float, int]] = []
         status, stopped_early, i = "FAILED", False, start
         from tqdm import tqdm

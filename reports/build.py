@@ -14,7 +14,7 @@ import pandas as pd
 
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_text_atomic
-from benchmark.tracking import Tracker, git_commit
+from benchmark.records.tracking import Tracker, git_commit
 from reports import figures as F
 from reports.collect import cells_csv_frame, collect_experiment
 from reports.html import Section, write_html

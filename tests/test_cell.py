@@ -365,7 +365,7 @@ def test_two_variants_with_the_same_cell_run_it_once(pascal_root, tmp_path):
     (run,) = [r for r in runs(uri, "twins") if r.data.tags.get("fss.kind") == "cell"]
     assert run.data.tags["fss.variant"] == "a" and run.data.tags["fss.also_variants"] == "b"
     # the reports count the one cell for both variants
-    from benchmark.tracking import Tracker
+    from benchmark.records.tracking import Tracker
     from reports.collect import collect_experiment
 
     data = collect_experiment(Tracker(uri, create=False), "twins", tmp_path / "dl")

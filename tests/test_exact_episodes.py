@@ -166,7 +166,7 @@ def test_the_authors_lists_on_a_root_without_their_images_name_the_missing_one(p
 
 
 def test_a_study_with_fssam_exact_writes_the_draw_into_its_manifests(pascal_root, tmp_path):
-    from benchmark.runner import study_manifests
+    from benchmark.plan import study_manifests
     from benchmark.study import load_study
 
     study = tmp_path / "s.yaml"

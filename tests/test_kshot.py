@@ -163,9 +163,9 @@ def test_a_fixed_checkpoint_outside_the_fssam5s_folder_keeps_the_intended_path(p
 def test_the_qualitative_figure_shows_the_voted_prediction_the_cell_scored(pascal_root, tmp_path):
     import yaml
 
+    from benchmark.records.tracking import Tracker
     from benchmark.runner import StudyRunner
     from benchmark.study import load_study
-    from benchmark.tracking import Tracker
     from reports.collect import collect_experiment
     from reports.episodes import episode_panels
 

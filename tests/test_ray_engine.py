@@ -294,7 +294,7 @@ def test_force_then_a_failure_leaves_only_the_failed_run(
 def test_a_logging_error_marks_the_run_failed_and_the_study_goes_on(
     ray_cluster, local, pascal_root, tmp_path, monkeypatch
 ):
-    from benchmark.tracking import Tracker
+    from benchmark.records.tracking import Tracker
 
     real = Tracker.finish_cell
 

@@ -209,7 +209,7 @@ def test_figures_html_and_mlflow_artifacts(report):
 
 def test_qualitative_rows_name_the_class_and_the_page_links_full_size_figures(report, tmp_path):
     from benchmark.data.classes import class_names
-    from benchmark.tracking import Tracker
+    from benchmark.records.tracking import Tracker
     from reports.collect import collect_experiment
     from reports.episodes import episode_panels
 
@@ -255,7 +255,7 @@ def test_the_reports_cells_csv_has_the_runners_schema_in_percent(report):
 
 
 def test_a_new_report_run_replaces_the_earlier_one(tmp_path):
-    from benchmark.tracking import Tracker
+    from benchmark.records.tracking import Tracker
     from reports.build import _log_report
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}")

@@ -169,7 +169,7 @@ def test_the_study_run_records_the_file_the_overrides_and_the_resolved_study(pas
 
 
 def test_cells_csv_keeps_the_rows_another_process_wrote():
-    from benchmark.runner import merge_cells_tables
+    from benchmark.records.table import merge_cells_tables
 
     a_ran = pd.DataFrame(
         [

@@ -22,7 +22,7 @@ from benchmark.data.lists import ImageRecord, heldout_images
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes import ValPoolWarning, build_manifest, load_manifest
 from benchmark.errors import FssBenchError
-from benchmark.runner import study_manifests
+from benchmark.plan import study_manifests
 from benchmark.search_file import parse_search
 from benchmark.study import parse_study
 from benchmark.train_data import train_set

@@ -15,7 +15,7 @@ def check_path_options(args: argparse.Namespace) -> None:
     """Before any work, nothing created: the tracking store given by ``--tracking-uri`` or
     ``MLFLOW_TRACKING_URI`` is one fssbench can use, and ``--work-dir``/``--cache-dir`` name folders
     (or nothing yet) with no file on their path."""
-    from benchmark.tracking import check_tracking_uri
+    from benchmark.records.tracking import check_tracking_uri
 
     uri = getattr(args, "tracking_uri", None)
     if uri:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.engine == "ray":
             from benchmark.engines.ray_search import run_search_on_ray
-            from benchmark.tracking import Tracker
+            from benchmark.records.tracking import Tracker
 
             outcome = run_search_on_ray(
                 spec,

@@ -27,9 +27,7 @@ from benchmark.cell import CellSpec, cell_key, evaluate_cell
 from benchmark.device import resolve_device
 from benchmark.episodes import save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
-from benchmark.feature_cache import FeatureCache
-from benchmark.methods import WeightPool
-from fssam.stages import StageMemo
+from benchmark.workspace import Workspace
 
 
 def cell_payload(
@@ -83,15 +81,14 @@ class CellWorker:
             from benchmark.device import set_deterministic
 
             set_deterministic()
-        self.work_dir = Path(work_dir)
-        self.cache = FeatureCache(
-            Path(cache_dir) if cache_dir else None,
-            memory_bytes=memory_cache_bytes,
-            enabled=use_cache,
-            max_disk_bytes=cache_max_bytes,
+        self.workspace = Workspace(
+            work_dir,
+            cache_dir=cache_dir or None,
+            use_cache=use_cache,
+            memory_cache_bytes=memory_cache_bytes,
+            cache_max_bytes=cache_max_bytes,
+            stages_bytes=stages_bytes,
         )
-        self.stages = StageMemo(stages_bytes) if use_cache and stages_bytes > 0 else None
-        self.pool = WeightPool()
         self.qualitative = qualitative
         self.cells_run = 0
 
@@ -105,7 +102,8 @@ class CellWorker:
         key, manifest = payload["key"], payload["manifest"]
         t0 = time.perf_counter()
         try:
-            path = self.work_dir / "manifests" / "by-sha256" / f"{manifest['sha256'][:20]}.json"
+            ws = self.workspace
+            path = ws.manifest_copy(manifest["sha256"])
             if not path.is_file():
                 save_manifest(manifest, path)
             raw = payload["spec"]
@@ -135,19 +133,18 @@ class CellWorker:
                         f"{spec.precision} here, or other code or packages); run the driver where the "
                         "workers' device, code and packages are the same"
                     )
-            cell_dir = self.work_dir / "cells" / key[:20]
             if payload.get("fresh"):  # --force: the cell's journal and artifacts start over
-                shutil.rmtree(cell_dir, ignore_errors=True)
+                shutil.rmtree(ws.cell_dir(key), ignore_errors=True)
             result = evaluate_cell(
                 spec,
-                self.cache,
+                ws.cache,
                 key=key,
                 weights=payload.get("weights"),
-                pool=self.pool,
-                journal_path=cell_dir / "episodes.jsonl",
-                artifacts_dir=cell_dir / "artifacts",
+                pool=ws.pool,
+                journal_path=ws.journal_path(key),
+                artifacts_dir=ws.artifacts_dir(key),
                 qualitative=self.qualitative,
-                stages=self.stages,
+                stages=ws.stages,
             )
             answer = {
                 "ok": True,

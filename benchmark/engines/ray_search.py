@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from benchmark.engines.ray_study import actor_resources, check_tracking_for_cluster, connect
 from benchmark.errors import USER_ERRORS, FssBenchError
+from benchmark.records.tracking import default_tracking_uri
 from benchmark.search import SearchOutcome, SearchRunner, default_storage, open_storage, redact
 from benchmark.search_file import SearchSpec
-from benchmark.tracking import default_tracking_uri
 
 
 class SearchWorker:

@@ -4,7 +4,8 @@ Everything but the scheduling is :class:`benchmark.runner.StudyRunner`'s: the dr
 checks the manifests, asks MLflow which cells are finished (the cell key) and opens the parent run;
 :meth:`RayStudyRunner.execute` then hands the unfinished cells to Ray actors
 (:class:`benchmark.engines.cell_worker.CellWorker`), which hold their weights and feature caches
-warm across cells, and logs each answer as the cell's MLflow child run.
+warm across cells, and records each answer as the cell's MLflow child run with
+:mod:`benchmark.records.cells`, as the local engine does.
 
 * **Affinity.** Cells are grouped by manifest (same images: the feature cache pays off) and the
   groups dealt to the workers' queues, largest first; an idle worker with an empty queue takes a
@@ -36,8 +37,9 @@ from tqdm import tqdm
 from benchmark.engines.cell_worker import CellWorker, cell_payload
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_bytes_atomic
-from benchmark.methods import WeightPool
-from benchmark.runner import Cell, StudyRunner
+from benchmark.plan import Cell
+from benchmark.records.cells import CellOutcome
+from benchmark.runner import StudyRunner
 
 SERVER_HINT = (
     "start one with `mlflow server --backend-store-uri postgresql://USER@HOST/mlflow "
@@ -205,14 +207,8 @@ class RayStudyRunner(StudyRunner):
         return opts | {"scheduling_strategy": "SPREAD"}, fit
 
     def _worker_args(self) -> dict[str, Any]:
-        s = self.study.cache
-        return {
-            "work_dir": str(self.work_dir),
-            "cache_dir": str(self.cache.directory) if self.cache.directory and self.cache.enabled else None,
-            "use_cache": self.cache.enabled,
-            "memory_cache_bytes": self.cache.memory_bytes,
-            "cache_max_bytes": self.cache.max_disk_bytes,
-            "stages_bytes": int(s.stages_gb * 2**30),
+        """The driver's workspace settings (each worker rebuilds it), and the worker's own."""
+        return self.workspace.settings() | {
             "qualitative": self.qualitative,
             "threads": max(1, int(self.cpus_per_cell)),
             "deterministic": bool(torch.are_deterministic_algorithms_enabled()),  # --deterministic
@@ -224,7 +220,7 @@ class RayStudyRunner(StudyRunner):
         run or model exists; then the local engine's run with :meth:`execute` on Ray."""
         import ray
 
-        from benchmark.tracking import default_tracking_uri
+        from benchmark.records.tracking import default_tracking_uri
 
         self.attempts = collections.Counter()
         started = connect(self.ray_address, quiet=not self.progress)
@@ -244,7 +240,7 @@ class RayStudyRunner(StudyRunner):
 
         on_cpu = [dataclasses.replace(c, spec=dataclasses.replace(c.spec, device="cpu")) for c in todo]
         super().preflight(on_cpu, keys)
-        self.pool = WeightPool()
+        self.workspace.drop_weights()
 
     def execute(
         self, exp: str, parent: str, todo: list[Cell], keys: dict[str, tuple[str, dict[str, str]]]
@@ -425,13 +421,14 @@ class RayStudyRunner(StudyRunner):
         if run is None:
             return False
         for c in cells:
-            self.results.append(self._skipped_row(c, key, run, "skipped (done by another process)"))
+            self.table.skipped(c, key, run, "skipped (done by another process)")
         return True
 
-    def _clear_for_force(self, exp: str, key: str) -> None:
+    def _clear_for_force(self, key: str) -> None:
         """--force: the cell's earlier runs go, finished ones included, once per invocation."""
         if self.force and key not in self._ran:
-            self.delete_runs(exp, key)
+            assert self.records is not None
+            self.records.delete_runs(key)
 
     def _record_answer(
         self,
@@ -441,19 +438,18 @@ class RayStudyRunner(StudyRunner):
         keys: dict[str, tuple[str, dict[str, str]]],
         answer: dict[str, Any],
     ) -> bool:
-        """Log a worker's result as the cell's run, under the cell's lock (unless another process
-        finished it meanwhile); twin variants get skipped rows pointing at it. A logging error marks
-        the run FAILED and the cell failed (False): nothing is left half-logged or RUNNING."""
-        tracker = self.tracker
-        assert tracker is not None
+        """Record a worker's result as the cell's run (:mod:`benchmark.records.cells`), under the
+        cell's lock (unless another process finished it meanwhile); twin variants get skipped rows
+        pointing at it. A logging error marks the run FAILED and the cell failed (False): nothing is
+        left half-logged or RUNNING."""
+        records = self.records
+        assert records is not None
         first = cells[0]
         key, weights = keys[first.name]
         with self.cell_lock(key):
             if not self.force and self._finished_elsewhere(exp, key, cells):
                 return True
-            folder = self.work_dir / "ray-artifacts" / key[:20]
-            params, tags = self.cell_record(first, key, weights)
-            tags |= {"fss.engine": "ray", "fss.worker": answer["worker"]}
+            folder = self.workspace.received_artifacts_dir(key)
             rid = None
             try:
                 artifacts = []
@@ -461,40 +457,33 @@ class RayStudyRunner(StudyRunner):
                     path = folder / (artifact_path or "") / name
                     write_bytes_atomic(path, data)
                     artifacts.append((path, artifact_path))
-                self._clear_for_force(exp, key)
-                rid = tracker.start_cell(exp, parent, first.name, params, tags)
-                tracker.finish_cell(
-                    rid, answer["metrics"], artifacts, {"fss.peak_mem_kind": answer["peak_mem_kind"]}
+                self._clear_for_force(key)
+                rid = records.open(first, key, weights, {"fss.engine": "ray", "fss.worker": answer["worker"]})
+                records.record(
+                    rid, CellOutcome.finished(answer["metrics"], artifacts, answer["peak_mem_kind"])
                 )
             except KeyboardInterrupt:
                 if rid is not None:
                     with contextlib.suppress(Exception):
-                        tracker.fail_cell(
-                            rid, "interrupted while logging; rerun to run it again", status="KILLED"
+                        records.record(
+                            rid,
+                            CellOutcome.failed(
+                                "interrupted while logging; rerun to run it again", status="KILLED"
+                            ),
                         )
                 raise
             except Exception as e:
                 text = f"logging the result failed ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
                 if rid is not None:
                     with contextlib.suppress(Exception):
-                        tracker.fail_cell(rid, text)
+                        records.record(rid, CellOutcome.failed(text))
                 self._failed_rows(cells, key, rid, text)
                 return False
             self._ran.add(key)
-        self.results.append(
-            self._row(first, key)
-            | {
-                "miou_pct": 100 * answer["summary"]["miou"],
-                "fb_iou_pct": 100 * answer["summary"]["fb_iou"],
-                "status": "run",
-                "run_id": rid,
-                **answer["row"],
-                "attempts": self.attempts[key],
-            }
-        )
-        run = tracker.client.get_run(rid)
+        self.table.ran(first, key, rid, answer["summary"], **answer["row"], attempts=self.attempts[key])
+        run = records.tracker.client.get_run(rid)
         for c in cells[1:]:
-            self.results.append(self._skipped_row(c, key, run))
+            self.table.skipped(c, key, run)
         return True
 
     def _record_failed(
@@ -507,17 +496,16 @@ class RayStudyRunner(StudyRunner):
         tb: str,
     ) -> None:
         """A FAILED run with the error (once, under the cell's lock), and a failed row for every twin."""
-        tracker = self.tracker
-        assert tracker is not None
+        records = self.records
+        assert records is not None
         key, weights = keys[cells[0].name]
-        params, tags = self.cell_record(cells[0], key, weights)
-        tags["fss.engine"] = "ray"
         rid = None
         with self.cell_lock(key):
             try:
-                self._clear_for_force(exp, key)
-                rid = tracker.start_cell(exp, parent, cells[0].name, params, tags)
-                tracker.fail_cell(rid, text + ("\n" + tb if tb else ""))
+                self._clear_for_force(key)
+                rid = records.record_failure(
+                    cells[0], key, weights, text + ("\n" + tb if tb else ""), {"fss.engine": "ray"}
+                )
             except Exception as e:  # the store is failing too: the failure stays in the results
                 self.log(f"could not record the failure of {cells[0].name} in MLflow ({type(e).__name__})")
             self._ran.add(key)
@@ -527,7 +515,7 @@ class RayStudyRunner(StudyRunner):
         """One failure (as the local engine counts it) and a failed row for each twin variant."""
         self.record_failure(cells[0], key, rid, text)
         for c in cells[1:]:
-            self.results.append(self._row(c, key) | {"status": "failed", "run_id": rid, "error": text})
+            self.table.failed(c, key, rid, text)
 
     def _fail_unplaced(self, exp, parent, twins, keys, workers, opts) -> int:
         import ray

@@ -1,5 +1,5 @@
 """MLflow at the edge: the tracking store, one experiment per study, a parent run per invocation and
-a child run per cell. Nothing else in the suite imports mlflow.
+a child run per cell. Besides :mod:`benchmark.records`, only the trainer's curve logging imports mlflow.
 
 Default store: SQLite ``mlflow.db`` in the working directory (created once, before any work),
 overridden by ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` (e.g. a shared MLflow server). A finished
