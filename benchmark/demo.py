@@ -26,13 +26,13 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from benchmark.cell import CellSpec, evaluate_cell
 from benchmark.data.check import check_prepared
 from benchmark.data.prepare_pascal import prepare_pascal
 from benchmark.data.synth import synth_dataset, synth_raw_roots
-from benchmark.episodes import load_manifest
+from benchmark.episodes.manifests import load_manifest
 from benchmark.errors import FssBenchError
-from benchmark.feature_cache import FeatureCache
+from benchmark.evaluation.cell import CellSpec, evaluate_cell
+from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.io_utils import write_text_atomic
 
 REFERENCE_PREDICTORS = {"mean-colour": "mean_colour", "all-foreground": "all_foreground"}

@@ -10,7 +10,7 @@ from typing import Any
 from benchmark.errors import FssBenchError
 
 FEATURE_DTYPE_NAMES = ("fp32", "fp16", "bf16")
-"""Storage dtypes of cached frozen features (``cache.dtype`` in a study; torch dtypes in benchmark.features)."""
+"""Storage dtypes of cached frozen features (``cache.dtype`` in a study; torch dtypes in benchmark.evaluation.features)."""
 
 
 def resolve_device(name: str):

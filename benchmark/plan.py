@@ -1,7 +1,7 @@
 """Plan: a study -> its manifests -> the specs of its cells (no model, no tracking).
 
 :func:`study_manifests` writes (only when missing or different) the manifest of every cell group
-of a study; :func:`cell_spec` is the one place a :class:`~benchmark.cell.CellSpec` is built for a
+of a study; :func:`cell_spec` is the one place a :class:`~benchmark.evaluation.cell.CellSpec` is built for a
 cell, by ``fssbench run`` (a variant's own settings) and ``fssbench search`` (a trial's).
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.cell import CellSpec
-from benchmark.episodes import build_manifest, load_manifest, save_manifest
+from benchmark.episodes.manifests import build_manifest, load_manifest, save_manifest
+from benchmark.evaluation.cell import CellSpec
 from benchmark.study import Study, Variant
 
 

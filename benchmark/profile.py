@@ -20,16 +20,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmark.cell import CellSpec
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
-from benchmark.episode_loader import ImageStore, load_episode
-from benchmark.episodes import evaluation_of, load_manifest, manifest_episodes
-from benchmark.feature_cache import FeatureCache, identity_hash
-from benchmark.features import Featurizer
+from benchmark.episodes.manifests import evaluation_of, load_manifest, manifest_episodes
+from benchmark.evaluation.cell import CellSpec
+from benchmark.evaluation.feature_cache import FeatureCache, identity_hash
+from benchmark.evaluation.features import Featurizer
+from benchmark.evaluation.loader import ImageStore, load_episode
+from benchmark.evaluation.metrics import prediction_at_label_size
+from benchmark.evaluation.predict import predict_batch
 from benchmark.methods import WeightPool, build_method
-from benchmark.metrics import prediction_at_label_size
-from benchmark.predict import predict_batch
 from benchmark.runner import StudyRunner
 from benchmark.study import Study
 

@@ -1,7 +1,7 @@
 """``fssbench run``, the local engine: every cell (variant x dataset x fold x shot x seed) of a study.
 
 The engine plans, skips, locks, tracks and reports; the numbers come from the shared cell function
-(:func:`benchmark.cell.evaluate_cell`). For each cell:
+(:func:`benchmark.evaluation.cell.evaluate_cell`). For each cell:
 
 1. its key is computed from the resolved settings, the manifest hash and the weight-file hashes
    (cached), with no model built; a key with a FINISHED MLflow run is skipped (unless ``force``);
@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark.cell import cell_key, evaluate_cell, weight_ids
-from benchmark.episodes import load_manifest
+from benchmark.episodes.manifests import load_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
+from benchmark.evaluation.cell import cell_key, evaluate_cell, weight_ids
 from benchmark.interrupts import sigterm_as_interrupt
 from benchmark.io_utils import say
 from benchmark.plan import Cell, study_cells, study_manifests

@@ -2,7 +2,7 @@
 manifests, tracked in MLflow, resumable, shared by any number of worker processes.
 
 One trial = the searched variant with the trial's switches, evaluated on every validation cell of
-the search (dataset x fold x shot x seed) with :func:`benchmark.cell.evaluate_cell`. After every
+the search (dataset x fold x shot x seed) with :func:`benchmark.evaluation.cell.evaluate_cell`. After every
 ``report_every`` episodes (and after each cell) the running objective goes to ``trial.report``;
 a pruned trial stops there and records how many episodes it ran. Frozen features are cached on
 disk in the work folder, so trials after the first cost only the method's own forward.
@@ -40,13 +40,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from benchmark.cell import CellSpec, cell_key, code_hash, evaluate_cell, weight_ids
-from benchmark.episodes import load_manifest
+from benchmark.episodes.manifests import load_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
+from benchmark.evaluation.cell import CellSpec, cell_key, code_hash, evaluate_cell, weight_ids
+from benchmark.evaluation.metrics import summarize
 from benchmark.interrupts import sigterm_as_interrupt
 from benchmark.io_utils import write_text_atomic
 from benchmark.methods import get_method
-from benchmark.metrics import summarize
 from benchmark.plan import cell_spec, study_manifests
 from benchmark.records.search import SearchRecords
 from benchmark.records.tracking import Tracker, git_commit, package_versions, standard_tags

@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from benchmark.episodes import VAL_RULE
+from benchmark.episodes.manifests import VAL_RULE
 from benchmark.errors import FssBenchError
 from benchmark.file_paths import resolve_paths, search_path_fields, study_path_fields
 from benchmark.io_utils import canonical_json

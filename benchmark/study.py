@@ -54,7 +54,7 @@ import yaml
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
-from benchmark.episodes import (
+from benchmark.episodes.manifests import (
     EXACT_LISTS,
     HOLDOUT_FRACTION,
     PROTOCOLS,

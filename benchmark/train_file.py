@@ -49,7 +49,7 @@ from typing import Any
 import yaml
 
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
-from benchmark.episodes import HOLDOUT_FRACTION, VAL_SOURCES
+from benchmark.episodes.manifests import HOLDOUT_FRACTION, VAL_SOURCES
 from benchmark.errors import FssBenchError
 from benchmark.file_paths import resolve_paths, train_path_fields
 from benchmark.io_utils import canonical_json

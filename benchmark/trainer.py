@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.cell import CellSpec, CheckpointHashes, code_hash, evaluate_cell
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
-from benchmark.episode_loader import ImageStore
-from benchmark.episodes import build_manifest, load_manifest, save_manifest
+from benchmark.episodes.manifests import build_manifest, load_manifest, save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
+from benchmark.evaluation.cell import CellSpec, CheckpointHashes, code_hash, evaluate_cell
+from benchmark.evaluation.loader import ImageStore
 from benchmark.interrupts import sigterm_as_interrupt
 from benchmark.io_utils import say, write_text_atomic
 from benchmark.methods import TrainableMethod, build_method, get_method, get_trainable

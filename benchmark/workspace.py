@@ -14,11 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmark.cell import CellSpec, CheckpointHashes
 from benchmark.data.image_check import check_files
 from benchmark.device import resolve_device
 from benchmark.errors import USER_ERRORS, FssBenchError
-from benchmark.feature_cache import FeatureCache
+from benchmark.evaluation.cell import CellSpec, CheckpointHashes
+from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.methods import WeightPool, build_method
 from benchmark.study import CacheSettings
 from fssam.stages import StageMemo

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import FssBenchError
+from benchmark.evaluation.metrics import paired_bootstrap_diff_over_folds
 from benchmark.io_utils import write_text_atomic
-from benchmark.metrics import paired_bootstrap_diff_over_folds
 from benchmark.records.tracking import Tracker
 from reports.collect import ExperimentData, collect_experiment, manifest_classes
 from reports.tables import Table, _num, difference_cells, provenance

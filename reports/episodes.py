@@ -13,13 +13,13 @@ import numpy as np
 from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
-from benchmark.episode_loader import ImageStore, load_episode
-from benchmark.episodes import build_manifest, load_manifest, manifest_episodes
+from benchmark.episodes.manifests import build_manifest, load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
-from benchmark.feature_cache import FeatureCache
-from benchmark.features import Featurizer
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.features import Featurizer
+from benchmark.evaluation.loader import ImageStore, load_episode
+from benchmark.evaluation.predict import one_shot, predict_episode, predict_scored, scored_mask
 from benchmark.methods import WeightPool, build_method, get_method
-from benchmark.predict import one_shot, predict_episode, predict_scored, scored_mask
 from reports.collect import ExperimentData
 from reports.figures import EpisodePanels
 

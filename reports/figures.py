@@ -29,8 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator
 from PIL import Image
 
+from benchmark.evaluation.qualitative import outline, overlay
 from benchmark.io_utils import respect_umask
-from benchmark.qualitative import outline, overlay
 
 RANDOM_INIT_LABEL = "RANDOM-INIT WEIGHTS"
 """Text put on every figure drawn from random-init (smoke test) weights."""

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.data.classes import NUM_FOLDS
-from benchmark.metrics import MetricsError, paired_bootstrap_diff_over_folds, seed_bootstrap_ci
+from benchmark.evaluation.metrics import MetricsError, paired_bootstrap_diff_over_folds, seed_bootstrap_ci
 from reports.collect import ExperimentData, manifest_classes
 from reports.references import Reference
 
@@ -354,7 +354,7 @@ def main_table(
     Fold values are means over seeds; the mean column is the mean over the folds present. With
     several seeds the mean column reads ``mean ± std`` (std over seeds of the fold mean) and a
     ``95% CI`` column follows it: a percentile bootstrap over seeds and, within every cell, episodes
-    (:func:`benchmark.metrics.seed_bootstrap_ci`). Best value per column in bold. ``references``
+    (:func:`benchmark.evaluation.metrics.seed_bootstrap_ci`). Best value per column in bold. ``references``
     that match (dataset, metric, a variant and shot of the table) add a "published" row with the
     paper's number and a row with our difference from it (when all 4 folds are present).
     """

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from benchmark.cache_admin import cache_info, clear, prune
-from benchmark.feature_cache import FeatureCache
+from benchmark.evaluation.feature_cache import FeatureCache
 from tests.helpers import ROOT
 
 

@@ -21,7 +21,11 @@ from PIL import Image
 import benchmark.methods.registry as registry
 from baselines.naive_sam2 import NaiveSAM2
 from baselines.trivial import mean_colour
-from benchmark.cell import (
+from benchmark.cli import main
+from benchmark.data.prepared import PreparedDataset
+from benchmark.episodes.manifests import build_manifest, manifest_episodes, save_manifest
+from benchmark.errors import FssBenchError
+from benchmark.evaluation.cell import (
     CellSpec,
     CheckpointHashes,
     PeakMemory,
@@ -29,12 +33,8 @@ from benchmark.cell import (
     code_files,
     evaluate_cell,
 )
-from benchmark.cli import main
-from benchmark.data.prepared import PreparedDataset
-from benchmark.episode_loader import LRU, ImageStore
-from benchmark.episodes import build_manifest, manifest_episodes, save_manifest
-from benchmark.errors import FssBenchError
-from benchmark.feature_cache import FeatureCache
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.loader import LRU, ImageStore
 from benchmark.methods import FewShotMethod, MethodEntry, build_method, get_method, register
 from benchmark.methods.reference import ReferencePredictor
 from benchmark.runner import StudyRunner
@@ -128,8 +128,8 @@ def test_cell_key_covers_what_changes_numbers_and_nothing_else(tmp_path):
     names = {str(f.relative_to(Path(__file__).resolve().parents[1])) for f in code_files()}
     assert (
         "fssam/model.py" in names
-        and "benchmark/metrics.py" in names
-        and "benchmark/episode_loader.py" in names
+        and "benchmark/evaluation/metrics.py" in names
+        and "benchmark/evaluation/loader.py" in names
     )
     assert "fssam/train.py" not in names and "benchmark/runner.py" not in names  # cannot change a prediction
 
@@ -413,7 +413,7 @@ def test_force_reruns_each_finished_cell_exactly_once(pascal_root, tmp_path):
 
 
 def test_cell_key_covers_package_versions_and_a_user_methods_own_file(tmp_path, monkeypatch, explodes):
-    import benchmark.cell as cell
+    import benchmark.evaluation.cell as cell
 
     spec = CellSpec("explodes", {"image_size": 64}, tmp_path / "m.json", tmp_path, "cpu")
     base = cell_key(spec, "a" * 64, {})

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.episodes import load_manifest
+from benchmark.episodes.manifests import load_manifest
 
 
 def episodes(root: Path, dataset: str, out: Path, *extra: str) -> int:

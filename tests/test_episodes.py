@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.data.lists import ImageRecord
-from benchmark.episodes import (
+from benchmark.episodes.manifests import (
     StableRng,
     load_manifest,
     manifest_sha256,
@@ -128,7 +128,7 @@ def test_manifest_hash_and_tamper_detection(tmp_path):
 def test_sampling_is_identical_in_fresh_processes_with_different_hash_seeds():
     """Set/dict iteration order must not leak into episodes (PYTHONHASHSEED varies per process)."""
     code = (
-        "from tests.test_episodes import RECORDS, CLASSES; from benchmark.episodes import sample_episodes;"
+        "from tests.test_episodes import RECORDS, CLASSES; from benchmark.episodes.manifests import sample_episodes;"
         "print([(e.query, e.cls, e.supports) for e in sample_episodes(RECORDS, CLASSES, 2, 'fssam', 321, 200, 't')])"
     )
     root = Path(__file__).resolve().parents[1]

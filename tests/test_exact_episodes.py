@@ -21,9 +21,9 @@ from PIL import Image
 
 from benchmark.data.classes import novel_classes
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes import build_manifest
+from benchmark.episodes.fssam_exact import AUTHORS_LISTS, authors_draw, read_pfenet_lists
+from benchmark.episodes.manifests import build_manifest
 from benchmark.errors import FssBenchError
-from benchmark.exact_episodes import AUTHORS_LISTS, authors_draw, read_pfenet_lists
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 

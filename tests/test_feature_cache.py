@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 import fssam.model
 import fssam.sam2_adapter
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episode_loader import EpisodeImage, ImageStore
-from benchmark.feature_cache import FeatureCache
-from benchmark.features import Featurizer
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.features import Featurizer
+from benchmark.evaluation.loader import EpisodeImage, ImageStore
 from fssam import FSSAM, FSSAMConfig
 
 TINY = {"sam2_size": "t", "dinov2": "vits14", "dinov2_input_size": 224, "random_init": True}
@@ -123,7 +123,7 @@ def test_two_processes_filling_one_cache_leave_only_complete_files(tmp_path):
 
 
 def test_the_loaders_decode_and_resize_are_part_of_every_key(models, pascal_root, tmp_path, monkeypatch):
-    import benchmark.episode_loader as loader
+    import benchmark.evaluation.loader as loader
 
     m256, _ = models
     feat = Featurizer(m256, FeatureCache(tmp_path))

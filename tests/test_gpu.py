@@ -14,13 +14,13 @@ import torch
 
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import compile_method
-from benchmark.episode_loader import ImageStore, load_episode
-from benchmark.episodes import build_manifest, manifest_episodes
-from benchmark.feature_cache import FeatureCache
-from benchmark.features import Featurizer
+from benchmark.episodes.manifests import build_manifest, manifest_episodes
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.features import Featurizer
+from benchmark.evaluation.loader import ImageStore, load_episode
+from benchmark.evaluation.metrics import prediction_at_label_size
+from benchmark.evaluation.predict import predict_batch
 from benchmark.methods import build_method, get_method
-from benchmark.metrics import prediction_at_label_size
-from benchmark.predict import predict_batch
 from fssam.scma import compile_memory_attention
 from tests.helpers import TINY, TINY_128
 

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from benchmark.data.lists import ImageRecord
-from benchmark.episode_loader import scored_target
-from benchmark.episodes import Evaluation, _hsnet_episodes, build_manifest, default_evaluation
+from benchmark.episodes.hsnet import HSNET_SPLITS
+from benchmark.episodes.manifests import Evaluation, _hsnet_episodes, build_manifest, default_evaluation
 from benchmark.errors import FssBenchError
-from benchmark.hsnet_episodes import HSNET_SPLITS
-from benchmark.metrics import intersection_union, prediction_at_label_size
+from benchmark.evaluation.loader import scored_target
+from benchmark.evaluation.metrics import intersection_union, prediction_at_label_size
 
 NOVEL_PASCAL = {k: list(range(5 * k + 1, 5 * k + 6)) for k in range(4)}
 NOVEL_COCO = {k: [4 * m + k + 1 for m in range(20)] for k in range(4)}
@@ -183,10 +183,10 @@ def _left_half(settings, ctx):
 def test_a_cell_scores_hsnet_manifests_on_the_resized_square(pascal_root, tmp_path, monkeypatch):
     import torch.nn.functional as F
 
-    from benchmark.cell import CellSpec, evaluate_cell
     from benchmark.data.images import read_label
-    from benchmark.episodes import save_manifest
-    from benchmark.feature_cache import FeatureCache
+    from benchmark.episodes.manifests import save_manifest
+    from benchmark.evaluation.cell import CellSpec, evaluate_cell
+    from benchmark.evaluation.feature_cache import FeatureCache
     from benchmark.methods import registry
 
     entry = registry.MethodEntry(

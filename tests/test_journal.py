@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmark.journal import CellJournal
+from benchmark.evaluation.journal import CellJournal
 
 HEADER = {"cell_key": "k" * 64, "manifest_sha256": "m" * 64}
 EXPECTED = {0: 3, 1: 5, 2: 3, 3: 4}  # episode id -> class, as a manifest says

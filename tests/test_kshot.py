@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.cell import CellSpec, evaluate_cell
-from benchmark.episode_loader import ImageStore, load_episode
-from benchmark.episodes import build_manifest, manifest_episodes, save_manifest
+from benchmark.episodes.manifests import build_manifest, manifest_episodes, save_manifest
 from benchmark.errors import FssBenchError
-from benchmark.feature_cache import FeatureCache
-from benchmark.features import Featurizer
+from benchmark.evaluation.cell import CellSpec, evaluate_cell
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.features import Featurizer
+from benchmark.evaluation.loader import ImageStore, load_episode
+from benchmark.evaluation.predict import predict_episode, voted_mask
 from benchmark.methods import build_method, get_method
-from benchmark.predict import predict_episode, voted_mask
 
 
 def test_voted_mask_by_hand():
@@ -28,8 +28,8 @@ def test_voted_mask_by_hand():
 
 def test_a_voting_cell_equals_k_one_shot_predictions_voted_by_hand(pascal_root, tmp_path):
     from benchmark.data.prepared import PreparedDataset
-    from benchmark.episode_loader import episode_target
-    from benchmark.metrics import intersection_union, prediction_at_label_size
+    from benchmark.evaluation.loader import episode_target
+    from benchmark.evaluation.metrics import intersection_union, prediction_at_label_size
 
     m = build_manifest(pascal_root, 0, 3, "fssam", episodes=6)
     save_manifest(m, tmp_path / "m.json")

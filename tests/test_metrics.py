@@ -1,4 +1,4 @@
-"""Tests of benchmark.metrics against independently (mostly by hand) computed expectations."""
+"""Tests of benchmark.evaluation.metrics against independently (mostly by hand) computed expectations."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmark import metrics as M
-from benchmark.episode_loader import episode_target
 from benchmark.errors import FssBenchError
-from benchmark.metrics import (
+from benchmark.evaluation import metrics as M
+from benchmark.evaluation.loader import episode_target
+from benchmark.evaluation.metrics import (
     EPISODE_COLUMNS,
     bootstrap_ci,
     class_iou,

@@ -10,7 +10,7 @@ import pytest
 
 from benchmark.data.prepare_pascal import prepare_pascal
 from benchmark.data.synth import synth_raw_roots
-from benchmark.episodes import build_manifest, save_manifest
+from benchmark.episodes.manifests import build_manifest, save_manifest
 from benchmark.io_utils import atomic_directory, write_text_atomic
 
 

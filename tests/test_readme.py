@@ -26,9 +26,9 @@ def test_python_api_example_runs():
 
 def test_adding_a_method_example_runs(pascal_root, tmp_path, monkeypatch):
     import benchmark.methods.registry as registry
-    from benchmark.cell import CellSpec, evaluate_cell
-    from benchmark.episodes import build_manifest, save_manifest
-    from benchmark.feature_cache import FeatureCache
+    from benchmark.episodes.manifests import build_manifest, save_manifest
+    from benchmark.evaluation.cell import CellSpec, evaluate_cell
+    from benchmark.evaluation.feature_cache import FeatureCache
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # unregistered afterwards
     block = re.search(r"## Adding a method\n.*?```python\n(.*?)```", README, re.S)

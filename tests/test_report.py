@@ -226,7 +226,7 @@ def test_qualitative_rows_name_the_class_and_the_page_links_full_size_figures(re
 
 
 def test_outline_marks_only_the_edge_of_the_mask():
-    from benchmark.qualitative import outline
+    from benchmark.evaluation.qualitative import outline
 
     image = np.zeros((10, 10, 3), dtype=np.uint8)
     mask = np.zeros((10, 10), dtype=bool)

@@ -17,9 +17,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from benchmark.cell import CellSpec, evaluate_cell
 from benchmark.errors import FssBenchError
-from benchmark.feature_cache import FeatureCache
+from benchmark.evaluation.cell import CellSpec, evaluate_cell
+from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.runner import StudyRunner
 from benchmark.search import SearchRunner, best_study_raw, redact
 from benchmark.search_file import load_search, parse_search

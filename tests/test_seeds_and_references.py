@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmark.errors import FssBenchError
-from benchmark.metrics import MetricsError, miou, seed_bootstrap_ci
+from benchmark.evaluation.metrics import MetricsError, miou, seed_bootstrap_ci
 from benchmark.study import bam_seeds
 from reports.collect import ExperimentData
 from reports.references import DEFAULT_REFERENCES, Reference, load_references

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.cell import CellSpec, cell_key, evaluate_cell
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episode_loader import ImageStore, load_episode
-from benchmark.episodes import build_manifest, manifest_episodes, save_manifest
+from benchmark.episodes.manifests import build_manifest, manifest_episodes, save_manifest
 from benchmark.errors import FssBenchError
-from benchmark.feature_cache import FeatureCache
-from benchmark.features import Featurizer
+from benchmark.evaluation.cell import CellSpec, cell_key, evaluate_cell
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.features import Featurizer
+from benchmark.evaluation.loader import ImageStore, load_episode
+from benchmark.evaluation.predict import predict_batch, predict_episode
 from benchmark.methods import WeightPool, build_method, get_method
-from benchmark.predict import predict_batch, predict_episode
 from benchmark.runner import StudyRunner
 from benchmark.study import load_study
 from fssam.stages import StageMemo
@@ -180,12 +180,12 @@ def test_a_cuda_cell_key_names_the_gpu_its_precision_switches_and_the_batch_size
     """On CUDA (pretended: a fake GPU name on this CPU machine) the key changes exactly when the
     GPU model, a TF32 or float32-precision switch, a determinism switch or the batch size changes,
     and comes back when the switch does; on CPU none of the CUDA switches nor the batch size count."""
-    import benchmark.cell
+    import benchmark.evaluation.cell
 
     gpu = {"name": "NVIDIA H100 80GB HBM3"}
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
-    monkeypatch.setattr(benchmark.cell, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(benchmark.evaluation.cell, "resolve_device", lambda name: torch.device(name))
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what set_deterministic would set
     settings = get_method("fssam").resolve(TINY_128)
     cuda_spec = CellSpec("fssam", settings, tmp_path / "m.json", tmp_path, "cuda")

@@ -481,7 +481,7 @@ def test_mid_epoch_validation_and_patience_in_epochs_as_the_release(
 
 
 def test_the_loader_gives_the_same_batches_with_0_and_2_workers(pascal_root):
-    from benchmark.episode_loader import ImageStore
+    from benchmark.evaluation.loader import ImageStore
     from benchmark.train_data import TrainBatches, collate, load_train_episode, train_loader
     from fssam.augment import AugmentConfig
 

@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episode_loader import ImageStore
+from benchmark.evaluation.loader import ImageStore
 from benchmark.methods import build_method, get_method
 from benchmark.train_data import collate, draw_episode, load_train_episode, train_set
 from fssam.augment import AugmentConfig

@@ -20,7 +20,7 @@ from benchmark.cli import main
 from benchmark.data import classes as C
 from benchmark.data.lists import ImageRecord, heldout_images
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes import ValPoolWarning, build_manifest, load_manifest
+from benchmark.episodes.manifests import ValPoolWarning, build_manifest, load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.plan import study_manifests
 from benchmark.search_file import parse_search

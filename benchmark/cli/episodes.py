@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     """``episodes``: write the manifest (other content at --out only with --overwrite); print its hash."""
     import warnings
 
-    from benchmark.episodes import ValPoolWarning, build_manifest, load_manifest, save_manifest
+    from benchmark.episodes.manifests import ValPoolWarning, build_manifest, load_manifest, save_manifest
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ValPoolWarning)

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from benchmark.cell import CellSpec, cell_key, evaluate_cell
 from benchmark.device import resolve_device
-from benchmark.episodes import save_manifest
+from benchmark.episodes.manifests import save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
+from benchmark.evaluation.cell import CellSpec, cell_key, evaluate_cell
 from benchmark.workspace import Workspace
 
 

@@ -25,9 +25,9 @@ TEMPLATE_FIELDS = ("dataset", "fold", "shot", "arch")
 KSHOT_MODES = ("joint", "voting")
 SCORING_DEFAULTS: dict[str, Any] = {"threshold": 0.5, "kshot": "joint"}
 """Settings every method has, applied by the harness when scoring: ``threshold`` is the foreground
-probability cut of the predicted mask (``benchmark.metrics.prediction_at_label_size``); ``kshot`` is
+probability cut of the predicted mask (``benchmark.evaluation.metrics.prediction_at_label_size``); ``kshot`` is
 ``joint`` (the method sees the K supports together) or ``voting`` (K one-shot predictions voted as
-HSNet's ``predict_mask_nshot`` does, ``benchmark.predict.voted_mask``)."""
+HSNet's ``predict_mask_nshot`` does, ``benchmark.evaluation.predict.voted_mask``)."""
 
 
 class WeightPool:

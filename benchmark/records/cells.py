@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.cell import CellSpec, code_hash
 from benchmark.device import resolve_device
+from benchmark.evaluation.cell import CellSpec, code_hash
 from benchmark.methods import get_method
 from benchmark.plan import Cell
 from benchmark.records.tracking import CELL_KEY_TAG, Tracker, flat_params, git_commit, package_versions

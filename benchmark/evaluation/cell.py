@@ -38,31 +38,31 @@ import torch
 from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import compile_method, device_identity, resolve_device
-from benchmark.episode_loader import EpisodeData, ImageStore, load_episode
-from benchmark.episodes import evaluation_of, load_manifest, manifest_episodes
+from benchmark.episodes.manifests import evaluation_of, load_manifest, manifest_episodes
 from benchmark.errors import FssBenchError
-from benchmark.feature_cache import FeatureCache
-from benchmark.features import Featurizer
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.features import Featurizer
+from benchmark.evaluation.journal import CellJournal
+from benchmark.evaluation.loader import EpisodeData, ImageStore, load_episode
+from benchmark.evaluation.metrics import bootstrap_ci, summarize
+from benchmark.evaluation.predict import predict_scored, score_episode, scored_mask
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
-from benchmark.journal import CellJournal
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
-from benchmark.metrics import bootstrap_ci, summarize
-from benchmark.predict import predict_scored, score_episode, scored_mask
 from fssam.hashing import file_sha256
 from fssam.sam2_adapter import effective_precision
 from fssam.stages import StageMemo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CODE_PATHS = (
     "fssam",
     "baselines",
     "benchmark/methods",
     "benchmark/data/images.py",
     "benchmark/data/classes.py",
-    "benchmark/episode_loader.py",
-    "benchmark/features.py",
-    "benchmark/predict.py",
-    "benchmark/metrics.py",
+    "benchmark/evaluation/loader.py",
+    "benchmark/evaluation/features.py",
+    "benchmark/evaluation/predict.py",
+    "benchmark/evaluation/metrics.py",
 )
 """The source that determines a cell's numbers: the models, label reading, episode loading, features,
 the episode step and scoring. A method registered from elsewhere adds the file of its builder."""
@@ -517,7 +517,7 @@ def write_artifacts(
 def _qualitative(
     result: CellResult, method: FewShotMethod, feat: Featurizer, store: ImageStore, folder: Path, count: int
 ) -> list[Path]:
-    from benchmark.qualitative import save_episode_overlay
+    from benchmark.evaluation.qualitative import save_episode_overlay
 
     table, manifest = result.table, result.manifest
     iou = table["I_fg"] / table["U_fg"].where(table["U_fg"] > 0, 1)

@@ -33,7 +33,7 @@ from benchmark.errors import FssBenchError
 Pair = tuple[str, str]
 """(image path, label path) as written in the lists; compared as strings, as the release does."""
 
-AUTHORS_LISTS = Path(__file__).resolve().parent / "published" / "fssam-lists"
+AUTHORS_LISTS = Path(__file__).resolve().parents[1] / "published" / "fssam-lists"
 """The FSSAM release's PASCAL-5i test lists (``pascal/val/``), shipped as package data."""
 
 

@@ -1,8 +1,8 @@
 """Few-shot segmentation metrics: the ground truth of the suite.
 
 Everything here is a pure function (arrays/tensors in, numbers/tables out). The accumulator of a
-cell's per-episode rows is its journal (``benchmark.journal``: durable, resumable), which
-``benchmark.cell.evaluate_cell`` turns into the table that :func:`summarize` scores.
+cell's per-episode rows is its journal (``benchmark.evaluation.journal``: durable, resumable), which
+``benchmark.evaluation.cell.evaluate_cell`` turns into the table that :func:`summarize` scores.
 
 Pipeline for one episode (1-way, K-shot), following FSSAM/BAM/PFENet ``test.py``::
 

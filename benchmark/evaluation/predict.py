@@ -15,10 +15,10 @@ import inspect
 
 import torch
 
-from benchmark.episode_loader import EpisodeData
-from benchmark.features import Featurizer
+from benchmark.evaluation.features import Featurizer
+from benchmark.evaluation.loader import EpisodeData
+from benchmark.evaluation.metrics import intersection_union, prediction_at_label_size
 from benchmark.methods.base import FewShotMethod
-from benchmark.metrics import intersection_union, prediction_at_label_size
 from fssam.stages import SharedStages, StageMemo
 
 

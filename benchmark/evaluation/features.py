@@ -15,9 +15,9 @@ from collections import Counter
 import torch
 
 from benchmark.device import FEATURE_DTYPE_NAMES
-from benchmark.episode_loader import EpisodeImage, loader_identity
 from benchmark.errors import FssBenchError
-from benchmark.feature_cache import FeatureCache
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.loader import EpisodeImage, loader_identity
 from benchmark.methods.base import Features, FewShotMethod
 
 FEATURE_DTYPES = {

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.metrics import EPISODE_COLUMNS
+from benchmark.evaluation.metrics import EPISODE_COLUMNS
 
 
 class CellJournal:

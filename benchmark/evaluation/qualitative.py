@@ -1,18 +1,17 @@
 """Qualitative overlays of one episode: image, ground truth and prediction (PNG), IoU in the title.
 
 Pure drawing (arrays in, a PNG out): the cell function writes these as artifacts and the reports
-reuse `overlay` for their figures.
+reuse `overlay` and `outline` for their figures. The figure is a standalone
+:class:`matplotlib.figure.Figure` (no pyplot, no backend to select, nothing to close): ``savefig``
+renders the PNG with Agg.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def overlay(
@@ -55,7 +54,8 @@ def save_episode_overlay(
         panels.append(("support", outline(support, support_mask == 1, (1.0, 0.85, 0.0))))
     panels.append(("ground truth", outline(query, target == 1, (1.0, 0.0, 1.0))))
     panels.append(("prediction", overlay(query, pred.astype(bool), (1.0, 0.15, 0.1))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    fig = Figure(figsize=(3.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels))
     for ax, (name, img) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(img)
         ax.set_title(name, fontsize=9)
@@ -64,5 +64,4 @@ def save_episode_overlay(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

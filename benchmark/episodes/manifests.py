@@ -15,11 +15,11 @@ Protocols (see the README and ../shared/docs/protocols-and-tools.md section 1):
   distinct images drawn uniformly from that class's list (class >= 2*32*32 px), each != query.
   Defaults: 1000 episodes, seed 321.
 * ``hsnet`` (HSNet family: HSNet, DCAMA, VRP-SAM, Matcher, GF-SAM, SANSA, FS-SAM2): HSNet's test
-  loop exactly (benchmark.hsnet_episodes): its published lists, numpy's legacy generator; PASCAL walks
+  loop exactly (benchmark.episodes.hsnet): its published lists, numpy's legacy generator; PASCAL walks
   the (image, class) pairs in file order, COCO draws the class, then the query; scored resized to
   400 px (``eval``). Defaults: 1000 episodes, seed 0.
 * ``fssam-exact``: the episodes the FSSAM release's test loop draws, reproduced exactly from its
-  seeding, its DataLoader workers' streams and its lists (benchmark.exact_episodes); ``loader_workers``
+  seeding, its DataLoader workers' streams and its lists (benchmark.episodes.fssam_exact); ``loader_workers``
   (default 32, the authors') and ``lists`` (``own``: the root's PFENet-format lists; ``authors``: the
   release's PASCAL lists, matched to the root by image id) are part of the draw. Test episodes only.
 
@@ -398,9 +398,9 @@ def _exact_episodes(
     workers: int,
     lists: str,
 ) -> tuple[list[Episode], dict[str, Any]]:
-    """``fssam-exact`` episodes (benchmark.exact_episodes) with the list pairs matched to the root's
+    """``fssam-exact`` episodes (benchmark.episodes.fssam_exact) with the list pairs matched to the root's
     images by image id (the file name's stem), and the draw's parameters."""
-    from benchmark.exact_episodes import AUTHORS_LISTS, authors_draw, read_pfenet_lists
+    from benchmark.episodes.fssam_exact import AUTHORS_LISTS, authors_draw, read_pfenet_lists
 
     if kind != "test":
         raise FssBenchError("protocol fssam-exact reproduces the authors' test episodes: use kind test")
@@ -445,11 +445,11 @@ def _hsnet_episodes(
     classes: list[int],
     records: list[ImageRecord],
 ) -> tuple[list[Episode], dict[str, Any]]:
-    """``hsnet`` episodes (benchmark.hsnet_episodes): HSNet's published test lists on a root that
+    """``hsnet`` episodes (benchmark.episodes.hsnet): HSNet's published test lists on a root that
     holds at least half of their images (the real dataset: then every one must exist), lists built by
     the documented rule otherwise (the synthetic data, whose VOC-like ids rarely match), and for
     ``kind val``, whose base classes HSNet publishes no lists for."""
-    from benchmark.hsnet_episodes import derived_lists, hsnet_draw, read_published
+    from benchmark.episodes.hsnet import derived_lists, hsnet_draw, read_published
 
     by_stem = {Path(r.image).stem: r for r in records}
     source = "derived"

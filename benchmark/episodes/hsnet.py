@@ -30,7 +30,7 @@ import numpy as np
 from benchmark.data.lists import MIN_CLASS_PIXELS, ImageRecord
 from benchmark.errors import FssBenchError
 
-HSNET_SPLITS = Path(__file__).resolve().parent / "published" / "hsnet-splits"
+HSNET_SPLITS = Path(__file__).resolve().parents[1] / "published" / "hsnet-splits"
 """HSNet's ``data/splits`` test lists (PASCAL ``fold<k>.txt``, COCO ``fold<k>.json.gz``), package data."""
 
 
