@@ -66,8 +66,6 @@ class StudyRunner:
         self.qualitative, self.fail_fast, self.log = qualitative, fail_fast, log
         self.compile = compile
         self.tracking_uri = tracking_uri
-        if cache_max_bytes is None and study.cache.max_gb is not None:
-            cache_max_bytes = int(study.cache.max_gb * 2**30)
         # episode stages shared by the variants of a manifest (off with the cache: --no-cache)
         self.workspace = Workspace.for_study(
             study.cache,

@@ -45,7 +45,7 @@ from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.evaluation.cell import CellSpec, cell_key, code_hash, evaluate_cell, weight_ids
 from benchmark.evaluation.metrics import summarize
 from benchmark.interrupts import sigterm_as_interrupt
-from benchmark.io_utils import write_text_atomic
+from benchmark.io_utils import say, write_text_atomic
 from benchmark.methods import get_method
 from benchmark.plan import cell_spec, study_manifests
 from benchmark.records.search import SearchRecords
@@ -327,7 +327,7 @@ class SearchRunner:
         use_cache: bool = True,
         progress: bool = True,
         memory_cache_bytes: int = 2 << 30,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = say,
     ):
         check_test_tuning(spec, allow_test_tuning)
         self.spec, self.tracking_uri, self.progress, self.log = spec, tracking_uri, progress, log

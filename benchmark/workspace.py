@@ -70,7 +70,10 @@ class Workspace:
         cache_max_bytes: int | None = None,
     ) -> Workspace:
         """The workspace of a study's (or a search's) cells: its ``cache`` settings give the shared
-        stages' memory; ``cache_dir`` None: in the work folder."""
+        stages' memory and the disk cache's bound (``cache.max_gb``, unless ``cache_max_bytes``
+        is given); ``cache_dir`` None: in the work folder."""
+        if cache_max_bytes is None and cache.max_gb is not None:
+            cache_max_bytes = int(cache.max_gb * 2**30)
         return cls(
             work_dir,
             cache_dir=cache_dir or IN_WORK_DIR,

@@ -75,3 +75,21 @@ def test_one_function_records_a_finished_and_a_killed_cell(tmp_path):
     run = tracker.client.get_run(killed)
     assert run.info.status == "KILLED" and run.data.tags["fss.error"] == "interrupted"
     assert not run.data.metrics
+
+
+def test_the_study_s_disk_cache_bound_holds_for_runs_and_searches_alike(pascal_root, tmp_path):
+    """``cache.max_gb`` bounds the disk cache of every job built on the study (the search used to
+    ignore it); an explicit bound (``--cache-max-gb``) wins."""
+    from benchmark.search import SearchRunner
+    from benchmark.search_file import parse_search
+    from tests.helpers import floor_search
+
+    bounded = CacheSettings(max_gb=0.5)
+    assert Workspace.for_study(bounded, tmp_path).cache.max_disk_bytes == 1 << 29
+    assert Workspace.for_study(bounded, tmp_path, cache_max_bytes=1 << 20).cache.max_disk_bytes == 1 << 20
+    assert Workspace.for_study(CacheSettings(), tmp_path).cache.max_disk_bytes is None
+    raw = floor_search(pascal_root)
+    raw["study"]["cache"] = {"max_gb": 0.25}
+    spec = parse_search(raw, "s.yaml")
+    runner = SearchRunner(spec, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", work_dir=tmp_path / "w")
+    assert runner.workspace.cache.max_disk_bytes == 1 << 28
