@@ -64,11 +64,6 @@ from benchmark.specs.fields import (
 )
 from benchmark.specs.overrides import apply_overrides, blame_override
 from benchmark.specs.space import (
-    MAX_GRID,
-    NOT_SEARCHABLE,
-    PRUNER_FIELDS,
-    PRUNERS,
-    SAMPLERS,
     Param,
     ParamBlock,
     check_searchable,
@@ -78,7 +73,6 @@ from benchmark.specs.space import (
 )
 from benchmark.specs.study import Study, Variant, parse_study
 
-__all__ = ["MAX_GRID", "NOT_SEARCHABLE", "PRUNERS", "PRUNER_FIELDS", "SAMPLERS", "Param", "SearchSpec"]
 TOP_LEVEL = (  # the fields as the documentation lists them (checked in SearchFile's order)
     "name",
     "description",
@@ -164,9 +158,9 @@ class Objective(Block):
 
     metric: Annotated[str, one_of(METRICS)] = "miou"
     direction: Annotated[str, one_of(DIRECTIONS)] = "maximize"
-    datasets: Any = None
-    folds: Any = None
-    shots: Any = None
+    datasets: Any = UNSET  # absent: the study's
+    folds: Any = UNSET
+    shots: Any = UNSET
 
 
 def _experiment(value: Any, info: ValidationInfo) -> str:
@@ -189,13 +183,13 @@ def _narrowed_study(raw: dict[str, Any], objective: Objective, vname: Any, episo
     variants = study.get("variants")
     if isinstance(variants, dict) and variants:
         vname = next(iter(variants)) if vname is None else vname
-        if vname not in variants:
+        if isinstance(vname, (list, dict)) or vname not in variants:
             names = list(variants)
             raise in_file(
                 f"variant: {vname!r} is not a variant of the study{did_you_mean(vname, names)}; variants: {names}"
             )
         study["variants"] = {vname: variants[vname]}  # the others' weights are not needed here
-    if objective.datasets is not None:  # the objective's datasets: a subset of the study's
+    if objective.datasets is not UNSET:  # the objective's datasets: a subset of the study's
         wanted, have = objective.datasets, study.get("data") or {}
         wanted = [wanted] if isinstance(wanted, str) else wanted
         if not isinstance(wanted, list) or not wanted or any(d not in have for d in wanted):
@@ -204,7 +198,7 @@ def _narrowed_study(raw: dict[str, Any], objective: Objective, vname: Any, episo
             )
         study["data"] = {d: have[d] for d in wanted}
     for key in ("folds", "shots"):
-        if getattr(objective, key) is not None:
+        if getattr(objective, key) is not UNSET:
             study[key] = getattr(objective, key)
     if episodes is not None:
         study["episodes"] = episodes
@@ -234,7 +228,7 @@ def _base_study(value: Any, info: ValidationInfo) -> Study:
 def _objective_numbers(objective: Objective) -> Objective:
     """The objective's folds and shots, checked as the study's own would be."""
     for key, low, high in (("folds", 0, NUM_FOLDS - 1), ("shots", 1, None)):
-        if getattr(objective, key) is not None:
+        if getattr(objective, key) is not UNSET:
             try:
                 int_list(getattr(objective, key), low, high)
             except PydanticCustomError as e:
