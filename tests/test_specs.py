@@ -107,3 +107,13 @@ def test_command_line_numbers_keep_their_type():
     assert positive_int("3") == 3 and isinstance(positive_int("3"), int)
     assert non_negative_int("0") == 0 and non_negative_float("0") == 0.0
     assert positive_float("2.5") == 2.5 and isinstance(non_negative_float("1"), float)
+
+
+def test_each_file_lists_exactly_its_fields():
+    from benchmark.specs.search import SearchFile
+    from benchmark.specs.study import StudyFile
+    from benchmark.specs.train import TrainFile
+
+    assert set(StudyFile.known) == set(StudyFile.model_fields)
+    assert set(TrainFile.known) == set(TrainFile.model_fields)
+    assert set(SearchFile.known) == set(SearchFile.model_fields) - {"base"}  # the parsed study: not a key

@@ -144,11 +144,35 @@ def unknown_key(keys: Sequence[Any], known: Sequence[str]) -> Any:
     return invalid(f"unknown field{did_you_mean(keys[0], known)}{more}; known: {list(known)}", keys[0])
 
 
+SCHEMA_CONFIG = ConfigDict(
+    extra="forbid", validate_default=True, arbitrary_types_allowed=True, defer_build=True
+)  # every default validated too (a default may depend on an earlier field); built when first used
+
+
+class FileSchema(BaseModel):
+    """The top level of a file: a mapping whose unknown keys fail first, sorted, with the closest
+    known name; the known are listed as ``known`` orders them (the documentation's order)."""
+
+    model_config = SCHEMA_CONFIG
+    what: ClassVar[str] = "file"  # "a study file must be a YAML mapping"
+    known: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            raise in_file(f"a {cls.what} must be a YAML mapping")
+        unknown = sorted(set(raw) - set(cls.known), key=str)
+        if unknown:
+            raise unknown_key(unknown, cls.known)
+        return raw
+
+
 class Block(BaseModel):
     """A mapping of known fields, checked in the order they are declared. Absent (null) is every
     default; an unknown key fails first, naming the closest known one."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, arbitrary_types_allowed=True)
+    model_config = SCHEMA_CONFIG
     not_a_mapping: ClassVar[str] = "expected a mapping with fields {fields}"
     listed: ClassVar[str] = "declared"  # how an unknown key's message lists the known: or "sorted"
     empty_is_null: ClassVar[bool] = False  # whether any empty value ([], "") reads as null

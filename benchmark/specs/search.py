@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationInfo, field_validator, model_validator
+from pydantic import PlainValidator, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from benchmark.data.classes import NUM_FOLDS
@@ -55,12 +55,12 @@ from benchmark.specs.errors import did_you_mean, in_file, invalid, located, read
 from benchmark.specs.fields import (
     UNSET,
     Block,
+    FileSchema,
     context,
     int_list,
     non_empty_text,
     number,
     one_of,
-    unknown_key,
 )
 from benchmark.specs.overrides import apply_overrides, blame_override
 from benchmark.specs.space import (
@@ -236,10 +236,11 @@ def _objective_numbers(objective: Objective) -> Objective:
     return objective
 
 
-class SearchFile(BaseModel):
+class SearchFile(FileSchema):
     """The schema of a search file (its ``study`` already a mapping), checked in this order."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, arbitrary_types_allowed=True)
+    what = "search file"
+    known = TOP_LEVEL
 
     name: Annotated[str, non_empty_text()] = UNSET
     description: Any = ""
@@ -263,16 +264,6 @@ class SearchFile(BaseModel):
     trials: Annotated[
         int | None, number("int", 1, nullable=True, what="a positive integer", null_said=False)
     ] = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, raw: Any) -> Any:
-        if not isinstance(raw, dict):
-            raise in_file("a search file must be a YAML mapping")
-        unknown = sorted(set(raw) - set(cls.model_fields) | ({"base"} & set(raw)), key=str)
-        if unknown:
-            raise unknown_key(unknown, TOP_LEVEL)
-        return raw
 
     @field_validator("objective", mode="after")
     @classmethod

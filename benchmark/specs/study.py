@@ -45,9 +45,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, model_validator
+from pydantic import Field, PlainValidator, ValidationInfo
 
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
@@ -67,6 +67,7 @@ from benchmark.specs.errors import did_you_mean, in_file, invalid, located, read
 from benchmark.specs.fields import (
     UNSET,
     Block,
+    FileSchema,
     context,
     data_root,
     int_list,
@@ -75,7 +76,6 @@ from benchmark.specs.fields import (
     non_empty_text,
     number,
     one_of,
-    unknown_key,
 )
 from benchmark.specs.overrides import apply_overrides, blame_override
 from benchmark.specs.variants import HARNESS_FIELDS, Cells, Variant, parse_variant
@@ -319,11 +319,11 @@ def _variants(value: Any, info: ValidationInfo) -> list[Variant] | dict[str, Any
         raise located(str(e)) from None
 
 
-class StudyFile(BaseModel):
+class StudyFile(FileSchema):
     """The schema of a study file, checked field by field in this order."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, arbitrary_types_allowed=True)
-    not_a_mapping: ClassVar[str] = "a study file must be a YAML mapping"
+    what = "study file"
+    known = TOP_LEVEL
 
     name: Annotated[str, non_empty_text()] = UNSET
     description: Any = ""
@@ -346,16 +346,6 @@ class StudyFile(BaseModel):
     eval: Annotated[dict[str, Any], PlainValidator(_eval)] = None
     model: Annotated[dict[str, Any], PlainValidator(_model)] = None
     variants: Annotated[list[Variant], PlainValidator(_variants)] = UNSET
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, raw: Any) -> Any:
-        if not isinstance(raw, dict):
-            raise in_file(cls.not_a_mapping)
-        unknown = sorted(set(raw) - set(cls.model_fields), key=str)
-        if unknown:
-            raise unknown_key(unknown, TOP_LEVEL)
-        return raw
 
     def to_study(self, source: str, raw: dict[str, Any]) -> Study:
         """The :class:`Study` this file describes (``raw``: the file after overrides)."""

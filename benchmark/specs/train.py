@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, model_validator
+from pydantic import Field, PlainValidator, ValidationInfo, model_validator
 
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.episodes.manifests import HOLDOUT_FRACTION, VAL_SOURCES
@@ -60,6 +60,7 @@ from benchmark.specs.errors import did_you_mean, in_file, invalid, located, read
 from benchmark.specs.fields import (
     UNSET,
     Block,
+    FileSchema,
     check_weights,
     context,
     data_root,
@@ -67,11 +68,11 @@ from benchmark.specs.fields import (
     non_empty_text,
     number,
     one_of,
-    unknown_key,
 )
 from benchmark.specs.overrides import apply_overrides, blame_override
 from fssam.augment import AugmentConfig
 
+TOP_LEVEL = ("name", "description", "method", "data", "fold", "shot", "split", "model", "train", "val")
 DEFAULT_METHOD = "fssam"  # a training file without ``method:``
 # what does not change the trained weights (left out of the training's identity)
 RUN_ONLY = ("checkpoint_every", "max_iters", "workers", "dist_timeout_s")
@@ -285,10 +286,11 @@ def _settings(entry: Any, model: dict[str, Any], source: str, base_dir: Path | N
     return settings
 
 
-class TrainFile(BaseModel):
+class TrainFile(FileSchema):
     """The schema of a training file, checked field by field in this order."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, arbitrary_types_allowed=True)
+    what = "training file"
+    known = TOP_LEVEL
 
     name: Annotated[str, non_empty_text(" (the MLflow experiment)")] = UNSET
     description: Any = ""
@@ -300,16 +302,6 @@ class TrainFile(BaseModel):
     model: Annotated[dict[str, Any], PlainValidator(_model)] = None
     train: TrainBlock = None
     val: ValBlock = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, raw: Any) -> Any:
-        if not isinstance(raw, dict):
-            raise in_file("a training file must be a YAML mapping")
-        unknown = sorted(set(raw) - set(cls.model_fields), key=str)
-        if unknown:
-            raise unknown_key(unknown, list(cls.model_fields))
-        return raw
 
     def to_spec(self, raw: dict[str, Any], source: str) -> TrainSpec:
         """The :class:`TrainSpec` this file describes (``raw``: the file after overrides)."""
