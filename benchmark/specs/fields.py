@@ -55,15 +55,12 @@ def number(
     nullable: bool = False,
     null_said: bool = True,
     what: str | None = None,
-    got: bool = True,
     convert: bool = False,
-    finite: bool = False,
 ) -> PlainValidator:
     """A number field: ``kind`` int or float, ``>= low`` (``> low`` when ``above``), ``< high``
     (an open interval: ``what`` names it), null when ``nullable`` (the message says ``or null``
     when ``null_said``; else null is the caller's default). The message says ``expected
-    {what}`` (default: ``an integer >= 0``, ``a number > 0``, ...), with ``, got X`` when ``got``;
-    ``convert`` returns floats."""
+    {what}, got X`` (default: ``an integer >= 0``, ``a number > 0``, ...); ``convert`` returns floats."""
     integer = kind == "int"
     if what is None:
         what = "an integer" if integer else "a number"
@@ -73,13 +70,13 @@ def number(
     def check(value: Any) -> Any:
         if value is None and nullable:
             return None
-        ok = is_number(value, integer, finite)
+        ok = is_number(value, integer)
         if ok and low is not None:
             ok = value > low if above else value >= low
         if ok and high is not None:
             ok = value < high
         if not ok:
-            raise invalid(f"{said}, got {value!r}" if got else said)
+            raise invalid(f"{said}, got {value!r}")
         return float(value) if convert else value
 
     return PlainValidator(check)

@@ -90,6 +90,7 @@ TOP_LEVEL = (  # the fields as the documentation lists them (checked in SearchFi
 )
 METRICS = ("miou", "fb_iou")
 DIRECTIONS = ("maximize", "minimize")
+POSITIVE = number("int", 1, nullable=True, null_said=False, what="a positive integer")  # null: the default
 
 
 @dataclass
@@ -249,21 +250,15 @@ class SearchFile(FileSchema):
     kind: Annotated[str, one_of(("val", "test"))] = "val"
     objective: Objective = None
     variant: Any = None
-    episodes: Annotated[
-        int | None, number("int", 1, nullable=True, what="a positive integer", null_said=False)
-    ] = None
+    episodes: Annotated[int | None, POSITIVE] = None
     base: Annotated[Any, PlainValidator(_base_study)] = UNSET
     space: dict[str, ParamBlock] = UNSET
     sampler: Annotated[
         dict[str, Any], PlainValidator(lambda v, info: sampler_section(v, info.data.get("space")))
     ] = None
     pruner: Annotated[dict[str, Any], PlainValidator(pruner_section)] = None
-    report_every: Annotated[
-        int | None, number("int", 1, nullable=True, what="a positive integer", null_said=False)
-    ] = None
-    trials: Annotated[
-        int | None, number("int", 1, nullable=True, what="a positive integer", null_said=False)
-    ] = None
+    report_every: Annotated[int | None, POSITIVE] = None
+    trials: Annotated[int | None, POSITIVE] = None
 
     @field_validator("objective", mode="after")
     @classmethod
