@@ -210,8 +210,8 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     from benchmark.plan import study_manifests
     from benchmark.runner import StudyRunner, summary_table
     from benchmark.search import SearchRunner
-    from benchmark.search_file import parse_search
-    from benchmark.study import parse_study
+    from benchmark.specs.search import parse_search
+    from benchmark.specs.study import parse_study
 
     t_start = time.perf_counter()
     out = Path(out).absolute()

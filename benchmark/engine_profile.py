@@ -19,7 +19,7 @@ import pandas as pd
 
 from benchmark.engines.ray_study import RayStudyRunner, connect
 from benchmark.errors import FssBenchError
-from benchmark.study import Study
+from benchmark.specs.study import Study
 
 
 def parse_worker_counts(text: str) -> list[int]:

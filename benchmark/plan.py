@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmark.episodes.manifests import build_manifest, load_manifest, save_manifest
 from benchmark.evaluation.cell import CellSpec
-from benchmark.study import Study, Variant
+from benchmark.specs.study import Study, Variant
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from benchmark.evaluation.metrics import prediction_at_label_size
 from benchmark.evaluation.predict import predict_batch
 from benchmark.methods import WeightPool, build_method
 from benchmark.runner import StudyRunner
-from benchmark.study import Study
+from benchmark.specs.study import Study
 
 RUNS = (("no cache", False), ("cold cache", True), ("warm cache", True))
 PASCAL_GRID = {"variants": 8, "folds": 4, "shots": 2, "episodes": 1000, "unique_images": 1449}

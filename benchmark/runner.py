@@ -40,7 +40,7 @@ from benchmark.records.cells import CellOutcome, CellRecords
 from benchmark.records.downloads import resolve_artifact_uris
 from benchmark.records.table import CellTable, write_cells_csv
 from benchmark.records.tracking import Tracker
-from benchmark.study import Study
+from benchmark.specs.study import Study
 from benchmark.workspace import Workspace
 
 

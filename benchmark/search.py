@@ -50,8 +50,8 @@ from benchmark.methods import get_method
 from benchmark.plan import cell_spec, study_manifests
 from benchmark.records.search import SearchRecords
 from benchmark.records.tracking import Tracker, git_commit, package_versions, standard_tags
-from benchmark.search_file import SearchSpec
-from benchmark.study import parse_study
+from benchmark.specs.search import SearchSpec
+from benchmark.specs.study import parse_study
 from benchmark.workspace import Workspace
 
 DEFAULT_HEARTBEAT_S = 60

@@ -49,8 +49,8 @@ from benchmark.interrupts import sigterm_as_interrupt
 from benchmark.io_utils import say, write_text_atomic
 from benchmark.methods import TrainableMethod, build_method, get_method, get_trainable
 from benchmark.records.tracking import Tracker, flat_params, git_commit, package_versions, standard_tags
+from benchmark.specs.train import TrainSpec, check_select_on_test
 from benchmark.train_data import TrainBatches, train_loader, train_set
-from benchmark.train_file import TrainSpec, check_select_on_test
 from benchmark.workspace import Workspace
 from fssam.finetune import module_states, save_atomic
 from fssam.train import dice_loss, poly_lr

@@ -20,7 +20,7 @@ from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.evaluation.cell import CellSpec, CheckpointHashes
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.methods import WeightPool, build_method
-from benchmark.study import CacheSettings
+from benchmark.specs.study import CacheSettings
 from fssam.stages import StageMemo
 
 IN_WORK_DIR = Path("<work-dir>/feature-cache")

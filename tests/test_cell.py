@@ -38,7 +38,7 @@ from benchmark.evaluation.loader import LRU, ImageStore
 from benchmark.methods import FewShotMethod, MethodEntry, build_method, get_method, register
 from benchmark.methods.reference import ReferencePredictor
 from benchmark.runner import StudyRunner
-from benchmark.study import load_study
+from benchmark.specs.study import load_study
 from fssam import FSSAM
 from tests.helpers import TINY
 

@@ -117,7 +117,7 @@ def test_help_and_study_validation_import_neither_torch_nor_mlflow():
     import sys
     from pathlib import Path
 
-    code = "import sys, benchmark.cli, benchmark.study; print(sorted({'torch', 'mlflow', 'sam2'} & set(sys.modules)))"
+    code = "import sys, benchmark.cli, benchmark.specs.study, benchmark.specs.search; print(sorted({'torch', 'mlflow', 'sam2'} & set(sys.modules)))"
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

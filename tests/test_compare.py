@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from benchmark.cli import main
 from benchmark.data.classes import novel_classes
 from benchmark.runner import StudyRunner
-from benchmark.study import load_study
+from benchmark.specs.study import load_study
 
 
 def class_wise_miou(table: pd.DataFrame, classes: list[int]) -> float:

@@ -167,7 +167,7 @@ def test_the_authors_lists_on_a_root_without_their_images_name_the_missing_one(p
 
 def test_a_study_with_fssam_exact_writes_the_draw_into_its_manifests(pascal_root, tmp_path):
     from benchmark.plan import study_manifests
-    from benchmark.study import load_study
+    from benchmark.specs.study import load_study
 
     study = tmp_path / "s.yaml"
     study.write_text(
@@ -198,7 +198,7 @@ def test_out_of_range_seeds_shots_and_episode_counts_are_one_line_errors(pascal_
 
 
 def test_bam_seeds_reject_a_base_numpy_cannot_take():
-    from benchmark.study import bam_seeds
+    from benchmark.specs.study import bam_seeds
 
     with pytest.raises(FssBenchError, match="seeds.base: seed -3 is out of range"):
         bam_seeds({"count": 2, "base": -3})
@@ -234,8 +234,8 @@ def test_malformed_lists_are_errors_naming_the_file(pascal_root, tmp_path):
 def test_studies_and_searches_refuse_what_fssam_exact_cannot_draw_before_any_work(
     pascal_root, coco_root, tmp_path
 ):
-    from benchmark.search_file import parse_search
-    from benchmark.study import load_study
+    from benchmark.specs.search import parse_search
+    from benchmark.specs.study import load_study
 
     study = tmp_path / "s.yaml"
     study.write_text(

@@ -428,7 +428,7 @@ def test_a_killed_download_resumes_and_yields_the_same_file(dino_s_file, tmp_pat
 
 def test_a_study_refuses_a_checkpoint_that_changed_after_it_was_fetched(pascal_root, tmp_path):
     from benchmark.lockfile import LockFile
-    from benchmark.study import load_study
+    from benchmark.specs.study import load_study
 
     ckpt = tmp_path / "checkpoints" / "sam2_hiera_tiny.pt"
     ckpt.parent.mkdir()

@@ -12,9 +12,9 @@ import yaml
 
 from benchmark.errors import FssBenchError
 from benchmark.file_paths import absolute_path, resolve_paths, search_path_fields, study_path_fields
-from benchmark.search_file import load_search
-from benchmark.study import load_study
-from benchmark.train_file import load_train
+from benchmark.specs.search import load_search
+from benchmark.specs.study import load_study
+from benchmark.specs.train import load_train
 from tests.helpers import TINY, TINY_128
 
 

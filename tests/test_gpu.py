@@ -238,7 +238,7 @@ def test_the_gpu_check_scripts_profile_command_is_a_valid_study(pascal_root, tmp
     import shlex
     from pathlib import Path
 
-    from benchmark.study import load_study
+    from benchmark.specs.study import load_study
 
     root = Path(__file__).resolve().parents[1]
     text = (root / "scripts" / "gpu-check.sh").read_text().replace("\\\n", " ")

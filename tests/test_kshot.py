@@ -73,7 +73,7 @@ def test_a_voting_cell_equals_k_one_shot_predictions_voted_by_hand(pascal_root, 
 def test_fssam5s_checkpoints_run_the_released_kshot_path_unless_the_study_says_otherwise(
     pascal_root, tmp_path
 ):
-    from benchmark.study import load_study
+    from benchmark.specs.study import load_study
 
     for arch, shot in (("FSSAM", 1), ("FSSAM5s", 5)):
         path = tmp_path / "exp" / "pascal" / arch / "split0" / "small" / "snapshot" / f"best_{shot}shot.pth"
@@ -108,7 +108,7 @@ def _fssam5s_files(tmp_path) -> str:
 
 def test_a_search_cell_runs_the_fssam5s_checkpoint_as_a_study_cell_does(pascal_root, tmp_path):
     from benchmark.search import SearchCell, SearchRunner
-    from benchmark.search_file import parse_search
+    from benchmark.specs.search import parse_search
 
     def search(space: dict) -> SearchRunner:
         spec = parse_search(
@@ -143,7 +143,8 @@ def test_a_search_cell_runs_the_fssam5s_checkpoint_as_a_study_cell_does(pascal_r
 
 
 def test_a_fixed_checkpoint_outside_the_fssam5s_folder_keeps_the_intended_path(pascal_root, tmp_path):
-    from benchmark.study import load_study, loads_fssam5s
+    from benchmark.specs.study import load_study
+    from benchmark.specs.variants import loads_fssam5s
 
     own = tmp_path / "mine.pth"
     torch.save({"state_dict": {}}, own)
@@ -165,7 +166,7 @@ def test_the_qualitative_figure_shows_the_voted_prediction_the_cell_scored(pasca
 
     from benchmark.records.tracking import Tracker
     from benchmark.runner import StudyRunner
-    from benchmark.study import load_study
+    from benchmark.specs.study import load_study
     from reports.collect import collect_experiment
     from reports.episodes import episode_panels
 

@@ -16,7 +16,7 @@ from benchmark.engines.ray_study import RayStudyRunner, check_tracking_for_clust
 from benchmark.episodes.manifests import load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.runner import StudyRunner
-from benchmark.study import load_study
+from benchmark.specs.study import load_study
 from tests.helpers import TINY_128
 
 TIMING = ("episodes_per_s", "peak_mem_mb", "seconds")
@@ -220,7 +220,7 @@ def test_two_optuna_workers_on_ray_share_one_postgresql_study(
     from optuna.trial import TrialState
 
     from benchmark.engines.ray_search import run_search_on_ray
-    from benchmark.search_file import load_search
+    from benchmark.specs.search import load_search
     from tests.test_search_workers import check_one_run_per_trial, write_search
 
     storage = postgres_server.create_database("ray_search")
@@ -343,7 +343,7 @@ def test_a_worker_with_another_cell_key_refuses_the_cell(pascal_root, tmp_path):
 
 
 def test_the_studys_resources_block_is_validated_and_the_command_line_wins(pascal_root, tmp_path):
-    from benchmark.study import Resources
+    from benchmark.specs.study import Resources
 
     study = write_study(tmp_path, pascal_root)
     assert load_study(study).resources == Resources(None, 1.0)

@@ -49,7 +49,7 @@ def test_real_data_and_weights_is_three_commands_that_parse(monkeypatch):
     from benchmark.cli import build_parser
     from benchmark.fetch.sources import WEIGHTS
     from benchmark.file_paths import resolve_paths, study_path_fields
-    from benchmark.study import apply_overrides
+    from benchmark.specs.overrides import apply_overrides
 
     block = re.search(r"## Real data and weights\n\n```bash\n(.*?)```", README, re.S)
     assert block is not None

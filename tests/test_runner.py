@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from benchmark.runner import StudyRunner
-from benchmark.study import load_study
+from benchmark.specs.study import load_study
 from tests.helpers import run_command, wait_for_journal
 
 MODEL = {

@@ -22,8 +22,8 @@ from benchmark.evaluation.cell import CellSpec, evaluate_cell
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.runner import StudyRunner
 from benchmark.search import SearchRunner, best_study_raw, redact
-from benchmark.search_file import load_search, parse_search
-from benchmark.study import load_study
+from benchmark.specs.search import load_search, parse_search
+from benchmark.specs.study import load_study
 from tests.helpers import TINY, floor_search
 
 EPISODES = 8

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from benchmark.errors import FssBenchError
-from benchmark.search_file import load_search, parse_search
+from benchmark.specs.search import load_search, parse_search
 from tests.helpers import ROOT, TINY
 
 

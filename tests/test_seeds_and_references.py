@@ -8,7 +8,7 @@ import pytest
 
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.metrics import MetricsError, miou, seed_bootstrap_ci
-from benchmark.study import bam_seeds
+from benchmark.specs.study import bam_seeds
 from reports.collect import ExperimentData
 from reports.references import DEFAULT_REFERENCES, Reference, load_references
 from reports.tables import main_table

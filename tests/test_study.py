@@ -10,7 +10,8 @@ import yaml
 
 from benchmark.cli import main
 from benchmark.errors import FssBenchError
-from benchmark.study import apply_overrides, load_study, parse_study
+from benchmark.specs.overrides import apply_overrides
+from benchmark.specs.study import load_study, parse_study
 
 
 def study_dict(root: Path, **kw) -> dict:

@@ -8,7 +8,7 @@ import pytest
 
 from benchmark.errors import FssBenchError
 from benchmark.runner import StudyRunner
-from benchmark.study import load_study
+from benchmark.specs.study import load_study
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("*.yaml"))
 TINY = [

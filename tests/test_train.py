@@ -16,9 +16,9 @@ from benchmark.data.prepared import PreparedDataset
 from benchmark.errors import FssBenchError
 from benchmark.methods import build_method, get_method
 from benchmark.runner import StudyRunner
-from benchmark.study import parse_study
+from benchmark.specs.study import parse_study
+from benchmark.specs.train import parse_train
 from benchmark.train_data import batch_positions, draw_episode, train_set
-from benchmark.train_file import parse_train
 from benchmark.trainer import Trainer
 from fssam.errors import FSSAMError
 from fssam.finetune import apply_finetuned, read_finetuned, save_finetuned
@@ -242,7 +242,7 @@ def test_selecting_on_test_is_refused_without_the_flag(pascal_root, tmp_path):
 def test_the_shipped_training_files_are_valid(pascal_root, coco_root):
     from pathlib import Path
 
-    from benchmark.train_file import load_train
+    from benchmark.specs.train import load_train
 
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "ablations" / "train").glob("*.yaml"))

@@ -196,7 +196,7 @@ def test_sigkill_mid_training_then_resume_is_bitwise_equal_to_an_uninterrupted_r
 
 
 def test_a_few_dozen_steps_bring_the_training_loss_down(pascal_root, tmp_path):
-    from benchmark.train_file import parse_train
+    from benchmark.specs.train import parse_train
     from benchmark.trainer import Trainer
 
     raw = yaml.safe_load(write_train(tmp_path, pascal_root, max_iters=36, checkpoint_every=36).read_text())

@@ -1,5 +1,5 @@
 """The Trainable capability: the training file and the trainer ask the method registry, so a new
-trainable method is one registration (no change to ``train_file.py`` or ``trainer.py``)."""
+trainable method is one registration (no change to ``specs/train.py`` or ``trainer.py``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from benchmark.methods import (
     trainable_method_names,
 )
 from benchmark.methods.reference import RGBEncoder
-from benchmark.train_file import parse_train
+from benchmark.specs.train import parse_train
 from benchmark.trainer import Trainer, export_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def test_a_registered_method_trains_and_exports_through_its_capability(pascal_ro
     assert torch.equal(exported["frozen.weight"], built.frozen.weight)
 
 
-@pytest.mark.parametrize("module", ["benchmark/trainer.py", "benchmark/train_file.py"])
+@pytest.mark.parametrize("module", ["benchmark/trainer.py", "benchmark/specs/train.py"])
 def test_training_code_compares_no_method_name(module):
     """No ``== "fssam"`` / ``== "naive_sam2"`` (or ``in (...)``) against a registered method's name."""
     names = set(method_names())

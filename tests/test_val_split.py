@@ -23,10 +23,10 @@ from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes.manifests import ValPoolWarning, build_manifest, load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.plan import study_manifests
-from benchmark.search_file import parse_search
-from benchmark.study import parse_study
+from benchmark.specs.search import parse_search
+from benchmark.specs.study import parse_study
+from benchmark.specs.train import parse_train
 from benchmark.train_data import train_set
-from benchmark.train_file import parse_train
 from tests.helpers import TINY_128
 
 MIN_PX = 2 * 32 * 32  # a class counts in an image with at least this many pixels (PFENet)

@@ -9,7 +9,7 @@ from PIL import Image
 from benchmark.errors import FssBenchError
 from benchmark.records.cells import CellOutcome, record_outcome
 from benchmark.records.tracking import CELL_KEY_TAG, Tracker
-from benchmark.study import CacheSettings
+from benchmark.specs.study import CacheSettings
 from benchmark.workspace import Workspace
 
 
@@ -81,7 +81,7 @@ def test_the_study_s_disk_cache_bound_holds_for_runs_and_searches_alike(pascal_r
     """``cache.max_gb`` bounds the disk cache of every job built on the study (the search used to
     ignore it); an explicit bound (``--cache-max-gb``) wins."""
     from benchmark.search import SearchRunner
-    from benchmark.search_file import parse_search
+    from benchmark.specs.search import parse_search
     from tests.helpers import floor_search
 
     bounded = CacheSettings(max_gb=0.5)

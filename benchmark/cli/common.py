@@ -7,47 +7,36 @@ Imports nothing heavy: ``fssbench --help`` and parse errors answer without torch
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (the error names the option, exit status 2, before any work)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def number(
+    kind: type[int] | type[float], low: float, above: bool = False, words: str | None = None
+) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float) ``>= low`` (``> low`` when ``above``). The error
+    names the option (exit status 2, before any work): ``expected an integer >= 0, got -1``, or in
+    ``words`` (``a positive integer``) when given."""
+    name = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {words or name}, got {text!r}") from None
+        if not value >= low:  # NaN included
+            raise argparse.ArgumentTypeError(f"expected {words or f'{name} >= {low:g}'}, got {text}")
+        if above and value == low:
+            raise argparse.ArgumentTypeError(f"expected {words or f'{name} > {low:g}'}, got {text}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
+positive_int = number(int, 1, words="a positive integer")
+non_negative_int = number(int, 0)
+non_negative_float = number(float, 0)
+positive_float = number(float, 0, above=True)
 
 
 class HelpWithDefaults(argparse.HelpFormatter):

@@ -12,7 +12,7 @@ from benchmark.cli.study_options import add_engine_options, refuse_ray_options
 
 def run(args: argparse.Namespace) -> int:
     """``search``: the Optuna search, here or on Ray; 1 if trials failed in a row, 130 if interrupted."""
-    from benchmark.search_file import load_search
+    from benchmark.specs.search import load_search
 
     spec = load_search(Path(args.search), args.overrides)  # validated before torch or MLflow load
     if args.device is not None:

@@ -61,7 +61,7 @@ def throughput_overrides(args: argparse.Namespace) -> list[str]:
 def load_study_for(args: argparse.Namespace):
     """The study of ``run``/``profile``: the file with its overrides, --batch-size/--cache-dtype and
     --device applied (validated before torch or MLflow are imported); --deterministic switched on."""
-    from benchmark.study import load_study, with_device
+    from benchmark.specs.study import load_study, with_device
 
     study = load_study(Path(args.study), args.overrides + throughput_overrides(args))
     if args.device is not None:

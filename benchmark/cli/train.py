@@ -11,7 +11,7 @@ from benchmark.cli.common import add_command, add_device, add_tracking_uri
 
 def run_train(args: argparse.Namespace) -> int:
     """``train``: fine-tune into --out (default under fssbench-train/); 130 if interrupted."""
-    from benchmark.train_file import check_select_on_test, load_train
+    from benchmark.specs.train import check_select_on_test, load_train
 
     spec = load_train(Path(args.train), args.overrides)  # validated before the model is built
     check_select_on_test(spec, args.select_on_test)
@@ -52,7 +52,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``export``: write the fine-tuned checkpoint with its base weights in its method's layout."""
-    from benchmark.train_file import load_train
+    from benchmark.specs.train import load_train
 
     spec = load_train(Path(args.train), args.overrides)
     from benchmark.methods import get_trainable

@@ -25,7 +25,7 @@ from benchmark.engines.ray_study import actor_resources, check_tracking_for_clus
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.records.tracking import default_tracking_uri
 from benchmark.search import SearchOutcome, SearchRunner, default_storage, open_storage, redact
-from benchmark.search_file import SearchSpec
+from benchmark.specs.search import SearchSpec
 
 
 class SearchWorker:

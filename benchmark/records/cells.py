@@ -22,7 +22,7 @@ from benchmark.evaluation.cell import CellSpec, code_hash
 from benchmark.methods import get_method
 from benchmark.plan import Cell
 from benchmark.records.tracking import CELL_KEY_TAG, Tracker, flat_params, git_commit, package_versions
-from benchmark.study import Study
+from benchmark.specs.study import Study
 
 
 @dataclass(frozen=True)

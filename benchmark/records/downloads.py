@@ -12,7 +12,7 @@ from benchmark.io_utils import write_text_atomic
 from benchmark.methods import get_method
 from benchmark.plan import Cell
 from benchmark.records.tracking import default_tracking_uri
-from benchmark.study import MLFLOW_URI_PREFIX
+from benchmark.specs.fields import MLFLOW_URI_PREFIX
 
 
 def resolve_artifact_uris(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.records.tracking import Tracker, git_commit, package_versions
-from benchmark.search_file import SearchSpec
+from benchmark.specs.search import SearchSpec
 
 
 class SearchRecords:
