@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         from benchmark.device import check_device
 
         check_device(args.device, "--device")
-    from benchmark.search import SearchRunner, check_test_tuning, print_outcome
+    from benchmark.jobs.search import SearchRunner, check_test_tuning, print_outcome
 
     check_test_tuning(spec, args.allow_test_tuning)
     common = dict(
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     runner = SearchRunner(spec, progress=not args.quiet, **common)
     try:
         if args.engine == "ray":
-            from benchmark.engines.ray_search import run_search_on_ray
+            from benchmark.jobs.search.ray import run_search_on_ray
             from benchmark.records.tracking import Tracker
 
             outcome = run_search_on_ray(
