@@ -118,12 +118,11 @@ class Workspace:
 
     def cell_lock(self, key: str) -> Any:
         """The cell's file lock (``<work-dir>/locks/``): whoever holds it checks, runs and logs the
-        cell, so two processes, engines or trials never run or log it twice. One lock object per
-        cell in a process (re-entrant: a job that records a cell its engine holds takes it again)."""
+        cell, so two processes, engines or trials never run or log it twice."""
         from filelock import FileLock
 
         (self.work_dir / "locks").mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock"), is_singleton=True)
+        return FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock"))
 
     # ---------------------------------------------------------------------------------- preflight
     def check_images(self, manifests: Iterable[tuple[dict[str, Any], Path]]) -> None:

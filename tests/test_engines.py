@@ -7,6 +7,7 @@ import dataclasses
 from contextlib import nullcontext
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -144,3 +145,36 @@ def test_the_run_job_records_a_failed_answer_of_any_engine_as_a_failed_run(pasca
     cells = [r for r in runs if r.data.tags.get("fss.kind") == "cell"]
     assert sorted(r.info.status for r in cells) == ["FINISHED", "FINISHED"]
     assert all("fss.engine" not in r.data.tags for r in cells)
+
+
+class InterruptedEngine:
+    """An in-process engine whose first cell is interrupted (Ctrl-C) once it began."""
+
+    name = "local"
+    in_process = True
+
+    def session(self, tracking_uri: str):
+        return nullcontext()
+
+    def run(self, jobs, workspace, hooks, desc="cells"):
+        for job in jobs:
+            if hooks.claim(job):
+                hooks.begin(job)
+                raise KeyboardInterrupt
+        yield from ()
+
+
+def test_an_interrupted_cell_and_its_parent_are_marked_killed(pascal_root, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = load_study(write_study(tmp_path, pascal_root))
+    runner = RunJob(
+        study, tracking_uri=uri, work_dir=tmp_path / "w", progress=False, engine=InterruptedEngine()
+    )
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("engines").experiment_id], max_results=100)
+    status = {r.data.tags.get("fss.kind"): r.info.status for r in runs}
+    assert status == {"study": "KILLED", "cell": "KILLED"}
+    (cell,) = [r for r in runs if r.data.tags.get("fss.kind") == "cell"]
+    assert cell.data.tags["fss.error"] == "interrupted (SIGINT/SIGTERM); rerun to resume"

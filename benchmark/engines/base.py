@@ -102,7 +102,8 @@ class CellHooks:
     """What a job hears while an engine runs its cells; every method may be left as it is here.
 
     * :meth:`claim` is asked right before a job's first attempt: False skips it (it finished
-      elsewhere meanwhile, say). An in-process engine asks while it holds the cell's lock.
+      elsewhere meanwhile, say). An in-process engine holds the cell's lock
+      (:meth:`Workspace.cell_lock`) from the claim until the job's answer is consumed.
     * :meth:`begin`: an in-process engine is about to run the job (the job may open its record
       now, so an interrupted cell is marked KILLED); a remote engine never calls it.
     * :meth:`started` (``done`` of ``total`` episodes already in the journal) and :meth:`row`

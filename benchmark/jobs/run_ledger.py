@@ -55,13 +55,19 @@ class RunLedger(CellHooks):
     def tracker(self) -> Any:
         return self.records.tracker
 
+    def cell_lock(self, key: str) -> Any:
+        """The cell's lock for a claim or a record: an in-process engine holds it already while it
+        claims, runs and answers (:class:`~benchmark.engines.local.LocalEngine`); for a remote
+        engine's answers, which come long after the claim, the ledger takes it."""
+        return self.workspace.cell_lock(key) if self.remote is not None else contextlib.nullcontext()
+
     # --------------------------------------------------------------------------------- the hooks
     def claim(self, job: CellJob) -> bool:
         """Under the cell's lock: False (with rows for its cells) when the cell finished (by another
         process, or, with --force, since this invocation started) or failed during this invocation;
         else the cell is this invocation's (--force: its earlier runs go)."""
         key, cells = job.key, self.twins[job.key]
-        with self.workspace.cell_lock(key):
+        with self.cell_lock(key):
             runs = self.tracker.cell_runs(self.records.exp, key)
             done = next((r for r in runs if r.info.status == "FINISHED"), None)
             mine = key in self.ran
@@ -108,7 +114,7 @@ class RunLedger(CellHooks):
     def _record_finished(self, done: CellDone) -> None:
         key = done.job.key
         cells, rid = self.twins[key], self.open_runs.pop(key, None)
-        with self.workspace.cell_lock(key):
+        with self.cell_lock(key):
             if rid is None and not self.force and self._finished_elsewhere(key):
                 return
             try:
@@ -142,7 +148,7 @@ class RunLedger(CellHooks):
         key = done.job.key
         cells, rid = self.twins[key], self.open_runs.pop(key, None)
         error = done.error + ("\n" + done.traceback if done.traceback else "")
-        with self.workspace.cell_lock(key):
+        with self.cell_lock(key):
             try:
                 self._clear_for_force(key)
                 if rid is None:
