@@ -207,9 +207,9 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     """Run the demo in ``out`` and return the path of the report it wrote."""
     import os
 
+    from benchmark.jobs.run import StudyRunner, summary_table
+    from benchmark.jobs.search import SearchRunner
     from benchmark.plan import study_manifests
-    from benchmark.runner import StudyRunner, summary_table
-    from benchmark.search import SearchRunner
     from benchmark.specs.search import parse_search
     from benchmark.specs.study import parse_study
 

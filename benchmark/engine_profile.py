@@ -17,8 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.engines.ray_study import RayStudyRunner, connect
+from benchmark.engines.ray import RayEngine, connect
 from benchmark.errors import FssBenchError
+from benchmark.jobs.run import RunJob
 from benchmark.specs.study import Study
 
 
@@ -51,14 +52,16 @@ def profile_engine(
         with tempfile.TemporaryDirectory(prefix="fssbench-engine-profile-", dir=work_dir) as tmp:
             for n in workers:
                 work = Path(tmp) / f"workers-{n}"
-                runner = RayStudyRunner(
+                engine = RayEngine.for_study(
+                    study.resources, workers=n, cpus_per_cell=cpus_per_cell, progress=progress
+                )
+                runner = RunJob(
                     study,
                     tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
                     work_dir=work,
                     progress=progress,
-                    workers=n,
-                    cpus_per_cell=cpus_per_cell,
                     log=lambda msg: None,
+                    engine=engine,
                 )
                 t0 = time.perf_counter()
                 table = runner.run()

@@ -29,8 +29,8 @@ from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.loader import ImageStore, load_episode
 from benchmark.evaluation.metrics import prediction_at_label_size
 from benchmark.evaluation.predict import predict_batch
+from benchmark.jobs.run import StudyRunner
 from benchmark.methods import WeightPool, build_method
-from benchmark.runner import StudyRunner
 from benchmark.specs.study import Study
 
 RUNS = (("no cache", False), ("cold cache", True), ("warm cache", True))

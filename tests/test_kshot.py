@@ -107,7 +107,7 @@ def _fssam5s_files(tmp_path) -> str:
 
 
 def test_a_search_cell_runs_the_fssam5s_checkpoint_as_a_study_cell_does(pascal_root, tmp_path):
-    from benchmark.search import SearchCell, SearchRunner
+    from benchmark.jobs.search import SearchCell, SearchRunner
     from benchmark.specs.search import parse_search
 
     def search(space: dict) -> SearchRunner:
@@ -164,8 +164,8 @@ def test_a_fixed_checkpoint_outside_the_fssam5s_folder_keeps_the_intended_path(p
 def test_the_qualitative_figure_shows_the_voted_prediction_the_cell_scored(pascal_root, tmp_path):
     import yaml
 
+    from benchmark.jobs.run import StudyRunner
     from benchmark.records.tracking import Tracker
-    from benchmark.runner import StudyRunner
     from benchmark.specs.study import load_study
     from reports.collect import collect_experiment
     from reports.episodes import episode_panels

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from benchmark.engines import ray_study
-from benchmark.engines.cell_worker import CellWorker, cell_payload
-from benchmark.engines.ray_study import RayStudyRunner, check_tracking_for_cluster
+from benchmark.engines.base import CellJob
+from benchmark.engines.ray import RayEngine, check_tracking_for_cluster
+from benchmark.engines.worker import CellWorker
 from benchmark.episodes.manifests import load_manifest
 from benchmark.errors import FssBenchError
-from benchmark.runner import StudyRunner
+from benchmark.jobs.run import RunJob, StudyRunner
 from benchmark.specs.study import load_study
 from tests.helpers import TINY_128
 
@@ -66,15 +66,31 @@ def local(pascal_root, tmp_path_factory):
     return {r.data.tags["fss.cell_key"]: scores(r) for r in runs}
 
 
-def ray_runner(study: Path, tmp: Path, **kw) -> RayStudyRunner:
-    return RayStudyRunner(
-        load_study(study),
+def ray_runner(study: Path, tmp: Path, force: bool = False, **kw) -> RunJob:
+    """The run job on the Ray engine (``kw``: the engine's options)."""
+    s = load_study(study)
+    return RunJob(
+        s,
         tracking_uri=kw.pop("uri", f"sqlite:///{tmp / 'mlflow.db'}"),
         work_dir=tmp / "w",
         progress=False,
         log=lambda msg: None,
-        **kw,
+        force=force,
+        engine=RayEngine.for_study(s.resources, progress=False, **kw),
     )
+
+
+def break_payloads(monkeypatch, tmp: Path, prefix: str) -> None:
+    """The payloads of the cells named ``prefix...`` point at a data root the workers lack."""
+    real = RayEngine.payload
+
+    def broken(self, job, manifest):
+        payload = real(self, job, manifest)
+        if job.name.startswith(prefix):
+            payload["spec"]["data_root"] = str(tmp / "nowhere")
+        return payload
+
+    monkeypatch.setattr(RayEngine, "payload", broken)
 
 
 def assert_once_and_equal(uri: str, local: dict) -> None:
@@ -135,7 +151,7 @@ def test_a_node_lost_mid_study_still_ends_with_every_cell_once(ray_cluster, loca
     runner = ray_runner(write_study(tmp_path, pascal_root, episodes=6), tmp_path, on_event=on_event)
     runner.run()
     assert [e for e in events if e[0] == "lost"], events  # a cell was lost with its node ...
-    assert max(runner.attempts.values()) == 2  # ... and run again elsewhere, once
+    assert max(runner.engine.attempts.values()) == 2  # ... and run again elsewhere, once
     local6 = _local_scores(pascal_root, tmp_path / "local6", episodes=6)
     assert_once_and_equal(f"sqlite:///{tmp_path / 'mlflow.db'}", local6)
 
@@ -151,19 +167,13 @@ def _local_scores(root: Path, tmp: Path, episodes: int) -> dict:
 def test_a_failing_cell_is_failed_once_and_a_restarted_driver_runs_only_the_rest(
     ray_cluster, local, pascal_root, tmp_path, monkeypatch
 ):
-    def broken(name, key, spec, manifest, weights=None):  # one cell's data root missing on the workers
-        payload = cell_payload(name, key, spec, manifest, weights)
-        if name.startswith("mc/pascal/fold1"):
-            payload["spec"]["data_root"] = str(tmp_path / "nowhere")
-        return payload
-
-    monkeypatch.setattr(ray_study, "cell_payload", broken)
+    break_payloads(monkeypatch, tmp_path, "mc/pascal/fold1")  # one cell's data root missing on the workers
     study = write_study(tmp_path, pascal_root)
     runner = ray_runner(study, tmp_path)
     table = runner.run().set_index("cell")
     assert table.loc["mc/pascal/fold1/1shot/seed321", "status"] == "failed"
     assert "is not on worker" in table.loc["mc/pascal/fold1/1shot/seed321", "error"]
-    assert runner.attempts[table.loc["mc/pascal/fold1/1shot/seed321", "cell_key"]] == 1  # not retried
+    assert runner.engine.attempts[table.loc["mc/pascal/fold1/1shot/seed321", "cell_key"]] == 1  # not retried
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert sorted(r.info.status for r in cell_runs(uri)) == ["FAILED"] + ["FINISHED"] * 5
     monkeypatch.undo()
@@ -202,11 +212,11 @@ def test_the_worker_reports_a_cells_failure_instead_of_raising(pascal_root, tmp_
     cells = runner.cells(runner.build_manifests())
     cell = next(c for c in cells if c.variant == "mc")
     manifest = load_manifest(cell.spec.manifest_path)
-    worker = CellWorker(str(tmp_path / "node"), None, qualitative=0, threads=1)
-    ok = worker.run(cell_payload(cell.name, "k" * 64, cell.spec, manifest))
+    worker = CellWorker(str(tmp_path / "node"), None, threads=1)
+    ok = worker.run(CellJob(cell.name, "k" * 64, cell.spec, qualitative=0).to_payload(manifest))
     assert ok["ok"] and 0 < ok["summary"]["miou"] < 1
     assert {name for name, _, _ in ok["artifacts"]} >= {"episodes.parquet", "manifest.json"}
-    bad = cell_payload(cell.name, "j" * 64, cell.spec, manifest)
+    bad = CellJob(cell.name, "j" * 64, cell.spec, qualitative=0).to_payload(manifest)
     bad["spec"]["data_root"] = str(tmp_path / "nowhere")
     answer = worker.run(bad)
     assert not answer["ok"] and "nowhere is not on worker" in answer["error"]
@@ -219,7 +229,7 @@ def test_two_optuna_workers_on_ray_share_one_postgresql_study(
     import optuna
     from optuna.trial import TrialState
 
-    from benchmark.engines.ray_search import run_search_on_ray
+    from benchmark.jobs.search.ray import run_search_on_ray
     from benchmark.specs.search import load_search
     from tests.test_search_workers import check_one_run_per_trial, write_search
 
@@ -277,13 +287,7 @@ def test_force_then_a_failure_leaves_only_the_failed_run(
     study = write_study(tmp_path, pascal_root)
     ray_runner(study, tmp_path).run()
 
-    def broken(name, key, spec, manifest, weights=None):
-        payload = cell_payload(name, key, spec, manifest, weights)
-        if name.startswith("af/pascal/fold0"):
-            payload["spec"]["data_root"] = str(tmp_path / "nowhere")
-        return payload
-
-    monkeypatch.setattr(ray_study, "cell_payload", broken)
+    break_payloads(monkeypatch, tmp_path, "af/pascal/fold0")
     ray_runner(study, tmp_path, force=True).run()
     runs = cell_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(runs) == 6  # one run per cell: the old FINISHED one of the failed cell is gone
@@ -316,7 +320,7 @@ def test_a_logging_error_marks_the_run_failed_and_the_study_goes_on(
 
 
 def test_workers_that_fit_no_node_are_refused_before_any_work(ray_cluster, pascal_root, tmp_path):
-    from benchmark.engines.ray_study import actor_resources
+    from benchmark.engines.ray import actor_resources
 
     opts, fit = actor_resources(None, 1.0)
     assert (
@@ -336,9 +340,9 @@ def test_a_worker_with_another_cell_key_refuses_the_cell(pascal_root, tmp_path):
     cell = next(c for c in cells if c.variant == "mc")
     key, weights = runner.keys([cell])[cell.name]
     manifest = load_manifest(cell.spec.manifest_path)
-    worker = CellWorker(str(tmp_path / "node"), None, qualitative=0, threads=1)
-    assert worker.run(cell_payload(cell.name, key, cell.spec, manifest, weights))["ok"]
-    answer = worker.run(cell_payload(cell.name, "0" * 64, cell.spec, manifest, weights))
+    worker = CellWorker(str(tmp_path / "node"), None, threads=1)
+    assert worker.run(CellJob(cell.name, key, cell.spec, weights, qualitative=0).to_payload(manifest))["ok"]
+    answer = worker.run(CellJob(cell.name, "0" * 64, cell.spec, weights, qualitative=0).to_payload(manifest))
     assert not answer["ok"] and "computes another cell key than the driver" in answer["error"]
 
 
@@ -349,10 +353,9 @@ def test_the_studys_resources_block_is_validated_and_the_command_line_wins(pasca
     assert load_study(study).resources == Resources(None, 1.0)
     s = load_study(study, ["resources.gpus_per_cell=0", "resources.cpus_per_cell=2"])
     assert s.resources == Resources(0.0, 2.0)
-    runner = RayStudyRunner(s, work_dir=tmp_path / "w", progress=False)
-    assert (runner.gpus_per_cell, runner.cpus_per_cell) == (0.0, 2.0)
-    runner = RayStudyRunner(s, work_dir=tmp_path / "w", progress=False, cpus_per_cell=1.0)
-    assert runner.cpus_per_cell == 1.0
+    engine = RayEngine.for_study(s.resources)
+    assert (engine.gpus_per_cell, engine.cpus_per_cell) == (0.0, 2.0)
+    assert RayEngine.for_study(s.resources, cpus_per_cell=1.0).cpus_per_cell == 1.0
     for override, message in (
         ("resources.cpus_per_cell=0", r"resources\.cpus_per_cell: expected a number > 0, got 0"),
         ("resources.gpus_per_cell=-1", r"resources\.gpus_per_cell: expected a number >= 0 or null, got -1"),
@@ -407,7 +410,7 @@ def test_quiet_silences_rays_token_notice(tmp_path, quiet):
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     env |= {"HOME": str(tmp_path), "RAY_TMPDIR": short, "RAY_USAGE_STATS_ENABLED": "0"}
     code = (
-        "import ray\nfrom benchmark.engines.ray_study import connect\n"
+        "import ray\nfrom benchmark.engines.ray import connect\n"
         f"connect(None, num_cpus=1, quiet={quiet})\nray.shutdown()\n"
     )
     try:

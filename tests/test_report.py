@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmark.cli import main
 from benchmark.data.classes import novel_classes
-from benchmark.runner import StudyRunner
+from benchmark.jobs.run import StudyRunner
 from benchmark.specs.study import load_study
 from tests.test_report_latex import compile_tex, require_pdflatex
 

@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from benchmark.runner import StudyRunner
+from benchmark.jobs.run import StudyRunner
 from benchmark.specs.study import load_study
 from tests.helpers import run_command, wait_for_journal
 

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import CellSpec, evaluate_cell
 from benchmark.evaluation.feature_cache import FeatureCache
-from benchmark.runner import StudyRunner
-from benchmark.search import SearchRunner, best_study_raw, redact
+from benchmark.jobs.run import StudyRunner
+from benchmark.jobs.search import SearchRunner, best_study_raw, redact
 from benchmark.specs.search import load_search, parse_search
 from benchmark.specs.study import load_study
 from tests.helpers import TINY, floor_search
@@ -329,7 +329,7 @@ def test_wilcoxon_pruning_reports_each_chunk_s_own_miou(pascal_root, tmp_path):
 def test_storage_urls_are_redacted_and_checked(tmp_path):
     assert redact("postgresql://fss:secret@db.lab:5432/optuna") == "postgresql://fss:***@db.lab:5432/optuna"
     assert redact("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"
-    from benchmark.search import open_storage
+    from benchmark.jobs.search import open_storage
 
     with pytest.raises(FssBenchError, match="expected an RDB URL"):
         open_storage("redis://host")
@@ -380,10 +380,10 @@ def test_the_shipped_demo_search_is_the_one_the_demo_runs():
 def failing_cell(monkeypatch, fails: set[int]) -> list[int]:
     """Make the cell function (a dependency of the search) raise on the calls numbered in ``fails``
     (0-based); the other calls run the real one. Returns the list of call numbers made."""
-    import benchmark.search
+    import benchmark.engines.local
 
     calls: list[int] = []
-    real = benchmark.search.evaluate_cell
+    real = benchmark.engines.local.evaluate_cell
 
     def cell(*args, **kwargs):
         calls.append(len(calls))
@@ -391,7 +391,7 @@ def failing_cell(monkeypatch, fails: set[int]) -> list[int]:
             raise RuntimeError(f"cell call {calls[-1]} broke")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(benchmark.search, "evaluate_cell", cell)
+    monkeypatch.setattr(benchmark.engines.local, "evaluate_cell", cell)
     return calls
 
 
@@ -449,9 +449,9 @@ def test_ran_here_counts_this_workers_trials_only(pascal_root, tmp_path, monkeyp
     not towards this worker's ``ran_here``."""
     from optuna.distributions import FloatDistribution
 
-    import benchmark.search
+    import benchmark.engines.local
 
-    real = benchmark.search.evaluate_cell
+    real = benchmark.engines.local.evaluate_cell
 
     def cell_while_another_worker_finishes_a_trial(*args, **kwargs):
         study = optuna.load_study(study_name="floor-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -466,7 +466,7 @@ def test_ran_here_counts_this_workers_trials_only(pascal_root, tmp_path, monkeyp
             )
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(benchmark.search, "evaluate_cell", cell_while_another_worker_finishes_a_trial)
+    monkeypatch.setattr(benchmark.engines.local, "evaluate_cell", cell_while_another_worker_finishes_a_trial)
     spec = parse_search(floor_search(pascal_root, episodes=2, trials=3), source="floor.yaml")
     outcome = runner(spec, tmp_path).run()
     assert [t["number"] for t in outcome.trials] == [0, 1, 2] and outcome.ran_here == 2
@@ -478,7 +478,7 @@ def test_ran_here_counts_this_workers_trials_only(pascal_root, tmp_path, monkeyp
 def test_the_study_lock_of_a_file_storage_excludes_a_second_worker(tmp_path):
     import threading
 
-    from benchmark.search import StudyLock
+    from benchmark.jobs.search import StudyLock
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     first, second = StudyLock(url, None, "s"), StudyLock(url, None, "s")  # two workers' locks
@@ -509,7 +509,7 @@ def test_search_plots_are_in_percent_name_the_study_and_skip_what_shows_nothing(
     from matplotlib.figure import Figure
     from optuna.distributions import FloatDistribution, IntDistribution
 
-    from benchmark.search import save_plots
+    from benchmark.jobs.search import save_plots
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name="optuna-s1", direction="maximize")

@@ -174,7 +174,7 @@ faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker's stack
 
 import optuna
 
-import benchmark.cli, benchmark.search  # noqa: F401  (imported before the start line)
+import benchmark.cli, benchmark.jobs.search  # noqa: F401  (imported before the start line)
 
 ready, go, delay = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 if delay:  # widen the window between reading the study's trials and enqueueing a retry
@@ -312,7 +312,7 @@ def test_the_study_lock_on_postgresql_is_an_advisory_lock_per_study(postgres_ser
     import threading
 
     from benchmark.errors import FssBenchError
-    from benchmark.search import StudyLock, open_storage
+    from benchmark.jobs.search import StudyLock, open_storage
 
     url = postgres_server.create_database("optuna_lock")
     first, second, other = (open_storage(url) for _ in range(3))  # three workers' storages

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.errors import FssBenchError
-from benchmark.runner import StudyRunner
+from benchmark.jobs.run import StudyRunner
 from benchmark.specs.study import load_study
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("*.yaml"))

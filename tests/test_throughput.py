@@ -18,8 +18,8 @@ from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.loader import ImageStore, load_episode
 from benchmark.evaluation.predict import predict_batch, predict_episode
+from benchmark.jobs.run import StudyRunner
 from benchmark.methods import WeightPool, build_method, get_method
-from benchmark.runner import StudyRunner
 from benchmark.specs.study import load_study
 from fssam.stages import StageMemo
 from tests.helpers import ROOT, TINY_128

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from benchmark.data.classes import base_classes
 from benchmark.data.prepared import PreparedDataset
 from benchmark.errors import FssBenchError
+from benchmark.jobs.run import StudyRunner
 from benchmark.methods import build_method, get_method
-from benchmark.runner import StudyRunner
 from benchmark.specs.study import parse_study
 from benchmark.specs.train import parse_train
 from benchmark.train_data import batch_positions, draw_episode, train_set

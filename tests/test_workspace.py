@@ -80,7 +80,7 @@ def test_one_function_records_a_finished_and_a_killed_cell(tmp_path):
 def test_the_study_s_disk_cache_bound_holds_for_runs_and_searches_alike(pascal_root, tmp_path):
     """``cache.max_gb`` bounds the disk cache of every job built on the study (the search used to
     ignore it); an explicit bound (``--cache-max-gb``) wins."""
-    from benchmark.search import SearchRunner
+    from benchmark.jobs.search import SearchRunner
     from benchmark.specs.search import parse_search
     from tests.helpers import floor_search
 

@@ -19,7 +19,7 @@ from benchmark.cli.study_options import (
 def run(args: argparse.Namespace) -> int:
     """``run``: every cell of the study on the chosen engine; 1 if a cell failed, 130 if interrupted."""
     study = load_study_for(args)
-    from benchmark.runner import StudyRunner, summary_table
+    from benchmark.jobs.run import RunJob, summary_table
 
     common = dict(
         tracking_uri=args.tracking_uri,
@@ -34,19 +34,22 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
     )
     if args.engine == "ray":
-        from benchmark.engines.ray_study import RayStudyRunner
+        from benchmark.engines.ray import RayEngine
+        from benchmark.io_utils import say
 
-        runner: StudyRunner = RayStudyRunner(
-            study,
+        engine = RayEngine.for_study(
+            study.resources,
             ray_address=args.ray_address,
             workers=args.workers,
             gpus_per_cell=args.gpus_per_cell,
             cpus_per_cell=args.cpus_per_cell,
-            **common,
+            progress=not args.quiet,
+            log=say,
         )
+        runner = RunJob(study, engine=engine, **common)
     else:
         refuse_ray_options(args)
-        runner = StudyRunner(study, **common)
+        runner = RunJob(study, **common)
     try:
         cells = runner.run()
     except KeyboardInterrupt:

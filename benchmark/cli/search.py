@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         from benchmark.device import check_device
 
         check_device(args.device, "--device")
-    from benchmark.search import SearchRunner, check_test_tuning, print_outcome
+    from benchmark.jobs.search import SearchRunner, check_test_tuning, print_outcome
 
     check_test_tuning(spec, args.allow_test_tuning)
     common = dict(
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     runner = SearchRunner(spec, progress=not args.quiet, **common)
     try:
         if args.engine == "ray":
-            from benchmark.engines.ray_search import run_search_on_ray
+            from benchmark.jobs.search.ray import run_search_on_ray
             from benchmark.records.tracking import Tracker
 
             outcome = run_search_on_ray(
@@ -51,9 +51,11 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 **common,
             )
-            runner.tracker = Tracker(args.tracking_uri)
+            tracking_uri = Tracker(args.tracking_uri).uri
         else:
             outcome = runner.run()
+            assert runner.tracker is not None
+            tracking_uri = runner.tracker.uri
     except KeyboardInterrupt:
         print(
             "fssbench: interrupted; finished trials and scored episodes are kept: rerun the same "
@@ -62,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 130
     print()
-    assert runner.tracker is not None
-    print_outcome(outcome, spec, runner.tracker.uri)
+    print_outcome(outcome, spec, tracking_uri)
     if outcome.failures:
         print(
             f"fssbench: {outcome.failures} trial(s) failed in a row (see fss.error in MLflow)",

@@ -1,7 +1,9 @@
-"""Engines that run a study's cells somewhere other than this process, one after the other.
+"""Engines: where a job's cells run. Each implements :class:`benchmark.engines.base.Engine`.
 
-``--engine local`` is :class:`benchmark.runner.StudyRunner` itself. ``--engine ray``
-(:mod:`benchmark.engines.ray_study`) keeps everything but the scheduling: the driver plans the
-manifests, asks MLflow which cells are finished and logs every result; Ray actors
-(:mod:`benchmark.engines.cell_worker`, no Ray inside) run the shared cell function.
+:mod:`~benchmark.engines.base` defines the interface (:class:`~benchmark.engines.base.CellJob`
+in, :class:`~benchmark.engines.base.CellDone` out, :class:`~benchmark.engines.base.CellHooks`
+for what the job hears meanwhile); :mod:`~benchmark.engines.local` runs jobs in this process
+(``--engine local``, a search's trials), :mod:`~benchmark.engines.ray` on Ray actors
+(``--engine ray``) that run :mod:`~benchmark.engines.worker`. Engines never touch MLflow: the
+jobs (:mod:`benchmark.jobs`) record every answer through :mod:`benchmark.records`.
 """

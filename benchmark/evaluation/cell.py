@@ -1,7 +1,7 @@
 """The cell function: evaluate one (method, resolved settings, manifest, device), with no tracking.
 
-``evaluate_cell(spec, cache) -> CellResult`` is what every engine calls: ``fssbench run`` (the local
-engine, ``benchmark.runner``), ``fssbench profile``, the demo, and the search and Ray engines.
+``evaluate_cell(spec, cache) -> CellResult`` is what every engine calls (``benchmark.engines.local``
+for ``fssbench run`` and the search's trials, and each Ray worker), ``fssbench profile`` and the demo.
 MLflow logging, progress bars and printing stay with the callers (``on_episode`` reports progress).
 
 Data flows one way through it::
