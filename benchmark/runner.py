@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark.episodes.manifests import load_manifest
+from benchmark.episodes.manifest import load_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.evaluation.cell import cell_key, evaluate_cell, weight_ids
 from benchmark.interrupts import sigterm_as_interrupt
@@ -111,7 +111,7 @@ class StudyRunner:
         out = {}
         for c in cells:
             weights = weight_ids(c.spec, self.hashes)
-            out[c.name] = (cell_key(c.spec, self.manifest(c.spec.manifest_path)["sha256"], weights), weights)
+            out[c.name] = (cell_key(c.spec, self.manifest(c.spec.manifest_path).sha256, weights), weights)
         return out
 
     def check_images(self, todo: list[Cell]) -> None:

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from benchmark.episodes.manifests import load_manifest
+from benchmark.episodes.manifest import load_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.evaluation.cell import CellSpec, cell_key, code_hash, evaluate_cell, weight_ids
 from benchmark.evaluation.metrics import summarize
@@ -606,7 +606,7 @@ class SearchRunner:
         settings = self.entry.resolve({**self.spec.variant.settings, **params})
         manifests, weights = {}, {}
         for cell in self.cells:
-            manifests[cell.label] = self.manifests[cell.manifest_path]["sha256"]
+            manifests[cell.label] = self.manifests[cell.manifest_path].sha256
             weights[cell.label] = weight_ids(self.cell_spec(cell, settings), self.hashes)
         return {
             **standard_tags(self.spec.source),
@@ -708,10 +708,10 @@ class SearchRunner:
         for cell in self.cells:
             cspec = self.cell_spec(cell, settings)
             manifest = self.manifests[cell.manifest_path]
-            key = cell_key(cspec, manifest["sha256"], weight_ids(cspec, self.hashes))
+            key = cell_key(cspec, manifest.sha256, weight_ids(cspec, self.hashes))
             rows: list[dict[str, int]] = []
 
-            total = manifest["num_episodes"]
+            total = manifest.num_episodes
 
             def on_row(row: dict[str, int], rows: list[dict[str, int]] = rows, total: int = total) -> None:
                 rows.append(row)

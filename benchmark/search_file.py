@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from benchmark.episodes import get_protocol
 from benchmark.episodes.manifests import VAL_RULE
 from benchmark.errors import FssBenchError
 from benchmark.file_paths import resolve_paths, search_path_fields, study_path_fields
@@ -336,9 +337,9 @@ def parse_search(
                 raise FssBenchError(f"{source}: objective.{text[len(where_study) + 2 :]}") from None
         raise
 
-    if kind == "val" and study.protocol == "fssam-exact":
+    if kind not in get_protocol(study.protocol).kinds:
         raise FssBenchError(
-            f"{source}: kind: val with protocol fssam-exact, which reproduces the authors' test episodes "
+            f"{source}: kind: val with protocol {study.protocol}, which reproduces the authors' test episodes "
             "only; search on protocol fssam (study.protocol=fssam) or set kind: test"
         )
     variant = study.variants[0]

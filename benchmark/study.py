@@ -54,15 +54,9 @@ import yaml
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
-from benchmark.episodes.manifests import (
-    EXACT_LISTS,
-    HOLDOUT_FRACTION,
-    PROTOCOLS,
-    SEED_MAX,
-    VAL_SOURCES,
-    check_seed,
-    default_evaluation,
-)
+from benchmark.episodes import get_protocol, protocol_names
+from benchmark.episodes.manifests import HOLDOUT_FRACTION, SEED_MAX, VAL_SOURCES, check_seed
+from benchmark.episodes.protocols.fssam_exact import EXACT_LISTS
 from benchmark.errors import FssBenchError
 from benchmark.file_paths import PathFields, override_value, resolve_paths, study_path_fields
 from benchmark.lockfile import check_against_lock
@@ -367,15 +361,18 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
             )
         roots[ds] = prepared_root(ds, root, source, base_dir)
     protocol = raw.get("protocol", "fssam")
-    if protocol not in PROTOCOLS:
+    if protocol not in protocol_names():
         raise FssBenchError(
-            f"{source}: protocol: {protocol!r} is not one of {sorted(PROTOCOLS)}{did_you_mean(protocol, PROTOCOLS)}"
+            f"{source}: protocol: {protocol!r} is not one of {protocol_names()}{did_you_mean(protocol, protocol_names())}"
         )
     try:
         folds = _int_list({"folds": raw.get("folds", [0, 1, 2, 3])}, "folds", 0, NUM_FOLDS - 1)
         shots = _int_list({"shots": raw.get("shots", [1])}, "shots", 1, None)
         seeds = _int_list(
-            {"seeds": bam_seeds(raw.get("seeds", [PROTOCOLS[protocol]["seed"]]))}, "seeds", 0, SEED_MAX
+            {"seeds": bam_seeds(raw.get("seeds", [get_protocol(protocol).default_seed]))},
+            "seeds",
+            0,
+            SEED_MAX,
         )
     except FssBenchError as e:
         raise FssBenchError(f"{source}: {e}") from None
@@ -391,9 +388,10 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
     cache = parse_cache(raw.get("cache"), source)
     resources = parse_resources(raw.get("resources"), source)
     for key in ("loader_workers", "lists"):
-        if key in raw and protocol != "fssam-exact":
+        if key in raw and key not in get_protocol(protocol).user_options:
+            takes = [p for p in protocol_names() if key in get_protocol(p).user_options]
             raise FssBenchError(
-                f"{source}: {key}: applies to protocol fssam-exact only (protocol is {protocol})"
+                f"{source}: {key}: applies to protocol {' or '.join(takes)} only (protocol is {protocol})"
             )
     loader_workers = raw.get("loader_workers", 32)
     if not isinstance(loader_workers, int) or isinstance(loader_workers, bool) or loader_workers < 0:
@@ -429,7 +427,7 @@ def parse_study(raw: dict[str, Any], source: str = "<study>", base_dir: Path | N
         )
     try:
         for ds in roots:  # validated now, not when the first manifest is built
-            default_evaluation(protocol, ds, ev.get("resolution"), ev.get("size"))
+            get_protocol(protocol).evaluation(ds, ev.get("resolution"), ev.get("size"))
     except FssBenchError as e:
         raise FssBenchError(f"{source}: eval: {e}") from None
 

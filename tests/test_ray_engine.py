@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from benchmark.engines import ray_study
 from benchmark.engines.cell_worker import CellWorker, cell_payload
 from benchmark.engines.ray_study import RayStudyRunner, check_tracking_for_cluster
-from benchmark.episodes.manifests import load_manifest
+from benchmark.episodes.manifest import load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.runner import StudyRunner
 from benchmark.study import load_study

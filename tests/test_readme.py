@@ -26,7 +26,9 @@ def test_python_api_example_runs():
 
 def test_adding_a_method_example_runs(pascal_root, tmp_path, monkeypatch):
     import benchmark.methods.registry as registry
-    from benchmark.episodes.manifests import build_manifest, save_manifest
+    from benchmark.episodes import get_protocol
+    from benchmark.episodes.manifest import save_manifest
+    from benchmark.episodes.manifests import ManifestRequest, build_manifest
     from benchmark.evaluation.cell import CellSpec, evaluate_cell
     from benchmark.evaluation.feature_cache import FeatureCache
 
@@ -34,7 +36,9 @@ def test_adding_a_method_example_runs(pascal_root, tmp_path, monkeypatch):
     block = re.search(r"## Adding a method\n.*?```python\n(.*?)```", README, re.S)
     assert block is not None
     exec(compile(block.group(1), "README.md", "exec"), {})
-    manifest = build_manifest(pascal_root, 0, 1, "fssam", 321, 3, "test", "interleaved", "pascal")
+    manifest = build_manifest(
+        get_protocol("fssam"), ManifestRequest(pascal_root, 0, 1, seed=321, episodes=3, dataset="pascal")
+    )
     save_manifest(manifest, tmp_path / "m.json")
     spec = CellSpec("darker_colour", {"image_size": 128}, tmp_path / "m.json", pascal_root, "cpu")
     result = evaluate_cell(spec, FeatureCache(None))

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from benchmark.device import resolve_device
-from benchmark.episodes.manifests import save_manifest
+from benchmark.episodes.manifest import save_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.evaluation.cell import CellSpec, cell_key, evaluate_cell
 from benchmark.workspace import Workspace
@@ -103,7 +103,7 @@ class CellWorker:
         t0 = time.perf_counter()
         try:
             ws = self.workspace
-            path = ws.manifest_copy(manifest["sha256"])
+            path = ws.manifest_copy(manifest.sha256)
             if not path.is_file():
                 save_manifest(manifest, path)
             raw = payload["spec"]
@@ -125,7 +125,7 @@ class CellWorker:
                 compile=raw["compile"],
             )
             if payload.get("weights") is not None:  # the driver's weight ids: check the key
-                mine = cell_key(spec, manifest["sha256"], payload["weights"])
+                mine = cell_key(spec, manifest.sha256, payload["weights"])
                 if mine != key:
                     raise FssBenchError(
                         f"{payload['name']}: worker {self.where()} computes another cell key than the driver "
