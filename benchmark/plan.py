@@ -36,10 +36,11 @@ class Cell:
 
 
 def study_protocol(study: Study) -> Protocol:
-    """The study's protocol with the study's options for it (e.g. fssam-exact's ``loader_workers``
-    and ``lists``; the keys a protocol does not take are not passed)."""
+    """The study's protocol with the study's options for it: the protocol's ``user_options`` that a
+    study file sets (today fssam-exact's ``loader_workers`` and ``lists``); others keep the
+    protocol's defaults."""
     protocol = get_protocol(study.protocol)
-    return protocol.configure({k: getattr(study, k) for k in protocol.user_options})
+    return protocol.configure({k: getattr(study, k) for k in protocol.user_options if hasattr(study, k)})
 
 
 def study_manifests(study: Study, work_dir: Path, kind: str = "test") -> dict[tuple, Path]:

@@ -335,54 +335,36 @@ def evaluate_cell(
     if weights is None and (key is None or artifacts_dir is not None):
         weights = weight_ids(spec)
     key = key or cell_key(spec, manifest.sha256, weights or {})
-    if method is None:
-        method = build_method(spec.method, dict(spec.settings), device, pool)
+    method = method if method is not None else build_method(spec.method, dict(spec.settings), device, pool)
     if spec.compile:
         compile_method(method)
     store = ImageStore(PreparedDataset(spec.data_root))
     feat = Featurizer(method, cache, dtype=spec.feature_dtype, encode_batch=max(8, 2 * spec.batch_size))
-    if stages is not None:
-        stages.scope(manifest.sha256)
-    episodes = list(manifest.episodes)
-    header = {"cell_key": key, "manifest_sha256": manifest.sha256}
-    with (
-        CellJournal(journal_path, header, {e.id: e.cls for e in episodes}) as journal,
-        PeakMemory(device) as memory,
-    ):
-        todo = [e for e in episodes if e.id not in journal.rows]
-        resumed = len(episodes) - len(todo)
-        if on_start is not None:
-            on_start(resumed, len(episodes))
-        if on_row is not None:
-            for e in episodes:
-                if e.id in journal.rows:
-                    on_row(journal.rows[e.id])
-        run = _EpisodeRun(spec, method, feat, store, manifest, stages, journal, on_row, on_episode)
-        seconds, timings = run.score(todo, decode_threads)
-        table = journal.table()
-    summary, metrics = _cell_metrics(spec, manifest, table, memory.peak_bytes / 2**20)
-    if todo:
-        metrics["episodes_per_s"] = len(todo) / max(seconds, 1e-9)
+    run = _EpisodeRun(spec, method, feat, store, manifest, stages, on_row, on_episode)
+    done = run.journaled(journal_path, key, device, decode_threads, on_start)
+    summary, metrics = _cell_metrics(spec, manifest, done.table, done.peak_memory_mb)
+    if done.episodes_run:
+        metrics["episodes_per_s"] = done.episodes_run / max(done.seconds, 1e-9)
         metrics["encode_s"] = feat.encode_seconds
-        metrics["episode_path_s"] = timings["episode_path"]
+        metrics["episode_path_s"] = done.timings["episode_path"]
     result = CellResult(
         spec=spec,
         key=key,
-        table=table,
+        table=done.table,
         summary=summary,
         metrics=metrics,
-        seconds=seconds,
-        episodes_run=len(todo),
-        episodes_resumed=resumed,
-        peak_memory_mb=metrics["peak_mem_mb"],
-        peak_memory_kind=memory.kind,
+        seconds=done.seconds,
+        episodes_run=done.episodes_run,
+        episodes_resumed=done.episodes_resumed,
+        peak_memory_mb=done.peak_memory_mb,
+        peak_memory_kind=done.peak_memory_kind,
         random_init=bool(method.random_init),
         weight_hashes=method.weight_hashes(),
         weight_ids=dict(weights or {}),
         device=str(device),
         precision=spec.precision,
         manifest=manifest,
-        timings=timings,
+        timings=done.timings,
         encoder_passes=dict(feat.passes),
     )
     if artifacts_dir is not None:
@@ -390,10 +372,25 @@ def evaluate_cell(
     return result
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """What a cell's episode loop leaves: the complete per-episode table, the episodes run now and
+    resumed from the journal, the seconds and time split of the run, and the peak memory."""
+
+    table: pd.DataFrame
+    episodes_run: int
+    episodes_resumed: int
+    seconds: float
+    timings: dict[str, float]
+    peak_memory_mb: float
+    peak_memory_kind: str
+
+
 @dataclass
 class _EpisodeRun:
-    """The episode loop of one cell: batches of episodes loaded ahead on background threads,
-    predicted, scored and appended to the journal (``on_row``/``on_episode`` told of each)."""
+    """The episode loop of one cell: the episodes not yet in the journal, in batches loaded ahead on
+    background threads, predicted, scored and appended to the journal (``on_row``/``on_episode``
+    told of each)."""
 
     spec: CellSpec
     method: FewShotMethod
@@ -401,9 +398,39 @@ class _EpisodeRun:
     store: ImageStore
     manifest: Manifest
     stages: StageMemo | None
-    journal: CellJournal
     on_row: Callable[[dict[str, int]], None] | None
     on_episode: Callable[[int, int], None] | None
+
+    def journaled(
+        self,
+        journal_path: Path | None,
+        key: str,
+        device: torch.device,
+        decode_threads: int,
+        on_start: Callable[[int, int], None] | None,
+    ) -> _Scored:
+        """Resume from the journal at ``journal_path`` (header: the cell ``key`` and the manifest's
+        hash; its rows told to ``on_row`` first), score the rest under a peak-memory watch, and read
+        the complete table back."""
+        if self.stages is not None:
+            self.stages.scope(self.manifest.sha256)
+        episodes = list(self.manifest.episodes)
+        header = {"cell_key": key, "manifest_sha256": self.manifest.sha256}
+        with (
+            CellJournal(journal_path, header, {e.id: e.cls for e in episodes}) as journal,
+            PeakMemory(device) as memory,
+        ):
+            todo = [e for e in episodes if e.id not in journal.rows]
+            resumed = len(episodes) - len(todo)
+            if on_start is not None:
+                on_start(resumed, len(episodes))
+            if self.on_row is not None:
+                for e in episodes:
+                    if e.id in journal.rows:
+                        self.on_row(journal.rows[e.id])
+            seconds, timings = self.score(journal, todo, decode_threads)
+            table = journal.table()
+        return _Scored(table, len(todo), resumed, seconds, timings, memory.peak_bytes / 2**20, memory.kind)
 
     def load(self, batch: list[Episode]) -> list[EpisodeData]:
         """A batch's episodes, with the pixels the encoders will need decoded now (in the background)."""
@@ -415,7 +442,9 @@ class _EpisodeRun:
                     img.tensor()
         return datas
 
-    def score(self, todo: list[Episode], decode_threads: int) -> tuple[float, dict[str, float]]:
+    def score(
+        self, journal: CellJournal, todo: list[Episode], decode_threads: int
+    ) -> tuple[float, dict[str, float]]:
         """Score ``todo`` (``spec.batch_size`` per forward, ``decode_threads`` batches loading ahead):
         (seconds, the time split: load_wait, episode_path, encode, feature_io)."""
         feat, spec = self.feat, self.spec
@@ -442,11 +471,11 @@ class _EpisodeRun:
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
                 for j, data in enumerate(datas):
                     row = score_episode(logits[j : j + 1], data, threshold)
-                    self.journal.append(row)
+                    journal.append(row)
                     if self.on_row is not None:
                         self.on_row(row)
                     if self.on_episode is not None:
-                        self.on_episode(len(self.journal.rows), total)
+                        self.on_episode(len(journal.rows), total)
         finally:
             loader.shutdown(wait=True, cancel_futures=True)
         seconds = time.perf_counter() - t0
