@@ -29,7 +29,7 @@ from tqdm import tqdm
 from benchmark.data.check import check_prepared
 from benchmark.data.prepare_pascal import prepare_pascal
 from benchmark.data.synth import synth_dataset, synth_raw_roots
-from benchmark.episodes.manifests import load_manifest
+from benchmark.episodes.manifest import load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import CellSpec, evaluate_cell
 from benchmark.evaluation.feature_cache import FeatureCache
@@ -142,7 +142,7 @@ def score_reference_predictors(root: Path, manifests: list[Path], size: int, pro
         rows.append(
             {
                 "predictor": label,
-                "shot": r.manifest["shot"],
+                "shot": r.manifest.shot,
                 "mIoU (%)": 100 * r.summary["miou"],
                 "mIoU 95% CI (%)": f"[{100 * low:.1f}, {100 * high:.1f}]",
                 "FB-IoU (%)": 100 * r.summary["fb_iou"],
@@ -248,7 +248,7 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     states = pd.Series([t["state"] for t in found.trials]).value_counts().to_dict()
 
     report_dir = out / "report"
-    manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p)['sha256']}`" for p in manifests)
+    manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p).sha256}`" for p in manifests)
     md_models = summary.to_markdown(index=False, floatfmt=".1f")
     md_ref = reference.to_markdown(index=False, floatfmt=".1f")
     from reports.build import build_report

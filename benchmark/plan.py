@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.episodes.manifests import build_manifest, load_manifest, save_manifest
+from benchmark.episodes import Protocol, get_protocol
+from benchmark.episodes.manifest import load_manifest, save_manifest
+from benchmark.episodes.manifests import ManifestRequest, build_manifest, manifest_file_name
 from benchmark.evaluation.cell import CellSpec
 from benchmark.specs.study import Study, Variant
 
@@ -33,60 +35,54 @@ class Cell:
         return self.spec.name
 
 
+def study_protocol(study: Study) -> Protocol:
+    """The study's protocol with the study's options for it: the protocol's ``user_options`` that a
+    study file sets (today fssam-exact's ``loader_workers`` and ``lists``); others keep the
+    protocol's defaults."""
+    protocol = get_protocol(study.protocol)
+    return protocol.configure({k: getattr(study, k) for k in protocol.user_options if hasattr(study, k)})
+
+
 def study_manifests(study: Study, work_dir: Path, kind: str = "test") -> dict[tuple, Path]:
     """(dataset, fold, shot, seed) -> the manifest file of that cell group under
     ``<work_dir>/manifests/`` (written only when missing or different). ``kind="val"``: the fold's
     base classes on images without a novel-class pixel, from the study's ``val_source`` (what
     searches tune on); the name says so."""
+    protocol = study_protocol(study)
     out = {}
     for ds, root in study.data.items():
         for fold in study.folds:
             for shot in study.shots:
                 for seed in study.seeds:
-                    m = build_manifest(
-                        root,
-                        fold,
-                        shot,
-                        study.protocol,
-                        seed,
-                        study.episodes,
-                        kind,
-                        study.split,
-                        ds,
-                        study.loader_workers,
-                        study.lists,
-                        study.eval_resolution,
-                        study.eval_size,
-                        **(
-                            {"val_source": study.val_source, "holdout_fraction": study.holdout_fraction}
-                            if kind == "val"
-                            else {}
-                        ),
-                    )
-                    path = (
-                        Path(work_dir)
-                        / "manifests"
-                        / f"{manifest_name(study, m, ds, fold, shot, seed, kind)}.json"
-                    )
-                    if not path.exists() or load_manifest(path)["sha256"] != m["sha256"]:
+                    m = build_manifest(protocol, manifest_request(study, ds, root, fold, shot, seed, kind))
+                    path = Path(work_dir) / "manifests" / f"{manifest_file_name(protocol, m)}.json"
+                    if not path.exists() or load_manifest(path).sha256 != m.sha256:
                         save_manifest(m, path)
                     out[(ds, fold, shot, seed)] = path
     return out
 
 
-def manifest_name(
-    study: Study, m: dict[str, Any], ds: str, fold: int, shot: int, seed: int, kind: str
-) -> str:
-    """The manifest's file name (without ``.json``): the cell group and what else sets its episodes."""
-    split = f"-{study.split}" if ds == "coco" else ""
-    tail = "" if kind == "test" else f"-{kind}"
-    if "holdout" in m["source"]:  # drawn from the train split's held-out slice
-        tail += f"-holdout{m['source']['holdout']['fraction']}"
-    if "loader_workers" in m.get("draw", {}):  # fssam-exact: part of the draw
-        tail += f"-w{study.loader_workers}-{study.lists}"
-    if m.get("eval", {}).get("resolution") == "resized":
-        tail += f"-resized{m['eval']['size']}"
-    return f"{ds}{split}-fold{fold}-{shot}shot-{study.protocol}-seed{seed}-n{m['num_episodes']}{tail}"
+def manifest_request(
+    study: Study, dataset: str, root: Path, fold: int, shot: int, seed: int, kind: str
+) -> ManifestRequest:
+    """The request for the manifest of one cell group of ``study`` (``kind val``: from the study's
+    ``val_source``)."""
+    val = (
+        {"val_source": study.val_source, "holdout_fraction": study.holdout_fraction} if kind == "val" else {}
+    )
+    return ManifestRequest(
+        root,
+        fold,
+        shot,
+        seed=seed,
+        episodes=study.episodes,
+        kind=kind,
+        coco_split=study.split,
+        dataset=dataset,
+        resolution=study.eval_resolution,
+        eval_size=study.eval_size,
+        **val,
+    )
 
 
 def cell_name(variant: Variant, dataset: str, fold: int, shot: int, seed: int) -> str:

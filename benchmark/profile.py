@@ -22,7 +22,7 @@ import torch
 
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
-from benchmark.episodes.manifests import evaluation_of, load_manifest, manifest_episodes
+from benchmark.episodes.manifest import load_manifest
 from benchmark.evaluation.cell import CellSpec
 from benchmark.evaluation.feature_cache import FeatureCache, identity_hash
 from benchmark.evaluation.features import Featurizer
@@ -75,9 +75,7 @@ def expected_encoder_passes(runner: StudyRunner) -> dict[str, int]:
         if spec.manifest_path not in hashes:
             manifest = load_manifest(spec.manifest_path)
             store = ImageStore(PreparedDataset(spec.data_root))
-            images = {
-                manifest["images"][i][0] for e in manifest_episodes(manifest) for i in (e.query, *e.supports)
-            }
+            images = {manifest.images[i][0] for e in manifest.episodes for i in (e.query, *e.supports)}
             hashes[spec.manifest_path] = {store.sha256(rel) for rel in images}
         method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), runner.pool)
         feat = Featurizer(method, FeatureCache(None), dtype=spec.feature_dtype)
@@ -118,8 +116,8 @@ def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) 
         method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), pool)
         threshold = float(spec.settings.get("threshold", 0.5))
         datas = [
-            load_episode(store, manifest["images"], e, method.image_size, evaluation_of(manifest))
-            for e in manifest_episodes(manifest)[:episodes]
+            load_episode(store, manifest.images, e, method.image_size, manifest.evaluation)
+            for e in manifest.episodes[:episodes]
         ]
         ref = predict_batch(method, Featurizer(method, FeatureCache(None)), datas).float().cpu()
         for dtype in ("fp16", "bf16"):

@@ -29,7 +29,7 @@ import torch
 from benchmark.data import classes as C
 from benchmark.data.lists import FoldPool, ImageRecord, fold_pool, heldout_images
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes.manifests import Episode
+from benchmark.episodes.manifest import Episode
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.loader import ImageStore, episode_target
 from fssam.augment import AugmentConfig, augment

@@ -41,7 +41,9 @@ import torch
 
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
-from benchmark.episodes.manifests import build_manifest, load_manifest, save_manifest
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import load_manifest, save_manifest
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.evaluation.cell import CellSpec, CheckpointHashes, code_hash, evaluate_cell
 from benchmark.evaluation.loader import ImageStore
@@ -221,25 +223,27 @@ class Trainer:
     def _val_manifest(self) -> Path:
         spec = self.spec
         m = build_manifest(
-            spec.data_root,
-            spec.fold,
-            spec.shot,
-            "fssam",
-            spec.val["seed"],
-            spec.val["episodes"],
-            spec.val["kind"],
-            spec.split,
-            spec.dataset,
-            **(
-                {"val_source": spec.val["source"], "holdout_fraction": spec.val["holdout_fraction"]}
-                if spec.val["kind"] == "val"
-                else {}
+            get_protocol("fssam"),
+            ManifestRequest(
+                spec.data_root,
+                spec.fold,
+                spec.shot,
+                seed=spec.val["seed"],
+                episodes=spec.val["episodes"],
+                kind=spec.val["kind"],
+                coco_split=spec.split,
+                dataset=spec.dataset,
+                **(
+                    {"val_source": spec.val["source"], "holdout_fraction": spec.val["holdout_fraction"]}
+                    if spec.val["kind"] == "val"
+                    else {}
+                ),
             ),
         )
         path = (
             self.out
             / "manifests"
-            / f"{spec.val['kind']}-fold{spec.fold}-{spec.shot}shot-n{m['num_episodes']}.json"
+            / f"{spec.val['kind']}-fold{spec.fold}-{spec.shot}shot-n{m.num_episodes}.json"
         )
         if self.rank == 0:
             save_manifest(m, path)
@@ -550,7 +554,7 @@ class Trainer:
             "fss.versions": json.dumps(package_versions()),
             "fss.device": str(self.device),
             "fss.data_root": str(spec.data_root),
-            "fss.val_manifest_sha256": load_manifest(val_path)["sha256"],
+            "fss.val_manifest_sha256": load_manifest(val_path).sha256,
             "fss.code_sha256": code_hash(),
             **{f"fss.weights.{role}": v for role, v in base_weight_ids(spec).items()},
             **standard_tags(spec.source),

@@ -16,6 +16,7 @@ from typing import Any
 
 from benchmark.data.image_check import check_files
 from benchmark.device import resolve_device
+from benchmark.episodes.manifest import Manifest
 from benchmark.errors import USER_ERRORS, FssBenchError
 from benchmark.evaluation.cell import CellSpec, CheckpointHashes
 from benchmark.evaluation.feature_cache import FeatureCache
@@ -125,12 +126,12 @@ class Workspace:
         return FileLock(str(self.work_dir / "locks" / f"{key[:20]}.lock"))
 
     # ---------------------------------------------------------------------------------- preflight
-    def check_images(self, manifests: Iterable[tuple[dict[str, Any], Path]]) -> None:
+    def check_images(self, manifests: Iterable[tuple[Manifest, Path]]) -> None:
         """Decode every image and label of the (manifest, data root) pairs, once: remembered in
         ``<work-dir>/images-checked.json``. A corrupt file is an error before any store or run."""
         pairs: set[tuple[Path, Path]] = set()
         for manifest, root in manifests:
-            pairs |= {(root / img, root / lab) for img, lab in manifest["images"].values()}
+            pairs |= {(root / img, root / lab) for img, lab in manifest.images.values()}
         check_files(sorted(pairs), self.work_dir / "images-checked.json")
 
     def preflight(self, checks: Iterable[tuple[CellSpec, dict[str, str] | None, str]]) -> None:

@@ -13,7 +13,9 @@ import numpy as np
 from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import resolve_device
-from benchmark.episodes.manifests import build_manifest, load_manifest, manifest_episodes
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import Manifest, load_manifest
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.features import Featurizer
@@ -43,25 +45,24 @@ def select_episodes(table, how: str | list[int]) -> list[tuple[int, str]]:
     ]
 
 
-def _manifest_for(data: ExperimentData, run_id: str, params: dict) -> dict:
+def _manifest_for(data: ExperimentData, run_id: str, params: dict) -> Manifest:
     cfg = data.configs.get(run_id, {})
     path = Path(cfg.get("manifest", ""))
     if path.is_file():
         m = load_manifest(path)
-        if m["sha256"] == cfg.get("manifest_sha256"):
+        if m.sha256 == cfg.get("manifest_sha256"):
             return m
-    m = build_manifest(
+    request = ManifestRequest(
         Path(params["data_root"]),
         int(params["fold"]),
         int(params["shot"]),
-        params["protocol"],
-        int(params["seed"]),
-        int(params["episodes"]),
-        "test",
-        params.get("split") or "interleaved",
-        params["dataset"],
+        seed=int(params["seed"]),
+        episodes=int(params["episodes"]),
+        coco_split=params.get("split") or "interleaved",
+        dataset=params["dataset"],
     )
-    if m["sha256"] != cfg.get("manifest_sha256"):
+    m = build_manifest(get_protocol(params["protocol"]), request)  # the protocol's default options
+    if m.sha256 != cfg.get("manifest_sha256"):
         raise FssBenchError(
             f"run {run_id}: cannot rebuild its manifest (data changed?); qualitative figure skipped"
         )
@@ -94,7 +95,7 @@ def episode_panels(
     method = build_method(entry.name, settings, device, pool)
     store = ImageStore(PreparedDataset(root))
     feat = Featurizer(method, FeatureCache(None))
-    episodes = {e.id: e for e in manifest_episodes(manifest)}
+    episodes = {e.id: e for e in manifest.episodes}
     variant = run.data.tags["fss.variant"]
     table = data.episodes[run_id].set_index("episode")
     kshot = str(settings.get("kshot", "joint"))
@@ -102,7 +103,7 @@ def episode_panels(
     out = []
     for ep_id, label in select_episodes(data.episodes[run_id], how):
         ep = episodes[ep_id]
-        inp = load_episode(store, manifest["images"], ep, method.image_size)  # pictures at the label's size
+        inp = load_episode(store, manifest.images, ep, method.image_size)  # pictures at the label's size
         # the prediction as the cell scored it (kshot); priors and IMR steps of the pass that made it
         # (with voting: the pass on the support shown); the IoU as scored (the table's)
         if voting:

@@ -23,7 +23,9 @@ from baselines.naive_sam2 import NaiveSAM2
 from baselines.trivial import mean_colour
 from benchmark.cli import main
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes.manifests import build_manifest, manifest_episodes, save_manifest
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import save_manifest
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import (
     CellSpec,
@@ -177,7 +179,9 @@ def test_rerun_of_a_finished_study_builds_no_model_and_starts_no_run(finished_st
 
 
 def test_evaluate_cell_resumes_from_its_journal_without_counting_twice(pascal_root, tmp_path):
-    manifest = build_manifest(pascal_root, 0, 1, "fssam", 321, 6, "test", "interleaved", "pascal")
+    manifest = build_manifest(
+        get_protocol("fssam"), ManifestRequest(pascal_root, 0, 1, seed=321, episodes=6, dataset="pascal")
+    )
     path = tmp_path / "m.json"
     save_manifest(manifest, path)
     spec = CellSpec("mean_colour", {"image_size": 64}, path, pascal_root, "cpu", "ref")
@@ -202,7 +206,9 @@ def test_evaluate_cell_resumes_from_its_journal_without_counting_twice(pascal_ro
 
 def test_evaluate_cell_matches_a_second_implementation(pascal_root, tmp_path):
     """mean_colour through the harness == the same episodes scored here from the raw files."""
-    manifest = build_manifest(pascal_root, 0, 5, "fssam", 321, 5, "test", "interleaved", "pascal")
+    manifest = build_manifest(
+        get_protocol("fssam"), ManifestRequest(pascal_root, 0, 5, seed=321, episodes=5, dataset="pascal")
+    )
     path = tmp_path / "m.json"
     save_manifest(manifest, path)
     result = evaluate_cell(
@@ -214,13 +220,13 @@ def test_evaluate_cell_matches_a_second_implementation(pascal_root, tmp_path):
         x = torch.from_numpy(np.array(Image.open(pascal_root / rel).convert("RGB"))).permute(2, 0, 1)
         return F.interpolate(x[None].float(), size=(96, 96), mode="bilinear", align_corners=False)[0]
 
-    for ep, row in zip(manifest_episodes(manifest), result.table.itertuples(), strict=True):
-        q_img, q_lab = manifest["images"][ep.query]
+    for ep, row in zip(manifest.episodes, result.table.itertuples(), strict=True):
+        q_img, q_lab = manifest.images[ep.query]
         label = ds.load_label(q_lab)
-        sup = torch.stack([img(manifest["images"][s][0]) for s in ep.supports])
+        sup = torch.stack([img(manifest.images[s][0]) for s in ep.supports])
         masks = []
         for s in ep.supports:
-            lab = torch.from_numpy(ds.load_label(manifest["images"][s][1]).astype(np.int64))
+            lab = torch.from_numpy(ds.load_label(manifest.images[s][1]).astype(np.int64))
             m = torch.where(lab == 255, 255, (lab == ep.cls).long()).float()
             masks.append(F.interpolate(m[None, None], size=(96, 96), mode="nearest")[0, 0].long())
         logits = mean_colour(img(q_img)[None], sup[None], torch.stack(masks)[None])[0]
@@ -295,8 +301,10 @@ def test_fail_fast_stops_at_the_first_failure(pascal_root, tmp_path, explodes):
 def test_an_unreadable_image_fails_before_any_run_naming_the_file(pascal_root, tmp_path):
     root = tmp_path / "pascal"
     shutil.copytree(pascal_root, root, symlinks=False)
-    manifest = build_manifest(root, 0, 1, "fssam", 321, 4, "test", "interleaved", "pascal")
-    bad = manifest["images"][manifest_episodes(manifest)[0].query][0]
+    manifest = build_manifest(
+        get_protocol("fssam"), ManifestRequest(root, 0, 1, seed=321, episodes=4, dataset="pascal")
+    )
+    bad = manifest.images[manifest.episodes[0].query][0]
     (root / bad).write_bytes(b"\xff\xd8 not a jpeg")
     study = write_study(
         tmp_path, root, {"ref": {"method": "mean_colour", "image_size": 64}}, model={}, name="img"
@@ -315,7 +323,7 @@ def test_an_unreadable_image_fails_before_any_run_naming_the_file(pascal_root, t
     from benchmark.data.image_check import check_files
 
     (root / bad).write_bytes((pascal_root / bad).read_bytes())
-    pairs = [(root / i, root / lab) for i, lab in manifest["images"].values()]
+    pairs = [(root / i, root / lab) for i, lab in manifest.images.values()]
     assert check_files(pairs, tmp_path / "w" / "images-checked.json") == 1
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.episodes.manifests import load_manifest
+from benchmark.episodes.manifest import load_manifest
 
 
 def episodes(root: Path, dataset: str, out: Path, *extra: str) -> int:
@@ -42,21 +42,21 @@ def test_episodes_are_byte_identical_and_seed_dependent(pascal_root, tmp_path, c
     assert episodes(pascal_root, "pascal", c, "--seed", "7") == 0
     printed = capsys.readouterr().out.splitlines()
     assert a.read_bytes() == b.read_bytes()
-    ha, hb, hc = (load_manifest(p)["sha256"] for p in (a, b, c))
+    ha, hb, hc = (load_manifest(p).sha256 for p in (a, b, c))
     assert ha == hb != hc
     assert printed[0].split()[0] == ha and printed[2].split()[0] == hc  # the hash is what is printed
     m = load_manifest(a)
-    assert (m["kind"], m["protocol"], m["seed"], m["num_episodes"], m["shot"]) == (
+    assert (m.kind, m.protocol, m.seed, m.num_episodes, m.shot) == (
         "test",
         "fssam",
         321,
         1000,
         5,
     )
-    assert m["classes"] == [6, 7, 8, 9, 10]
-    for e in m["episodes"][:50]:  # every referenced image resolves to a file of the root
-        for i in [e["query"], *e["supports"]]:
-            assert all((pascal_root / rel).is_file() for rel in m["images"][i])
+    assert m.classes == (6, 7, 8, 9, 10)
+    for e in m.episodes[:50]:  # every referenced image resolves to a file of the root
+        for i in [e.query, *e.supports]:
+            assert all((pascal_root / rel).is_file() for rel in m.images[i])
     # an existing manifest with other content is not silently replaced
     assert episodes(pascal_root, "pascal", a, "--seed", "7") == 2
 
@@ -65,8 +65,8 @@ def test_val_kind_and_hsnet_protocol(pascal_root, tmp_path):
     v = tmp_path / "v.json"
     assert episodes(pascal_root, "pascal", v, "--kind", "val", "--protocol", "hsnet", "--episodes", "60") == 0
     m = load_manifest(v)
-    assert m["kind"] == "val" and m["seed"] == 0 and len(m["episodes"]) == 60
-    assert {e["class"] for e in m["episodes"]} <= set(m["classes"]) and 6 not in m["classes"]
+    assert m.kind == "val" and m.seed == 0 and len(m.episodes) == 60
+    assert {e.cls for e in m.episodes} <= set(m.classes) and 6 not in m.classes
 
 
 def test_coco_episodes_for_both_class_splits(coco_root, tmp_path):
@@ -74,9 +74,9 @@ def test_coco_episodes_for_both_class_splits(coco_root, tmp_path):
     assert episodes(coco_root, "coco", i, "--episodes", "100") == 0
     assert episodes(coco_root, "coco", c, "--episodes", "100", "--split", "contiguous") == 0
     mi, mc = load_manifest(i), load_manifest(c)
-    assert mi["classes"] == [4 * m + 2 for m in range(20)] and mc["classes"] == list(range(21, 41))
-    assert mi["class_split"] == "interleaved" and mc["class_split"] == "contiguous"
-    assert mi["sha256"] != mc["sha256"]
+    assert mi.classes == tuple(4 * m + 2 for m in range(20)) and mc.classes == tuple(range(21, 41))
+    assert mi.class_split == "interleaved" and mc.class_split == "contiguous"
+    assert mi.sha256 != mc.sha256
     assert episodes(coco_root, "pascal", i, "--overwrite") == 2  # dataset mismatch is an error
 
 

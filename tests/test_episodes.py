@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 
 from benchmark.data.lists import ImageRecord
-from benchmark.episodes.manifests import (
-    StableRng,
+from benchmark.episodes.manifest import (
+    Episode,
+    Manifest,
+    Source,
     load_manifest,
     manifest_sha256,
-    sample_episodes,
     save_manifest,
 )
+from benchmark.episodes.protocols.fssam import StableRng, sample_episodes
 from benchmark.errors import FssBenchError
 
 BIG = 5000
@@ -49,7 +51,7 @@ def test_stable_rng_is_python_random_floor():
 
 @pytest.mark.parametrize("shot", [1, 2])
 def test_episode_rules_hold(shot):
-    eps = sample_episodes(RECORDS, CLASSES, shot, "fssam", seed=5, n=300, where="test")
+    eps = sample_episodes(RECORDS, CLASSES, shot, seed=5, n=300, where="test")
     p = pools()
     by_id = {r.id: r for r in RECORDS}
     for e in eps:
@@ -62,22 +64,20 @@ def test_episode_rules_hold(shot):
 
 
 def test_fssam_cycles_the_ordered_query_list():
-    eps = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=321, n=25, where="test")
+    eps = sample_episodes(RECORDS, CLASSES, 1, seed=321, n=25, where="test")
     # the eval list is every record holding a counted class of the fold, in order (all 12 here)
     order = [r.id for r in RECORDS]
     assert [e.query for e in eps] == [order[i % 12] for i in range(25)]
     # q0's class is drawn among the PRESENT classes {1, 2} (PFENet __getitem__), so class 2 occurs
     classes_for_q0 = Counter(
-        e.cls
-        for e in sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=1, n=1200, where="t")
-        if e.query == "q0"
+        e.cls for e in sample_episodes(RECORDS, CLASSES, 1, seed=1, n=1200, where="t") if e.query == "q0"
     )
     assert set(classes_for_q0) == {1, 2} and min(classes_for_q0.values()) > 30
 
 
 def test_too_few_images_for_the_shot_is_a_clear_error():
     with pytest.raises(FssBenchError, match=r"class 3 has 3 image\(s\); a 3-shot episode needs at least 4"):
-        sample_episodes(RECORDS, CLASSES, 3, "fssam", seed=0, n=10, where="LIST")
+        sample_episodes(RECORDS, CLASSES, 3, seed=0, n=10, where="LIST")
 
 
 def test_the_seed_draws_classes_and_supports_independently_and_never_the_query_order():
@@ -87,9 +87,9 @@ def test_the_seed_draws_classes_and_supports_independently_and_never_the_query_o
     q0: classes {1, 2} (class 1's pool is q0 + a0..a4, class 2's b0..b5) -> 1/4 * 1/5 + 1/4 * 1/6;
     b1, b3, b5: classes {2, 3} (class 3's pool: b1, b3, b5) -> 1/4 * 1/5 + 1/4 * 1/2."""
     n = 1200
-    a = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=1, n=n, where="t")
-    assert a == sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=1, n=n, where="t")  # a pure function
-    b = sample_episodes(RECORDS, CLASSES, 1, "fssam", seed=2, n=n, where="t")
+    a = sample_episodes(RECORDS, CLASSES, 1, seed=1, n=n, where="t")
+    assert a == sample_episodes(RECORDS, CLASSES, 1, seed=1, n=n, where="t")  # a pure function
+    b = sample_episodes(RECORDS, CLASSES, 1, seed=2, n=n, where="t")
     order = [r.id for r in RECORDS]
     assert [e.query for e in a] == [e.query for e in b] == [order[i % 12] for i in range(n)]
     p, present = pools(), {r.id: {c for c in CLASSES if r.pixels.get(c, 0) > 0} for r in RECORDS}
@@ -106,15 +106,26 @@ def test_the_seed_draws_classes_and_supports_independently_and_never_the_query_o
 
 
 def test_manifest_hash_and_tamper_detection(tmp_path):
-    m = {
-        "format": "fssbench-episodes/1",
-        "episodes": [{"id": 0, "query": "x", "class": 1, "supports": ["y"]}],
-    }
-    m["sha256"] = manifest_sha256(m)
+    m = Manifest(
+        kind="test",
+        dataset="pascal",
+        class_split=None,
+        fold=0,
+        shot=1,
+        protocol="fssam",
+        seed=321,
+        num_episodes=1,
+        classes=(1,),
+        source=Source("val", "0" * 64),
+        images={"x": ("J/x.jpg", "S/x.png"), "y": ("J/y.jpg", "S/y.png")},
+        episodes=(Episode(0, "x", 1, ("y",)),),
+    ).sealed()
+    assert m.sha256 == manifest_sha256(m.to_dict()) == m.computed_sha256()
     save_manifest(m, tmp_path / "m.json")
     assert load_manifest(tmp_path / "m.json") == m
+    assert json.loads((tmp_path / "m.json").read_text()) == m.to_dict()
     # key order does not change the hash (canonical serialisation)
-    assert manifest_sha256(dict(reversed(list(m.items())))) == m["sha256"]
+    assert manifest_sha256(dict(reversed(list(m.to_dict().items())))) == m.sha256
     bad = json.loads((tmp_path / "m.json").read_text())
     bad["episodes"][0]["class"] = 2
     (tmp_path / "bad.json").write_text(json.dumps(bad))
@@ -128,8 +139,8 @@ def test_manifest_hash_and_tamper_detection(tmp_path):
 def test_sampling_is_identical_in_fresh_processes_with_different_hash_seeds():
     """Set/dict iteration order must not leak into episodes (PYTHONHASHSEED varies per process)."""
     code = (
-        "from tests.test_episodes import RECORDS, CLASSES; from benchmark.episodes.manifests import sample_episodes;"
-        "print([(e.query, e.cls, e.supports) for e in sample_episodes(RECORDS, CLASSES, 2, 'fssam', 321, 200, 't')])"
+        "from tests.test_episodes import RECORDS, CLASSES; from benchmark.episodes.protocols.fssam import sample_episodes;"
+        "print([(e.query, e.cls, e.supports) for e in sample_episodes(RECORDS, CLASSES, 2, 321, 200, 't')])"
     )
     root = Path(__file__).resolve().parents[1]
     outs = set()

@@ -21,8 +21,9 @@ from PIL import Image
 
 from benchmark.data.classes import novel_classes
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes.fssam_exact import AUTHORS_LISTS, authors_draw, read_pfenet_lists
-from benchmark.episodes.manifests import build_manifest
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
+from benchmark.episodes.protocols.fssam_exact import AUTHORS_LISTS, authors_draw, read_pfenet_lists
 from benchmark.errors import FssBenchError
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
@@ -117,28 +118,37 @@ def test_the_worker_count_changes_the_episodes_and_the_seed_is_honoured(pascal_r
 
 
 def test_manifest_records_the_draw_and_the_supports_in_model_order(pascal_root):
-    m = build_manifest(pascal_root, 1, 5, "fssam-exact", episodes=40, loader_workers=2)
+    m = build_manifest(
+        get_protocol("fssam-exact").configure({"loader_workers": 2}),
+        ManifestRequest(pascal_root, 1, 5, episodes=40),
+    )
     lists, label_class_of = own_lists(pascal_root, 1)
     want = release_loop(lists, label_class_of, 5, 40, 321, 2)
-    assert [
-        (e["index"], e["class"], tuple(tuple(m["images"][s]) for s in e["supports"])) for e in m["episodes"]
-    ] == [(i, c, s) for i, c, s in want]
-    assert all(tuple(m["images"][e["query"]]) == lists.data_list[e["index"]] for e in m["episodes"])
-    assert m["draw"] == {"seed": 321, "loader_workers": 2, "lists": "own", "lists_sha256": lists.sha256}
-    used = {e["query"] for e in m["episodes"]} | {s for e in m["episodes"] for s in e["supports"]}
-    assert set(m["images"]) == used  # the table holds exactly the images the episodes use
-    other = build_manifest(pascal_root, 1, 5, "fssam-exact", episodes=40, loader_workers=3)
-    assert other["sha256"] != m["sha256"]
+    assert [(e.index, e.cls, tuple(tuple(m.images[s]) for s in e.supports)) for e in m.episodes] == [
+        (i, c, s) for i, c, s in want
+    ]
+    assert all(tuple(m.images[e.query]) == lists.data_list[e.index] for e in m.episodes)
+    assert m.draw == {"seed": 321, "loader_workers": 2, "lists": "own", "lists_sha256": lists.sha256}
+    used = {e.query for e in m.episodes} | {s for e in m.episodes for s in e.supports}
+    assert set(m.images) == used  # the table holds exactly the images the episodes use
+    other = build_manifest(
+        get_protocol("fssam-exact").configure({"loader_workers": 3}),
+        ManifestRequest(pascal_root, 1, 5, episodes=40),
+    )
+    assert other.sha256 != m.sha256
 
 
 def test_coco_own_lists(coco_root):
-    m = build_manifest(coco_root, 2, 1, "fssam-exact", episodes=30, loader_workers=4)
+    m = build_manifest(
+        get_protocol("fssam-exact").configure({"loader_workers": 4}),
+        ManifestRequest(coco_root, 2, 1, episodes=30),
+    )
     classes = novel_classes("coco", 2, "interleaved")
     lists = read_pfenet_lists(coco_root / "lists" / "fss_list" / "val", 2)
     want = release_loop(
         lists, {q: label_class(coco_root, q, classes) for q in lists.data_list}, 1, 30, 321, 4
     )
-    assert [(e["index"], e["class"]) for e in m["episodes"]] == [(i, c) for i, c, _ in want]
+    assert [(e.index, e.cls) for e in m.episodes] == [(i, c) for i, c, _ in want]
 
 
 def test_the_authors_lists_ship_and_draw_like_the_release(tmp_path):
@@ -160,9 +170,11 @@ def test_the_authors_lists_on_a_root_without_their_images_name_the_missing_one(p
     with pytest.raises(
         FssBenchError, match=r"data_list_0\.txt: .*2007_000033\.jpg is not an image of the val split"
     ):
-        build_manifest(pascal_root, 0, 1, "fssam-exact", lists="authors")
+        build_manifest(
+            get_protocol("fssam-exact").configure({"lists": "authors"}), ManifestRequest(pascal_root, 0, 1)
+        )
     with pytest.raises(FssBenchError, match="kind test"):
-        build_manifest(pascal_root, 0, 1, "fssam-exact", kind="val")
+        build_manifest(get_protocol("fssam-exact"), ManifestRequest(pascal_root, 0, 1, kind="val"))
 
 
 def test_a_study_with_fssam_exact_writes_the_draw_into_its_manifests(pascal_root, tmp_path):
@@ -177,8 +189,11 @@ def test_a_study_with_fssam_exact_writes_the_draw_into_its_manifests(pascal_root
     s = load_study(study)
     (path,) = study_manifests(s, tmp_path / "work").values()
     assert path.name == "pascal-fold0-1shot-fssam-exact-seed321-n20-w4-own.json"
-    m = build_manifest(pascal_root, 0, 1, "fssam-exact", episodes=20, loader_workers=4)
-    assert path.read_text().count(m["sha256"]) == 1
+    m = build_manifest(
+        get_protocol("fssam-exact").configure({"loader_workers": 4}),
+        ManifestRequest(pascal_root, 0, 1, episodes=20),
+    )
+    assert path.read_text().count(m.sha256) == 1
     with pytest.raises(FssBenchError, match="loader_workers: applies to protocol fssam-exact only"):
         load_study(study, ["protocol=fssam"])
     with pytest.raises(FssBenchError, match="lists: 'theirs' is not one of"):
@@ -189,12 +204,17 @@ def test_a_study_with_fssam_exact_writes_the_draw_into_its_manifests(pascal_root
 def test_out_of_range_seeds_shots_and_episode_counts_are_one_line_errors(pascal_root, protocol):
     for seed in (-1, 2**32, 2**64):
         with pytest.raises(FssBenchError, match=rf"--seed: seed {seed} is out of range; .*0\.\.4294967295"):
-            build_manifest(pascal_root, 0, 1, protocol, seed=seed, episodes=4)
+            build_manifest(get_protocol(protocol), ManifestRequest(pascal_root, 0, 1, seed=seed, episodes=4))
     with pytest.raises(FssBenchError, match="--shot must be at least 1, got 0"):
-        build_manifest(pascal_root, 0, 0, protocol, episodes=4)
+        build_manifest(get_protocol(protocol), ManifestRequest(pascal_root, 0, 0, episodes=4))
     with pytest.raises(FssBenchError, match="--episodes must be at least 1, got 0"):
-        build_manifest(pascal_root, 0, 1, protocol, episodes=0)
-    assert build_manifest(pascal_root, 0, 1, protocol, seed=2**32 - 1, episodes=2)["seed"] == 2**32 - 1
+        build_manifest(get_protocol(protocol), ManifestRequest(pascal_root, 0, 1, episodes=0))
+    assert (
+        build_manifest(
+            get_protocol(protocol), ManifestRequest(pascal_root, 0, 1, seed=2**32 - 1, episodes=2)
+        ).seed
+        == 2**32 - 1
+    )
 
 
 def test_bam_seeds_reject_a_base_numpy_cannot_take():

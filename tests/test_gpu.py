@@ -14,7 +14,8 @@ import torch
 
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import compile_method
-from benchmark.episodes.manifests import build_manifest, manifest_episodes
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.loader import ImageStore, load_episode
@@ -30,9 +31,11 @@ needs_cuda = pytest.mark.skipif(
 
 
 def _episodes(root, size, n=6):
-    m = build_manifest(root, 0, 1, "fssam", 321, n, "test", "interleaved", "pascal")
+    m = build_manifest(
+        get_protocol("fssam"), ManifestRequest(root, 0, 1, seed=321, episodes=n, dataset="pascal")
+    )
     store = ImageStore(PreparedDataset(root))
-    return [load_episode(store, m["images"], e, size) for e in manifest_episodes(m)]
+    return [load_episode(store, m.images, e, size) for e in m.episodes]
 
 
 def _masks(logits, datas):

@@ -18,8 +18,11 @@ import pytest
 import torch
 
 from benchmark.data.lists import ImageRecord
-from benchmark.episodes.hsnet import HSNET_SPLITS
-from benchmark.episodes.manifests import Evaluation, _hsnet_episodes, build_manifest, default_evaluation
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import Evaluation
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
+from benchmark.episodes.protocols.hsnet import HSNET_SPLITS
+from benchmark.episodes.registry import DrawInput
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.loader import scored_target
 from benchmark.evaluation.metrics import intersection_union, prediction_at_label_size
@@ -70,6 +73,12 @@ def replay_coco(fold: int, shot: int, n: int, seed: int):
     return out
 
 
+def hsnet_draw(ds, fold: int, shot: int, n: int, classes: list[int], records: list[ImageRecord]):
+    """The registered hsnet protocol's draw of ``n`` test episodes (seed 0) on a stand-in root."""
+    request = DrawInput(ds, fold, shot, 0, n, "test", "interleaved", classes, records, records, "test lists")
+    return get_protocol("hsnet").draw(request)
+
+
 def real_like(dataset: str, fold: int, drop: str | None = None):
     """A stand-in for a real root: one val record per image HSNet lists (no files are read)."""
     if dataset == "pascal":
@@ -91,16 +100,16 @@ def real_like(dataset: str, fold: int, drop: str | None = None):
 @pytest.mark.parametrize("shot", [1, 5])
 def test_pascal_episodes_are_hsnets(fold, shot):
     ds, records = real_like("pascal", fold)
-    eps, draw = _hsnet_episodes(ds, fold, shot, 0, 1000, "test", "interleaved", NOVEL_PASCAL[fold], records)
-    assert [(e.query, e.cls, list(e.supports)) for e in eps] == replay_pascal(fold, shot, 1000, 0)
-    assert draw["params"]["lists"] == "published"
+    drawn = hsnet_draw(ds, fold, shot, 1000, NOVEL_PASCAL[fold], records)
+    assert [(e.query, e.cls, list(e.supports)) for e in drawn.episodes] == replay_pascal(fold, shot, 1000, 0)
+    assert drawn.params["lists"] == "published"
 
 
 @pytest.mark.parametrize("fold", [0, 3])
 @pytest.mark.parametrize("shot", [1, 5])
 def test_coco_episodes_are_hsnets(fold, shot):
     ds, records = real_like("coco", fold)
-    eps, _ = _hsnet_episodes(ds, fold, shot, 0, 1000, "test", "interleaved", NOVEL_COCO[fold], records)
+    eps = hsnet_draw(ds, fold, shot, 1000, NOVEL_COCO[fold], records).episodes
     assert [(e.query, e.cls, list(e.supports)) for e in eps] == replay_coco(fold, shot, 1000, 0)
     counts = Counter(e.cls for e in eps)  # class-uniform, not image-uniform
     assert set(counts) == set(NOVEL_COCO[fold]) and max(counts.values()) < 90
@@ -109,7 +118,7 @@ def test_coco_episodes_are_hsnets(fold, shot):
 def test_a_real_root_missing_a_listed_image_is_an_error_naming_it():
     ds, records = real_like("pascal", 0, drop="2007_000129")
     with pytest.raises(FssBenchError, match=r"fold0\.txt: image 2007_000129 is not in the val split"):
-        _hsnet_episodes(ds, 0, 1, 0, 10, "test", "interleaved", NOVEL_PASCAL[0], records)
+        hsnet_draw(ds, 0, 1, 10, NOVEL_PASCAL[0], records)
 
 
 def test_synthetic_roots_use_lists_built_by_the_documented_rule(pascal_root, coco_root):
@@ -117,8 +126,8 @@ def test_synthetic_roots_use_lists_built_by_the_documented_rule(pascal_root, coc
 
     for root, fold, classes in ((pascal_root, 1, NOVEL_PASCAL[1]), (coco_root, 2, NOVEL_COCO[2])):
         ds = PreparedDataset(root)
-        m = build_manifest(root, fold, 2, "hsnet", episodes=200)
-        assert m["draw"]["lists"] == "derived" and m["seed"] == 0
+        m = build_manifest(get_protocol("hsnet"), ManifestRequest(root, fold, 2, episodes=200))
+        assert m.draw["lists"] == "derived" and m.seed == 0
         records = ds.records("val")
         counted = [(r.id, c) for r in records for c in classes if r.pixels.get(c, 0) >= 2048]
         classwise = {c: [i for i, k in counted if k == c] for c in classes}
@@ -136,9 +145,11 @@ def test_synthetic_roots_use_lists_built_by_the_documented_rule(pascal_root, coc
                 if s != q:
                     sup.append(s)
             want.append((q, c, sup))
-        assert [(e["query"], e["class"], e["supports"]) for e in m["episodes"]] == want
+        assert [(e.query, e.cls, list(e.supports)) for e in m.episodes] == want
         ev = {"resolution": "resized", "size": 400, "ignore_255": ds.dataset == "pascal"}
-        assert m["eval"] == ev
+        assert m.to_dict()["eval"] == ev and m.evaluation == Evaluation(
+            "resized", 400, ds.dataset == "pascal"
+        )
 
 
 def test_resized_square_scoring_by_hand():
@@ -159,13 +170,15 @@ def test_resized_square_scoring_by_hand():
 
 
 def test_protocol_defaults_and_overrides():
-    assert default_evaluation("fssam", "pascal") == Evaluation()
-    assert default_evaluation("hsnet", "pascal") == Evaluation("resized", 400, True)
-    assert default_evaluation("hsnet", "coco") == Evaluation("resized", 400, False)
-    assert default_evaluation("hsnet", "pascal", "original") == Evaluation("original", None, True)
-    assert default_evaluation("fssam", "coco", "resized", 473) == Evaluation("resized", 473, True)
+    fssam, hsnet = get_protocol("fssam"), get_protocol("hsnet")
+    assert fssam.evaluation("pascal") == Evaluation()
+    assert get_protocol("fssam-exact").evaluation("coco") == Evaluation()
+    assert hsnet.evaluation("pascal") == Evaluation("resized", 400, True)
+    assert hsnet.evaluation("coco") == Evaluation("resized", 400, False)
+    assert hsnet.evaluation("pascal", "original") == Evaluation("original", None, True)
+    assert fssam.evaluation("coco", "resized", 473) == Evaluation("resized", 473, True)
     with pytest.raises(FssBenchError, match="applies to resolution resized only"):
-        default_evaluation("fssam", "pascal", "original", 400)
+        fssam.evaluation("pascal", "original", 400)
 
 
 def _left_half(settings, ctx):
@@ -184,7 +197,7 @@ def test_a_cell_scores_hsnet_manifests_on_the_resized_square(pascal_root, tmp_pa
     import torch.nn.functional as F
 
     from benchmark.data.images import read_label
-    from benchmark.episodes.manifests import save_manifest
+    from benchmark.episodes.manifest import save_manifest
     from benchmark.evaluation.cell import CellSpec, evaluate_cell
     from benchmark.evaluation.feature_cache import FeatureCache
     from benchmark.methods import registry
@@ -193,16 +206,16 @@ def test_a_cell_scores_hsnet_manifests_on_the_resized_square(pascal_root, tmp_pa
         "left_half", "left half foreground", {"image_size": 64}, _left_half, lambda s: {}
     )
     monkeypatch.setitem(registry._REGISTRY, "left_half", entry)
-    m = build_manifest(pascal_root, 0, 1, "hsnet", episodes=4, eval_size=96)
+    m = build_manifest(get_protocol("hsnet"), ManifestRequest(pascal_root, 0, 1, episodes=4, eval_size=96))
     save_manifest(m, tmp_path / "m.json")
     spec = CellSpec("left_half", {"image_size": 64}, tmp_path / "m.json", pascal_root, "cpu")
     table = evaluate_cell(spec, FeatureCache(None)).table
     # the 64-px step upsampled (align_corners) to the 96-px square crosses 0 at x = 31.5 * 95 / 63 = 47.5
     pred = torch.zeros(96, 96, dtype=torch.bool)
     pred[:, :48] = True
-    for e, row in zip(m["episodes"], table.itertuples(), strict=True):
-        label = torch.from_numpy(read_label(pascal_root / m["images"][e["query"]][1]).astype(np.float32))
+    for e, row in zip(m.episodes, table.itertuples(), strict=True):
+        label = torch.from_numpy(read_label(pascal_root / m.images[e.query][1]).astype(np.float32))
         sq = F.interpolate(label[None, None], size=(96, 96), mode="nearest")[0, 0]  # HSNet's resize
-        valid, fg = sq != 255, sq == e["class"]
+        valid, fg = sq != 255, sq == e.cls
         assert (row.I_fg, row.U_fg) == (int((pred & fg & valid).sum()), int(((pred | fg) & valid).sum()))
         assert 0 < row.I_fg < row.U_fg  # the prediction is neither empty nor everything here

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.episodes.manifests import build_manifest, manifest_episodes, save_manifest
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import save_manifest
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import CellSpec, evaluate_cell
 from benchmark.evaluation.feature_cache import FeatureCache
@@ -31,7 +33,7 @@ def test_a_voting_cell_equals_k_one_shot_predictions_voted_by_hand(pascal_root, 
     from benchmark.evaluation.loader import episode_target
     from benchmark.evaluation.metrics import intersection_union, prediction_at_label_size
 
-    m = build_manifest(pascal_root, 0, 3, "fssam", episodes=6)
+    m = build_manifest(get_protocol("fssam"), ManifestRequest(pascal_root, 0, 3, episodes=6))
     save_manifest(m, tmp_path / "m.json")
     settings = get_method("mean_colour").resolve({"image_size": 64, "kshot": "voting"})
     table = evaluate_cell(
@@ -40,11 +42,11 @@ def test_a_voting_cell_equals_k_one_shot_predictions_voted_by_hand(pascal_root, 
     method = build_method("mean_colour", settings, torch.device("cpu"))
     feat = Featurizer(method, FeatureCache(None))
     store = ImageStore(PreparedDataset(pascal_root))
-    for ep, row in zip(manifest_episodes(m), table.itertuples(), strict=True):
+    for ep, row in zip(m.episodes, table.itertuples(), strict=True):
         masks = []
         for s in ep.supports:  # each support alone, as its own 1-shot episode
             one = type(ep)(ep.id, ep.query, ep.cls, (s,))
-            data = load_episode(store, m["images"], one, 64)
+            data = load_episode(store, m.images, one, 64)
             masks.append(
                 prediction_at_label_size(
                     predict_episode(method, feat, data)[0], data.query_target.shape, 0.5
@@ -52,7 +54,7 @@ def test_a_voting_cell_equals_k_one_shot_predictions_voted_by_hand(pascal_root, 
             )
         votes = np.sum(masks, axis=0)
         pred = votes / max(votes.max(), 1) >= 0.5
-        target = episode_target(store.label(m["images"][ep.query][1]), ep.cls)
+        target = episode_target(store.label(m.images[ep.query][1]), ep.cls)
         i_bg, u_bg, i_fg, u_fg = intersection_union(torch.from_numpy(pred), target)
         assert (row.I_fg, row.U_fg, row.I_bg, row.U_bg) == (i_fg, u_fg, i_bg, u_bg)
     joint = evaluate_cell(

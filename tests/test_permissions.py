@@ -10,7 +10,9 @@ import pytest
 
 from benchmark.data.prepare_pascal import prepare_pascal
 from benchmark.data.synth import synth_raw_roots
-from benchmark.episodes.manifests import build_manifest, save_manifest
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import save_manifest
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.io_utils import atomic_directory, write_text_atomic
 
 
@@ -42,6 +44,9 @@ def test_a_prepared_root_and_its_manifests_are_shareable(pascal_raw, tmp_path, u
     assert mode(out) == 0o755 and mode(out / "dataset.json") == 0o644
     assert mode(out / "lists" / "train.txt") == 0o644
     save_manifest(
-        build_manifest(out, 0, 1, "fssam", 321, 4, "test", "interleaved", "pascal"), tmp_path / "m.json"
+        build_manifest(
+            get_protocol("fssam"), ManifestRequest(out, 0, 1, seed=321, episodes=4, dataset="pascal")
+        ),
+        tmp_path / "m.json",
     )
     assert mode(tmp_path / "m.json") == 0o644

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from benchmark.engines.base import CellJob
 from benchmark.engines.ray import RayEngine, check_tracking_for_cluster
 from benchmark.engines.worker import CellWorker
-from benchmark.episodes.manifests import load_manifest
+from benchmark.episodes.manifest import load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.jobs.run import RunJob, StudyRunner
 from benchmark.specs.study import load_study

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes.manifests import build_manifest, manifest_episodes, save_manifest
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import save_manifest
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import CellSpec, cell_key, evaluate_cell
 from benchmark.evaluation.feature_cache import FeatureCache
@@ -32,11 +34,14 @@ def episodes(pascal_root, tmp_path_factory):
     """(manifest path, the episode inputs) of 6 one-shot and 4 two-shot episodes at 128 px."""
     out = {}
     for shot, n in ((1, 6), (2, 4)):
-        m = build_manifest(pascal_root, 0, shot, "fssam", 321, n, "test", "interleaved", "pascal")
+        m = build_manifest(
+            get_protocol("fssam"),
+            ManifestRequest(pascal_root, 0, shot, seed=321, episodes=n, dataset="pascal"),
+        )
         path = tmp_path_factory.mktemp("m") / f"{shot}shot.json"
         save_manifest(m, path)
         store = ImageStore(PreparedDataset(pascal_root))
-        out[shot] = (path, [load_episode(store, m["images"], e, 128) for e in manifest_episodes(m)])
+        out[shot] = (path, [load_episode(store, m.images, e, 128) for e in m.episodes])
     return out
 
 
@@ -255,15 +260,15 @@ def test_cells_equal_across_batch_sizes_and_loader_threads(episodes, pascal_root
     settings = get_method("fssam").resolve(TINY_128)
     spec = CellSpec("fssam", settings, path, pascal_root, "cpu", "c")
     pool = WeightPool()
-    ref = evaluate_cell(spec, FeatureCache(None), pool=pool, loader_workers=1)
+    ref = evaluate_cell(spec, FeatureCache(None), pool=pool, decode_threads=1)
     for b, workers in ((4, 1), (3, 3), (6, 2)):
         r = evaluate_cell(
-            dataclasses.replace(spec, batch_size=b), FeatureCache(None), pool=pool, loader_workers=workers
+            dataclasses.replace(spec, batch_size=b), FeatureCache(None), pool=pool, decode_threads=workers
         )
         pd.testing.assert_frame_equal(r.table, ref.table)
     # one encoder pass per unique image and encoder on a cold cache
     m = ref.manifest
-    unique = {m["images"][i][0] for e in manifest_episodes(m) for i in (e.query, *e.supports)}
+    unique = {m.images[i][0] for e in m.episodes for i in (e.query, *e.supports)}
     assert ref.encoder_passes == {"sam2": len(unique), "dino": len(unique)}
     assert set(ref.timings) >= {"load_wait", "encode", "episode_path", "feature_io"}
 
@@ -331,13 +336,15 @@ def test_profile_counts_encoder_passes_and_splits_the_time(pascal_root, tmp_path
 
     study = tiny_study(pascal_root, "episodes=2", "batch_size=2")
     r = profile_study(study, tmp_path, progress=False, dtype_episodes=2)
-    m = build_manifest(pascal_root, 0, 1, "fssam", 321, 2, "test", "interleaved", "pascal")
-    unique = {m["images"][i][0] for e in manifest_episodes(m) for i in (e.query, *e.supports)}
+    m = build_manifest(
+        get_protocol("fssam"), ManifestRequest(pascal_root, 0, 1, seed=321, episodes=2, dataset="pascal")
+    )
+    unique = {m.images[i][0] for e in m.episodes for i in (e.query, *e.supports)}
     # every variant uses SAM 2 features, five use DINOv2's: two encoders over the same images
     assert r["unique_images"] == len(unique) and r["expected_cold_passes"] == 2 * len(unique)
     assert r["encoder_passes"]["cold cache"] == 2 * len(unique) and r["encoder_passes"]["warm cache"] == 0
     # without the cache each cell encodes its own episodes: 8 variants' SAM 2 and 5 variants' DINOv2
-    per_cell = sum(len({m["images"][i][0] for i in (e.query, *e.supports)}) for e in manifest_episodes(m))
+    per_cell = sum(len({m.images[i][0] for i in (e.query, *e.supports)}) for e in m.episodes)
     assert r["encoder_passes"]["no cache"] == (8 + 5) * per_cell
     for label, parts in r["split"].items():
         assert all(v >= 0 for v in parts.values()) and sum(parts.values()) <= r["seconds"][label] + 1e-6

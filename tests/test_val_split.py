@@ -20,7 +20,9 @@ from benchmark.cli import main
 from benchmark.data import classes as C
 from benchmark.data.lists import ImageRecord, heldout_images
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes.manifests import ValPoolWarning, build_manifest, load_manifest
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import Holdout, Manifest, load_manifest
+from benchmark.episodes.manifests import ManifestRequest, ValPoolWarning, build_manifest
 from benchmark.errors import FssBenchError
 from benchmark.plan import study_manifests
 from benchmark.specs.search import parse_search
@@ -65,9 +67,9 @@ def expected_classes(pixels: dict[str, dict[int, int]], novel: list[int], base: 
     return [c for c in base if counts[c] > shot], {c: n for c, n in counts.items() if n <= shot}
 
 
-def manifest_labels(root: Path, m: dict) -> dict[str, dict[int, int]]:
+def manifest_labels(root: Path, m: Manifest) -> dict[str, dict[int, int]]:
     """image id -> class pixel counts of every image a manifest uses (its own label paths)."""
-    return {i: label_pixels(root, paths[1]) for i, paths in m["images"].items()}
+    return {i: label_pixels(root, paths[1]) for i, paths in m.images.items()}
 
 
 def check_val_against_test(root: Path, fold: int, split: str, shot: int, protocol: str = "fssam") -> None:
@@ -76,26 +78,31 @@ def check_val_against_test(root: Path, fold: int, split: str, shot: int, protoco
     base = C.base_classes(dataset, fold, split)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ValPoolWarning)
-        val = build_manifest(root, fold, shot, protocol, episodes=60, kind="val", coco_split=split)
+        val = build_manifest(
+            get_protocol(protocol),
+            ManifestRequest(root, fold, shot, episodes=60, kind="val", coco_split=split),
+        )
     # enough test episodes to cycle the whole test list (the synthetic val splits hold <= 240 images)
-    test = build_manifest(root, fold, shot, "fssam", episodes=300, coco_split=split)
-    test_queries = {e["query"] for e in test["episodes"]}
-    test_images = set(test["images"])
+    test = build_manifest(
+        get_protocol("fssam"), ManifestRequest(root, fold, shot, episodes=300, coco_split=split)
+    )
+    test_queries = {e.query for e in test.episodes}
+    test_images = set(test.images)
     # every val-split image with a counted novel class is a test query: the whole test list was cycled
     with_novel = {
         i for i, p in split_labels(root, "val").items() if any(p.get(c, 0) >= MIN_PX for c in novel)
     }
-    assert {Path(test["images"][q][0]).stem for q in test_queries} == with_novel
+    assert {Path(test.images[q][0]).stem for q in test_queries} == with_novel
     val_labels = manifest_labels(root, val)
-    assert val_labels and not set(val["images"]) & test_images
+    assert val_labels and not set(val.images) & test_images
     for image_id, pixels in val_labels.items():
         assert not set(pixels) & set(novel), f"{image_id} holds novel-class pixels {set(pixels) & set(novel)}"
     kept, left_out = expected_classes(split_labels(root, "val"), novel, base, shot)
-    assert val["classes"] == kept and val["left_out"] == {str(c): n for c, n in left_out.items()}
-    assert val["val_rule"] == "no-novel-pixels" and val["source"]["split"] == "val"
-    for e in val["episodes"]:
-        assert e["class"] in kept and val_labels[e["query"]].get(e["class"], 0) > 0
-        assert all(val_labels[s].get(e["class"], 0) >= MIN_PX for s in e["supports"])
+    assert list(val.classes) == kept and val.left_out == {str(c): n for c, n in left_out.items()}
+    assert val.val_rule == "no-novel-pixels" and val.source.split == "val"
+    for e in val.episodes:
+        assert e.cls in kept and val_labels[e.query].get(e.cls, 0) > 0
+        assert all(val_labels[s].get(e.cls, 0) >= MIN_PX for s in e.supports)
 
 
 @pytest.mark.parametrize("fold", range(4))
@@ -120,7 +127,7 @@ def test_a_class_with_too_few_images_is_left_out_in_one_line_naming_it(coco_root
     )
     assert left_out, "the synthetic COCO root no longer has a thin base class in fold 0; pick another fold"
     with pytest.warns(ValPoolWarning) as caught:
-        build_manifest(coco_root, 0, 1, episodes=5, kind="val")
+        build_manifest(get_protocol("fssam"), ManifestRequest(coco_root, 0, 1, episodes=5, kind="val"))
     (note,) = [str(w.message) for w in caught]
     assert "\n" not in note and "--val-source train-holdout" in note
     names = C.class_names("coco")
@@ -131,13 +138,15 @@ def test_a_class_with_too_few_images_is_left_out_in_one_line_naming_it(coco_root
     assert main([*argv, "--shot", "1", "--kind", "val", "--episodes", "5", "--out", str(out)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"note: {note}"]
-    assert load_manifest(out)["classes"] == kept
+    assert list(load_manifest(out).classes) == kept
 
 
 def test_val_manifests_differ_from_the_old_draw_and_test_manifests_do_not_carry_the_rule(pascal_root):
-    test = build_manifest(pascal_root, 0, 1, episodes=20)
-    assert "val_rule" not in test and "left_out" not in test and test["source"]["split"] == "val"
-    val = build_manifest(pascal_root, 0, 1, episodes=20, kind="val")
+    test = build_manifest(get_protocol("fssam"), ManifestRequest(pascal_root, 0, 1, episodes=20))
+    assert (
+        "val_rule" not in test.to_dict() and "left_out" not in test.to_dict() and test.source.split == "val"
+    )
+    val = build_manifest(get_protocol("fssam"), ManifestRequest(pascal_root, 0, 1, episodes=20, kind="val"))
     # the old val draw used every val-split image with a counted base class; on the synthetic root
     # about half of them hold a novel pixel, and the new manifest never uses one of those
     novel = set(C.novel_classes("pascal", 0))
@@ -146,7 +155,7 @@ def test_val_manifests_differ_from_the_old_draw_and_test_manifests_do_not_carry_
         i for i, p in split_labels(pascal_root, "val").items() if any(p.get(c, 0) >= MIN_PX for c in base)
     }
     with_novel = {i for i in old_pool if set(split_labels(pascal_root, "val")[i]) & novel}
-    assert with_novel and not {Path(v[0]).stem for v in val["images"].values()} & with_novel
+    assert with_novel and not {Path(v[0]).stem for v in val.images.values()} & with_novel
 
 
 def test_heldout_images_rule():
@@ -170,17 +179,18 @@ def test_train_holdout_val_manifest_and_training_skip_the_same_images(pascal_roo
     held = {i for i in train if holdout_key(i) < fraction}
     novel = C.novel_classes("pascal", 1)
     m = build_manifest(
-        pascal_root, 1, 1, episodes=30, kind="val", val_source="train-holdout", holdout_fraction=0.5
+        get_protocol("fssam"),
+        ManifestRequest(
+            pascal_root, 1, 1, episodes=30, kind="val", val_source="train-holdout", holdout_fraction=0.5
+        ),
     )
-    assert m["source"]["split"] == "train" and m["source"]["holdout"] == {
-        "fraction": 0.5,
-        "salt": "fssbench-holdout/1:",
-    }
-    used = {Path(v[0]).stem for v in m["images"].values()}
+    assert m.source.split == "train" and m.source.holdout == Holdout(0.5, "fssbench-holdout/1:")
+    assert m.to_dict()["source"]["holdout"] == {"fraction": 0.5, "salt": "fssbench-holdout/1:"}
+    used = {Path(v[0]).stem for v in m.images.values()}
     assert used and used <= held
     assert all(not set(train[i]) & set(novel) for i in used)
     kept, left_out = expected_classes({i: train[i] for i in held}, novel, C.base_classes("pascal", 1), 1)
-    assert m["classes"] == kept and m["left_out"] == {str(c): n for c, n in left_out.items()}
+    assert list(m.classes) == kept and m.left_out == {str(c): n for c, n in left_out.items()}
     # training skips exactly the held-out images and keeps every other image of its list
     # (an image's id is its file name's stem, which is what the list files give here)
     ds = PreparedDataset(pascal_root)
@@ -192,14 +202,25 @@ def test_train_holdout_val_manifest_and_training_skip_the_same_images(pascal_roo
 def test_val_source_errors(pascal_root):
     with pytest.raises(FssBenchError, match="no base class has the 2 images .*--holdout-fraction, now 1e-09"):
         build_manifest(
-            pascal_root, 0, 1, episodes=4, kind="val", val_source="train-holdout", holdout_fraction=1e-9
+            get_protocol("fssam"),
+            ManifestRequest(
+                pascal_root, 0, 1, episodes=4, kind="val", val_source="train-holdout", holdout_fraction=1e-09
+            ),
         )
     with pytest.raises(FssBenchError, match="apply to --kind val only"):
-        build_manifest(pascal_root, 0, 1, episodes=4, val_source="train-holdout")
+        build_manifest(
+            get_protocol("fssam"), ManifestRequest(pascal_root, 0, 1, episodes=4, val_source="train-holdout")
+        )
     with pytest.raises(FssBenchError, match="--holdout-fraction applies to --val-source train-holdout only"):
-        build_manifest(pascal_root, 0, 1, episodes=4, kind="val", holdout_fraction=0.2)
+        build_manifest(
+            get_protocol("fssam"),
+            ManifestRequest(pascal_root, 0, 1, episodes=4, kind="val", holdout_fraction=0.2),
+        )
     with pytest.raises(FssBenchError, match="--val-source must be one of"):
-        build_manifest(pascal_root, 0, 1, episodes=4, kind="val", val_source="test")
+        build_manifest(
+            get_protocol("fssam"),
+            ManifestRequest(pascal_root, 0, 1, episodes=4, kind="val", val_source="test"),
+        )
 
 
 def study_dict(root: Path, **extra) -> dict:
@@ -221,9 +242,9 @@ def test_study_and_search_fields(pascal_root, tmp_path):
     with pytest.warns(ValPoolWarning, match="hold out more of the train split"):  # 10 % of a tiny split
         (path,) = study_manifests(s, tmp_path, kind="val").values()
     m = load_manifest(path)
-    assert path.stem.endswith("-val-holdout0.1") and m["source"]["split"] == "train"
+    assert path.stem.endswith("-val-holdout0.1") and m.source.split == "train"
     (test_path,) = study_manifests(s, tmp_path, kind="test").values()  # test manifests ignore it
-    assert load_manifest(test_path)["source"]["split"] == "val" and "val_rule" not in load_manifest(test_path)
+    assert load_manifest(test_path).source.split == "val" and load_manifest(test_path).val_rule is None
     with pytest.raises(
         FssBenchError, match=r"s.yaml: val_source: 'train' is not one of \['val', 'train-holdout'\]"
     ):
@@ -286,7 +307,7 @@ def test_training_file_val_source(pascal_root, tmp_path, monkeypatch):
     # the trainer validates on the held-out slice and trains on the rest
     trainer = trainer_module.Trainer(spec, tmp_path / "out", device="cpu", progress=False, log=lambda _: None)
     m = load_manifest(trainer._val_manifest())
-    assert m["source"]["split"] == "train" and m["source"]["holdout"]["fraction"] == 0.5
+    assert m.source.split == "train" and m.source.holdout.fraction == 0.5
     seen = {}
 
     class Stop(Exception):
@@ -320,7 +341,7 @@ def test_cli_val_source(pascal_root, tmp_path, capsys):
     assert main([*argv, *held, "--episodes", "8", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "8 val episodes" in printed and "from the train split's held-out 0.5" in printed
-    assert load_manifest(out)["source"]["split"] == "train"
+    assert load_manifest(out).source.split == "train"
     assert main([*argv, "--holdout-fraction", "0.5", "--out", str(tmp_path / "t.json")]) == 2
     assert "--val-source and --holdout-fraction apply to --kind val only" in capsys.readouterr().err
 

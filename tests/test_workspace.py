@@ -1,6 +1,8 @@
 """The workspace (one place for the cache, pool, stages, hashes, locks and cell folders) and the
 one function that records a cell's outcome in MLflow."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from filelock import Timeout
@@ -50,12 +52,12 @@ def test_images_are_checked_once_and_a_corrupt_one_is_named(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a.jpg")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "a.png")
     ws = Workspace(tmp_path / "work")
-    ws.check_images([({"images": {"a": ["a.jpg", "a.png"]}}, root)])
+    ws.check_images([(SimpleNamespace(images={"a": ("a.jpg", "a.png")}), root)])  # a manifest's images
     assert (tmp_path / "work" / "images-checked.json").is_file()
     (root / "b.jpg").write_bytes(b"not a jpeg")
     (root / "b.png").write_bytes((root / "a.png").read_bytes())
     with pytest.raises(FssBenchError, match="b.jpg"):
-        ws.check_images([({"images": {"a": ["a.jpg", "a.png"], "b": ["b.jpg", "b.png"]}}, root)])
+        ws.check_images([(SimpleNamespace(images={"a": ("a.jpg", "a.png"), "b": ("b.jpg", "b.png")}), root)])
 
 
 def test_one_function_records_a_finished_and_a_killed_cell(tmp_path):

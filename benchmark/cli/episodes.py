@@ -8,6 +8,9 @@ from pathlib import Path
 
 from benchmark.cli.common import add_command, positive_int
 from benchmark.data.classes import COCO_SPLITS, DATASETS
+from benchmark.episodes import protocol_names
+from benchmark.episodes.manifest import Manifest
+from benchmark.episodes.protocols.fssam_exact import EXACT_LISTS
 from benchmark.errors import FssBenchError
 
 
@@ -15,27 +18,29 @@ def run(args: argparse.Namespace) -> int:
     """``episodes``: write the manifest (other content at --out only with --overwrite); print its hash."""
     import warnings
 
-    from benchmark.episodes.manifests import ValPoolWarning, build_manifest, load_manifest, save_manifest
+    from benchmark.episodes import get_protocol
+    from benchmark.episodes.manifest import load_manifest, save_manifest
+    from benchmark.episodes.manifests import ManifestRequest, ValPoolWarning, build_manifest
 
+    protocol = get_protocol(args.protocol)
+    protocol = protocol.configure({k: getattr(args, k) for k in protocol.user_options})
+    request = ManifestRequest(
+        Path(args.data_root),
+        fold=args.fold,
+        shot=args.shot,
+        seed=args.seed,
+        episodes=args.episodes,
+        kind=args.kind,
+        coco_split=args.split,
+        dataset=args.dataset,
+        resolution=args.eval_resolution,
+        eval_size=args.eval_size,
+        val_source=args.val_source,
+        holdout_fraction=args.holdout_fraction,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ValPoolWarning)
-        manifest = build_manifest(
-            Path(args.data_root),
-            fold=args.fold,
-            shot=args.shot,
-            protocol=args.protocol,
-            seed=args.seed,
-            episodes=args.episodes,
-            kind=args.kind,
-            coco_split=args.split,
-            dataset=args.dataset,
-            loader_workers=args.loader_workers,
-            lists=args.lists,
-            resolution=args.eval_resolution,
-            eval_size=args.eval_size,
-            val_source=args.val_source,
-            holdout_fraction=args.holdout_fraction,
-        )
+        manifest = build_manifest(protocol, request)
     for w in caught:  # the left-out classes as one plain line; any other warning as Python shows it
         if issubclass(w.category, ValPoolWarning):
             print(f"note: {w.message}", file=sys.stderr)
@@ -44,34 +49,34 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         try:
-            same = load_manifest(out)["sha256"] == manifest["sha256"]
+            same = load_manifest(out).sha256 == manifest.sha256
         except FssBenchError:
             same = False
         if not same:
             raise FssBenchError(f"{out} exists with other content; pass --overwrite or choose another --out")
     save_manifest(manifest, out)
     print(
-        f"{manifest['sha256']}  {out}  ({manifest['num_episodes']} {manifest['kind']} episodes, "
-        f"{manifest['dataset']} fold {manifest['fold']}, {manifest['shot']}-shot, {manifest['protocol']}, "
-        f"seed {manifest['seed']}{_draw_note(manifest)})"
+        f"{manifest.sha256}  {out}  ({manifest.num_episodes} {manifest.kind} episodes, "
+        f"{manifest.dataset} fold {manifest.fold}, {manifest.shot}-shot, {manifest.protocol}, "
+        f"seed {manifest.seed}{_draw_note(manifest)})"
     )
     return 0
 
 
-def _draw_note(manifest: dict) -> str:
+def _draw_note(manifest: Manifest) -> str:
     """ ", 4 loader workers, own lists, scored resized to 400 px" (and a val manifest's held-out
     source and left-out classes) for manifests that record these."""
-    draw, ev = manifest.get("draw", {}), manifest.get("eval")
+    draw, ev = manifest.draw or {}, manifest.scoring
     parts = [f"{draw['loader_workers']} loader workers"] if "loader_workers" in draw else []
     parts += [f"{draw['lists']} lists"] if "lists" in draw else []
-    if ev and ev["resolution"] == "resized":
-        parts.append(f"scored resized to {ev['size']} px")
-    if ev and not ev["ignore_255"]:
+    if ev and ev.resolution == "resized":
+        parts.append(f"scored resized to {ev.size} px")
+    if ev and not ev.ignore:
         parts.append("no ignore label")
-    if "holdout" in manifest["source"]:
-        parts.append(f"from the train split's held-out {manifest['source']['holdout']['fraction']}")
-    if manifest.get("left_out"):
-        parts.append(f"{len(manifest['left_out'])} base class(es) left out")
+    if manifest.source.holdout is not None:
+        parts.append(f"from the train split's held-out {manifest.source.holdout.fraction}")
+    if manifest.left_out:
+        parts.append(f"{len(manifest.left_out)} base class(es) left out")
     return "".join(f", {p}" for p in parts)
 
 
@@ -84,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--shot", type=positive_int, required=True, help="supports per episode (K)")
     e.add_argument(
         "--protocol",
-        choices=("fssam", "hsnet", "fssam-exact"),
+        choices=protocol_names(),
         default="fssam",
         help="episode protocol (fssam-exact: the FSSAM release's own test episodes, exactly)",
     )
@@ -92,11 +97,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--loader-workers",
         type=int,
         default=32,
-        help="fssam-exact: the DataLoader workers whose random streams the release draws with (theirs: 32)",
+        help="fssam-exact: the DataLoader workers whose random streams the release draws with (theirs: 32); "
+        "the protocol's draw_workers, not decoding threads",
     )
     e.add_argument(
         "--lists",
-        choices=("own", "authors"),
+        choices=EXACT_LISTS,
         default="own",
         help="fssam-exact: the root's PFENet-format lists, or the release's PASCAL lists (matched by image id)",
     )

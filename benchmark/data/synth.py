@@ -386,6 +386,50 @@ def _sbd_mat(seg: np.ndarray) -> bytes:
     return bytes(data)
 
 
+@dataclass
+class _PascalIds:
+    """The image ids of a synthetic PASCAL: VOC's segmentation train/val sets, the SBD-only images,
+    the extra JPEGs in no list, and SBD's train/val lists (with the VOC duplicates counted)."""
+
+    voc_train: list[str]
+    voc_val: list[str]
+    sbd_only: list[str]
+    extra: list[str]
+    sbd_train: list[str]
+    sbd_val: list[str]
+    n_dup_train: int
+    n_dup_val: int
+
+
+def _pascal_ids(rng: np.random.Generator, n_voc_train: int, n_voc_val: int, n_sbd: int) -> _PascalIds:
+    """Draw the ids and split them into the lists (:func:`synth_pascal`'s docstring)."""
+    n_dup_train = min(n_voc_train, n_sbd // 6)
+    n_dup_val = min(n_voc_val, n_sbd // 8)
+    n_sbd_only = n_sbd - n_dup_train - n_dup_val
+    n_extra = max(2, (n_voc_train + n_voc_val) // 30)
+    ids = _voc_ids(rng, n_voc_train + n_voc_val + n_sbd_only + n_extra)
+    voc_train = ids[:n_voc_train]
+    voc_val = ids[n_voc_train : n_voc_train + n_voc_val]
+    sbd_only = ids[n_voc_train + n_voc_val : n_voc_train + n_voc_val + n_sbd_only]
+    extra = ids[n_voc_train + n_voc_val + n_sbd_only :]
+    n_sbd_only_train = round(0.6 * n_sbd_only)
+    sbd_train = voc_train[:n_dup_train] + voc_val[:n_dup_val] + sbd_only[:n_sbd_only_train]
+    sbd_val = sbd_only[n_sbd_only_train:]
+    return _PascalIds(voc_train, voc_val, sbd_only, extra, sbd_train, sbd_val, n_dup_train, n_dup_val)
+
+
+def _pascal_roster(rng: np.random.Generator, ids: _PascalIds, n_cls: int) -> list[tuple[str, _Plan]]:
+    """(image id, plan) of every image: train images (VOC train + SBD-only), VOC val, extras."""
+    groups = [list(range(5 * g + 1, 5 * g + 6)) for g in range(n_cls // 5)]
+    train_pool = ids.voc_train + ids.sbd_only
+    train_plans = _balanced_plans(
+        rng, len(train_pool), n_cls, (0.35, 0.4, 0.25), MIN_TRAIN_IMAGES, 0.25, groups, pure_frac=0.4
+    )
+    val_plans = _balanced_plans(rng, len(ids.voc_val), n_cls, (0.2, 0.45, 0.35), MIN_VAL_IMAGES, 0.25)
+    extra_plans = _balanced_plans(rng, len(ids.extra), n_cls, (0.4, 0.4, 0.2), 0, 0.0)
+    return list(zip(train_pool + ids.voc_val + ids.extra, train_plans + val_plans + extra_plans, strict=True))
+
+
 def synth_pascal(
     out: Path,
     seed: int = 0,
@@ -416,32 +460,11 @@ def synth_pascal(
         sbd / "img",
     ):
         d.mkdir(parents=True, exist_ok=True)
-    n_cls = len(PASCAL_CLASSES)
     rng = np.random.default_rng([seed, _TAG_PASCAL, 0])
-    n_dup_train = min(n_voc_train, n_sbd // 6)
-    n_dup_val = min(n_voc_val, n_sbd // 8)
-    n_sbd_only = n_sbd - n_dup_train - n_dup_val
-    n_extra = max(2, (n_voc_train + n_voc_val) // 30)
-    ids = _voc_ids(rng, n_voc_train + n_voc_val + n_sbd_only + n_extra)
-    voc_train = ids[:n_voc_train]
-    voc_val = ids[n_voc_train : n_voc_train + n_voc_val]
-    sbd_only = ids[n_voc_train + n_voc_val : n_voc_train + n_voc_val + n_sbd_only]
-    extra = ids[n_voc_train + n_voc_val + n_sbd_only :]
-    n_sbd_only_train = round(0.6 * n_sbd_only)
-    sbd_train = voc_train[:n_dup_train] + voc_val[:n_dup_val] + sbd_only[:n_sbd_only_train]
-    sbd_val = sbd_only[n_sbd_only_train:]
-    in_sbd = set(sbd_train) | set(sbd_val)
-
-    groups = [list(range(5 * g + 1, 5 * g + 6)) for g in range(n_cls // 5)]
-    train_pool = voc_train + sbd_only
-    train_plans = _balanced_plans(
-        rng, len(train_pool), n_cls, (0.35, 0.4, 0.25), MIN_TRAIN_IMAGES, 0.25, groups, pure_frac=0.4
-    )
-    val_plans = _balanced_plans(rng, len(voc_val), n_cls, (0.2, 0.45, 0.35), MIN_VAL_IMAGES, 0.25)
-    extra_plans = _balanced_plans(rng, len(extra), n_cls, (0.4, 0.4, 0.2), 0, 0.0)
-    roster = list(zip(train_pool + voc_val + extra, train_plans + val_plans + extra_plans, strict=True))
-    voc_seg = set(voc_train) | set(voc_val)
-
+    ids = _pascal_ids(rng, n_voc_train, n_voc_val, n_sbd)
+    in_sbd = set(ids.sbd_train) | set(ids.sbd_val)
+    roster = _pascal_roster(rng, ids, len(PASCAL_CLASSES))
+    voc_seg = set(ids.voc_train) | set(ids.voc_val)
     for index, (img_id, plan) in enumerate(tqdm(roster, desc="synth pascal", disable=not progress)):
         irng = np.random.default_rng([seed, _TAG_PASCAL, 1, index])
         h, w = _image_size(irng, PASCAL_SIZE)
@@ -458,23 +481,23 @@ def synth_pascal(
             _write_bytes(sbd / "cls" / f"{img_id}.mat", _sbd_mat(label))
 
     sets = voc / "ImageSets" / "Segmentation"
-    _write_lines(sets / "train.txt", sorted(voc_train))
-    _write_lines(sets / "val.txt", sorted(voc_val))
-    _write_lines(sets / "trainval.txt", sorted(voc_train + voc_val))
-    _write_lines(sbd / "train.txt", sorted(sbd_train))
-    _write_lines(sbd / "val.txt", sorted(sbd_val))
+    _write_lines(sets / "train.txt", sorted(ids.voc_train))
+    _write_lines(sets / "val.txt", sorted(ids.voc_val))
+    _write_lines(sets / "trainval.txt", sorted(ids.voc_train + ids.voc_val))
+    _write_lines(sbd / "train.txt", sorted(ids.sbd_train))
+    _write_lines(sbd / "val.txt", sorted(ids.sbd_val))
     return {
         "voc": voc,
         "sbd": sbd,
         "n_images": len(roster),
-        "n_voc_train": len(voc_train),
-        "n_voc_val": len(voc_val),
+        "n_voc_train": len(ids.voc_train),
+        "n_voc_val": len(ids.voc_val),
         "n_sbd": len(in_sbd),
-        "n_sbd_train": len(sbd_train),
-        "n_sbd_val": len(sbd_val),
-        "n_sbd_in_voc_train": n_dup_train,
-        "n_sbd_in_voc_val": n_dup_val,
-        "n_extra": len(extra),
+        "n_sbd_train": len(ids.sbd_train),
+        "n_sbd_val": len(ids.sbd_val),
+        "n_sbd_in_voc_train": ids.n_dup_train,
+        "n_sbd_in_voc_val": ids.n_dup_val,
+        "n_extra": len(ids.extra),
     }
 
 
@@ -514,6 +537,81 @@ def _coco_annotation(o: _Obj, ann_id: int, image_id: int, h: int, w: int) -> dic
     }
 
 
+@dataclass
+class _CocoIds:
+    """The running annotation ids of a synthetic COCO (crowd regions have their own range)."""
+
+    next_ann: int
+    next_crowd: int
+
+
+def _coco_plans(rng: np.random.Generator, split: str, n: int, min_per_class: int) -> list[_Plan]:
+    """The plans of a split's ``n`` images: all but one annotated (placed at random), every 13th crowd."""
+    n_cls = len(COCO_CATEGORIES)
+    n_annotated = n - 1 if n >= 2 else n
+    # train: half the images hold classes of one (interleaved fold, contiguous fold) cell only, so
+    # every fold's train list (which drops images with any novel pixel) has every base class, for
+    # both class splits; the rest mix classes freely
+    cells = [
+        [c for c in range(1, n_cls + 1) if (c - 1) % 4 == g and (c - 1) // 20 == h]
+        for g in range(4)
+        for h in range(4)
+    ]
+    pure = 0.5 if split == "train" else 0.0
+    plans = _balanced_plans(
+        rng, n_annotated, n_cls, (0.04, 0.12, 0.84), min_per_class, 0.5, cells if pure else None, pure
+    )
+    for i, plan in enumerate(plans):
+        plan.crowd = i % 13 == 5
+    if n_annotated < n:
+        plans.insert(int(rng.integers(n)), _Plan())
+    return plans
+
+
+def _coco_split_images(
+    out: Path,
+    seed: int,
+    split_index: int,
+    split: str,
+    plans: list[_Plan],
+    split_ids: list,
+    ann: _CocoIds,
+    progress: bool,
+) -> tuple[list[dict], list[dict], int]:
+    """Render a split's images into ``out/<split>2014``: (image entries, annotations, crowd count)."""
+    folder = out / f"{split}2014"
+    folder.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    n_crowd = 0
+    for index, plan in enumerate(tqdm(plans, desc=f"synth coco {split}", disable=not progress)):
+        irng = np.random.default_rng([seed, _TAG_COCO, 1 + split_index, index])
+        h, w = _image_size(irng, COCO_SIZE)
+        objs = _layout(irng, h, w, plan, coco=True)
+        image_id = int(split_ids[index])
+        file_name = f"COCO_{split}2014_{image_id:012d}.jpg"
+        _write_bytes(folder / file_name, _render(irng, objs, h, w))
+        images.append(
+            {
+                "license": 1,
+                "file_name": file_name,
+                "coco_url": f"http://images.cocodataset.org/{split}2014/{file_name}",
+                "height": h,
+                "width": w,
+                "date_captured": "2013-11-14 16:28:13",
+                "flickr_url": "",
+                "id": image_id,
+            }
+        )
+        for o in objs:
+            if o.crowd:
+                ann_id, ann.next_crowd = ann.next_crowd, ann.next_crowd + 1
+                n_crowd += 1
+            else:
+                ann_id, ann.next_ann = ann.next_ann, ann.next_ann + 1
+            annotations.append(_coco_annotation(o, ann_id, image_id, h, w))
+    return images, annotations, n_crowd
+
+
 def synth_coco(
     out: Path, seed: int = 0, n_train: int = 160, n_val: int = 240, progress: bool = False
 ) -> dict:
@@ -528,11 +626,10 @@ def synth_coco(
     """
     out = Path(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
-    n_cls = len(COCO_CATEGORIES)
     rng = np.random.default_rng([seed, _TAG_COCO, 0])
     image_ids = (rng.choice(581929, size=n_train + n_val, replace=False) + 1).tolist()
     next_ann = int(rng.integers(100_000, 200_000))
-    next_crowd = COCO_CROWD_ID_BASE + int(rng.integers(0, 500_000))
+    ann = _CocoIds(next_ann, COCO_CROWD_ID_BASE + int(rng.integers(0, 500_000)))
     categories = [{"supercategory": sc, "id": cid, "name": name} for cid, name, sc in COCO_CATEGORIES]
     summary: dict = {"coco": out}
     for split_index, (split, n, min_per_class, split_ids) in enumerate(
@@ -541,53 +638,10 @@ def synth_coco(
             ("val", n_val, MIN_VAL_IMAGES, image_ids[n_train:]),
         ]
     ):
-        folder = out / f"{split}2014"
-        folder.mkdir(parents=True, exist_ok=True)
-        n_annotated = n - 1 if n >= 2 else n
-        # train: half the images hold classes of one (interleaved fold, contiguous fold) cell only, so
-        # every fold's train list (which drops images with any novel pixel) has every base class, for
-        # both class splits; the rest mix classes freely
-        cells = [
-            [c for c in range(1, n_cls + 1) if (c - 1) % 4 == g and (c - 1) // 20 == h]
-            for g in range(4)
-            for h in range(4)
-        ]
-        pure = 0.5 if split == "train" else 0.0
-        plans = _balanced_plans(
-            rng, n_annotated, n_cls, (0.04, 0.12, 0.84), min_per_class, 0.5, cells if pure else None, pure
+        plans = _coco_plans(rng, split, n, min_per_class)
+        images, annotations, n_crowd = _coco_split_images(
+            out, seed, split_index, split, plans, split_ids, ann, progress
         )
-        for i, plan in enumerate(plans):
-            plan.crowd = i % 13 == 5
-        if n_annotated < n:
-            plans.insert(int(rng.integers(n)), _Plan())
-        images, annotations = [], []
-        n_crowd = 0
-        for index, plan in enumerate(tqdm(plans, desc=f"synth coco {split}", disable=not progress)):
-            irng = np.random.default_rng([seed, _TAG_COCO, 1 + split_index, index])
-            h, w = _image_size(irng, COCO_SIZE)
-            objs = _layout(irng, h, w, plan, coco=True)
-            image_id = int(split_ids[index])
-            file_name = f"COCO_{split}2014_{image_id:012d}.jpg"
-            _write_bytes(folder / file_name, _render(irng, objs, h, w))
-            images.append(
-                {
-                    "license": 1,
-                    "file_name": file_name,
-                    "coco_url": f"http://images.cocodataset.org/{split}2014/{file_name}",
-                    "height": h,
-                    "width": w,
-                    "date_captured": "2013-11-14 16:28:13",
-                    "flickr_url": "",
-                    "id": image_id,
-                }
-            )
-            for o in objs:
-                if o.crowd:
-                    ann_id, next_crowd = next_crowd, next_crowd + 1
-                    n_crowd += 1
-                else:
-                    ann_id, next_ann = next_ann, next_ann + 1
-                annotations.append(_coco_annotation(o, ann_id, image_id, h, w))
         data = {
             "info": {
                 "description": "fssam-bench synthetic COCO 2014 (instances)",

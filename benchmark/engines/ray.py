@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from benchmark.engines.base import CellDone, CellHooks, CellJob
 from benchmark.engines.worker import CellWorker
-from benchmark.episodes.manifests import load_manifest
+from benchmark.episodes.manifest import load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_bytes_atomic
 from benchmark.workspace import Workspace

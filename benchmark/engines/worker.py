@@ -24,7 +24,7 @@ import torch
 from benchmark.device import resolve_device
 from benchmark.engines.base import CellJob
 from benchmark.engines.local import answer_of, describe_failure, evaluate_job
-from benchmark.episodes.manifests import save_manifest
+from benchmark.episodes.manifest import save_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import cell_key
 from benchmark.workspace import Workspace
@@ -75,7 +75,7 @@ class CellWorker:
         root is not on this node, or when this worker computes another cell key than the driver
         (checked when the driver sent its weight ids)."""
         manifest = payload["manifest"]
-        path = self.workspace.manifest_copy(manifest["sha256"])
+        path = self.workspace.manifest_copy(manifest.sha256)
         if not path.is_file():
             save_manifest(manifest, path)
         job = CellJob.from_payload(payload, path)
@@ -86,7 +86,7 @@ class CellWorker:
                 "needs the prepared data at the same path (a shared file system, or a copy)"
             )
         if job.weights is not None:  # the driver's weight ids: check the key
-            mine = cell_key(job.spec, manifest["sha256"], job.weights)
+            mine = cell_key(job.spec, manifest.sha256, job.weights)
             if mine != job.key:
                 raise FssBenchError(
                     f"{job.name}: worker {self.where()} computes another cell key than the driver "

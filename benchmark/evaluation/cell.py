@@ -38,7 +38,7 @@ import torch
 from benchmark.data.classes import class_names
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import compile_method, device_identity, resolve_device
-from benchmark.episodes.manifests import evaluation_of, load_manifest, manifest_episodes
+from benchmark.episodes.manifest import Episode, Manifest, load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.features import Featurizer
@@ -273,7 +273,7 @@ class CellResult:
     weight_hashes: dict[str, str]  # what the built method reports of its weights
     device: str
     precision: str
-    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+    manifest: Manifest | None = field(repr=False, default=None)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load_wait, encode, episode_path
     encoder_passes: dict[str, int] = field(default_factory=dict)  # images run through each encoder now
@@ -306,11 +306,11 @@ def evaluate_cell(
     on_episode: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict[str, int]], None] | None = None,
     stages: StageMemo | None = None,
-    loader_workers: int = 2,
+    decode_threads: int = 2,
     weights: Mapping[str, str] | None = None,
 ) -> CellResult:
     """Score ``spec``'s method on every episode of its manifest, ``spec.batch_size`` episodes per
-    forward, the next batch's labels read and uncached images decoded by ``loader_workers``
+    forward, the next batch's labels read and uncached images decoded by ``decode_threads``
     background threads while the current one runs.
 
     Args:
@@ -334,82 +334,166 @@ def evaluate_cell(
     device = resolve_device(spec.device)
     if weights is None and (key is None or artifacts_dir is not None):
         weights = weight_ids(spec)
-    key = key or cell_key(spec, manifest["sha256"], weights or {})
-    if method is None:
-        method = build_method(spec.method, dict(spec.settings), device, pool)
+    key = key or cell_key(spec, manifest.sha256, weights or {})
+    method = method if method is not None else build_method(spec.method, dict(spec.settings), device, pool)
     if spec.compile:
         compile_method(method)
     store = ImageStore(PreparedDataset(spec.data_root))
     feat = Featurizer(method, cache, dtype=spec.feature_dtype, encode_batch=max(8, 2 * spec.batch_size))
-    if stages is not None:
-        stages.scope(manifest["sha256"])
-    threshold = float(spec.settings.get("threshold", 0.5))
-    kshot = str(spec.settings.get("kshot", "joint"))
-    episodes = manifest_episodes(manifest)
-    header = {"cell_key": key, "manifest_sha256": manifest["sha256"]}
-    with (
-        CellJournal(journal_path, header, {e.id: e.cls for e in episodes}) as journal,
-        PeakMemory(device) as memory,
-    ):
-        todo = [e for e in episodes if e.id not in journal.rows]
-        resumed = len(episodes) - len(todo)
-        if on_start is not None:
-            on_start(resumed, len(episodes))
-        if on_row is not None:
-            for e in episodes:
-                if e.id in journal.rows:
-                    on_row(journal.rows[e.id])
+    run = _EpisodeRun(spec, method, feat, store, manifest, stages, on_row, on_episode)
+    done = run.journaled(journal_path, key, device, decode_threads, on_start)
+    summary, metrics = _cell_metrics(spec, manifest, done.table, done.peak_memory_mb)
+    if done.episodes_run:
+        metrics["episodes_per_s"] = done.episodes_run / max(done.seconds, 1e-9)
+        metrics["encode_s"] = feat.encode_seconds
+        metrics["episode_path_s"] = done.timings["episode_path"]
+    result = CellResult(
+        spec=spec,
+        key=key,
+        table=done.table,
+        summary=summary,
+        metrics=metrics,
+        seconds=done.seconds,
+        episodes_run=done.episodes_run,
+        episodes_resumed=done.episodes_resumed,
+        peak_memory_mb=done.peak_memory_mb,
+        peak_memory_kind=done.peak_memory_kind,
+        random_init=bool(method.random_init),
+        weight_hashes=method.weight_hashes(),
+        weight_ids=dict(weights or {}),
+        device=str(device),
+        precision=spec.precision,
+        manifest=manifest,
+        timings=done.timings,
+        encoder_passes=dict(feat.passes),
+    )
+    if artifacts_dir is not None:
+        result.artifacts = write_artifacts(result, Path(artifacts_dir), method, feat, store, qualitative)
+    return result
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """What a cell's episode loop leaves: the complete per-episode table, the episodes run now and
+    resumed from the journal, the seconds and time split of the run, and the peak memory."""
+
+    table: pd.DataFrame
+    episodes_run: int
+    episodes_resumed: int
+    seconds: float
+    timings: dict[str, float]
+    peak_memory_mb: float
+    peak_memory_kind: str
+
+
+@dataclass
+class _EpisodeRun:
+    """The episode loop of one cell: the episodes not yet in the journal, in batches loaded ahead on
+    background threads, predicted, scored and appended to the journal (``on_row``/``on_episode``
+    told of each)."""
+
+    spec: CellSpec
+    method: FewShotMethod
+    feat: Featurizer
+    store: ImageStore
+    manifest: Manifest
+    stages: StageMemo | None
+    on_row: Callable[[dict[str, int]], None] | None
+    on_episode: Callable[[int, int], None] | None
+
+    def journaled(
+        self,
+        journal_path: Path | None,
+        key: str,
+        device: torch.device,
+        decode_threads: int,
+        on_start: Callable[[int, int], None] | None,
+    ) -> _Scored:
+        """Resume from the journal at ``journal_path`` (header: the cell ``key`` and the manifest's
+        hash; its rows told to ``on_row`` first), score the rest under a peak-memory watch, and read
+        the complete table back."""
+        if self.stages is not None:
+            self.stages.scope(self.manifest.sha256)
+        episodes = list(self.manifest.episodes)
+        header = {"cell_key": key, "manifest_sha256": self.manifest.sha256}
+        with (
+            CellJournal(journal_path, header, {e.id: e.cls for e in episodes}) as journal,
+            PeakMemory(device) as memory,
+        ):
+            todo = [e for e in episodes if e.id not in journal.rows]
+            resumed = len(episodes) - len(todo)
+            if on_start is not None:
+                on_start(resumed, len(episodes))
+            if self.on_row is not None:
+                for e in episodes:
+                    if e.id in journal.rows:
+                        self.on_row(journal.rows[e.id])
+            seconds, timings = self.score(journal, todo, decode_threads)
+            table = journal.table()
+        return _Scored(table, len(todo), resumed, seconds, timings, memory.peak_bytes / 2**20, memory.kind)
+
+    def load(self, batch: list[Episode]) -> list[EpisodeData]:
+        """A batch's episodes, with the pixels the encoders will need decoded now (in the background)."""
+        m = self.manifest
+        datas = [load_episode(self.store, m.images, ep, self.method.image_size, m.evaluation) for ep in batch]
+        for d in datas:
+            for img in (d.query, *d.supports):
+                if self.feat.needs_pixels(img):
+                    img.tensor()
+        return datas
+
+    def score(
+        self, journal: CellJournal, todo: list[Episode], decode_threads: int
+    ) -> tuple[float, dict[str, float]]:
+        """Score ``todo`` (``spec.batch_size`` per forward, ``decode_threads`` batches loading ahead):
+        (seconds, the time split: load_wait, episode_path, encode, feature_io)."""
+        feat, spec = self.feat, self.spec
+        threshold = float(spec.settings.get("threshold", 0.5))
+        kshot = str(spec.settings.get("kshot", "joint"))
+        total = len(self.manifest.episodes)
         t0 = time.perf_counter()
         timings = {"load_wait": 0.0, "episode_path": 0.0}
         size = max(1, spec.batch_size)
         batches = [todo[i : i + size] for i in range(0, len(todo), size)]
-
-        evaluation = evaluation_of(manifest)
-
-        def load(batch: list) -> list[EpisodeData]:
-            datas = [
-                load_episode(store, manifest["images"], ep, method.image_size, evaluation) for ep in batch
-            ]
-            for d in datas:  # decode now, in the background, what the encoders will need
-                for img in (d.query, *d.supports):
-                    if feat.needs_pixels(img):
-                        img.tensor()
-            return datas
-
-        workers = max(1, loader_workers)
+        workers = max(1, decode_threads)
         loader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fss-load")
-        ahead = {j: loader.submit(load, batches[j]) for j in range(min(workers, len(batches)))}
+        ahead = {j: loader.submit(self.load, batches[j]) for j in range(min(workers, len(batches)))}
         try:
             for i in range(len(batches)):
                 t_wait = time.perf_counter()
                 datas = ahead.pop(i).result()
                 timings["load_wait"] += time.perf_counter() - t_wait
                 if i + workers < len(batches):  # keep `workers` batches loading ahead
-                    ahead[i + workers] = loader.submit(load, batches[i + workers])
+                    ahead[i + workers] = loader.submit(self.load, batches[i + workers])
                 fetch_before = feat.fetch_seconds
                 t_path = time.perf_counter()
-                logits = predict_scored(method, feat, datas, kshot, stages).float().cpu()
+                logits = predict_scored(self.method, feat, datas, kshot, self.stages).float().cpu()
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
                 for j, data in enumerate(datas):
                     row = score_episode(logits[j : j + 1], data, threshold)
                     journal.append(row)
-                    if on_row is not None:
-                        on_row(row)
-                    if on_episode is not None:
-                        on_episode(len(journal.rows), len(episodes))
+                    if self.on_row is not None:
+                        self.on_row(row)
+                    if self.on_episode is not None:
+                        self.on_episode(len(journal.rows), total)
         finally:
             loader.shutdown(wait=True, cancel_futures=True)
         seconds = time.perf_counter() - t0
         timings["encode"] = feat.encode_seconds
         timings["feature_io"] = feat.fetch_seconds - feat.encode_seconds
-        table = journal.table()
-    if len(table) != manifest["num_episodes"]:
-        raise FssBenchError(f"{spec.name}: {len(table)} of {manifest['num_episodes']} episodes recorded")
-    classes = manifest["classes"]
+        return seconds, timings
+
+
+def _cell_metrics(
+    spec: CellSpec, manifest: Manifest, table: pd.DataFrame, peak_mb: float
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The summary (with the bootstrap CI of the mIoU) and the flat metrics of a complete table."""
+    if len(table) != manifest.num_episodes:
+        raise FssBenchError(f"{spec.name}: {len(table)} of {manifest.num_episodes} episodes recorded")
+    classes = list(manifest.classes)
     summary = summarize(table, classes)
     ci = bootstrap_ci(table, classes, metric="miou")
     summary["miou_ci"] = (ci["low"], ci["high"])
-    peak_mb = memory.peak_bytes / 2**20
     metrics = {
         "miou": summary["miou"],
         "fb_iou": summary["fb_iou"],
@@ -420,33 +504,7 @@ def evaluate_cell(
         "episodes": float(len(table)),
         **{f"iou_class_{c}": v for c, v in summary["class_iou"].items()},
     }
-    if todo:
-        metrics["episodes_per_s"] = len(todo) / max(seconds, 1e-9)
-        metrics["encode_s"] = feat.encode_seconds
-        metrics["episode_path_s"] = timings["episode_path"]
-    result = CellResult(
-        spec=spec,
-        key=key,
-        table=table,
-        summary=summary,
-        metrics=metrics,
-        seconds=seconds,
-        episodes_run=len(todo),
-        episodes_resumed=resumed,
-        peak_memory_mb=peak_mb,
-        peak_memory_kind=memory.kind,
-        random_init=bool(method.random_init),
-        weight_hashes=method.weight_hashes(),
-        weight_ids=dict(weights or {}),
-        device=str(device),
-        precision=spec.precision,
-        manifest=manifest,
-        timings=timings,
-        encoder_passes=dict(feat.passes),
-    )
-    if artifacts_dir is not None:
-        result.artifacts = write_artifacts(result, Path(artifacts_dir), method, feat, store, qualitative)
-    return result
+    return summary, metrics
 
 
 def cell_config(result: CellResult) -> dict[str, Any]:
@@ -461,9 +519,9 @@ def cell_config(result: CellResult) -> dict[str, Any]:
         "precision_effective": result.precision,
         "data_root": str(spec.data_root),
         "manifest": str(spec.manifest_path),
-        "manifest_sha256": m.get("sha256"),
-        "classes": m.get("classes"),
-        "class_split": m.get("class_split"),
+        "manifest_sha256": m.sha256 if m is not None else None,
+        "classes": list(m.classes) if m is not None else None,
+        "class_split": m.class_split if m is not None else None,
         "weights": result.weight_ids,  # the ids of the cell key and the fss.weights.* tags
         "weights_loaded": result.weight_hashes,  # the built method's own account of them
         "random_init": result.random_init,
@@ -486,7 +544,7 @@ def write_artifacts(
     table, summary = result.table, result.summary
     table.to_parquet(folder / "episodes.parquet", index=False)
     classes = list(summary["class_iou"])
-    names = class_names(result.manifest["dataset"])
+    names = class_names(result.manifest.dataset)
     per_class = pd.DataFrame(
         {
             "class": classes,
@@ -523,16 +581,16 @@ def _qualitative(
     iou = table["I_fg"] / table["U_fg"].where(table["U_fg"] > 0, 1)
     order = np.argsort(iou.to_numpy(), kind="stable")
     picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
-    episodes = {e.id: e for e in manifest_episodes(manifest)}
+    episodes = {e.id: e for e in manifest.episodes}
     paths = []
     for label, idx in list(picks.items())[:count]:
         ep = episodes[int(table["episode"].iloc[idx])]
         # drawn at the label's size; predicted as the cell scores (kshot), IoU as scored (the table's)
-        data = load_episode(store, manifest["images"], ep, method.image_size)
+        data = load_episode(store, manifest.images, ep, method.image_size)
         logits = predict_scored(method, feat, [data], str(result.spec.settings.get("kshot", "joint")))
         threshold = float(result.spec.settings.get("threshold", 0.5))
         pred = scored_mask(logits[0:1], data.query_target.shape, threshold).numpy()
-        name = class_names(manifest["dataset"])[ep.cls - 1]
+        name = class_names(manifest.dataset)[ep.cls - 1]
         title = (
             f"{result.spec.name} episode {ep.id} ({label}): class {ep.cls} {name}, support 1 of "
             f"{len(ep.supports)} shown, IoU {100 * float(iou.iloc[idx]):.1f}"

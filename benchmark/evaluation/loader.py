@@ -29,7 +29,7 @@ from PIL import Image
 from benchmark.data.classes import IGNORE_LABEL
 from benchmark.data.images import read_label
 from benchmark.data.prepared import PreparedDataset
-from benchmark.episodes.manifests import Episode, Evaluation
+from benchmark.episodes.manifest import Episode, Evaluation
 from benchmark.errors import FssBenchError
 
 LOADER_VERSION = "decode-rgb+resize-bilinear/1"  # bump when decoding or resizing of images changes
@@ -196,7 +196,7 @@ def load_episode(
     evaluation: Evaluation | None = None,
 ) -> EpisodeData:
     """Load one episode. ``images`` is the manifest's id -> [image, label] table; ``size`` is S;
-    ``evaluation`` (the manifest's, :func:`benchmark.episodes.manifests.evaluation_of`) sets ``query_target``."""
+    ``evaluation`` (the manifest's, :attr:`benchmark.episodes.manifest.Manifest.evaluation`) sets ``query_target``."""
 
     def image(image_id: str) -> EpisodeImage:
         rel = images[image_id][0]

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmark.episodes.manifests import load_manifest
+from benchmark.episodes.manifest import load_manifest
 from benchmark.evaluation.cell import CellSpec, cell_key, weight_ids
 from benchmark.workspace import Workspace
 
@@ -33,7 +33,7 @@ class CellPrep:
         """The cell key of ``spec`` and the weight ids it was computed from, without building any
         model (unchanged checkpoints are not hashed again: the workspace's hashes)."""
         weights = weight_ids(spec, self.workspace.hashes)
-        return cell_key(spec, self.manifest(spec.manifest_path)["sha256"], weights), weights
+        return cell_key(spec, self.manifest(spec.manifest_path).sha256, weights), weights
 
     def check_images(self, cells: Iterable[tuple[Path, Path]]) -> None:
         """Decode every image and label that the ``(manifest path, data root)`` pairs of a job's

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.device import resolve_device
+from benchmark.episodes.manifest import Manifest
 from benchmark.evaluation.cell import CellSpec, code_hash
 from benchmark.methods import get_method
 from benchmark.plan import Cell
@@ -63,7 +64,7 @@ class CellRecords:
     """The cell runs of one study in its experiment ``exp`` under the parent run ``parent`` (set by
     :meth:`start_parent`). ``manifest``: path -> the manifest (read once by the caller)."""
 
-    def __init__(self, tracker: Tracker, study: Study, exp: str, manifest: Callable[[Path], dict[str, Any]]):
+    def __init__(self, tracker: Tracker, study: Study, exp: str, manifest: Callable[[Path], Manifest]):
         self.tracker, self.study, self.exp, self.manifest = tracker, study, exp, manifest
         self.parent = ""
 
@@ -111,7 +112,7 @@ class CellRecords:
             "shot": cell.shot,
             "seed": cell.seed,
             "protocol": study.protocol,
-            "episodes": manifest["num_episodes"],
+            "episodes": manifest.num_episodes,
             "split": study.split,
             "device": str(device),
             "precision_effective": spec.precision,
@@ -126,7 +127,7 @@ class CellRecords:
             "fss.fold": str(cell.fold),
             "fss.shot": str(cell.shot),
             "fss.seed": str(cell.seed),
-            "fss.manifest_sha256": manifest["sha256"],
+            "fss.manifest_sha256": manifest.sha256,
             "fss.study": study.name,
             "fss.study_file": study.source,
             "fss.random_init": str(bool(spec.settings.get("random_init"))).lower(),

@@ -46,6 +46,7 @@ from pydantic import PlainValidator, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from benchmark.data.classes import NUM_FOLDS
+from benchmark.episodes import get_protocol
 from benchmark.episodes.manifests import VAL_RULE
 from benchmark.errors import FssBenchError
 from benchmark.file_paths import resolve_paths, search_path_fields, study_path_fields
@@ -218,9 +219,10 @@ def _base_study(value: Any, info: ValidationInfo) -> Study:
         study = parse_study(study, source=where, base_dir=context(info, "base_dir"))
     except FssBenchError as e:
         raise located(str(e)) from None
-    if info.data.get("kind") == "val" and study.protocol == "fssam-exact":
+    kind = info.data.get("kind")
+    if kind is not None and kind not in get_protocol(study.protocol).kinds:
         raise in_file(
-            "kind: val with protocol fssam-exact, which reproduces the authors' test episodes "
+            f"kind: {kind} with protocol {study.protocol}, which reproduces the authors' test episodes "
             "only; search on protocol fssam (study.protocol=fssam) or set kind: test"
         )
     return study

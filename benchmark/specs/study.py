@@ -51,15 +51,9 @@ from pydantic import Field, PlainValidator, ValidationInfo
 
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.device import FEATURE_DTYPE_NAMES, check_device
-from benchmark.episodes.manifests import (
-    EXACT_LISTS,
-    HOLDOUT_FRACTION,
-    PROTOCOLS,
-    SEED_MAX,
-    VAL_SOURCES,
-    check_seed,
-    default_evaluation,
-)
+from benchmark.episodes import get_protocol, protocol_names
+from benchmark.episodes.manifests import HOLDOUT_FRACTION, SEED_MAX, VAL_SOURCES, check_seed
+from benchmark.episodes.protocols.fssam_exact import EXACT_LISTS
 from benchmark.errors import FssBenchError
 from benchmark.file_paths import resolve_paths, study_path_fields
 from benchmark.methods import get_method, method_names
@@ -216,7 +210,7 @@ def _data(value: Any, info: ValidationInfo) -> dict[str, Path]:
 def _seeds(value: Any, info: ValidationInfo) -> list[int]:
     if value is UNSET:
         protocol = info.data.get("protocol")
-        value = [PROTOCOLS[protocol]["seed"]] if protocol in PROTOCOLS else [0]
+        value = [get_protocol(protocol).default_seed] if protocol in protocol_names() else [0]
     try:
         value = bam_seeds(value)
     except FssBenchError as e:
@@ -224,25 +218,39 @@ def _seeds(value: Any, info: ValidationInfo) -> list[int]:
     return int_list(value, 0, SEED_MAX)
 
 
-def _exact_only(value: Any, info: ValidationInfo, default: Any) -> Any:
-    """A setting of protocol fssam-exact only: refused under another protocol, ``default`` if absent."""
+def _protocol_option(value: Any, info: ValidationInfo, default: Any) -> Any:
+    """A setting that only some protocols take (their ``user_options``): refused under another
+    protocol, ``default`` if absent."""
     if value is UNSET:
         return default
-    protocol = info.data.get("protocol")
-    if protocol is not None and protocol != "fssam-exact":
-        raise invalid(f"applies to protocol fssam-exact only (protocol is {protocol})")
+    protocol, key = info.data.get("protocol"), info.field_name
+    if protocol is not None and key not in get_protocol(protocol).user_options:
+        takes = [p for p in protocol_names() if key in get_protocol(p).user_options]
+        raise invalid(f"applies to protocol {' or '.join(takes)} only (protocol is {protocol})")
+    return value
+
+
+def _protocol(value: Any) -> str:
+    """A registered protocol's name (registered when the study is read, so user protocols count)."""
+    names = protocol_names()
+    try:
+        known = value in names
+    except TypeError:  # unhashable: a list or a mapping
+        known = False
+    if not known:
+        raise invalid(f"{value!r} is not one of {names}{did_you_mean(value, names)}")
     return value
 
 
 def _loader_workers(value: Any, info: ValidationInfo) -> int:
-    value = _exact_only(value, info, 32)
+    value = _protocol_option(value, info, 32)
     if not is_number(value, integer=True) or value < 0:
         raise invalid(f"expected an integer >= 0, got {value!r}")
     return value
 
 
 def _lists(value: Any, info: ValidationInfo) -> str:
-    value = _exact_only(value, info, "own")
+    value = _protocol_option(value, info, "own")
     if value not in EXACT_LISTS:
         raise invalid(f"{value!r} is not one of {list(EXACT_LISTS)}")
     others = sorted(set(info.data.get("data") or {}) - {"pascal"})
@@ -272,7 +280,7 @@ def _eval(value: Any, info: ValidationInfo) -> dict[str, Any]:
     protocol = info.data.get("protocol")
     try:
         for ds in (info.data.get("data") or {}) if protocol else ():  # now, not at the first manifest
-            default_evaluation(protocol, ds, ev.get("resolution"), ev.get("size"))
+            get_protocol(protocol).evaluation(ds, ev.get("resolution"), ev.get("size"))
     except FssBenchError as e:
         raise invalid(str(e)) from None
     return ev
@@ -328,7 +336,7 @@ class StudyFile(FileSchema):
     name: Annotated[str, non_empty_text()] = UNSET
     description: Any = ""
     data: Annotated[dict[str, Path], PlainValidator(_data)] = UNSET
-    protocol: Annotated[str, one_of(PROTOCOLS, hint=True, shown=sorted(PROTOCOLS))] = "fssam"
+    protocol: Annotated[str, PlainValidator(_protocol)] = "fssam"
     folds: Annotated[list[int], int_list_field(0, NUM_FOLDS - 1)] = Field(
         default_factory=lambda: [0, 1, 2, 3]
     )

@@ -195,7 +195,7 @@ class TrialObjective:
         settings = search.entry.resolve({**search.spec.variant.settings, **params})
         manifests, weights = {}, {}
         for cell in search.cells:
-            manifests[cell.label] = search.prep.manifest(cell.manifest_path)["sha256"]
+            manifests[cell.label] = search.prep.manifest(cell.manifest_path).sha256
             weights[cell.label] = weight_ids(search.cell_spec(cell, settings), search.workspace.hashes)
         return {
             **standard_tags(search.spec.source),

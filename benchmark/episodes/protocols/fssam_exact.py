@@ -14,6 +14,11 @@ The draw, as ../shared/docs/authors-episodes.md describes the release's ``test.p
   and discarded, then redrawn while the pick equals the query (image and label) or was chosen
   already. The model receives the supports in reverse draw order.
 
+The protocol object (:class:`FssamExact`) draws test episodes only, at the label's size; its options
+are the draw's: ``draw_workers`` (W; a study file's and the command line's ``loader_workers``, default
+32, the authors') and ``lists`` (``own``: the root's PFENet-format lists; ``authors``: the release's
+PASCAL lists, matched to the root by image id).
+
 Only Python's ``random.Random.randint`` (what the release calls) and torch's CPU generator are used,
 so the episodes are a function of (lists, classes, K, N, seed, W).
 """
@@ -28,13 +33,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.data.lists import ImageRecord
+from benchmark.data.prepared import fold_list_dir
+from benchmark.episodes.manifest import Episode
+from benchmark.episodes.registry import DrawInput, Drawn, Protocol
 from benchmark.errors import FssBenchError
 
 Pair = tuple[str, str]
 """(image path, label path) as written in the lists; compared as strings, as the release does."""
 
-AUTHORS_LISTS = Path(__file__).resolve().parents[1] / "published" / "fssam-lists"
+AUTHORS_LISTS = Path(__file__).resolve().parents[2] / "published" / "fssam-lists"
 """The FSSAM release's PASCAL-5i test lists (``pascal/val/``), shipped as package data."""
+EXACT_LISTS = ("own", "authors")
+"""Where ``fssam-exact`` reads its PFENet-format lists: the prepared root's, or the release's (PASCAL)."""
 
 
 @dataclass(frozen=True)
@@ -154,3 +165,73 @@ def authors_draw(
             cls, supports = _item(rng, query, present, lists, shot)
             out.append(DrawnEpisode(len(out), epoch, i, query, cls, supports))
     return out
+
+
+@dataclass(frozen=True)
+class FssamExact(Protocol):
+    """The FSSAM release's test episodes, exactly (module docstring). ``draw_workers``: the
+    DataLoader workers whose random streams the release draws with; ``lists``: :data:`EXACT_LISTS`."""
+
+    name = "fssam-exact"
+    description = "the FSSAM release's own test episodes, exactly (its seeding, loader workers and lists)"
+    default_seed = 321
+    kinds = ("test",)
+    user_options = {"loader_workers": "draw_workers", "lists": "lists"}
+
+    draw_workers: int = 32
+    lists: str = "own"
+
+    def check_options(self) -> None:
+        if self.lists not in EXACT_LISTS:
+            raise FssBenchError(f"--lists must be one of {EXACT_LISTS}, got {self.lists!r}")
+
+    def check_request(self, kind: str, dataset: str) -> None:
+        if kind != "test":
+            raise FssBenchError("protocol fssam-exact reproduces the authors' test episodes: use kind test")
+        self.check_options()
+        if self.lists == "authors" and dataset != "pascal":
+            raise FssBenchError(
+                "--lists authors: the FSSAM release's lists shipped here are PASCAL's; use --lists own"
+            )
+
+    def file_tail(self) -> str:
+        return f"-w{self.draw_workers}-{self.lists}"
+
+    def draw(self, request: DrawInput) -> Drawn:
+        """The release's episodes with the list pairs matched to the root's images by image id (the
+        file name's stem); records the draw's parameters and each episode's (epoch, index)."""
+        r = request
+        if self.lists == "authors":
+            folder = AUTHORS_LISTS / "pascal" / "val"
+        else:
+            folder = r.ds.root / fold_list_dir(r.ds.dataset, r.coco_split) / "val"
+        pl = read_pfenet_lists(folder, r.fold)
+        by_stem = {Path(rec.image).stem: rec for rec in r.records}
+
+        def record(pair: Pair) -> ImageRecord:
+            rec = by_stem.get(Path(pair[0]).stem)
+            if rec is None:
+                raise FssBenchError(
+                    f"{pl.where}: {pair[0]} is not an image of the val split of {r.ds.root} (matched by image id "
+                    f"{Path(pair[0]).stem!r}); --lists authors needs the real VOC2012 val images"
+                )
+            return rec
+
+        for pair in pl.data_list:
+            record(pair)
+        drawn = authors_draw(
+            pl, lambda q: record(q).present(r.classes), r.shot, r.episodes, r.seed, self.draw_workers
+        )
+        eps = [
+            Episode(
+                d.id, record(d.query).id, d.cls, tuple(record(s).id for s in d.supports), d.epoch, d.index
+            )
+            for d in drawn
+        ]
+        params = {
+            "seed": r.seed,
+            "loader_workers": self.draw_workers,
+            "lists": self.lists,
+            "lists_sha256": pl.sha256,
+        }
+        return Drawn(eps, params)

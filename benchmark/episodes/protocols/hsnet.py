@@ -16,6 +16,9 @@ holding at least half of their images is taken for the real one, and then every 
 there); on another root (the synthetic data), lists in HSNet's format built by this rule:
 every (val image, class) pair with at least 2,048 pixels of a fold class, PASCAL pairs sorted by
 image id then class, COCO images per class in the val list's order.
+
+The protocol object (:class:`Hsnet`): defaults 1000 episodes, seed 0; scored resized to 400 px
+(``eval``), 255 ignored on PASCAL only (HSNet's COCO labels have no 255).
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from benchmark.data.lists import MIN_CLASS_PIXELS, ImageRecord
+from benchmark.episodes.manifest import Episode
+from benchmark.episodes.registry import DrawInput, Drawn, Protocol
 from benchmark.errors import FssBenchError
 
-HSNET_SPLITS = Path(__file__).resolve().parents[1] / "published" / "hsnet-splits"
+HSNET_SPLITS = Path(__file__).resolve().parents[2] / "published" / "hsnet-splits"
 """HSNet's ``data/splits`` test lists (PASCAL ``fold<k>.txt``, COCO ``fold<k>.json.gz``), package data."""
 
 
@@ -111,3 +117,51 @@ def hsnet_draw(
             query = str(rs.choice(classwise[cls], 1, replace=False)[0])
         out.append((query, cls, _supports(rs, classwise[cls], query, shot, where)))
     return out
+
+
+@dataclass(frozen=True)
+class Hsnet(Protocol):
+    """HSNet's test loop (module docstring); no options (the lists follow from the root and kind)."""
+
+    name = "hsnet"
+    description = (
+        "HSNet's test episodes (HSNet, DCAMA, VRP-SAM, Matcher, GF-SAM, SANSA, FS-SAM2), resized to 400 px"
+    )
+    default_seed = 0
+    default_resolution = "resized"
+
+    def ignores_255(self, dataset: str) -> bool:
+        return dataset != "coco"
+
+    def draw(self, request: DrawInput) -> Drawn:
+        """HSNet's published test lists on a root that holds at least half of their images (the real
+        dataset: then every one must exist), lists built by the documented rule otherwise (the
+        synthetic data, whose VOC-like ids rarely match), and for ``kind val``, whose base classes
+        HSNet publishes no lists for."""
+        r = request
+        by_stem = {Path(rec.image).stem: rec for rec in r.pool}
+        source = "derived"
+        if r.kind == "test" and r.coco_split == "interleaved":
+            classwise, pairs, sha, path = read_published(r.ds.dataset, r.fold)
+            names = list(dict.fromkeys(i for v in classwise.values() for i in v))
+            missing = [i for i in names if i not in by_stem]
+            if 2 * len(missing) <= len(names):  # the real dataset (half or more there): every image must be
+                if missing:
+                    raise FssBenchError(
+                        f"{path}: image {missing[0]} is not in the val split of {r.ds.root} ({len(missing)} of "
+                        f"{len(names)} missing); prepare the complete dataset"
+                    )
+                if sorted(classwise) != sorted(r.classes):
+                    raise FssBenchError(
+                        f"{path}: classes {sorted(classwise)} are not fold {r.fold}'s {r.classes}"
+                    )
+                source, where = "published", path
+        if source == "derived":
+            classwise, pairs, sha = derived_lists(r.ds.dataset, r.pool, r.classes)
+            where = f"{r.ds.root} (HSNet-format lists built from the val records, fold {r.fold})"
+        drawn = hsnet_draw(r.ds.dataset, classwise, pairs, r.shot, r.episodes, r.seed, where)
+        eps = [
+            Episode(i, by_stem[q].id, c, tuple(by_stem[x].id for x in sup))
+            for i, (q, c, sup) in enumerate(drawn)
+        ]
+        return Drawn(eps, {"seed": r.seed, "lists": source, "lists_sha256": sha})
