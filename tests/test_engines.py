@@ -56,7 +56,9 @@ def test_a_job_survives_its_payload_and_both_engines_give_the_same_numbers(pasca
     job, manifest = first_job(runner)
     assert spec_from_dict(spec_to_dict(job.spec)) == job.spec
     payload = job.to_payload(manifest)
-    assert payload["spec"]["settings"] == dict(job.spec.settings) and payload["manifest"] == manifest
+    assert (
+        payload["spec"]["settings"] == dict(job.spec.settings) and payload["manifest"] == manifest.to_dict()
+    )
     copy = tmp_path / "elsewhere.json"
     again = CellJob.from_payload(payload, copy)
     assert again == dataclasses.replace(job, spec=dataclasses.replace(job.spec, manifest_path=copy))

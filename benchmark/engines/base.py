@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from benchmark.episodes.manifest import Manifest
 from benchmark.evaluation.cell import CellSpec
 from benchmark.workspace import Workspace
 
@@ -59,11 +60,11 @@ class CellJob:
     artifacts: bool = True
     qualitative: int = 3
 
-    def to_payload(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    def to_payload(self, manifest: Manifest) -> dict[str, Any]:
         """The job as plain, picklable data, with its ``manifest`` (no file of the driver needed)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         weights = None if self.weights is None else dict(self.weights)
-        return out | {"spec": spec_to_dict(self.spec), "weights": weights, "manifest": dict(manifest)}
+        return out | {"spec": spec_to_dict(self.spec), "weights": weights, "manifest": manifest.to_dict()}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], manifest_path: Path) -> CellJob:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from benchmark.engines.base import CellDone, CellHooks, CellJob
 from benchmark.engines.worker import CellWorker
-from benchmark.episodes.manifest import load_manifest
+from benchmark.episodes.manifest import Manifest, load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_bytes_atomic
 from benchmark.workspace import Workspace
@@ -248,7 +248,7 @@ class RayEngine:
             "deterministic": bool(torch.are_deterministic_algorithms_enabled()),  # --deterministic
         }
 
-    def payload(self, job: CellJob, manifest: dict[str, Any]) -> dict[str, Any]:
+    def payload(self, job: CellJob, manifest: Manifest) -> dict[str, Any]:
         """What goes to a worker for ``job`` (its first attempt only starts ``fresh``)."""
         if job.fresh and self.attempts[job.key] > 1:
             job = dataclasses.replace(job, fresh=False)
@@ -273,7 +273,7 @@ class _Scheduler:
 
         self.engine, self.workspace = engine, workspace
         self.jobs = {j.key: j for j in jobs}
-        self.manifests: dict[Path, dict[str, Any]] = {}
+        self.manifests: dict[Path, Manifest] = {}
         self.opts, fit = engine.placement or engine.actor_options()
         self.n_workers = min(engine.workers or fit, len(self.jobs))
         self.remote = ray.remote(CellWorker).options(**self.opts)
@@ -386,7 +386,7 @@ class _Scheduler:
             self.inflight[ref], w.busy = (key, w), key
             self.show(w, job.name + (f" (attempt {attempts[key]})" if attempts[key] > 1 else ""))
 
-    def manifest(self, job: CellJob) -> dict[str, Any]:
+    def manifest(self, job: CellJob) -> Manifest:
         path = job.spec.manifest_path
         if path not in self.manifests:
             self.manifests[path] = load_manifest(path)

@@ -24,7 +24,7 @@ import torch
 from benchmark.device import resolve_device
 from benchmark.engines.base import CellJob
 from benchmark.engines.local import answer_of, describe_failure, evaluate_job
-from benchmark.episodes.manifest import save_manifest
+from benchmark.episodes.manifest import Manifest, save_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import cell_key
 from benchmark.workspace import Workspace
@@ -74,7 +74,7 @@ class CellWorker:
         """The payload's job, its manifest saved in this node's work folder; refused when the data
         root is not on this node, or when this worker computes another cell key than the driver
         (checked when the driver sent its weight ids)."""
-        manifest = payload["manifest"]
+        manifest = Manifest.from_dict(payload["manifest"])
         path = self.workspace.manifest_copy(manifest.sha256)
         if not path.is_file():
             save_manifest(manifest, path)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from benchmark.episodes.manifest import load_manifest
+from benchmark.episodes.manifest import Manifest, load_manifest
 from benchmark.evaluation.cell import CellSpec, cell_key, weight_ids
 from benchmark.workspace import Workspace
 
@@ -21,9 +20,9 @@ class CellPrep:
 
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
-        self._manifests: dict[Path, dict[str, Any]] = {}
+        self._manifests: dict[Path, Manifest] = {}
 
-    def manifest(self, path: Path) -> dict[str, Any]:
+    def manifest(self, path: Path) -> Manifest:
         """The manifest at ``path``, read once."""
         if path not in self._manifests:
             self._manifests[path] = load_manifest(path)

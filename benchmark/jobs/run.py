@@ -29,6 +29,7 @@ import pandas as pd
 
 from benchmark.engines.base import CellJob, Engine
 from benchmark.engines.local import LocalEngine
+from benchmark.episodes.manifest import Manifest
 from benchmark.interrupts import sigterm_as_interrupt
 from benchmark.io_utils import say
 from benchmark.jobs.cells import CellPrep
@@ -108,7 +109,7 @@ class RunJob:
         i, n = self.shard
         return [c for k, c in enumerate(study_cells(self.study, manifests, self.compile)) if k % n == i]
 
-    def manifest(self, path: Path) -> dict[str, Any]:
+    def manifest(self, path: Path) -> Manifest:
         """A manifest of this study, read (and its hash verified) once per invocation."""
         return self.prep.manifest(path)
 
