@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmark.demo import prepare_demo_data, run_demo
+from benchmark.jobs.demo import prepare_demo_data, run_demo
 
 
 @pytest.mark.slow

@@ -22,10 +22,10 @@ from benchmark.data.lists import ImageRecord, heldout_images
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes.manifests import ValPoolWarning, build_manifest, load_manifest
 from benchmark.errors import FssBenchError
+from benchmark.jobs.train.data import train_set
 from benchmark.plan import study_manifests
 from benchmark.search_file import parse_search
 from benchmark.study import parse_study
-from benchmark.train_data import train_set
 from benchmark.train_file import parse_train
 from tests.helpers import TINY_128
 
@@ -258,7 +258,7 @@ def train_dict(root: Path, **val) -> dict:
 
 
 def test_training_file_val_source(pascal_root, tmp_path, monkeypatch):
-    from benchmark import trainer as trainer_module
+    from benchmark.jobs.train import job as job_module
 
     spec = parse_train(train_dict(pascal_root, source="train-holdout", holdout_fraction=0.5), "t.yaml")
     assert spec.val["source"] == "train-holdout" and spec.val["holdout_fraction"] == 0.5
@@ -284,8 +284,8 @@ def test_training_file_val_source(pascal_root, tmp_path, monkeypatch):
         with pytest.raises(FssBenchError, match=message):
             parse_train(train_dict(pascal_root, **val), "t.yaml")
     # the trainer validates on the held-out slice and trains on the rest
-    trainer = trainer_module.Trainer(spec, tmp_path / "out", device="cpu", progress=False, log=lambda _: None)
-    m = load_manifest(trainer._val_manifest())
+    trainer = job_module.Trainer(spec, tmp_path / "out", device="cpu", progress=False, log=lambda _: None)
+    m = load_manifest(trainer.val_manifest())
     assert m["source"]["split"] == "train" and m["source"]["holdout"]["fraction"] == 0.5
     seen = {}
 
@@ -296,7 +296,7 @@ def test_training_file_val_source(pascal_root, tmp_path, monkeypatch):
         seen["holdout_fraction"] = holdout_fraction
         raise Stop
 
-    monkeypatch.setattr(trainer_module, "train_set", spy)
+    monkeypatch.setattr(job_module, "train_set", spy)
     with pytest.raises(Stop):
         trainer.run()
     assert seen == {"holdout_fraction": 0.5}

@@ -197,10 +197,15 @@ def report_inputs(tracker: Any, experiment: str, reference_csv: str) -> str:
     h.update(json.dumps(sorted(runs, key=str)).encode())
     h.update(reference_csv.encode())
     h.update(git_commit().encode())
-    here = Path(__file__).resolve()
-    for path in sorted([here, *(here.parents[1] / "reports").glob("*.py")]):
+    for path in report_sources():
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def report_sources() -> list[Path]:
+    """The code that draws the demo's report: this module and the ``reports`` package's modules."""
+    here = Path(__file__).resolve()
+    return sorted([here, *(here.parents[2] / "reports").glob("*.py")])
 
 
 def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, progress: bool = True) -> Path:
