@@ -228,6 +228,14 @@ class Trainer:
             self.rank,
             self.log,
         )
+        start = progress.done
+        end = self._train(loop, self._loader(ts, schedule, start, workers), progress, records, schedule)
+        return self._outcome(end, start, progress, schedule, counts, time.perf_counter() - t0)
+
+    def _loader(self, ts: TrainSet, schedule: Schedule, start: int, workers: int) -> Any:
+        """This process's CPU batches from iteration ``start`` to ``schedule.stop_at``, built by
+        ``workers`` loader processes."""
+        spec = self.spec
         batches = TrainBatches(
             ImageStore(PreparedDataset(spec.data_root)),
             ts,
@@ -239,12 +247,7 @@ class Trainer:
             self.world,
             self.rank,
         )
-        loader = train_loader(
-            batches, progress.done, schedule.stop_at, workers, pin_memory=self.device.type == "cuda"
-        )
-        start = progress.done
-        end = self._train(loop, loader, progress, records, schedule)
-        return self._outcome(end, start, progress, schedule, counts, time.perf_counter() - t0)
+        return train_loader(batches, start, schedule.stop_at, workers, pin_memory=self.device.type == "cuda")
 
     def _train(
         self,
