@@ -9,7 +9,7 @@ import torch
 def collectives_worker(rank: int, port: int, init_file: str, out: str) -> None:
     import os
 
-    from benchmark.trainer import Collectives, init_distributed
+    from benchmark.jobs.train.distributed import Collectives, init_distributed
 
     # NCCL's restriction, on CPUs: gloo registered for CUDA tensors only refuses a CPU tensor, as
     # NCCL does (the trainer's validation broadcast used to send torch.zeros(1) on the CPU)

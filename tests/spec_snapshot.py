@@ -116,7 +116,7 @@ def train_form(spec: Any) -> dict[str, Any]:
 
 def snapshot(pascal: Path, coco: Path) -> dict[str, Any]:
     """The resolved form of every shipped file (loaded with ``study_overrides``) and of the demo's."""
-    from benchmark.demo import demo_search, demo_study
+    from benchmark.jobs.demo import demo_search, demo_study
     from benchmark.specs.search import load_search, parse_search
     from benchmark.specs.study import load_study, parse_study
     from benchmark.specs.train import load_train

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmark.demo import prepare_demo_data, run_demo
+from benchmark.jobs.demo import prepare_demo_data, run_demo
 
 
 @pytest.mark.slow
@@ -59,3 +59,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     (out / "report" / ".inputs.sha256").unlink()
     run_demo(out, episodes=2, progress=False)
     assert "building the report" in capsys.readouterr().out and html.stat().st_mtime_ns > before[0]
+
+
+def test_the_demo_report_is_rebuilt_when_the_code_that_draws_it_changes():
+    """The report's input hash covers this module and every module of the ``reports`` package."""
+    import benchmark.jobs.demo as demo
+    from tests.helpers import ROOT
+
+    sources = demo.report_sources()
+    assert ROOT / "benchmark" / "jobs" / "demo.py" in sources
+    assert {ROOT / "reports" / "build.py", ROOT / "reports" / "tables.py"} <= set(sources)

@@ -258,7 +258,7 @@ def test_two_optuna_workers_on_ray_share_one_postgresql_study(
 def test_the_engine_profile_measures_each_worker_count_with_the_same_numbers(
     ray_cluster, pascal_root, tmp_path
 ):
-    from benchmark.engine_profile import parse_worker_counts, profile_engine
+    from benchmark.jobs.profile.engine import parse_worker_counts, profile_engine
 
     assert parse_worker_counts("1, 2") == [1, 2]
     for bad in ("0,1", "1,1", "two"):

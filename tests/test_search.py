@@ -360,8 +360,8 @@ def test_the_shipped_search_files_are_valid(pascal_root, coco_root):
 
 
 def test_the_shipped_demo_search_is_the_one_the_demo_runs():
-    from benchmark.demo import demo_search, demo_study
     from benchmark.file_paths import resolve_paths, study_path_fields
+    from benchmark.jobs.demo import demo_search, demo_study
 
     root = Path(__file__).resolve().parents[1]
     searches = root / "ablations" / "searches"

@@ -77,8 +77,8 @@ def test_study_file_runs(path, pascal_root, coco_root, tmp_path):
 def test_the_shipped_demo_study_is_the_one_the_demo_runs(tmp_path):
     import yaml
 
-    from benchmark.demo import demo_study
     from benchmark.file_paths import resolve_paths, study_path_fields
+    from benchmark.jobs.demo import demo_study
 
     root = Path(__file__).resolve().parents[1]
     shipped = yaml.safe_load((root / "ablations" / "demo.yaml").read_text())

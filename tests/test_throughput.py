@@ -332,7 +332,7 @@ def test_study_cache_block_is_validated(pascal_root, tmp_path):
 
 @pytest.mark.slow
 def test_profile_counts_encoder_passes_and_splits_the_time(pascal_root, tmp_path, capsys):
-    from benchmark.profile import PASCAL_GRID, print_profile, profile_study
+    from benchmark.jobs.profile.study import PASCAL_GRID, print_profile, profile_study
 
     study = tiny_study(pascal_root, "episodes=2", "batch_size=2")
     r = profile_study(study, tmp_path, progress=False, dtype_episodes=2)
@@ -362,7 +362,7 @@ def test_profile_counts_encoder_passes_and_splits_the_time(pascal_root, tmp_path
 
 
 def test_the_grid_is_projected_from_the_cells_measured_stages_not_the_studys_wall_time():
-    from benchmark.profile import PASCAL_GRID, project_grid
+    from benchmark.jobs.profile.study import PASCAL_GRID, project_grid
 
     def run(seconds: float, cells: list[dict]) -> dict:
         return {"seconds": seconds, "cells": pd.DataFrame(cells)}

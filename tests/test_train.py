@@ -15,14 +15,14 @@ from benchmark.data.classes import base_classes
 from benchmark.data.prepared import PreparedDataset
 from benchmark.errors import FssBenchError
 from benchmark.jobs.run import StudyRunner
+from benchmark.jobs.train.data import batch_positions, draw_episode, train_set
+from benchmark.jobs.train.job import Trainer
 from benchmark.methods import build_method, get_method
 from benchmark.specs.study import parse_study
 from benchmark.specs.train import parse_train
-from benchmark.train_data import batch_positions, draw_episode, train_set
-from benchmark.trainer import Trainer
 from fssam.errors import FSSAMError
 from fssam.finetune import apply_finetuned, read_finetuned, save_finetuned
-from tests.helpers import TINY_128
+from tests.helpers import ROOT, TINY_128
 
 
 def train_dict(root, **extra) -> dict:
@@ -268,8 +268,8 @@ def test_the_shipped_training_files_are_valid(pascal_root, coco_root):
 
 
 def test_export_to_the_authors_layout_round_trips_losslessly(pascal_root, tmp_path):
+    from benchmark.jobs.train.export import export_checkpoint
     from benchmark.methods.fssam import fssam_config
-    from benchmark.trainer import export_checkpoint
     from fssam.model import FSSAM
 
     spec = parse_train(train_dict(pascal_root, model={**TINY_128, "dinov2_input_size": 518}), "t.yaml")
@@ -344,7 +344,7 @@ def test_a_base_checkpoint_of_another_size_fails_before_anything_is_written(pasc
 
 
 def test_naive_sam2_trains_with_the_same_file_and_exports_to_meta_s_layout(pascal_root, tmp_path):
-    from benchmark.trainer import export_checkpoint
+    from benchmark.jobs.train.export import export_checkpoint
     from fssam.sam2_adapter import build_sam2_model
 
     raw = train_dict(
@@ -400,7 +400,7 @@ def test_poly_lr_counts_iterations_from_one_as_the_release_does():
 
 
 def test_the_authors_validation_cadence():
-    from benchmark.trainer import validation_due
+    from benchmark.jobs.train.validation import validation_due
 
     def due(per_epoch, epochs, every, upto):
         return [d for d in range(1, upto + 1) if validation_due(d, per_epoch, epochs, every)]
@@ -420,11 +420,11 @@ def test_the_authors_validation_cadence():
 def four_image_epochs(monkeypatch):
     """The fold's train list cut to its first 4 queries (supports still drawn from the whole list):
     with batch 1, an epoch is 4 iterations."""
-    import benchmark.trainer as trainer_module
+    import benchmark.jobs.train.job as job_module
     from benchmark.data.lists import FoldPool
-    from benchmark.train_data import TrainSet
+    from benchmark.jobs.train.data import TrainSet
 
-    real = trainer_module.train_set
+    real = job_module.train_set
 
     def first_four(root, fold, shot, split="interleaved", holdout_fraction=None):
         ts = real(root, fold, shot, split, holdout_fraction)
@@ -432,18 +432,20 @@ def four_image_epochs(monkeypatch):
         cut.__dict__["by_id"] = ts.by_id  # every image of the list, the supports' too
         return cut
 
-    monkeypatch.setattr(trainer_module, "train_set", first_four)
+    monkeypatch.setattr(job_module, "train_set", first_four)
 
 
 def scripted_validation(monkeypatch, values: list[float]) -> None:
     """Validation returns ``values`` in turn (the cadence and the patience are under test, not the model)."""
     import types
 
-    import benchmark.trainer as trainer_module
+    import benchmark.jobs.train.validation as validation_module
 
     left = list(values)
     monkeypatch.setattr(
-        trainer_module, "evaluate_cell", lambda *a, **k: types.SimpleNamespace(summary={"miou": left.pop(0)})
+        validation_module,
+        "evaluate_cell",
+        lambda *a, **k: types.SimpleNamespace(summary={"miou": left.pop(0)}),
     )
 
 
@@ -482,7 +484,7 @@ def test_mid_epoch_validation_and_patience_in_epochs_as_the_release(
 
 def test_the_loader_gives_the_same_batches_with_0_and_2_workers(pascal_root):
     from benchmark.evaluation.loader import ImageStore
-    from benchmark.train_data import TrainBatches, collate, load_train_episode, train_loader
+    from benchmark.jobs.train.data import TrainBatches, collate, load_train_episode, train_loader
     from fssam.augment import AugmentConfig
 
     ts = train_set(PreparedDataset(pascal_root), 0, 2)
@@ -519,7 +521,7 @@ def test_the_loader_gives_the_same_batches_with_0_and_2_workers(pascal_root):
 
 
 def test_collectives_place_every_tensor_on_the_model_device(monkeypatch):
-    from benchmark.trainer import Collectives
+    from benchmark.jobs.train.distributed import Collectives
 
     seen = []
     monkeypatch.setattr(torch.distributed, "broadcast", lambda t, src: seen.append(("broadcast", t.device)))
@@ -532,37 +534,37 @@ def test_collectives_place_every_tensor_on_the_model_device(monkeypatch):
 
 
 def test_the_trainer_runs_collectives_only_through_collectives():
-    """Outside ``init_distributed`` and ``Collectives``, no ``torch.distributed`` collective is called
-    (one that made its own tensor could put it on the CPU, which NCCL refuses)."""
+    """Outside ``init_distributed`` and ``Collectives``, no module of the training package calls a
+    ``torch.distributed`` collective (one that made its own tensor could put it on the CPU, which
+    NCCL refuses)."""
     import ast
-    import inspect
-
-    import benchmark.trainer as trainer_module
 
     collectives = {"broadcast", "all_reduce", "all_gather", "all_gather_object", "broadcast_object_list"}
     collectives |= {"reduce", "gather", "scatter", "barrier", "reduce_scatter", "all_to_all"}
-    tree = ast.parse(inspect.getsource(trainer_module))
+    modules = sorted((ROOT / "benchmark" / "jobs" / "train").glob("*.py"))
+    assert {p.name for p in modules} >= {"distributed.py", "job.py", "loop.py", "validation.py", "state.py"}
     found = []
-    for top in tree.body:
-        if isinstance(top, (ast.FunctionDef, ast.ClassDef)) and top.name in (
-            "init_distributed",
-            "Collectives",
-        ):
-            continue
-        for node in ast.walk(top):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
-                found.append(f"from {node.module} import")
-            if isinstance(node, ast.Import) and any(
-                a.name.startswith("torch.distributed") for a in node.names
+    for path in modules:
+        for top in ast.parse(path.read_text()).body:
+            if isinstance(top, (ast.FunctionDef, ast.ClassDef)) and top.name in (
+                "init_distributed",
+                "Collectives",
             ):
-                found.append("import torch.distributed")  # an alias would hide its calls below
-            if (
-                isinstance(node, ast.Attribute)
-                and node.attr in collectives
-                and isinstance(node.value, ast.Attribute)
-                and node.value.attr == "distributed"
-            ):
-                found.append(f"torch.distributed.{node.attr}")
+                continue
+            for node in ast.walk(top):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
+                    found.append(f"{path.name}: from {node.module} import")
+                if isinstance(node, ast.Import) and any(
+                    a.name.startswith("torch.distributed") for a in node.names
+                ):
+                    found.append(f"{path.name}: import torch.distributed")  # an alias would hide its calls
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr in collectives
+                    and isinstance(node.value, ast.Attribute)
+                    and node.value.attr == "distributed"
+                ):
+                    found.append(f"{path.name}: torch.distributed.{node.attr}")
     assert found == []
 
 
@@ -644,7 +646,7 @@ def test_k_shot_training_trains_the_k_shot_path_its_checkpoint_is_scored_with(
 def test_loader_workers_are_capped_at_the_cpus_the_process_may_use(monkeypatch):
     import os
 
-    from benchmark.trainer import loader_workers
+    from benchmark.jobs.train.data import loader_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert [loader_workers(n) for n in (0, 1, 2, 4)] == [0, 1, 2, 2]

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from benchmark.data.prepared import PreparedDataset
 from benchmark.evaluation.loader import ImageStore
+from benchmark.jobs.train.data import collate, draw_episode, load_train_episode, train_set
 from benchmark.methods import build_method, get_method
-from benchmark.train_data import collate, draw_episode, load_train_episode, train_set
 from fssam.augment import AugmentConfig
 from fssam.finetune import read_finetuned
 from fssam.train import dice_loss
@@ -196,8 +196,8 @@ def test_sigkill_mid_training_then_resume_is_bitwise_equal_to_an_uninterrupted_r
 
 
 def test_a_few_dozen_steps_bring_the_training_loss_down(pascal_root, tmp_path):
+    from benchmark.jobs.train.job import Trainer
     from benchmark.specs.train import parse_train
-    from benchmark.trainer import Trainer
 
     raw = yaml.safe_load(write_train(tmp_path, pascal_root, max_iters=36, checkpoint_every=36).read_text())
     raw["val"] = {"episodes": 3, "every": 36, "patience": 5}

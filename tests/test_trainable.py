@@ -1,5 +1,6 @@
 """The Trainable capability: the training file and the trainer ask the method registry, so a new
-trainable method is one registration (no change to ``specs/train.py`` or ``trainer.py``)."""
+trainable method is one registration (no change to ``specs/train.py`` or
+``benchmark/jobs/train/``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from torch import nn
 
 import benchmark.methods.registry as registry
 from benchmark.errors import FssBenchError
+from benchmark.jobs.train.export import export_checkpoint
+from benchmark.jobs.train.job import Trainer
 from benchmark.methods import (
     MethodEntry,
     Trainable,
@@ -25,7 +28,6 @@ from benchmark.methods import (
 )
 from benchmark.methods.reference import RGBEncoder
 from benchmark.specs.train import parse_train
-from benchmark.trainer import Trainer, export_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,7 +176,14 @@ def test_a_registered_method_trains_and_exports_through_its_capability(pascal_ro
     assert torch.equal(exported["frozen.weight"], built.frozen.weight)
 
 
-@pytest.mark.parametrize("module", ["benchmark/trainer.py", "benchmark/specs/train.py"])
+TRAINING_CODE = [
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmark" / "jobs" / "train").glob("*.py")),
+    "benchmark/records/training.py",
+    "benchmark/specs/train.py",
+]
+
+
+@pytest.mark.parametrize("module", TRAINING_CODE)
 def test_training_code_compares_no_method_name(module):
     """No ``== "fssam"`` / ``== "naive_sam2"`` (or ``in (...)``) against a registered method's name."""
     names = set(method_names())

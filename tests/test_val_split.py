@@ -24,11 +24,11 @@ from benchmark.episodes import get_protocol
 from benchmark.episodes.manifest import Holdout, Manifest, load_manifest
 from benchmark.episodes.manifests import ManifestRequest, ValPoolWarning, build_manifest
 from benchmark.errors import FssBenchError
+from benchmark.jobs.train.data import train_set
 from benchmark.plan import study_manifests
 from benchmark.specs.search import parse_search
 from benchmark.specs.study import parse_study
 from benchmark.specs.train import parse_train
-from benchmark.train_data import train_set
 from tests.helpers import TINY_128
 
 MIN_PX = 2 * 32 * 32  # a class counts in an image with at least this many pixels (PFENet)
@@ -279,7 +279,7 @@ def train_dict(root: Path, **val) -> dict:
 
 
 def test_training_file_val_source(pascal_root, tmp_path, monkeypatch):
-    from benchmark import trainer as trainer_module
+    from benchmark.jobs.train import job as job_module
 
     spec = parse_train(train_dict(pascal_root, source="train-holdout", holdout_fraction=0.5), "t.yaml")
     assert spec.val["source"] == "train-holdout" and spec.val["holdout_fraction"] == 0.5
@@ -305,8 +305,8 @@ def test_training_file_val_source(pascal_root, tmp_path, monkeypatch):
         with pytest.raises(FssBenchError, match=message):
             parse_train(train_dict(pascal_root, **val), "t.yaml")
     # the trainer validates on the held-out slice and trains on the rest
-    trainer = trainer_module.Trainer(spec, tmp_path / "out", device="cpu", progress=False, log=lambda _: None)
-    m = load_manifest(trainer._val_manifest())
+    trainer = job_module.Trainer(spec, tmp_path / "out", device="cpu", progress=False, log=lambda _: None)
+    m = load_manifest(trainer.val_manifest())
     assert m.source.split == "train" and m.source.holdout.fraction == 0.5
     seen = {}
 
@@ -317,7 +317,7 @@ def test_training_file_val_source(pascal_root, tmp_path, monkeypatch):
         seen["holdout_fraction"] = holdout_fraction
         raise Stop
 
-    monkeypatch.setattr(trainer_module, "train_set", spy)
+    monkeypatch.setattr(job_module, "train_set", spy)
     with pytest.raises(Stop):
         trainer.run()
     assert seen == {"holdout_fraction": 0.5}

@@ -9,7 +9,7 @@ from benchmark.cli.common import add_command, add_device, positive_int
 
 def run(args: argparse.Namespace) -> int:
     """``bench-model``: time one episode of models with random weights; print the table."""
-    from benchmark.model_bench import bench_model, print_bench
+    from benchmark.jobs.profile.model import bench_model, print_bench
 
     print_bench(
         bench_model(

@@ -10,7 +10,7 @@ from benchmark.cli.common import add_command, positive_int
 
 def run(args: argparse.Namespace) -> int:
     """``demo``: the whole pipeline on generated data in --out."""
-    from benchmark.demo import run_demo
+    from benchmark.jobs.demo import run_demo
 
     run_demo(Path(args.out), episodes=args.episodes, tracking_uri=args.tracking_uri, progress=not args.quiet)
     return 0

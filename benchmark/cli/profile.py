@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     study = load_study_for(args)
     work = Path(args.work_dir) if args.work_dir else None
     if args.engine == "ray":
-        from benchmark.engine_profile import parse_worker_counts, print_engine_profile, profile_engine
+        from benchmark.jobs.profile.engine import parse_worker_counts, print_engine_profile, profile_engine
 
         counts = parse_worker_counts(args.workers or "1,2")
         table = profile_engine(
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.workers or args.ray_address:
         raise FssBenchError("--workers and --ray-address apply to --engine ray only")
-    from benchmark.profile import print_profile, profile_study
+    from benchmark.jobs.profile.study import print_profile, profile_study
 
     r = profile_study(
         study, work, progress=not args.quiet, dtype_episodes=args.dtype_episodes, compile=args.compile

@@ -19,7 +19,7 @@ def run_train(args: argparse.Namespace) -> int:
         from benchmark.device import check_device
 
         check_device(args.device, "--device")
-    from benchmark.trainer import Trainer, print_outcome
+    from benchmark.jobs.train.job import Trainer, print_outcome
 
     out = (
         Path(args.out)
@@ -55,8 +55,8 @@ def run_export(args: argparse.Namespace) -> int:
     from benchmark.specs.train import load_train
 
     spec = load_train(Path(args.train), args.overrides)
+    from benchmark.jobs.train.export import export_checkpoint
     from benchmark.methods import get_trainable
-    from benchmark.trainer import export_checkpoint
 
     out = export_checkpoint(spec, Path(args.checkpoint), Path(args.out))
     print(f"wrote {out} in {get_trainable(spec.method).layout}")

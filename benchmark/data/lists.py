@@ -126,7 +126,7 @@ def heldout_images(records: Iterable[ImageRecord], fraction: float) -> frozenset
 
     A pure function of the ids and the fraction: independent of list order, fold and seed, and a
     larger fraction holds out a superset. Validation episodes (``--val-source train-holdout``) draw
-    from these images; the training sampler (:func:`benchmark.train_data.train_set`) skips them.
+    from these images; the training sampler (:func:`benchmark.jobs.train.data.train_set`) skips them.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise FssBenchError(f"holdout fraction: expected a number in (0, 1), got {fraction!r}")

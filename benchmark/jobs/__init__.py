@@ -7,5 +7,8 @@ workspace (:mod:`benchmark.workspace`), an engine (:mod:`benchmark.engines`) and
 * :mod:`~benchmark.jobs.search`: ``fssbench search``, an Optuna search whose trials run their
   cells through the local engine (``--engine ray``: N such searches on Ray actors);
 * :mod:`~benchmark.jobs.cells`: what both do before a cell runs (manifests read once, cell keys,
-  the image check, the weights' preflight).
+  the image check, the weights' preflight);
+* :mod:`~benchmark.jobs.train`: ``fssbench train`` (and ``export``);
+* :mod:`~benchmark.jobs.profile`: ``fssbench profile`` and ``bench-model``;
+* :mod:`~benchmark.jobs.demo`: ``fssbench demo``.
 """

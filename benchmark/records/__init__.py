@@ -1,2 +1,4 @@
-"""Records: the code that writes MLflow for cells (:mod:`benchmark.records.cells`) on top of the
-tracking store (:mod:`benchmark.records.tracking`). Engines produce outcomes; records write them."""
+"""Records: the only code that writes MLflow: cells (:mod:`benchmark.records.cells`), searches and
+trials (:mod:`benchmark.records.search`) and trainings (:mod:`benchmark.records.training`), on top of
+the tracking store (:mod:`benchmark.records.tracking`). Engines and jobs produce outcomes; records
+write them."""

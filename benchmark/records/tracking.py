@@ -1,5 +1,6 @@
 """MLflow at the edge: the tracking store, one experiment per study, a parent run per invocation and
-a child run per cell. Besides :mod:`benchmark.records`, only the trainer's curve logging imports mlflow.
+a child run per cell. Only :mod:`benchmark.records` imports mlflow (for the jobs, the engines and the
+CLI, an import-linter contract checks it; the training's run is :mod:`benchmark.records.training`).
 
 Default store: SQLite ``mlflow.db`` in the working directory (created once, before any work),
 overridden by ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` (e.g. a shared MLflow server). A finished

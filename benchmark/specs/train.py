@@ -29,7 +29,7 @@ A training file is YAML (see ``ablations/train/``)::
       holdout_fraction: 0.1             # train-holdout only: the share of the train split held out
 
 ``val.every: authors`` is the release's cadence (every epoch's end, plus mid-epoch in every epoch
-when ``epochs <= 100`` and after epoch index 100 otherwise; :func:`benchmark.trainer.validation_due`);
+when ``epochs <= 100`` and after epoch index 100 otherwise; :func:`benchmark.jobs.train.validation.validation_due`);
 ``workers`` and ``dist_timeout_s`` do not change the trained weights and are left out of the
 training's identity (a run may resume with other values), as are ``max_iters`` and
 ``checkpoint_every``.

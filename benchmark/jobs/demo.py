@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,21 +198,39 @@ def report_inputs(tracker: Any, experiment: str, reference_csv: str) -> str:
     h.update(json.dumps(sorted(runs, key=str)).encode())
     h.update(reference_csv.encode())
     h.update(git_commit().encode())
-    here = Path(__file__).resolve()
-    for path in sorted([here, *(here.parents[1] / "reports").glob("*.py")]):
+    for path in report_sources():
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def report_sources() -> list[Path]:
+    """The code that draws the demo's report: this module and the ``reports`` package's modules."""
+    here = Path(__file__).resolve()
+    return sorted([here, *(here.parents[2] / "reports").glob("*.py")])
+
+
+@dataclass
+class DemoRuns:
+    """What the demo ran: the study (its runner and summary table), the search (its runner and
+    result) and the reference predictors' scores on the study's test manifests."""
+
+    study: Any
+    runner: Any
+    summary: pd.DataFrame
+    manifests: list[Path]
+    reference: pd.DataFrame
+    search: Any
+    searcher: Any
+    found: Any
+
+    def search_line(self) -> str:
+        states = pd.Series([t["state"] for t in self.found.trials]).value_counts().to_dict()
+        return _search_line(self.found, self.search, states)
 
 
 def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, progress: bool = True) -> Path:
     """Run the demo in ``out`` and return the path of the report it wrote."""
     import os
-
-    from benchmark.jobs.run import StudyRunner, summary_table
-    from benchmark.jobs.search import SearchRunner
-    from benchmark.plan import study_manifests
-    from benchmark.specs.search import parse_search
-    from benchmark.specs.study import parse_study
 
     t_start = time.perf_counter()
     out = Path(out).absolute()
@@ -219,8 +238,30 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     root = prepare_demo_data(out, progress)
     raw_study = demo_study(root, episodes)
     write_text_atomic(out / "demo-study.yaml", yaml.safe_dump(raw_study, sort_keys=False))
-    study = parse_study(raw_study, source=str(out / "demo-study.yaml"))
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
+    runs = _run_study_and_search(out, root, raw_study, episodes, uri, progress)
+    built, html, md = _build_report(runs, out / "report")
+    elapsed = time.perf_counter() - t_start  # one figure, in the console and in the report
+    report = _write_summary(runs, out / "report" / "demo-report.md", uri, html, md, elapsed)
+    _print_summary(runs)
+    _step(f"summary written to {report}")
+    _step(built)
+    _step(f"done in {elapsed:.0f} s")
+    _print_next_steps(uri)
+    return report
+
+
+def _run_study_and_search(
+    out: Path, root: Path, raw_study: dict, episodes: int, uri: str, progress: bool
+) -> DemoRuns:
+    """The demo study, the reference predictors on its test manifests, then the demo search."""
+    from benchmark.jobs.run import StudyRunner, summary_table
+    from benchmark.jobs.search import SearchRunner
+    from benchmark.plan import study_manifests
+    from benchmark.specs.search import parse_search
+    from benchmark.specs.study import parse_study
+
+    study = parse_study(raw_study, source=str(out / "demo-study.yaml"))
     _step(
         f"running the demo study: {len(study.variants)} variants x 2 shots, {episodes} episodes each, "
         f"tiny RANDOM-INIT models at 256 px; tracking: {uri}"
@@ -245,31 +286,41 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
     )
     searcher = SearchRunner(search, tracking_uri=uri, work_dir=out / "runs", progress=progress, log=_step)
     found = searcher.run()
-    states = pd.Series([t["state"] for t in found.trials]).value_counts().to_dict()
+    return DemoRuns(study, runner, summary, manifests, reference, search, searcher, found)
 
-    report_dir = out / "report"
-    manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p).sha256}`" for p in manifests)
-    md_models = summary.to_markdown(index=False, floatfmt=".1f")
-    md_ref = reference.to_markdown(index=False, floatfmt=".1f")
+
+def _build_report(runs: DemoRuns, report_dir: Path) -> tuple[str, Path, Path]:
+    """The full report from the tracked runs, kept when its inputs are unchanged; (the line saying
+    what was built, the HTML report, the Markdown report)."""
     from reports.build import build_report
 
-    assert runner.tracker is not None
-    inputs = report_inputs(runner.tracker, study.name, reference.to_csv(index=False))
+    assert runs.runner.tracker is not None
+    inputs = report_inputs(runs.runner.tracker, runs.study.name, runs.reference.to_csv(index=False))
     stamp = report_dir / ".inputs.sha256"
     html, md = report_dir / "report.html", report_dir / "report.md"
     if stamp.is_file() and stamp.read_text().strip() == inputs and html.is_file() and md.is_file():
         _step("the report's inputs (tracked runs, reference scores, code) are unchanged: report kept")
-        built = f"report: {html} (kept)"
-    else:
-        _step("building the report (tables, figures, HTML) from the tracked runs")
-        stamp.unlink(missing_ok=True)
-        full = build_report(
-            study.name, report_dir, tracker=runner.tracker, extra_tables=[reference_table(reference)]
-        )
-        write_text_atomic(stamp, inputs + "\n")
-        built = f"report: {full.html} ({len(full.tables)} tables and {len(full.figures)} figure files in {full.out})"
-    elapsed = time.perf_counter() - t_start  # one figure, in the console and in the report
-    report = report_dir / "demo-report.md"
+        return f"report: {html} (kept)", html, md
+    _step("building the report (tables, figures, HTML) from the tracked runs")
+    stamp.unlink(missing_ok=True)
+    full = build_report(
+        runs.study.name,
+        report_dir,
+        tracker=runs.runner.tracker,
+        extra_tables=[reference_table(runs.reference)],
+    )
+    write_text_atomic(stamp, inputs + "\n")
+    built = (
+        f"report: {full.html} ({len(full.tables)} tables and {len(full.figures)} figure files in {full.out})"
+    )
+    return built, html, md
+
+
+def _write_summary(runs: DemoRuns, report: Path, uri: str, html: Path, md: Path, elapsed: float) -> Path:
+    """The demo's Markdown summary (``demo-report.md``) beside the full report."""
+    manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p)['sha256']}`" for p in runs.manifests)
+    md_models = runs.summary.to_markdown(index=False, floatfmt=".1f")
+    md_ref = runs.reference.to_markdown(index=False, floatfmt=".1f")
     write_text_atomic(
         report,
         "# fssbench demo report\n\n"
@@ -280,23 +331,29 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
         "resolution (class-wise mIoU, FB-IoU, percent).\n\n"
         f"## Models (fold 0 only, 1 of the 4 folds; one seed)\n\n{md_models}\n\n"
         f"## Model-free reference predictors (same manifests)\n\n{md_ref}\n\n"
-        f"## Search (validation manifests, base classes)\n\n{_search_line(found, search, states)}\n\n"
-        f"## Provenance\n\n{manifest_lines}\n\nTracking store: `{uri}`, experiment `{study.name}`. "
+        f"## Search (validation manifests, base classes)\n\n{runs.search_line()}\n\n"
+        f"## Provenance\n\n{manifest_lines}\n\nTracking store: `{uri}`, experiment `{runs.study.name}`. "
         f"Full report: `{html.name}` and `{md.name}` beside this file. "
         f"Run time: {elapsed:.0f} s.\n",
     )
+    return report
+
+
+def _print_summary(runs: DemoRuns) -> None:
     print()
     print("RANDOM-INIT tiny models (numbers check the pipeline, they are not results):")
-    print(md_models)
+    print(runs.summary.to_markdown(index=False, floatfmt=".1f"))
     print()
     print("model-free reference predictors:")
-    print(md_ref)
+    print(runs.reference.to_markdown(index=False, floatfmt=".1f"))
     print()
-    print(f"search: {_search_line(found, search, states)}")
-    print(runner.cache.stats.summary() + " (study); " + searcher.cache.stats.summary() + " (search)")
-    _step(f"summary written to {report}")
-    _step(built)
-    _step(f"done in {elapsed:.0f} s")
+    print(f"search: {runs.search_line()}")
+    print(
+        runs.runner.cache.stats.summary() + " (study); " + runs.searcher.cache.stats.summary() + " (search)"
+    )
+
+
+def _print_next_steps(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         _step(f"browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
     _step(
@@ -314,4 +371,3 @@ def run_demo(out: Path, episodes: int = 24, tracking_uri: str | None = None, pro
         "model.dinov2_checkpoint=checkpoints/dinov2_vitb14_pretrain.pth "
         "(README: Studies)"
     )
-    return report

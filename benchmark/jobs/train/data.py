@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,3 +219,13 @@ def train_loader(
         prefetch_factor=2 if workers else None,
         generator=torch.Generator().manual_seed(batches.seed),
     )
+
+
+def loader_workers(requested: int) -> int:
+    """``train.workers`` capped at the CPUs this process may use: more loader processes than CPUs
+    only contend (torch warns about it), and the batches are the same for any number of workers."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(requested, cpus)
