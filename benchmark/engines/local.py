@@ -66,14 +66,20 @@ def answer_of(job: CellJob, result: CellResult, **stats: Any) -> CellDone:
     )
 
 
+def error_text(error: BaseException) -> str:
+    """The one line(s) a failed cell or trial is recorded with: a user error's own text, else the
+    error's type and text."""
+    return str(error) if isinstance(error, USER_ERRORS) else f"{type(error).__name__}: {error}"
+
+
 def describe_failure(error: Exception) -> tuple[str, str]:
     """A cell's error as (text, traceback): a user error's own text and no traceback, else the
     type and the text with the traceback; a CUDA out-of-memory error frees the cached memory."""
     if isinstance(error, torch.cuda.OutOfMemoryError):
         torch.cuda.empty_cache()
     if isinstance(error, USER_ERRORS):
-        return str(error), ""
-    return f"{type(error).__name__}: {error}", traceback.format_exc()
+        return error_text(error), ""
+    return error_text(error), traceback.format_exc()
 
 
 def failure_of(job: CellJob, error: Exception, worker: str = "") -> CellDone:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmark.engines.base import CellHooks, CellJob, Engine
-from benchmark.errors import USER_ERRORS, FssBenchError
+from benchmark.engines.local import error_text
+from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import code_hash, weight_ids
 from benchmark.evaluation.metrics import summarize
 from benchmark.jobs.search.sampling import suggest
@@ -147,7 +148,7 @@ class TrialObjective:
 
     def failed(self, trial: Any, rid: str, episodes: int, e: Exception) -> None:
         """A failed trial: its run FAILED; the worker stops after too many in a row."""
-        text = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
+        text = error_text(e)
         self.end_trial(trial, rid, "FAIL", episodes, text, "FAILED")
         self.search.log(f"trial {trial.number} FAILED: {text.splitlines()[0] if text else type(e).__name__}")
         self.failures_in_a_row += 1
