@@ -315,7 +315,14 @@ def test_a_message_in_a_redirected_log_starts_its_own_line(tmp_path):
     assert any("study x" in line and "1/3" in line for line in lines)
 
 
-def test_a_cell_finished_under_another_experiment_is_reused_not_recomputed(pascal_root, tmp_path):
+def test_a_cell_finished_under_another_experiment_is_reused_not_recomputed(
+    pascal_root, tmp_path, monkeypatch
+):
+    from benchmark.records.tracking import Tracker
+
+    listed = []  # the store's experiments are listed once per invocation, not once per cell
+    experiments = Tracker._experiments
+    monkeypatch.setattr(Tracker, "_experiments", lambda self: listed.append(1) or experiments(self))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mean = {"method": "mean_colour"}
     (tmp_path / "a").mkdir()
@@ -328,6 +335,7 @@ def test_a_cell_finished_under_another_experiment_is_reused_not_recomputed(pasca
     ).run()
     status = dict(zip(cells["variant"], cells["status"], strict=True))
     assert status == {"mean": "reused", "fg": "run"}
+    assert len(listed) == 2  # the first study's invocation and this one's, each with its cells at once
     a, b = runs_of(uri, "unit"), runs_of(uri, "overlap")
     src = a[a["tags.fss.kind"] == "cell"].iloc[0]
     copy = b[(b["tags.fss.kind"] == "cell") & (b["tags.fss.variant"] == "mean")].iloc[0]

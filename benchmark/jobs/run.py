@@ -243,9 +243,10 @@ class RunJob:
         tracker, records = self.tracker, self.records
         assert tracker is not None and records is not None
         left = []
+        elsewhere = tracker.finished_cells_elsewhere(exp, [keys[c.name][0] for c in todo])
         for cell in todo:
             key, weights = keys[cell.name]
-            source = tracker.finished_cell_elsewhere(exp, key)
+            source = elsewhere.get(key)
             if source is None:
                 left.append(cell)
                 continue

@@ -257,9 +257,19 @@ class Tracker:
             if not token:
                 return out
 
-    def finished_cell_elsewhere(self, experiment_id: str, key: str) -> Any | None:
-        """A FINISHED cell run with cell key ``key`` in another experiment (the oldest), or None."""
+    def finished_cells_elsewhere(self, experiment_id: str, keys: list[str]) -> dict[str, Any]:
+        """For each of ``keys`` that has one, the oldest FINISHED cell run with that cell key in
+        another experiment (the experiments are listed once, whatever the number of keys)."""
         others = [e.experiment_id for e in self._experiments() if e.experiment_id != experiment_id]
+        out = {}
+        for key in keys if others else ():
+            run = self._finished_in(others, key)
+            if run is not None:
+                out[key] = run
+        return out
+
+    def _finished_in(self, others: list[str], key: str) -> Any | None:
+        """The oldest logged FINISHED cell run with cell key ``key`` in the experiments ``others``."""
         found = []
         for i in range(0, len(others), 50):
             found += self.client.search_runs(
