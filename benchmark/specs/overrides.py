@@ -8,12 +8,14 @@ file and a YAML value. When a bad value came from an override, the message names
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from benchmark.errors import FssBenchError
-from benchmark.file_paths import PathFields, override_value
+from benchmark.file_paths import PathFields, override_value, resolve_paths
+from benchmark.specs.errors import read_yaml
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -61,3 +63,13 @@ def blame_override(error: FssBenchError, source: str, overrides: list[str]) -> F
         if field == key or field.startswith(key + ".") or key.startswith(field + "."):
             return FssBenchError(f"command-line override {item!r}: {rest}")
     return error
+
+
+def read_overridden(path: Path, what: str, fields: PathFields, overrides: list[str]) -> Any:
+    """The YAML file ``path`` (a ``what``: ``study file``, ``training file``) as data, its paths
+    resolved relative to its folder (``fields``: which keys are paths), then ``overrides`` applied
+    (their paths against the working directory); not yet validated."""
+    raw = read_yaml(path, what) or {}
+    if isinstance(raw, dict):
+        raw = resolve_paths(raw, fields, path.parent)
+    return apply_overrides(raw, overrides, fields)

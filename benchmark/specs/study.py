@@ -55,9 +55,9 @@ from benchmark.episodes import get_protocol, protocol_names
 from benchmark.episodes.manifests import HOLDOUT_FRACTION, SEED_MAX, VAL_SOURCES, check_seed
 from benchmark.episodes.protocols.fssam_exact import EXACT_LISTS
 from benchmark.errors import FssBenchError
-from benchmark.file_paths import resolve_paths, study_path_fields
+from benchmark.file_paths import study_path_fields
 from benchmark.methods import get_method, method_names
-from benchmark.specs.errors import did_you_mean, in_file, invalid, located, read_yaml, validate
+from benchmark.specs.errors import did_you_mean, in_file, invalid, located, validate
 from benchmark.specs.fields import (
     UNSET,
     Block,
@@ -71,7 +71,7 @@ from benchmark.specs.fields import (
     number,
     one_of,
 )
-from benchmark.specs.overrides import apply_overrides, blame_override
+from benchmark.specs.overrides import blame_override, read_overridden
 from benchmark.specs.variants import HARNESS_FIELDS, Cells, Variant, parse_variant
 
 TOP_LEVEL = (  # the fields as the documentation lists them (checked in StudyFile's order)
@@ -401,10 +401,7 @@ def load_study(path: Path, overrides: list[str] | None = None) -> Study:
     """Read, override and validate a study file. Its paths resolve relative to its folder, those of
     overrides against the working directory (:mod:`benchmark.file_paths`)."""
     path = Path(path)
-    raw = read_yaml(path, "study file") or {}
-    if isinstance(raw, dict):
-        raw = resolve_paths(raw, study_path_fields, path.parent)
-    raw = apply_overrides(raw, overrides or [], study_path_fields)
+    raw = read_overridden(path, "study file", study_path_fields, overrides or [])
     try:
         study = parse_study(raw, source=str(path), base_dir=path.parent)
     except FssBenchError as e:

@@ -53,10 +53,10 @@ from pydantic import Field, PlainValidator, ValidationInfo, model_validator
 from benchmark.data.classes import COCO_SPLITS, DATASETS, NUM_FOLDS
 from benchmark.episodes.manifests import HOLDOUT_FRACTION, VAL_SOURCES
 from benchmark.errors import FssBenchError
-from benchmark.file_paths import resolve_paths, train_path_fields
+from benchmark.file_paths import train_path_fields
 from benchmark.io_utils import canonical_json
 from benchmark.methods import get_method, get_trainable, trainable_method_names
-from benchmark.specs.errors import did_you_mean, in_file, invalid, located, read_yaml, validate
+from benchmark.specs.errors import did_you_mean, in_file, invalid, located, validate
 from benchmark.specs.fields import (
     UNSET,
     Block,
@@ -69,7 +69,7 @@ from benchmark.specs.fields import (
     number,
     one_of,
 )
-from benchmark.specs.overrides import apply_overrides, blame_override
+from benchmark.specs.overrides import blame_override, read_overridden
 from fssam.augment import AugmentConfig
 
 TOP_LEVEL = ("name", "description", "method", "data", "fold", "shot", "split", "model", "train", "val")
@@ -344,10 +344,7 @@ def load_train(path: Path, overrides: list[str] | None = None) -> TrainSpec:
     """Read, override and validate a training file. Its paths resolve relative to its folder, those
     of overrides against the working directory (:mod:`benchmark.file_paths`)."""
     path = Path(path)
-    raw = read_yaml(path, "training file") or {}
-    if isinstance(raw, dict):
-        raw = resolve_paths(raw, train_path_fields, path.parent)
-    raw = apply_overrides(raw, overrides or [], train_path_fields)
+    raw = read_overridden(path, "training file", train_path_fields, overrides or [])
     try:
         return parse_train(raw, source=str(path), base_dir=path.parent)
     except FssBenchError as e:
