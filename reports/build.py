@@ -16,9 +16,9 @@ from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_text_atomic
 from benchmark.records.tracking import Tracker, git_commit
 from reports import figures as F
-from reports.collect import cells_csv_frame, collect_experiment
+from reports.collect import ExperimentData, cells_csv_frame, collect_experiment
 from reports.html import Section, write_html
-from reports.references import DEFAULT_REFERENCES, load_references
+from reports.references import DEFAULT_REFERENCES, Reference, load_references
 from reports.search import TUNED_ON_TEST_WARNING, SearchData, collect_searches, trials_table
 from reports.tables import (
     METRIC_LABELS,
@@ -85,116 +85,171 @@ def build_report(
     published = load_references(references)  # read (and validated) before any work
     with tempfile.TemporaryDirectory(prefix="fssbench-report-") as tmp:
         data = collect_experiment(tracker, experiment, Path(tmp))
-    rnd = data.random_init
     ref = reference_variant(data, reference)
     result = ReportOutput(out, out / "report.html", out / "report.md")
-    sections: list[Section] = []
 
     # ---- tables
-    datasets = list(dict.fromkeys(data.cells["dataset"]))
-    for ds in datasets:
-        for metric in ("miou", "fb_iou"):
-            result.tables.append(main_table(data, ds, metric, published))
-        st = seeds_table(data, ds)
-        if st is not None:
-            result.tables.append(st)
+    result.tables.extend(_main_and_seed_tables(data, published))
     ablation = ablation_frame(data, ref)
-    for (ds, shot), _ in ablation.groupby(["dataset", "shot"], sort=False):
-        result.tables.append(ablation_table(data, ablation, ds, int(shot)))
-    for (ds, shot, fold), _ in data.cells.groupby(["dataset", "shot", "fold"], sort=True):
-        result.tables.append(per_class_table(data, ds, int(shot), int(fold)))
+    result.tables.extend(_ablation_and_class_tables(data, ablation))
     result.tables.extend(extra_tables or [])
     for t in result.tables:
         _write_table(t, tables_dir)
     write_text_atomic(out / "cells.csv", cells_csv_frame(data.cells).to_csv(index=False))
 
     # ---- figures
-    def fig(figure, stem: str) -> Path:
-        paths = F.save_figure(figure, fig_dir / stem)
-        result.figures.extend(paths)
-        return next(p for p in paths if p.suffix == ".png")
-
-    fig_sections: list[Section] = []
-    abl_png = fig(F.ablation_bar_chart(ablation, rnd), "ablation-bars")
-    fig_sections.append(
-        Section(
-            "Ablation",
-            images=[abl_png],
-            text=f"Mean mIoU per variant; error bars from the paired 95% CI of the difference from {ref}.",
-        )
-    )
-    fssam_cells = data.cells[(data.cells["method"] == "fssam") & data.cells["imr_iters"].notna()]
-    if fssam_cells["imr_iters"].nunique() > 1:
-        fig_sections.append(
-            Section(
-                "IMR iterations",
-                images=[fig(F.imr_curve(data.cells, rnd, ci=imr_curve_ci(data)), "imr-iterations")],
-            )
-        )
-    heat, bars = [], []
-    for (ds, shot), _ in data.cells.groupby(["dataset", "shot"], sort=False):
-        heat.append(
-            fig(F.fold_variant_heatmap(data.cells, ds, int(shot), "miou", rnd), f"heatmap-{ds}-{shot}shot")
-        )
-        bars.append(fig(F.per_class_bars(data.per_class, ds, int(shot), rnd), f"per-class-{ds}-{shot}shot"))
-    fig_sections.append(Section("Folds x variants (mIoU)", images=heat))
-    fig_sections.append(Section("Per-class IoU", images=bars))
+    fig_sections = _figure_sections(data, ablation, ref, fig_dir, result)
     if qualitative:
-        q_images = []
         variant = qualitative_variant or ref
-        from reports.episodes import episode_panels
-
-        sel = data.cells[data.cells["variant"] == variant]
-        if sel.empty:
-            raise FssBenchError(f"--qualitative-variant {variant!r} is not a variant of this experiment")
-        for (ds, shot), group in sel.groupby(["dataset", "shot"], sort=False):
-            run_id = group.sort_values(["fold", "seed"]).iloc[0]["run_id"]
-            try:
-                panels = episode_panels(data, tracker, run_id, qualitative)
-            except FssBenchError as e:
-                result.notes.append(f"qualitative figure for {variant} {ds} {shot}-shot skipped: {e}")
-                continue
-            q_images.append(fig(F.qualitative_grid(panels, rnd), f"qualitative-{variant}-{ds}-{shot}shot"))
-        if q_images:
-            fig_sections.insert(
-                0,
-                Section(
-                    "Qualitative results",
-                    images=q_images,
-                    text="Support with mask, query, FG prior, Disc prior, Disc prior after each "
-                    "IMR iteration, prediction and ground truth; IoU in each row title.",
-                ),
-            )
+        section = _qualitative_section(data, tracker, qualitative, variant, fig_dir, result)
+        if section is not None:
+            fig_sections.insert(0, section)
 
     # ---- searches held by the same experiment
     search_tables, search_sections = _search_parts(searches, tables_dir, result)
     tuned = any(s.tuned_on_test for s in searches)
 
     # ---- HTML and Markdown
-    for t in result.tables:
-        if t not in search_tables:
-            sections.append(Section(t.title, html=t.to_html()))
+    sections = [Section(t.title, html=t.to_html()) for t in result.tables if t not in search_tables]
+    _write_pages(
+        result, experiment, tracker, sections + fig_sections + search_sections, data.random_init, tuned
+    )
+
+    if log_to_mlflow:
+        result.run_id = _log_report(tracker, data.experiment_id, data.random_init, out, tuned)
+    return result
+
+
+def _main_and_seed_tables(data: ExperimentData, published: list[Reference]) -> list[Table]:
+    """Per dataset (in order of appearance): the mIoU and FB-IoU main tables (with the matching
+    ``published`` numbers) and, when there is one, the seeds table."""
+    tables = []
+    for ds in dict.fromkeys(data.cells["dataset"]):
+        for metric in ("miou", "fb_iou"):
+            tables.append(main_table(data, ds, metric, published))
+        st = seeds_table(data, ds)
+        if st is not None:
+            tables.append(st)
+    return tables
+
+
+def _ablation_and_class_tables(data: ExperimentData, ablation: pd.DataFrame) -> list[Table]:
+    """An ablation table per (dataset, shot) of ``ablation`` (:func:`ablation_frame`), then a
+    per-class table per (dataset, shot, fold) of the cells, sorted."""
+    tables = []
+    for (ds, shot), _ in ablation.groupby(["dataset", "shot"], sort=False):
+        tables.append(ablation_table(data, ablation, ds, int(shot)))
+    for (ds, shot, fold), _ in data.cells.groupby(["dataset", "shot", "fold"], sort=True):
+        tables.append(per_class_table(data, ds, int(shot), int(fold)))
+    return tables
+
+
+def _save(figure, fig_dir: Path, stem: str, result: ReportOutput) -> Path:
+    """Write ``figure`` as ``fig_dir/<stem>.png`` and ``.pdf``, add both to ``result.figures``;
+    gives the PNG's path."""
+    paths = F.save_figure(figure, fig_dir / stem)
+    result.figures.extend(paths)
+    return next(p for p in paths if p.suffix == ".png")
+
+
+def _figure_sections(
+    data: ExperimentData, ablation: pd.DataFrame, ref: str, fig_dir: Path, result: ReportOutput
+) -> list[Section]:
+    """Write the quantitative figures under ``fig_dir`` (recorded in ``result.figures``) and give
+    their sections: the ablation bars (CIs of the difference from variant ``ref``), the IMR
+    iterations curve (when FSSAM ran more than one number of iterations), the folds x variants
+    heatmaps and the per-class bars (one per dataset and shot)."""
+    rnd = data.random_init
+    abl_png = _save(F.ablation_bar_chart(ablation, rnd), fig_dir, "ablation-bars", result)
+    sections = [
+        Section(
+            "Ablation",
+            images=[abl_png],
+            text=f"Mean mIoU per variant; error bars from the paired 95% CI of the difference from {ref}.",
+        )
+    ]
+    fssam_cells = data.cells[(data.cells["method"] == "fssam") & data.cells["imr_iters"].notna()]
+    if fssam_cells["imr_iters"].nunique() > 1:
+        curve = F.imr_curve(data.cells, rnd, ci=imr_curve_ci(data))
+        sections.append(Section("IMR iterations", images=[_save(curve, fig_dir, "imr-iterations", result)]))
+    heat, bars = [], []
+    for (ds, shot), _ in data.cells.groupby(["dataset", "shot"], sort=False):
+        heatmap = F.fold_variant_heatmap(data.cells, ds, int(shot), "miou", rnd)
+        heat.append(_save(heatmap, fig_dir, f"heatmap-{ds}-{shot}shot", result))
+        per_class = F.per_class_bars(data.per_class, ds, int(shot), rnd)
+        bars.append(_save(per_class, fig_dir, f"per-class-{ds}-{shot}shot", result))
+    sections.append(Section("Folds x variants (mIoU)", images=heat))
+    sections.append(Section("Per-class IoU", images=bars))
+    return sections
+
+
+def _qualitative_section(
+    data: ExperimentData,
+    tracker: Tracker,
+    qualitative: str | list[int],
+    variant: str,
+    fig_dir: Path,
+    result: ReportOutput,
+) -> Section | None:
+    """Write a qualitative grid of ``variant`` per dataset and shot (the episodes ``qualitative``
+    picks, from the first run by fold and seed) and give their section (None: no grid). A grid
+    that cannot be drawn is skipped with a note in ``result.notes``; an unknown ``variant`` raises
+    :class:`FssBenchError`."""
+    from reports.episodes import episode_panels
+
+    images = []
+    sel = data.cells[data.cells["variant"] == variant]
+    if sel.empty:
+        raise FssBenchError(f"--qualitative-variant {variant!r} is not a variant of this experiment")
+    for (ds, shot), group in sel.groupby(["dataset", "shot"], sort=False):
+        run_id = group.sort_values(["fold", "seed"]).iloc[0]["run_id"]
+        try:
+            panels = episode_panels(data, tracker, run_id, qualitative)
+        except FssBenchError as e:
+            result.notes.append(f"qualitative figure for {variant} {ds} {shot}-shot skipped: {e}")
+            continue
+        grid = F.qualitative_grid(panels, data.random_init)
+        images.append(_save(grid, fig_dir, f"qualitative-{variant}-{ds}-{shot}shot", result))
+    if not images:
+        return None
+    return Section(
+        "Qualitative results",
+        images=images,
+        text="Support with mask, query, FG prior, Disc prior, Disc prior after each "
+        "IMR iteration, prediction and ground truth; IoU in each row title.",
+    )
+
+
+def _write_pages(
+    result: ReportOutput,
+    experiment: str,
+    tracker: Tracker,
+    sections: list[Section],
+    random_init: bool,
+    tuned_on_test: bool,
+) -> None:
+    """Write ``result.html`` (``sections``) and ``result.markdown`` (every table and PNG figure of
+    ``result``, then its notes), both headed by the warnings that apply and signed with the
+    tracking URI and the code's git commit."""
     footer = f"fssam-bench report of MLflow experiment {experiment!r} ({tracker.uri}), code {git_commit()}."
     write_html(
         result.html,
         f"fssbench report: {experiment}",
-        sections + fig_sections + search_sections,
-        warning=_warning(rnd, tuned),
+        sections,
+        warning=_warning(random_init, tuned_on_test),
         footer=footer,
     )
     md = [f"# fssbench report: {experiment}", ""]
-    if rnd:
+    if random_init:
         md += [f"> **{RANDOM_INIT_WARNING}**", ""]
-    if tuned:
+    if tuned_on_test:
         md += [f"> **{TUNED_ON_TEST_WARNING}**", ""]
     md += [t.to_markdown() for t in result.tables]
-    md += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in result.figures if p.suffix == ".png"]
+    md += [
+        f"![{p.stem}]({p.relative_to(result.out).as_posix()})" for p in result.figures if p.suffix == ".png"
+    ]
     md += ["", *[f"- {n}" for n in result.notes], "", footer]
     write_text_atomic(result.markdown, "\n".join(md) + "\n")
-
-    if log_to_mlflow:
-        result.run_id = _log_report(tracker, data.experiment_id, rnd, out, tuned)
-    return result
 
 
 def _has_cells(tracker: Tracker, experiment_id: str) -> bool:

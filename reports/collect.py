@@ -47,11 +47,31 @@ def collect_experiment(tracker, experiment: str, download_dir: Path) -> Experime
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise FssBenchError(f"no experiment {experiment!r} in {tracker.uri}; experiments there: {names}")
+    runs = _finished_cell_runs(client, exp.experiment_id, experiment)
+    rows, per_class, episodes, configs = [], [], {}, {}
+    latest = _latest_per_cell(runs)
+    for r in latest.values():
+        row = _cell_row(r, experiment)
+        names = class_names(row["dataset"])
+        for variant in variants_of(r):  # a cell that two variants of the study share counts for both
+            row_v = row | {"variant": variant}
+            rows.append(row_v)
+            per_class.extend(_per_class_rows(row_v, r.data.metrics, names))
+        rid = r.info.run_id
+        episodes[rid], configs[rid] = _run_tables(client, rid, download_dir)
+    cells = _cells_frame(rows, _variant_order(latest.values()))
+    pc = pd.DataFrame(per_class)
+    return ExperimentData(experiment, exp.experiment_id, cells, pc, episodes, configs)
+
+
+def _finished_cell_runs(client, experiment_id: str, experiment: str) -> list:
+    """Every FINISHED cell run (``fss.kind = cell``) of the experiment, read page by page; raises
+    :class:`FssBenchError` when there is none."""
     runs = []
     token = None
     while True:
         page = client.search_runs(
-            [exp.experiment_id], filter_string="tags.`fss.kind` = 'cell'", max_results=1000, page_token=token
+            [experiment_id], filter_string="tags.`fss.kind` = 'cell'", max_results=1000, page_token=token
         )
         runs.extend(page)
         token = page.token
@@ -62,65 +82,82 @@ def collect_experiment(tracker, experiment: str, download_dir: Path) -> Experime
         raise FssBenchError(
             f"experiment {experiment!r} has no finished cell runs; run a study first (fssbench run)"
         )
-    rows, per_class, episodes, configs = [], [], {}, {}
+    return runs
+
+
+def _latest_per_cell(runs: list) -> dict[str, Any]:
+    """The latest-started run of each cell (by tag ``fss.cell_key``; a run without it is its own
+    cell), keyed by cell key, in the order each cell first started."""
     latest: dict[str, Any] = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
         latest[r.data.tags.get("fss.cell_key", r.info.run_id)] = r
-    for r in latest.values():
-        t, m, p = r.data.tags, r.data.metrics, r.data.params
-        rid = r.info.run_id
-        row = {
-            "run_id": rid,
-            "variant": t["fss.variant"],
-            "method": t.get("fss.method", p.get("method")),
-            "dataset": t["fss.dataset"],
-            "fold": int(t["fss.fold"]),
-            "shot": int(t["fss.shot"]),
-            "seed": int(t["fss.seed"]),
-            "miou": m.get("miou"),
-            "fb_iou": m.get("fb_iou"),
-            "fg_iou": m.get("fg_iou"),
-            "miou_ci_low": m.get("miou_ci_low"),
-            "miou_ci_high": m.get("miou_ci_high"),
-            "imr_iters": _float(p.get("imr_iters"))
-            if t.get("fss.method", "fssam") == "fssam"
-            else float("nan"),
-            "random_init": t.get("fss.random_init") == "true",
-            "manifest_sha256": t.get("fss.manifest_sha256"),
-            # every weight source of the cell (sam2, dinov2, or fssam for the authors' checkpoint)
-            "weights": tuple(sorted(v for k, v in t.items() if k.startswith("fss.weights."))),
-            "study": t.get("fss.study", experiment),
-            "cell_key": t.get("fss.cell_key"),
-            "episodes_per_s": m.get("episodes_per_s"),
-            "data_root": p.get("data_root"),
-        }
-        names = class_names(row["dataset"])
-        for variant in variants_of(r):  # a cell that two variants of the study share counts for both
-            row_v = row | {"variant": variant}
-            rows.append(row_v)
-            for key, value in m.items():
-                if key.startswith("iou_class_"):
-                    c = int(key[len("iou_class_") :])
-                    per_class.append(
-                        {k: row_v[k] for k in ("variant", "dataset", "fold", "shot", "seed")}
-                        | {"class": c, "class_name": names[c - 1], "iou": value}
-                    )
-        local = Path(client.download_artifacts(rid, "episodes.parquet", str(download_dir / rid)))
-        episodes[rid] = pd.read_parquet(local)
-        try:
-            cfg = Path(client.download_artifacts(rid, "config.json", str(download_dir / rid)))
-            configs[rid] = json.loads(cfg.read_text())
-        except Exception:
-            configs[rid] = {}
+    return latest
+
+
+def _cell_row(run, experiment: str) -> dict[str, Any]:
+    """One row of ``ExperimentData.cells`` from a cell run's tags, metrics and params (metrics as
+    fractions; ``variant`` is the variant that ran it; ``study`` defaults to ``experiment``)."""
+    t, m, p = run.data.tags, run.data.metrics, run.data.params
+    return {
+        "run_id": run.info.run_id,
+        "variant": t["fss.variant"],
+        "method": t.get("fss.method", p.get("method")),
+        "dataset": t["fss.dataset"],
+        "fold": int(t["fss.fold"]),
+        "shot": int(t["fss.shot"]),
+        "seed": int(t["fss.seed"]),
+        "miou": m.get("miou"),
+        "fb_iou": m.get("fb_iou"),
+        "fg_iou": m.get("fg_iou"),
+        "miou_ci_low": m.get("miou_ci_low"),
+        "miou_ci_high": m.get("miou_ci_high"),
+        "imr_iters": _float(p.get("imr_iters")) if t.get("fss.method", "fssam") == "fssam" else float("nan"),
+        "random_init": t.get("fss.random_init") == "true",
+        "manifest_sha256": t.get("fss.manifest_sha256"),
+        # every weight source of the cell (sam2, dinov2, or fssam for the authors' checkpoint)
+        "weights": tuple(sorted(v for k, v in t.items() if k.startswith("fss.weights."))),
+        "study": t.get("fss.study", experiment),
+        "cell_key": t.get("fss.cell_key"),
+        "episodes_per_s": m.get("episodes_per_s"),
+        "data_root": p.get("data_root"),
+    }
+
+
+def _per_class_rows(row: dict[str, Any], metrics: dict[str, float], names: list[str]) -> list[dict[str, Any]]:
+    """The rows of ``ExperimentData.per_class`` of one cell row: a row per ``iou_class_<c>`` metric,
+    with the class's name from ``names`` (the dataset's class names, class 1 first)."""
+    keys = ("variant", "dataset", "fold", "shot", "seed")
+    out = []
+    for key, value in metrics.items():
+        if key.startswith("iou_class_"):
+            c = int(key[len("iou_class_") :])
+            out.append({k: row[k] for k in keys} | {"class": c, "class_name": names[c - 1], "iou": value})
+    return out
+
+
+def _run_tables(client, run_id: str, download_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run's per-episode table (artifact ``episodes.parquet``) and its ``config.json`` ({} when
+    it has none or it cannot be read), downloaded under ``download_dir/<run_id>``."""
+    local = Path(client.download_artifacts(run_id, "episodes.parquet", str(download_dir / run_id)))
+    episodes = pd.read_parquet(local)
+    try:
+        cfg = Path(client.download_artifacts(run_id, "config.json", str(download_dir / run_id)))
+        config = json.loads(cfg.read_text())
+    except Exception:
+        config = {}
+    return episodes, config
+
+
+def _cells_frame(rows: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
+    """``ExperimentData.cells`` from its rows: sorted by dataset, shot, variant (in ``order``, the
+    study's), fold and seed, with a fresh index."""
     cells = pd.DataFrame(rows).sort_values(["dataset", "shot", "variant", "fold", "seed"], kind="stable")
-    order = _variant_order(latest.values())
     cells["variant"] = pd.Categorical(cells["variant"], categories=order, ordered=True)
     cells = cells.sort_values(["dataset", "shot", "variant", "fold", "seed"], kind="stable").reset_index(
         drop=True
     )
     cells["variant"] = cells["variant"].astype(str)
-    pc = pd.DataFrame(per_class)
-    return ExperimentData(experiment, exp.experiment_id, cells, pc, episodes, configs)
+    return cells
 
 
 def variants_of(run) -> list[str]:

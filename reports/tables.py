@@ -360,40 +360,128 @@ def main_table(
     """
     cells = data.cells[data.cells["dataset"] == dataset]
     label = METRIC_LABELS[metric]
-    shots = sorted(cells["shot"].unique())
-    folds = sorted(cells["fold"].unique())
-    variants = list(dict.fromkeys(cells["variant"]))
-    n_seeds = cells["seed"].nunique()
-    total = NUM_FOLDS
-    mean_label = "mean" if len(folds) == total else f"mean ({len(folds)} of {total} folds)"
-    per_shot = [*[f"fold{f}" for f in folds], mean_label] + (["95% CI"] if n_seeds > 1 else [])
-    columns = [(f"{s}-shot", c) for s in shots for c in per_shot]
-    per_fold = cells.groupby(["variant", "shot", "fold"])[metric].mean() * 100
-    values, texts = [], []
-    uneven: set[str] = set()  # variants whose seeds ran different folds: no std or CI
-    for v in variants:
-        row, text = [], []
-        for s in shots:
-            fold_vals = [per_fold.get((v, s, f), np.nan) for f in folds]
-            mean = float(np.nanmean(fold_vals)) if np.isfinite(fold_vals).any() else np.nan
-            row += [*fold_vals, mean]
-            text += [*map(_fmt, fold_vals), _fmt(mean)]
-            if n_seeds > 1:
-                mine = cells[(cells["variant"] == v) & (cells["shot"] == s)]
-                if mine.groupby("seed")["fold"].apply(frozenset).nunique() > 1:  # seeds not comparable
-                    uneven.add(v)
-                    row.append("")
-                    text.append("–")
-                    continue
-                by_seed = mine.groupby("seed")[metric].mean()  # each seed's mean over folds
-                text[-1] = _mean_std(by_seed.mean(), by_seed.std(ddof=1), len(by_seed))
-                ci = _seed_ci(data, mine, metric, n_boot)
-                row.append(f"[{_num(100 * ci[0])}, {_num(100 * ci[1])}]" if ci else "")
-                text.append(row[-1] or "–")
-        values.append(row)
-        texts.append(text)
+    layout = _main_layout(cells)
+    values, texts, uneven = _main_values(data, cells, layout, metric, n_boot)
     numeric = [[x if isinstance(x, float) else np.nan for x in row] for row in values]
     bold = _bold_max(numeric)
+    footer = _main_footer(data, cells, layout.n_seeds, n_boot, uneven)
+    rows = list(layout.variants)
+    for ref in references or []:
+        if (
+            ref.dataset != dataset
+            or ref.metric != metric
+            or ref.variant not in layout.variants
+            or ref.shot not in layout.shots
+        ):
+            continue
+        _add_published_rows(ref, layout, rows, values, texts, bold)
+        footer.append(
+            f"Published (not measured here): {ref.method}, {_dataset_name(dataset)} {ref.shot}-shot mean "
+            f"{label} {_num(ref.value)}. Source: {ref.source}."
+            + ("" if layout.all_folds else " No difference shown: the table has fewer than 4 folds.")
+        )
+    return Table(
+        title=f"{label} (%) on {_dataset_name(dataset)}: mean over seeds; mean = mean over "
+        + (f"the {NUM_FOLDS} folds" if layout.all_folds else f"{len(layout.folds)} of {NUM_FOLDS} folds"),
+        name=f"main-{dataset}-{metric}",
+        columns=layout.columns,
+        row_header="method",
+        rows=rows,
+        cells=texts,
+        values=values,
+        bold=bold,
+        footer=footer,
+    )
+
+
+@dataclass
+class _MainLayout:
+    """What a main table is laid out by: the ``shots``, ``folds`` and ``variants`` (in order of
+    appearance) of its cells, their number of seeds ``n_seeds``, the mean column's header
+    ``mean_label`` and the (group, column) headers ``columns`` (which published columns extend)."""
+
+    shots: list[int]
+    folds: list[int]
+    variants: list[str]
+    n_seeds: int
+    mean_label: str
+    columns: list[tuple[str, str]]
+
+    @property
+    def all_folds(self) -> bool:
+        """Whether all :data:`NUM_FOLDS` folds are present (the mean is comparable to a paper's)."""
+        return len(self.folds) == NUM_FOLDS
+
+
+def _main_layout(cells: pd.DataFrame) -> _MainLayout:
+    """The layout of the main table of ``cells`` (the cell rows of one dataset): per shot, a column
+    per fold, the mean and, with several seeds, the ``95% CI``."""
+    shots = sorted(cells["shot"].unique())
+    folds = sorted(cells["fold"].unique())
+    n_seeds = cells["seed"].nunique()
+    mean_label = "mean" if len(folds) == NUM_FOLDS else f"mean ({len(folds)} of {NUM_FOLDS} folds)"
+    per_shot = [*[f"fold{f}" for f in folds], mean_label] + (["95% CI"] if n_seeds > 1 else [])
+    columns = [(f"{s}-shot", c) for s in shots for c in per_shot]
+    return _MainLayout(shots, folds, list(dict.fromkeys(cells["variant"])), n_seeds, mean_label, columns)
+
+
+def _main_values(
+    data: ExperimentData, cells: pd.DataFrame, layout: _MainLayout, metric: str, n_boot: int
+) -> tuple[list[list[float | str]], list[list[str]], set[str]]:
+    """The main table's raw values and formatted texts (a row per variant, ``layout.columns``
+    wide; ``metric`` in percent) and the variants whose seeds ran different folds (no std or CI)."""
+    per_fold = cells.groupby(["variant", "shot", "fold"])[metric].mean() * 100
+    values, texts = [], []
+    uneven: set[str] = set()
+    for v in layout.variants:
+        row, text = [], []
+        for s in layout.shots:
+            shot_row, shot_text, even = _main_shot_cells(data, cells, per_fold, layout, v, s, metric, n_boot)
+            row += shot_row
+            text += shot_text
+            if not even:
+                uneven.add(v)
+        values.append(row)
+        texts.append(text)
+    return values, texts, uneven
+
+
+def _main_shot_cells(
+    data: ExperimentData,
+    cells: pd.DataFrame,
+    per_fold: pd.Series,
+    layout: _MainLayout,
+    variant: str,
+    shot: int,
+    metric: str,
+    n_boot: int,
+) -> tuple[list[float | str], list[str], bool]:
+    """One variant's cells under one shot: the fold values (``per_fold``: percent, means over
+    seeds, by variant, shot, fold), their mean and, with several seeds, the ``95% CI`` (the mean's
+    text then reads ``mean ± std``). Gives the values, their texts and whether the seeds ran the
+    same folds (if not, the CI cell is empty and the mean is of the fold values)."""
+    fold_vals = [per_fold.get((variant, shot, f), np.nan) for f in layout.folds]
+    mean = float(np.nanmean(fold_vals)) if np.isfinite(fold_vals).any() else np.nan
+    row = [*fold_vals, mean]
+    text = [*map(_fmt, fold_vals), _fmt(mean)]
+    if layout.n_seeds <= 1:
+        return row, text, True
+    mine = cells[(cells["variant"] == variant) & (cells["shot"] == shot)]
+    if mine.groupby("seed")["fold"].apply(frozenset).nunique() > 1:  # seeds not comparable
+        return [*row, ""], [*text, "–"], False
+    by_seed = mine.groupby("seed")[metric].mean()  # each seed's mean over folds
+    text[-1] = _mean_std(by_seed.mean(), by_seed.std(ddof=1), len(by_seed))
+    ci = _seed_ci(data, mine, metric, n_boot)
+    row.append(f"[{_num(100 * ci[0])}, {_num(100 * ci[1])}]" if ci else "")
+    text.append(row[-1] or "–")
+    return row, text, True
+
+
+def _main_footer(
+    data: ExperimentData, cells: pd.DataFrame, n_seeds: int, n_boot: int, uneven: set[str]
+) -> list[str]:
+    """The main table's footer lines: the provenance of ``cells``, how the std and CI were computed
+    (several seeds) and which ``uneven`` variants have none."""
     footer = provenance(data, cells)
     if n_seeds > 1:
         footer.append(
@@ -405,49 +493,39 @@ def main_table(
             f"{', '.join(sorted(uneven))}: the seeds ran different folds, so the mean is of the fold values "
             "and no std or CI is shown."
         )
-    rows = list(variants)
-    for ref in references or []:
-        if (
-            ref.dataset != dataset
-            or ref.metric != metric
-            or ref.variant not in variants
-            or ref.shot not in shots
-        ):
-            continue
-        col = columns.index((f"{ref.shot}-shot", mean_label))
-        ours = values[variants.index(ref.variant)][col]
-        diff = ours - ref.value if len(folds) == total and np.isfinite(ours) else np.nan
-        if len(folds) != total:
-            # a published number is a mean of all 4 folds: never under a "mean (k of 4 folds)" header
-            at = col + 1 + (columns[col + 1 : col + 2] == [(f"{ref.shot}-shot", "95% CI")])  # after our CI
-            col = _insert_column(columns, values, texts, bold, at, (f"{ref.shot}-shot", PUBLISHED_MEAN))
-        for name, value, sign in (
-            (f"{ref.method} (published)", ref.value, False),
-            (f"{ref.variant} − published", diff, True),
-        ):
-            row = [np.nan] * len(columns)
-            row[col] = value
-            rows.append(name)
-            values.append(row)
-            texts.append([_num(x, sign=sign) for x in row])
-            bold.append([False] * len(columns))
-        footer.append(
-            f"Published (not measured here): {ref.method}, {_dataset_name(dataset)} {ref.shot}-shot mean "
-            f"{label} {_num(ref.value)}. Source: {ref.source}."
-            + ("" if len(folds) == total else " No difference shown: the table has fewer than 4 folds.")
-        )
-    return Table(
-        title=f"{label} (%) on {_dataset_name(dataset)}: mean over seeds; mean = mean over "
-        + (f"the {total} folds" if len(folds) == total else f"{len(folds)} of {total} folds"),
-        name=f"main-{dataset}-{metric}",
-        columns=columns,
-        row_header="method",
-        rows=rows,
-        cells=texts,
-        values=values,
-        bold=bold,
-        footer=footer,
-    )
+    return footer
+
+
+def _add_published_rows(
+    ref: Reference,
+    layout: _MainLayout,
+    rows: list[str],
+    values: list[list],
+    texts: list[list[str]],
+    bold: list[list[bool]],
+) -> None:
+    """Append to the main table (``rows``, ``values``, ``texts``, ``bold``, in place) a row with
+    the published number ``ref`` and one with our difference from it. The number goes under our
+    mean of ``ref.shot`` when all folds are present, else under a column of its own
+    (:data:`PUBLISHED_MEAN`, added to ``layout.columns``) and with no difference."""
+    columns = layout.columns
+    col = columns.index((f"{ref.shot}-shot", layout.mean_label))
+    ours = values[layout.variants.index(ref.variant)][col]
+    diff = ours - ref.value if layout.all_folds and np.isfinite(ours) else np.nan
+    if not layout.all_folds:
+        # a published number is a mean of all 4 folds: never under a "mean (k of 4 folds)" header
+        at = col + 1 + (columns[col + 1 : col + 2] == [(f"{ref.shot}-shot", "95% CI")])  # after our CI
+        col = _insert_column(columns, values, texts, bold, at, (f"{ref.shot}-shot", PUBLISHED_MEAN))
+    for name, value, sign in (
+        (f"{ref.method} (published)", ref.value, False),
+        (f"{ref.variant} − published", diff, True),
+    ):
+        row = [np.nan] * len(columns)
+        row[col] = value
+        rows.append(name)
+        values.append(row)
+        texts.append([_num(x, sign=sign) for x in row])
+        bold.append([False] * len(columns))
 
 
 PUBLISHED_MEAN = f"mean of {NUM_FOLDS} folds (published)"
