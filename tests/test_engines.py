@@ -63,6 +63,9 @@ def test_a_job_survives_its_payload_and_both_engines_give_the_same_numbers(pasca
     again = CellJob.from_payload(payload, copy)
     assert again == dataclasses.replace(job, spec=dataclasses.replace(job.spec, manifest_path=copy))
 
+    private = dataclasses.replace(job, journal=False)  # a training validation's job
+    assert CellJob.from_payload(private.to_payload(manifest), copy).journal is False
+
     (local,) = LocalEngine(progress=False).run([job], runner.workspace, CellHooks())
     assert local.ok and local.job is job and local.stats["episodes_run"] == 3
     worker = CellWorker(str(tmp_path / "node"), None, threads=1)
@@ -94,6 +97,25 @@ def test_the_local_engine_asks_the_hooks_and_turns_a_cells_error_into_a_failed_a
     assert [a.job for a in answers] == [broken] and not answers[0].ok
     assert "nowhere" in answers[0].error + answers[0].traceback
     assert hooks.heard == [f"claim {job.key[:4]}", f"begin {job.key[:4]}", "claim ffff"]
+
+
+def test_the_local_engine_scores_a_prebuilt_method_and_a_job_without_a_journal_keeps_none(
+    pascal_root, tmp_path
+):
+    from benchmark.device import resolve_device
+    from benchmark.methods import build_method
+    from benchmark.workspace import Workspace
+
+    runner = RunJob(load_study(write_study(tmp_path, pascal_root)), work_dir=tmp_path / "w", progress=False)
+    job, _ = first_job(runner)
+    (built,) = LocalEngine(progress=False).run([job], runner.workspace, CellHooks())
+    model = build_method(job.spec.method, dict(job.spec.settings), resolve_device(job.spec.device))
+    private = dataclasses.replace(job, journal=False, artifacts=False)
+    elsewhere = Workspace(tmp_path / "v")
+    for _ in range(2):  # the second time too: nothing to resume from
+        (given,) = LocalEngine(progress=False, method=model).run([private], elsewhere, CellHooks())
+        assert given.ok and given.stats["episodes_run"] == 3 and given.summary == built.summary
+    assert runner.workspace.journal_path(job.key).is_file() and not elsewhere.cell_dir(job.key).exists()
 
 
 class FakeRemoteEngine:

@@ -153,6 +153,53 @@ def test_mlflow_records_the_curves_validation_and_checkpoint(trained):
     }
 
 
+def validator_for(spec, out, manifest):
+    from benchmark.jobs.train.distributed import Collectives
+    from benchmark.jobs.train.validation import Validator
+    from benchmark.workspace import Workspace
+
+    cpu = torch.device("cpu")
+    return Validator(spec, out, cpu, manifest, Workspace(out), Collectives(cpu, 1), 0, lambda m: None)
+
+
+def test_validation_through_the_engine_scores_what_the_cell_function_scores(trained, tmp_path):
+    # the validation's cell runs on the local engine with the live model: the value is the cell
+    # function's, called directly on the same model and manifest, and the one best.pth was kept for
+    from benchmark.evaluation.cell import CellSpec, evaluate_cell
+    from benchmark.evaluation.feature_cache import FeatureCache
+
+    spec, _, outcome, tmp = trained
+    (manifest,) = (tmp / "out" / "manifests").glob("val-fold0-1shot-*.json")
+    settings = {**spec.settings, "finetuned_checkpoint": str(outcome.best_checkpoint)}
+    model = build_method(spec.method, settings, torch.device("cpu"))
+    validator = validator_for(spec, tmp_path / "out", manifest)
+    value = validator.score(model)
+    assert all(m.training for m in model.trainable_modules().values())  # back to training mode
+    model.eval()
+    cell = CellSpec(spec.method, dict(spec.settings), manifest, spec.data_root, "cpu", "val")
+    direct = evaluate_cell(cell, FeatureCache(None), key="direct", method=model).summary["miou"]
+    assert 0 < value == direct == outcome.best_value
+    assert validator.score(model) == value  # scored again, not resumed: the job keeps no journal
+    assert not (tmp_path / "out" / "cells").exists() and (tmp_path / "out" / "locks").is_dir()
+
+
+def test_a_failed_validation_fails_the_training_with_its_error_and_traceback(trained, tmp_path):
+    from benchmark.jobs.train.validation import ValidationFailed
+
+    spec, _, outcome, tmp = trained
+    (manifest,) = (tmp / "out" / "manifests").glob("val-fold0-1shot-*.json")
+    model = build_method(spec.method, dict(spec.settings), torch.device("cpu"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the model broke")
+
+    model.predict = broken
+    validator = validator_for(spec, tmp_path / "out", manifest)
+    with pytest.raises(ValidationFailed, match=r"(?s)RuntimeError: the model broke\nTraceback .*in broken"):
+        validator.score(model)
+    assert all(m.training for m in model.trainable_modules().values())
+
+
 def test_resume_reaches_bitwise_the_same_weights(trained, pascal_root, tmp_path):
     spec, _, _, tmp = trained
     # the first half in this process (no loader workers), the rest with 2 workers, as the fixture ran
@@ -436,17 +483,21 @@ def four_image_epochs(monkeypatch):
 
 
 def scripted_validation(monkeypatch, values: list[float]) -> None:
-    """Validation returns ``values`` in turn (the cadence and the patience are under test, not the model)."""
+    """Validation returns ``values`` in turn (the cadence and the patience are under test, not the model):
+    the cell function under the local engine, which the validation runs its cell on, is scripted."""
     import types
 
-    import benchmark.jobs.train.validation as validation_module
+    import benchmark.engines.local as local_engine
 
     left = list(values)
-    monkeypatch.setattr(
-        validation_module,
-        "evaluate_cell",
-        lambda *a, **k: types.SimpleNamespace(summary={"miou": left.pop(0)}),
-    )
+
+    def scripted(*args, **kwargs):
+        assert kwargs["method"] is not None and kwargs["journal_path"] is None  # the live model, no journal
+        return types.SimpleNamespace(
+            summary={"miou": left.pop(0)}, metrics={}, artifacts=[], peak_memory_kind="", run_stats=dict
+        )
+
+    monkeypatch.setattr(local_engine, "evaluate_cell", scripted)
 
 
 def steps_of(uri: str, run_id: str, name: str) -> list[tuple[int, float]]:

@@ -49,8 +49,9 @@ class CellJob:
     """One cell to run: ``name`` (for messages), its cell ``key``, the ``spec`` the cell function
     runs, the ``weights`` ids the key was computed from (``None``: not known, not checked),
     ``fresh`` (``--force``: the cell's journal and artifacts start over), ``artifacts`` (write
-    the cell's artifacts: a study's cells do, a search trial's do not) and ``qualitative`` (PNG
-    overlays among them)."""
+    the cell's artifacts: a study's cells do, a search trial's do not), ``qualitative`` (PNG
+    overlays among them) and ``journal`` (keep the cell's episode journal and resume from it: a
+    training validation does not, as each one scores a different model)."""
 
     name: str
     key: str
@@ -59,6 +60,7 @@ class CellJob:
     fresh: bool = False
     artifacts: bool = True
     qualitative: int = 3
+    journal: bool = True
 
     def to_payload(self, manifest: Manifest) -> dict[str, Any]:
         """The job as plain, picklable data, with its ``manifest`` (no file of the driver needed)."""

@@ -4,7 +4,8 @@
 (:func:`benchmark.evaluation.cell.evaluate_cell`) in a :class:`~benchmark.workspace.Workspace`:
 its cache, weight pool, shared stages, episode journal and artifacts folder. The local engine and
 every Ray worker (:mod:`benchmark.engines.worker`) call it; :func:`failure_of` turns a cell's
-error into the answer both give.
+error into the answer both give. In this process only, a job may score a model that is already
+built (``method``: the training validation's live model) instead of one built from its spec.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from benchmark.engines.base import CellDone, CellHooks, CellJob
 from benchmark.errors import USER_ERRORS
 from benchmark.evaluation.cell import CellResult, evaluate_cell
+from benchmark.methods import FewShotMethod
 from benchmark.workspace import Workspace
 
 
@@ -31,9 +33,11 @@ def evaluate_job(
     on_start: Callable[[int, int], None] | None = None,
     on_episode: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict[str, int]], None] | None = None,
+    method: FewShotMethod | None = None,
 ) -> CellResult:
     """Run ``job`` with the cell function in ``workspace`` (resuming from its journal unless the
-    job is ``fresh``); the callbacks are :func:`evaluate_cell`'s."""
+    job is ``fresh`` or keeps none); the callbacks are :func:`evaluate_cell`'s. ``method``: the
+    model to score, already built in this process (else built from the job's spec)."""
     ws = workspace
     if job.fresh:  # --force: the cell's journal and artifacts start over
         shutil.rmtree(ws.cell_dir(job.key), ignore_errors=True)
@@ -43,7 +47,8 @@ def evaluate_job(
         key=job.key,
         weights=job.weights,
         pool=ws.pool,
-        journal_path=ws.journal_path(job.key),
+        method=method,
+        journal_path=ws.journal_path(job.key) if job.journal else None,
         artifacts_dir=ws.artifacts_dir(job.key) if job.artifacts else None,
         qualitative=job.qualitative,
         on_start=on_start,
@@ -95,13 +100,20 @@ class LocalEngine:
     hooks' :meth:`~CellHooks.claim` is asked under the lock. ``progress``: a bar over the jobs,
     and one over the episodes of the cell in hand (on a terminal only: redirected logs get no
     cursor-up escapes). A cell's own error is a failed answer; Ctrl-C (SIGTERM), and an error
-    raised by :meth:`CellHooks.row` (a pruned trial), go through."""
+    raised by :meth:`CellHooks.row` (a pruned trial), go through. ``method``: a model already
+    built in this process that every job scores instead of building its spec's (the training
+    validation's live model; no remote engine can take one)."""
 
     name = "local"
     in_process = True
 
-    def __init__(self, progress: bool = True, log: Callable[[str], None] = lambda msg: None):
-        self.progress, self.log = progress, log
+    def __init__(
+        self,
+        progress: bool = True,
+        log: Callable[[str], None] = lambda msg: None,
+        method: FewShotMethod | None = None,
+    ):
+        self.progress, self.log, self.method = progress, log, method
 
     def session(self, tracking_uri: str) -> Any:
         return nullcontext()
@@ -163,6 +175,7 @@ class LocalEngine:
                 on_start=on_start,
                 on_episode=lambda done, total: bar.update(1),
                 on_row=on_row,
+                method=self.method,
             )
         except Exception as e:  # one failing cell never stops the others (the job decides)
             if stopped and e is stopped[0]:

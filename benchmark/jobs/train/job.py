@@ -213,8 +213,8 @@ class Trainer:
             progress.run_id = records.run_id
         self.run_id = progress.run_id
         coll = Collectives(self.device, self.world)
-        cache = Workspace(self.out).cache  # the validation's feature cache: <out>/feature-cache
-        validator = Validator(spec, self.out, self.device, val_path, cache, coll, self.rank, self.log)
+        workspace = Workspace(self.out)  # the validation's: <out>/feature-cache, <out>/locks
+        validator = Validator(spec, self.out, self.device, val_path, workspace, coll, self.rank, self.log)
         loop = TrainLoop(
             spec,
             model,

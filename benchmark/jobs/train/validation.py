@@ -1,7 +1,7 @@
 """Validation during training: when (:func:`validation_due`), on what (:func:`validation_manifest`:
 the fold's base classes on the val split, or a held-out slice of the train list) and how
-(:class:`Validator`: process 0 scores the manifest with the cell function, shares the value and
-keeps the best weights as ``best.pth``)."""
+(:class:`Validator`: process 0 scores the manifest with the cell function, through the local engine
+as a search trial's cells are, shares the value and keeps the best weights as ``best.pth``)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ from typing import Any
 
 import torch
 
+from benchmark.engines.base import CellDone, CellHooks, CellJob
+from benchmark.engines.local import LocalEngine
 from benchmark.episodes import get_protocol
 from benchmark.episodes.manifest import save_manifest
 from benchmark.episodes.manifests import ManifestRequest, build_manifest
-from benchmark.evaluation.cell import CellSpec, evaluate_cell
-from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.errors import FssBenchError
+from benchmark.evaluation.cell import CellSpec
 from benchmark.jobs.train.distributed import Collectives
 from benchmark.jobs.train.state import Progress
 from benchmark.methods import TrainableMethod, get_trainable
 from benchmark.records.training import TrainingRecords
 from benchmark.specs.train import TrainSpec
+from benchmark.workspace import Workspace
 
 
 def validation_due(done: int, per_epoch: int, epochs: int, every: str | int) -> bool:
@@ -73,10 +76,28 @@ def trained_path(spec: TrainSpec) -> dict[str, Any]:
     return {"kshot_mode": mode} if mode is not None and spec.shot > 1 else {}
 
 
+class ValidationFailed(RuntimeError):
+    """A validation cell raised an error other than a user error: its text and its traceback."""
+
+
+def validation_error(done: CellDone) -> Exception:
+    """The error a failed validation answer raises: a user error's own text (the engine keeps no
+    traceback for one) as a :class:`FssBenchError`, else :class:`ValidationFailed` with the error's
+    type, text and traceback."""
+    if not done.traceback:
+        return FssBenchError(done.error)
+    return ValidationFailed(f"{done.error}\n{done.traceback}")
+
+
 class Validator:
-    """Scores ``manifest`` on process 0 (feature cache ``cache``), shares the value with the other
-    processes through ``coll`` and records it: in the progress, in MLflow (``records``, process 0)
-    and, when it improves, as ``<out>/best.pth``."""
+    """Scores ``manifest`` on process 0 (in ``workspace``: its feature cache and cell lock), shares
+    the value with the other processes through ``coll`` and records it: in the progress, in MLflow
+    (``records``, process 0) and, when it improves, as ``<out>/best.pth``.
+
+    The cell runs on the local engine (:class:`~benchmark.engines.local.LocalEngine`), never a
+    remote one: it scores the live model in training, which cannot travel to another process. It
+    keeps no journal (each validation scores a different model: none may resume from an earlier
+    one's episodes) and writes no artifacts."""
 
     def __init__(
         self,
@@ -84,38 +105,45 @@ class Validator:
         out: Path,
         device: torch.device,
         manifest: Path,
-        cache: FeatureCache,
+        workspace: Workspace,
         coll: Collectives,
         rank: int,
         log: Callable[[str], None],
     ):
         self.spec, self.out, self.device, self.manifest = spec, out, device, manifest
-        self.cache, self.coll, self.rank, self.log = cache, coll, rank, log
+        self.workspace, self.coll, self.rank, self.log = workspace, coll, rank, log
 
     def score(self, model: TrainableMethod) -> float:
         """Process 0's validation mIoU, on every process (the others wait in the broadcast)."""
-        spec, value = self.spec, torch.zeros(1, dtype=torch.float64)
+        value = torch.zeros(1, dtype=torch.float64)
         if self.rank == 0:
             model.eval()
             try:
-                result = evaluate_cell(
-                    CellSpec(
-                        spec.method,
-                        dict(spec.settings),
-                        self.manifest,
-                        spec.data_root,
-                        str(self.device),
-                        "val",
-                    ),
-                    self.cache,
-                    key=f"train-validation-{spec.sha256}",
-                    method=model,
-                )
+                done = self.answer(model)
             finally:
                 for module in model.trainable_modules().values():
                     module.train()
-            value[0] = result.summary["miou"]
+            value[0] = done.summary["miou"]
         return float(self.coll.broadcast(value, 0)[0])
+
+    def job(self) -> CellJob:
+        """The validation cell: the training's method and settings on the validation manifest,
+        keyed by the training file's hash; no journal, no artifacts."""
+        spec = self.spec
+        cell = CellSpec(
+            spec.method, dict(spec.settings), self.manifest, spec.data_root, str(self.device), "val"
+        )
+        key = f"train-validation-{spec.sha256}"
+        return CellJob(f"{spec.name} validation", key, cell, artifacts=False, qualitative=0, journal=False)
+
+    def answer(self, model: TrainableMethod) -> CellDone:
+        """The engine's answer for :meth:`job` scored with ``model`` (in eval mode); a failed one
+        raises (:func:`validation_error`)."""
+        engine = LocalEngine(progress=False, log=self.log, method=model)
+        (done,) = engine.run([self.job()], self.workspace, CellHooks(), "validation")
+        if not done.ok:
+            raise validation_error(done)
+        return done
 
     def validate(
         self, model: TrainableMethod, progress: Progress, per_epoch: int, records: TrainingRecords | None
