@@ -318,7 +318,7 @@ def _build_report(runs: DemoRuns, report_dir: Path) -> tuple[str, Path, Path]:
 
 def _write_summary(runs: DemoRuns, report: Path, uri: str, html: Path, md: Path, elapsed: float) -> Path:
     """The demo's Markdown summary (``demo-report.md``) beside the full report."""
-    manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p)['sha256']}`" for p in runs.manifests)
+    manifest_lines = "\n".join(f"- `{p.name}`: sha256 `{load_manifest(p).sha256}`" for p in runs.manifests)
     md_models = runs.summary.to_markdown(index=False, floatfmt=".1f")
     md_ref = runs.reference.to_markdown(index=False, floatfmt=".1f")
     write_text_atomic(
