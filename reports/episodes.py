@@ -19,7 +19,7 @@ from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.features import Featurizer
-from benchmark.evaluation.loader import ImageStore, load_episode
+from benchmark.evaluation.loader import ImageStore, load_episode, method_image_resize
 from benchmark.evaluation.predict import one_shot, predict_episode, predict_scored, scored_mask
 from benchmark.methods import WeightPool, build_method, get_method
 from reports.collect import ExperimentData
@@ -103,7 +103,10 @@ def episode_panels(
     out = []
     for ep_id, label in select_episodes(data.episodes[run_id], how):
         ep = episodes[ep_id]
-        inp = load_episode(store, manifest.images, ep, method.image_size)  # pictures at the label's size
+        # pictures at the label's size
+        inp = load_episode(
+            store, manifest.images, ep, method.image_size, image_resize=method_image_resize(method)
+        )
         # the prediction as the cell scored it (kshot); priors and IMR steps of the pass that made it
         # (with voting: the pass on the support shown); the IoU as scored (the table's)
         if voting:

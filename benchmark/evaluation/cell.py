@@ -43,7 +43,7 @@ from benchmark.errors import FssBenchError
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.journal import CellJournal
-from benchmark.evaluation.loader import EpisodeData, ImageStore, load_episode
+from benchmark.evaluation.loader import EpisodeData, ImageStore, load_episode, method_image_resize
 from benchmark.evaluation.metrics import bootstrap_ci, summarize
 from benchmark.evaluation.predict import predict_scored, score_episode, scored_mask
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
@@ -435,7 +435,8 @@ class _EpisodeRun:
     def load(self, batch: list[Episode]) -> list[EpisodeData]:
         """A batch's episodes, with the pixels the encoders will need decoded now (in the background)."""
         m = self.manifest
-        datas = [load_episode(self.store, m.images, ep, self.method.image_size, m.evaluation) for ep in batch]
+        size, resize = self.method.image_size, method_image_resize(self.method)
+        datas = [load_episode(self.store, m.images, ep, size, m.evaluation, resize) for ep in batch]
         for d in datas:
             for img in (d.query, *d.supports):
                 if self.feat.needs_pixels(img):
@@ -586,7 +587,9 @@ def _qualitative(
     for label, idx in list(picks.items())[:count]:
         ep = episodes[int(table["episode"].iloc[idx])]
         # drawn at the label's size; predicted as the cell scores (kshot), IoU as scored (the table's)
-        data = load_episode(store, manifest.images, ep, method.image_size)
+        data = load_episode(
+            store, manifest.images, ep, method.image_size, image_resize=method_image_resize(method)
+        )
         logits = predict_scored(method, feat, [data], str(result.spec.settings.get("kshot", "joint")))
         threshold = float(result.spec.settings.get("threshold", 0.5))
         pred = scored_mask(logits[0:1], data.query_target.shape, threshold).numpy()

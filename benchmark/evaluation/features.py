@@ -17,7 +17,7 @@ import torch
 from benchmark.device import FEATURE_DTYPE_NAMES
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.feature_cache import FeatureCache
-from benchmark.evaluation.loader import EpisodeImage, loader_identity
+from benchmark.evaluation.loader import EpisodeImage, loader_identity, method_image_resize
 from benchmark.methods.base import Features, FewShotMethod
 
 FEATURE_DTYPES = {
@@ -47,7 +47,8 @@ class Featurizer:
         self.method, self.cache, self.encode_batch = method, cache, max(1, int(encode_batch))
         self.dtype = check_feature_dtype(dtype)
         self.encoders = dict(method.encoders)
-        loader = loader_identity(method.image_size)  # the decode and resize before any encoder
+        self.image_resize = method_image_resize(method)  # "bilinear" unless the method names another
+        loader = loader_identity(method.image_size, self.image_resize)  # decode and resize before any encoder
         storage = {"storage": dtype} if dtype != "fp32" else {}  # fp32 keys stay what they were
         self.identities = {
             name: {**enc.identity(), "loader": loader, **storage} for name, enc in self.encoders.items()
@@ -71,6 +72,12 @@ class Featurizer:
 
     def _run_encoder(self, name: str, images: list[EpisodeImage]) -> list[Features]:
         enc, device = self.encoders[name], self.method.device
+        for im in images:  # the pixels must be the ones the cache key names
+            if im.resize != self.image_resize:
+                raise FssBenchError(
+                    f"{im.rel}: loaded with image resize {im.resize!r}, but the method takes "
+                    f"{self.image_resize!r} (pass load_episode the method's image_resize)"
+                )
         t0 = time.perf_counter()
         out = enc.encode(torch.stack([im.tensor() for im in images]))
         if device.type == "cuda":

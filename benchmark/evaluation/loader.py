@@ -67,17 +67,51 @@ def episode_target(label: ArrayT, cls: int) -> ArrayT:
     return out
 
 
-def loader_identity(size: int) -> dict[str, object]:
+IMAGE_RESIZES = ("bilinear", "pil-bilinear")
+"""How the loader resizes an image to a method's ``S x S`` (the method's optional ``image_resize``):
+``bilinear`` (the default: torch bilinear, align_corners=False, no antialias, as FSSAM/BAM's cv2
+INTER_LINEAR) or ``pil-bilinear`` (Pillow's ``Image.resize((S, S), Image.BILINEAR)`` on the uint8
+image, antialiased when downscaling, as the HSNet-family releases GF-SAM and Matcher load images)."""
+DEFAULT_IMAGE_RESIZE = "bilinear"
+
+
+def check_image_resize(resize: str, where: str = "image_resize") -> str:
+    """``resize`` if it is one of :data:`IMAGE_RESIZES`, else an FssBenchError naming ``where``."""
+    if resize not in IMAGE_RESIZES:
+        raise FssBenchError(f"{where}: {resize!r} is not one of {list(IMAGE_RESIZES)}")
+    return resize
+
+
+def method_image_resize(method: object) -> str:
+    """A method's image resize: its ``image_resize`` attribute, :data:`DEFAULT_IMAGE_RESIZE` when it
+    has none (every method written before the attribute existed)."""
+    resize = getattr(method, "image_resize", None)
+    return DEFAULT_IMAGE_RESIZE if resize is None else check_image_resize(str(resize))
+
+
+def loader_identity(size: int, resize: str = DEFAULT_IMAGE_RESIZE) -> dict[str, object]:
     """What the pixels an encoder sees depend on besides the image file: how it was decoded and
-    resized to ``size`` (part of every feature-cache key)."""
+    resized to ``size`` (part of every feature-cache key). The resize is named only when it is not
+    the default, so the keys of the default resize stay what they were before it could be chosen."""
     import PIL
 
-    return {"version": LOADER_VERSION, "image_size": size, "pillow": PIL.__version__}
+    out: dict[str, object] = {"version": LOADER_VERSION, "image_size": size, "pillow": PIL.__version__}
+    if check_image_resize(resize) != DEFAULT_IMAGE_RESIZE:
+        out["resize"] = resize
+    return out
 
 
-def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) float32 RGB in 0..255 (bilinear, align_corners=False)."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().unsqueeze(0)
+def resize_image(image: np.ndarray, size: int, resize: str = DEFAULT_IMAGE_RESIZE) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float32 RGB in 0..255.
+
+    ``resize`` "bilinear": torch bilinear, align_corners=False, no antialias (float output);
+    "pil-bilinear": Pillow's bilinear resize of the uint8 image (antialiased when downscaling), so
+    the values are the integers PIL gives, as float32."""
+    arr = np.array(image, dtype=np.uint8)
+    if check_image_resize(resize) == "pil-bilinear":
+        pil = Image.fromarray(arr).resize((size, size), Image.BILINEAR)
+        return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).float().contiguous()
+    x = torch.from_numpy(arr).permute(2, 0, 1).float().unsqueeze(0)
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0]
 
 
@@ -156,18 +190,20 @@ class ImageStore:
 
 @dataclass
 class EpisodeImage:
-    """One image of an episode: its path, content hash, and its pixels at size S on demand."""
+    """One image of an episode: its path, content hash, and its pixels at size S on demand (resized
+    the way ``resize`` names, see :data:`IMAGE_RESIZES`)."""
 
     rel: str
     sha256: str
     size: int
     store: ImageStore = field(repr=False)
+    resize: str = DEFAULT_IMAGE_RESIZE
     _tensor: torch.Tensor | None = field(default=None, repr=False)
 
     def tensor(self) -> torch.Tensor:
         """(3, S, S) float32 RGB 0..255, decoded and resized once."""
         if self._tensor is None:
-            self._tensor = resize_image(self.store.image(self.rel), self.size)
+            self._tensor = resize_image(self.store.image(self.rel), self.size, self.resize)
         return self._tensor
 
     def original(self) -> np.ndarray:
@@ -194,13 +230,17 @@ def load_episode(
     ep: Episode,
     size: int,
     evaluation: Evaluation | None = None,
+    image_resize: str = DEFAULT_IMAGE_RESIZE,
 ) -> EpisodeData:
     """Load one episode. ``images`` is the manifest's id -> [image, label] table; ``size`` is S;
-    ``evaluation`` (the manifest's, :attr:`benchmark.episodes.manifest.Manifest.evaluation`) sets ``query_target``."""
+    ``evaluation`` (the manifest's, :attr:`benchmark.episodes.manifest.Manifest.evaluation`) sets
+    ``query_target``; ``image_resize`` is how the images are resized to S (the method's,
+    :func:`method_image_resize`; labels always with nearest)."""
+    check_image_resize(image_resize)
 
     def image(image_id: str) -> EpisodeImage:
         rel = images[image_id][0]
-        return EpisodeImage(rel, store.sha256(rel), size, store)
+        return EpisodeImage(rel, store.sha256(rel), size, store, image_resize)
 
     target = episode_target(store.label(images[ep.query][1]), ep.cls)
     support_targets = [episode_target(store.label(images[s][1]), ep.cls) for s in ep.supports]

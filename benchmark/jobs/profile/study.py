@@ -26,7 +26,7 @@ from benchmark.episodes.manifest import load_manifest
 from benchmark.evaluation.cell import CellSpec
 from benchmark.evaluation.feature_cache import FeatureCache, identity_hash
 from benchmark.evaluation.features import Featurizer
-from benchmark.evaluation.loader import ImageStore, load_episode
+from benchmark.evaluation.loader import ImageStore, load_episode, method_image_resize
 from benchmark.evaluation.metrics import prediction_at_label_size
 from benchmark.evaluation.predict import predict_batch
 from benchmark.jobs.run import StudyRunner
@@ -116,7 +116,9 @@ def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) 
         method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), pool)
         threshold = float(spec.settings.get("threshold", 0.5))
         datas = [
-            load_episode(store, manifest.images, e, method.image_size, manifest.evaluation)
+            load_episode(
+                store, manifest.images, e, method.image_size, manifest.evaluation, method_image_resize(method)
+            )
             for e in manifest.episodes[:episodes]
         ]
         ref = predict_batch(method, Featurizer(method, FeatureCache(None)), datas).float().cpu()
