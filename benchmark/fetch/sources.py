@@ -46,8 +46,9 @@ class Source:
 
 @dataclass(frozen=True)
 class Weights:
-    """A checkpoint of a known architecture: ``kind`` "sam2" (``version``, ``size``) or "dinov2"
-    (``arch``), what :func:`benchmark.fetch.weights.verify_weights` loads it into strictly."""
+    """A checkpoint of a known architecture: ``kind`` "sam2" (``version``, ``size``), "sam1" (SAM 1,
+    ``arch`` vit_b | vit_l | vit_h) or "dinov2" (``arch``), what
+    :func:`benchmark.fetch.weights.verify_weights` loads it into strictly."""
 
     name: str
     kind: str
@@ -62,6 +63,17 @@ _DINOV2_DOC = "https://github.com/facebookresearch/dinov2 (README, 'Pretrained m
 _SAM2_FILES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
 _SAM2_PARAMS_M = {"t": 38.9, "s": 46.0, "b+": 80.8, "l": 224.4}  # SAM 2.1 README table
 _DINOV2_PARAMS_M = {"vits14": 21.0, "vitb14": 86.0, "vitl14": 300.0, "vitg14": 1100.0}  # DINOv2 README
+_SAM1_DOC = "https://github.com/facebookresearch/segment-anything (README, 'Model Checkpoints')"
+_SAM1_FILES = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+_SAM1_PARAMS_M = {
+    "vit_b": 93.7,
+    "vit_l": 312.3,
+    "vit_h": 641.1,
+}  # whole model (encoder, prompt encoder, decoder)
 
 
 def _sam2(version: str, size: str) -> Weights:
@@ -71,6 +83,13 @@ def _sam2(version: str, size: str) -> Weights:
     url = f"https://dl.fbaipublicfiles.com/segment_anything_2/{folder}/{filename}"
     src = Source(url, filename, _SAM2_DOC, approx_mb=round(_SAM2_PARAMS_M[size] * 4 * 1e6 / 2**20))
     return Weights(f"{stem}-{size}", "sam2", src, version, size)
+
+
+def _sam1(arch: str) -> Weights:
+    filename = _SAM1_FILES[arch]
+    url = f"https://dl.fbaipublicfiles.com/segment_anything/{filename}"
+    src = Source(url, filename, _SAM1_DOC, approx_mb=round(_SAM1_PARAMS_M[arch] * 4 * 1e6 / 2**20))
+    return Weights(f"sam-{arch.replace('_', '-')}", "sam1", src, arch=arch)
 
 
 def _dinov2(arch: str) -> Weights:
@@ -86,9 +105,11 @@ WEIGHTS: dict[str, Weights] = {
         *(_sam2("2.0", s) for s in _SAM2_FILES),
         *(_sam2("2.1", s) for s in _SAM2_FILES),
         *(_dinov2(a) for a in _DINOV2_PARAMS_M),
+        *(_sam1(a) for a in _SAM1_FILES),
     ]
 }
-"""``sam2-{t,s,b+,l}`` (SAM 2.0, what FSSAM uses), ``sam2.1-{t,s,b+,l}`` and ``dinov2-vit{s,b,l,g}14``."""
+"""``sam2-{t,s,b+,l}`` (SAM 2.0, what FSSAM uses), ``sam2.1-{t,s,b+,l}``, ``dinov2-vit{s,b,l,g}14`` and
+``sam-vit-{b,l,h}`` (SAM 1, what GF-SAM, PerSAM and Matcher use)."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ VERIFY_IMAGE_SIZE = 512
 
 
 def describe(w: Weights) -> str:
-    """What a file is checked against, e.g. "SAM 2 2.0 size s" or "DINOv2 vitb14"."""
-    return f"SAM 2 {w.version} size {w.size}" if w.kind == "sam2" else f"DINOv2 {w.arch}"
+    """What a file is checked against, e.g. "SAM 2 2.0 size s", "SAM vit_h" or "DINOv2 vitb14"."""
+    if w.kind == "sam2":
+        return f"SAM 2 {w.version} size {w.size}"
+    return f"SAM {w.arch}" if w.kind == "sam1" else f"DINOv2 {w.arch}"
 
 
 def verify_weights(w: Weights, path: Path) -> None:
@@ -40,12 +42,53 @@ def verify_weights(w: Weights, path: Path) -> None:
     try:
         if w.kind == "sam2":
             build_sam2_model(w.version, w.size, VERIFY_IMAGE_SIZE, checkpoint=path)
+        elif w.kind == "sam1":
+            check_sam1_state_dict(w.arch, load_state_dict_file(path))
         else:
             build_dinov2(w.arch, checkpoint=path)
     except USER_ERRORS as e:
         raise FssBenchError(
             f"{w.source.filename} (from {w.source.url_from(None)}) is not {describe(w)}: {e}"
         ) from None
+
+
+def load_state_dict_file(path: Path) -> dict:
+    """A ``.pth`` holding a plain state dict (Meta's SAM 1 files), read with ``weights_only``."""
+    import torch
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle, zip and runtime errors for a file that is not one
+        raise FssBenchError(f"not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(sd, dict):
+        raise FssBenchError(f"expected a state dict (a mapping of tensors), got {type(sd).__name__}")
+    return sd
+
+
+def check_sam1_state_dict(arch: str, state_dict: dict, shown: int = 5) -> None:
+    """Load ``state_dict`` strictly into the official ``segment_anything.sam_model_registry[arch]()``
+    (built on torch's meta device: keys and shapes are checked, no memory is filled), as the
+    official builder loads Meta's file. An FssBenchError names the missing and unexpected keys
+    (the first ``shown`` of each) or the first shape mismatches."""
+    import torch
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):
+        model = sam_model_registry[arch]()
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        parts = [
+            f"{len(keys)} {what} keys (e.g. {', '.join(keys[:shown])})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise FssBenchError(f"strict load into SAM {arch} failed: {'; '.join(parts)}")
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln][:shown]
+        raise FssBenchError(f"strict load into SAM {arch} failed: {' '.join(lines) or e}") from None
 
 
 def fetch_weights(
