@@ -16,8 +16,9 @@ from benchmark.errors import FssBenchError
 from benchmark.io_utils import write_text_atomic
 from benchmark.records.tracking import Tracker, git_commit
 from reports import figures as F
-from reports.collect import ExperimentData, cells_csv_frame, collect_experiment
+from reports.collect import ExperimentData, cells_csv_frame, collect_experiments
 from reports.html import Section, write_html
+from reports.protocol_effect import protocol_effect_tables
 from reports.references import DEFAULT_REFERENCES, Reference, load_references
 from reports.search import TUNED_ON_TEST_WARNING, SearchData, collect_searches, trials_table
 from reports.tables import (
@@ -57,7 +58,7 @@ def _write_table(t: Table, folder: Path) -> None:
 
 
 def build_report(
-    experiment: str,
+    experiment: str | list[str],
     out: Path | None = None,
     tracking_uri: str | None = None,
     reference: str | None = None,
@@ -72,11 +73,15 @@ def build_report(
 
     ``extra_tables`` (e.g. the demo's model-free reference predictors) are written, shown in the
     HTML and Markdown and logged like the paper tables, after them. ``references``: the published
-    numbers shown beside the main tables (reports/references.yaml; None: none)."""
+    numbers shown beside the main tables (reports/references.yaml; None: none). Several experiments
+    (e.g. one per protocol of the protocol study) are read as one, named ``a+b``; the report is logged
+    to the first; their searches are not read."""
+    names = [experiment] if isinstance(experiment, str) else list(experiment)
+    experiment = "+".join(names)
     tracker = tracker or Tracker(tracking_uri, create=False)
     out = Path(out or Path("reports-out") / experiment).absolute()
     tables_dir, fig_dir = out / "tables", out / "figures"
-    exp = tracker.client.get_experiment_by_name(experiment)
+    exp = tracker.client.get_experiment_by_name(experiment) if len(names) == 1 else None
     searches = (
         [] if exp is None else collect_searches(tracker.client, exp.experiment_id, fig_dir / "searches")
     )
@@ -84,12 +89,13 @@ def build_report(
         return _search_only_report(tracker, experiment, out, searches, log_to_mlflow)
     published = load_references(references)  # read (and validated) before any work
     with tempfile.TemporaryDirectory(prefix="fssbench-report-") as tmp:
-        data = collect_experiment(tracker, experiment, Path(tmp))
+        data = collect_experiments(tracker, names, Path(tmp))
     ref = reference_variant(data, reference)
     result = ReportOutput(out, out / "report.html", out / "report.md")
 
     # ---- tables
     result.tables.extend(_main_and_seed_tables(data, published))
+    result.tables.extend(protocol_effect_tables(data))  # none unless the cells have several scorings
     ablation = ablation_frame(data, ref)
     result.tables.extend(_ablation_and_class_tables(data, ablation))
     result.tables.extend(extra_tables or [])

@@ -3,6 +3,12 @@
 Only FINISHED cell runs (``fss.kind = cell``) count. Per-episode tables come from each run's
 ``episodes.parquet`` artifact, so confidence intervals are computed from the same numbers the
 metrics were.
+
+Every cell row names how it was scored (``protocol``, ``scoring``: :class:`reports.scoring.Scoring`,
+from the run's ``protocol`` param and its manifest's evaluation). An experiment that holds cells of
+several scorings (several study files of one name, e.g. the protocol study) has each variant's
+name suffixed with the scoring's tag (``gfsam@hsnet-1024``; ``base_variant`` keeps ``gfsam``), so no
+table averages numbers scored differently; an experiment of one scoring keeps its variant names.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import pandas as pd
 
 from benchmark.data.classes import class_names
 from benchmark.errors import FssBenchError
+from reports.scoring import UNKNOWN_RESOLUTION, Scoring
 
 
 @dataclass
@@ -42,26 +49,78 @@ def _float(x: Any) -> float:
 
 def collect_experiment(tracker, experiment: str, download_dir: Path) -> ExperimentData:
     """Read every finished cell run of ``experiment`` and its per-episode table and config."""
+    return collect_experiments(tracker, [experiment], download_dir)
+
+
+def collect_experiments(tracker, experiments: list[str], download_dir: Path) -> ExperimentData:
+    """Read the finished cell runs of several experiments as one (named ``a+b``, with the first
+    one's id): e.g. the protocol study's files, one experiment per protocol. Variants of the same
+    name scored differently are told apart (module docstring)."""
+    rows: list[tuple[dict[str, Any], dict[str, float]]] = []
+    order: list[str] = []
+    episodes: dict[str, pd.DataFrame] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    ids = []
+    for experiment in experiments:
+        exp_id, exp_rows, exp_order = _collect_runs(tracker, experiment, download_dir, episodes, configs)
+        ids.append(exp_id)
+        rows += exp_rows
+        order = list(dict.fromkeys([*order, *exp_order]))
+    order = _separate_scorings(rows, order)
+    per_class = [
+        pc for row, metrics in rows for pc in _per_class_rows(row, metrics, class_names(row["dataset"]))
+    ]
+    cells = _cells_frame([row for row, _ in rows], order)
+    return ExperimentData("+".join(experiments), ids[0], cells, pd.DataFrame(per_class), episodes, configs)
+
+
+def _collect_runs(
+    tracker, experiment: str, download_dir: Path, episodes: dict, configs: dict
+) -> tuple[str, list[tuple[dict[str, Any], dict[str, float]]], list[str]]:
+    """``experiment``'s id, its cell rows (a row per variant of each latest cell run, with the run's
+    metrics) and its variant order; the runs' tables and configs are added to ``episodes``/``configs``."""
     client = tracker.client
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise FssBenchError(f"no experiment {experiment!r} in {tracker.uri}; experiments there: {names}")
     runs = _finished_cell_runs(client, exp.experiment_id, experiment)
-    rows, per_class, episodes, configs = [], [], {}, {}
+    rows = []
     latest = _latest_per_cell(runs)
     for r in latest.values():
-        row = _cell_row(r, experiment)
-        names = class_names(row["dataset"])
-        for variant in variants_of(r):  # a cell that two variants of the study share counts for both
-            row_v = row | {"variant": variant}
-            rows.append(row_v)
-            per_class.extend(_per_class_rows(row_v, r.data.metrics, names))
         rid = r.info.run_id
         episodes[rid], configs[rid] = _run_tables(client, rid, download_dir)
-    cells = _cells_frame(rows, _variant_order(latest.values()))
-    pc = pd.DataFrame(per_class)
-    return ExperimentData(experiment, exp.experiment_id, cells, pc, episodes, configs)
+        row = _cell_row(r, experiment) | {"scoring": _scoring(client, r, configs[rid], download_dir)}
+        for variant in variants_of(r):  # a cell that two variants of the study share counts for both
+            rows.append((row | {"variant": variant, "base_variant": variant}, r.data.metrics))
+    return exp.experiment_id, rows, _variant_order(latest.values())
+
+
+def _separate_scorings(rows: list[tuple[dict[str, Any], dict[str, float]]], order: list[str]) -> list[str]:
+    """With cells of several scorings, suffix every row's variant with its scoring's tag (in place);
+    the variant order to use (each variant's scorings in order of appearance)."""
+    if len({row["scoring"] for row, _ in rows}) < 2:
+        return order
+    for row, _ in rows:
+        row["variant"] = f"{row['base_variant']}@{row['scoring'].tag}"
+    tags = list(dict.fromkeys(row["scoring"].tag for row, _ in rows))
+    return [f"{v}@{t}" for v in order for t in tags]
+
+
+def _scoring(client, run, config: dict[str, Any], download_dir: Path) -> Scoring:
+    """How the cell was scored: its ``protocol`` param and its manifest's evaluation (config.json's
+    ``evaluation``; for a run recorded before config.json held it, the ``manifest.json`` artifact)."""
+    protocol = run.data.params.get("protocol", "unknown")
+    evaluation = config.get("evaluation")
+    if evaluation is None:
+        try:
+            path = client.download_artifacts(
+                run.info.run_id, "manifest.json", str(download_dir / run.info.run_id)
+            )
+            evaluation = json.loads(Path(path).read_text()).get("eval") or {"resolution": "original"}
+        except Exception:
+            return Scoring(protocol, UNKNOWN_RESOLUTION)
+    return Scoring.of(protocol, evaluation)
 
 
 def _finished_cell_runs(client, experiment_id: str, experiment: str) -> list:
@@ -117,6 +176,7 @@ def _cell_row(run, experiment: str) -> dict[str, Any]:
         # every weight source of the cell (sam2, dinov2, or fssam for the authors' checkpoint)
         "weights": tuple(sorted(v for k, v in t.items() if k.startswith("fss.weights."))),
         "study": t.get("fss.study", experiment),
+        "protocol": p.get("protocol"),
         "cell_key": t.get("fss.cell_key"),
         "episodes_per_s": m.get("episodes_per_s"),
         "data_root": p.get("data_root"),
@@ -205,7 +265,7 @@ def cells_csv_frame(cells: pd.DataFrame) -> pd.DataFrame:
     """The report's ``cells.csv``: the runner's schema for the columns both have (``miou_pct``,
     ``fb_iou_pct``: percent, units in the names), the other metrics likewise in percent
     (``fg_iou_pct``, ``miou_ci_low_pct``, ``miou_ci_high_pct``), and ``weights`` as the cell's
-    weight ids joined by ``;`` (not a Python tuple)."""
+    weight ids joined by ``;`` (not a Python tuple), ``scoring`` as its tag (``hsnet-1024``)."""
     out = cells.copy()
     for name in PERCENT_COLUMNS:
         if name in out:
@@ -213,4 +273,6 @@ def cells_csv_frame(cells: pd.DataFrame) -> pd.DataFrame:
     out = out.rename(columns={name: f"{name}_pct" for name in PERCENT_COLUMNS})
     if "weights" in out:
         out["weights"] = [";".join(w) if isinstance(w, (tuple, list)) else w for w in out["weights"]]
+    if "scoring" in out:  # its tag, e.g. hsnet-1024
+        out["scoring"] = [s.tag if isinstance(s, Scoring) else s for s in out["scoring"]]
     return out

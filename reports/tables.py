@@ -356,7 +356,10 @@ def main_table(
     ``95% CI`` column follows it: a percentile bootstrap over seeds and, within every cell, episodes
     (:func:`benchmark.evaluation.metrics.seed_bootstrap_ci`). Best value per column in bold. ``references``
     that match (dataset, metric, a variant and shot of the table) add a "published" row with the
-    paper's number and a row with our difference from it (when all 4 folds are present).
+    paper's number (and its fold values, when it has them) and a row with our difference from it
+    (the mean's when all 4 folds are present). A reference that states its scoring is compared only
+    with the variant's cells scored the same way; otherwise its row is shown without a difference
+    and the footer says why.
     """
     cells = data.cells[data.cells["dataset"] == dataset]
     label = METRIC_LABELS[metric]
@@ -367,18 +370,24 @@ def main_table(
     footer = _main_footer(data, cells, layout.n_seeds, n_boot, uneven)
     rows = list(layout.variants)
     for ref in references or []:
-        if (
-            ref.dataset != dataset
-            or ref.metric != metric
-            or ref.variant not in layout.variants
-            or ref.shot not in layout.shots
-        ):
+        if ref.dataset != dataset or ref.metric != metric or ref.shot not in layout.shots:
             continue
-        _add_published_rows(ref, layout, rows, values, texts, bold)
+        variant, mismatch = published_match(ref, cells)
+        if variant is None or variant not in layout.variants:
+            continue
+        _add_published_rows(ref, layout, rows, values, texts, bold, variant, compare=not mismatch)
+        scored = f" ({ref.scoring.text})" if ref.scoring is not None else ""
+        if mismatch:
+            why = f" Not compared: {mismatch}."
+        else:
+            why = (
+                ""
+                if layout.all_folds
+                else " No difference of the mean shown: the table has fewer than 4 folds."
+            )
         footer.append(
             f"Published (not measured here): {ref.method}, {_dataset_name(dataset)} {ref.shot}-shot mean "
-            f"{label} {_num(ref.value)}. Source: {ref.source}."
-            + ("" if layout.all_folds else " No difference shown: the table has fewer than 4 folds.")
+            f"{label} {_num(ref.value)}{scored}. Source: {ref.source}.{why}"
         )
     return Table(
         title=f"{label} (%) on {_dataset_name(dataset)}: mean over seeds; mean = mean over "
@@ -496,6 +505,26 @@ def _main_footer(
     return footer
 
 
+def published_match(ref: Reference, cells: pd.DataFrame) -> tuple[str | None, str]:
+    """The variant of ``cells`` (one dataset's cell rows) that ``ref`` sits beside, and why it is
+    not compared ("" when it is). A reference without a stated scoring goes with ``ref.variant``
+    (as before scorings were recorded). One with a scoring goes with the variant whose base name is
+    ``ref.variant`` and whose cells at ``ref.shot`` were scored the same way; if that variant only
+    ran under other scorings, with it but not compared, the reason naming both scorings."""
+    if ref.scoring is None:
+        return ref.variant, ""
+    base = cells["base_variant"] if "base_variant" in cells else cells["variant"]
+    mine = cells[(base == ref.variant) & (cells["shot"] == ref.shot)]
+    if mine.empty:
+        return None, ""
+    scorings = list(mine["scoring"]) if "scoring" in mine else [None] * len(mine)
+    same = [v for v, s in zip(mine["variant"], scorings, strict=True) if s == ref.scoring]
+    if same:
+        return same[0], ""
+    ours = "; ".join(dict.fromkeys(s.text if s is not None else "scoring not recorded" for s in scorings))
+    return str(mine["variant"].iloc[0]), f"ours {ours}, the published number {ref.scoring.text}"
+
+
 def _add_published_rows(
     ref: Reference,
     layout: _MainLayout,
@@ -503,25 +532,33 @@ def _add_published_rows(
     values: list[list],
     texts: list[list[str]],
     bold: list[list[bool]],
+    variant: str,
+    compare: bool = True,
 ) -> None:
     """Append to the main table (``rows``, ``values``, ``texts``, ``bold``, in place) a row with
-    the published number ``ref`` and one with our difference from it. The number goes under our
-    mean of ``ref.shot`` when all folds are present, else under a column of its own
-    (:data:`PUBLISHED_MEAN`, added to ``layout.columns``) and with no difference."""
+    the published number ``ref`` (its fold values under our fold columns, when it has them) and,
+    with ``compare``, one with ``variant``'s difference from it. The number goes under our mean of
+    ``ref.shot`` when all folds are present, else under a column of its own
+    (:data:`PUBLISHED_MEAN`, added to ``layout.columns``) with no difference of the mean."""
     columns = layout.columns
     col = columns.index((f"{ref.shot}-shot", layout.mean_label))
-    ours = values[layout.variants.index(ref.variant)][col]
-    diff = ours - ref.value if layout.all_folds and np.isfinite(ours) else np.nan
+    ours_row = values[layout.variants.index(variant)]
+    diff = ours_row[col] - ref.value if layout.all_folds and np.isfinite(ours_row[col]) else np.nan
     if not layout.all_folds:
         # a published number is a mean of all 4 folds: never under a "mean (k of 4 folds)" header
         at = col + 1 + (columns[col + 1 : col + 2] == [(f"{ref.shot}-shot", "95% CI")])  # after our CI
         col = _insert_column(columns, values, texts, bold, at, (f"{ref.shot}-shot", PUBLISHED_MEAN))
-    for name, value, sign in (
-        (f"{ref.method} (published)", ref.value, False),
-        (f"{ref.variant} − published", diff, True),
+    published, difference = [np.nan] * len(columns), [np.nan] * len(columns)
+    published[col], difference[col] = ref.value, diff
+    for f, value in enumerate(ref.folds or ()):
+        fold_col = (f"{ref.shot}-shot", f"fold{f}")
+        if fold_col in columns:
+            j = columns.index(fold_col)
+            published[j], difference[j] = value, ours_row[j] - value
+    for name, row, sign in (
+        (f"{ref.method} (published)", published, False),
+        *([(f"{variant} − published", difference, True)] if compare else []),
     ):
-        row = [np.nan] * len(columns)
-        row[col] = value
         rows.append(name)
         values.append(row)
         texts.append([_num(x, sign=sign) for x in row])

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--episodes {args.episodes!r}: expected comma-separated episode ids, e.g. 3,17"
             ) from None
     res = build_report(
-        args.experiment,
+        args.experiment[0] if len(args.experiment) == 1 else args.experiment,
         Path(args.out) if args.out else None,
         tracking_uri=args.tracking_uri,
         reference=args.reference,
@@ -52,7 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rp = add_command(
         subparsers, "report", "tables, figures and an HTML report from an experiment's tracked runs"
     )
-    rp.add_argument("--experiment", required=True, help="MLflow experiment (the study name)")
+    rp.add_argument(
+        "--experiment",
+        required=True,
+        nargs="+",
+        help="MLflow experiment (the study name); several are read as one (e.g. one per protocol)",
+    )
     rp.add_argument("--out", default=None, help="output folder (default: reports-out/<experiment>)")
     add_tracking_uri(rp)
     rp.add_argument(

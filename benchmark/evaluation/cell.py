@@ -523,6 +523,7 @@ def cell_config(result: CellResult) -> dict[str, Any]:
         "manifest_sha256": m.sha256 if m is not None else None,
         "classes": list(m.classes) if m is not None else None,
         "class_split": m.class_split if m is not None else None,
+        "evaluation": m.evaluation.to_json() if m is not None else None,  # how the cell is scored
         "weights": result.weight_ids,  # the ids of the cell key and the fss.weights.* tags
         "weights_loaded": result.weight_hashes,  # the built method's own account of them
         "random_init": result.random_init,
