@@ -438,8 +438,8 @@ class _EpisodeRun:
         size, resize = self.method.image_size, method_image_resize(self.method)
         datas = [load_episode(self.store, m.images, ep, size, m.evaluation, resize) for ep in batch]
         for d in datas:
-            for img in (d.query, *d.supports):
-                if self.feat.needs_pixels(img):
+            for img, role in ((d.query, "query"), *((s, "support") for s in d.supports)):
+                if self.feat.needs_pixels(img, role):
                     img.tensor()
         return datas
 
