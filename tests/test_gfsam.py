@@ -1,0 +1,359 @@
+"""GF-SAM (baselines/gfsam.py, baselines/gfsam_logic.py): the decision logic on hand-built tensors
+(every expected point, cluster, gate and mask worked out by hand below), the switches, K-shot
+priors, and the whole method on tiny random-init encoders."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from baselines import gfsam_logic as gl
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def cells_mask(cells: list[tuple[int, int]], grid: int, size: int) -> torch.Tensor:
+    """(size, size) bool: the union of the (x, y) grid cells' pixel blocks."""
+    step = size // grid
+    out = torch.zeros(size, size, dtype=torch.bool)
+    for x, y in cells:
+        out[y * step : (y + 1) * step, x * step : (x + 1) * step] = True
+    return out
+
+
+def block(x0: int, x1: int, y0: int, y1: int) -> list[tuple[int, int]]:
+    """The cells x in [x0, x1], y in [y0, y1]."""
+    return [(x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
+
+
+def one_hot_tokens(kinds: list[int], channels: int = 3) -> torch.Tensor:
+    """(N, C) tokens, token n = basis vector kinds[n]."""
+    return torch.eye(channels)[torch.tensor(kinds)]
+
+
+# ------------------------------------------------------------------------- normalisation, priors
+
+
+def test_token_axis_normalisation_is_the_release_bug_and_channels_is_per_token():
+    t = torch.tensor([[[3.0, 4.0], [0.0, 2.0], [4.0, 0.0]]])
+    tokens = gl.normalize_tokens(t, "tokens")
+    # each channel over the 3 tokens: channel 0 norm 5, channel 1 norm sqrt(20)
+    r20 = math.sqrt(20.0)
+    assert torch.allclose(tokens[0], torch.tensor([[0.6, 4 / r20], [0.0, 2 / r20], [0.8, 0.0]]), atol=1e-7)
+    channels = gl.normalize_tokens(t, "channels")
+    assert torch.allclose(channels[0], torch.tensor([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]), atol=1e-7)
+    # the cosine of tokens 0 and 2: 12 / (5 * 4) = 0.6 raw and per-token; the release reweights channels
+    cos_c = gl.cosine_matrix(channels[0], channels[0])[0, 2]
+    cos_t = gl.cosine_matrix(tokens[0], tokens[0])[0, 2]
+    assert cos_c == pytest.approx(0.6, abs=1e-6)
+    assert cos_t == pytest.approx(0.6 / math.sqrt(0.36 + 16 / 20), abs=1e-6)
+    with pytest.raises(ValueError, match="token_norm"):
+        gl.normalize_tokens(t, "rows")
+
+
+def loop_prior(query, support, m):
+    """A second, loop-by-loop implementation of one shot's (P_max, P_mean) in float64."""
+    q, s, m = query.double(), support.double(), m.double()
+    n = q.shape[0]
+    p_max, p_mean = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    for j in range(n):
+        vals = [m[i] * (s[i] @ q[j]) / (s[i].norm() * q[j].norm() + 1e-7) for i in range(s.shape[0])]
+        p_max[j] = max(vals)
+        p_mean[j] = (sum(vals) / len(vals)) / (m.mean() + 1e-7)
+    return p_max, p_mean
+
+
+def test_prior_on_a_hand_case_and_against_a_loop_implementation():
+    query = one_hot_tokens([0, 0, 1, 1])  # a 2x2 grid: the top row is the "object"
+    support = one_hot_tokens([0, 1, 1, 1])
+    m = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    p_max, p_mean = gl.prior(query, support[None], m)
+    assert torch.allclose(p_max, torch.tensor([1.0, 1.0, 0.0, 0.0]), atol=1e-6)
+    assert torch.allclose(p_mean, torch.tensor([1.0, 1.0, 0.0, 0.0]), atol=1e-6)
+    _, b_mean = gl.prior(query, support[None], 1 - m)
+    assert torch.allclose(b_mean, torch.tensor([0.0, 0.0, 1.0, 1.0]), atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    q, s = torch.randn(9, 5, generator=g), torch.randn(9, 5, generator=g)
+    mm = torch.rand(9, generator=g)
+    got, want = gl.prior(q, s[None], mm[None]), loop_prior(q, s, mm)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a.double(), b, atol=1e-6)
+
+
+def test_kshot_priors_are_the_mean_of_the_shots_and_an_empty_shot_adds_zeros():
+    g = torch.Generator().manual_seed(1)
+    q, s = torch.randn(16, 4, generator=g), torch.randn(3, 16, 4, generator=g)
+    m = (torch.rand(3, 16, generator=g) > 0.5).float()
+    p_max, p_mean = gl.prior(q, s, m)
+    singles = [loop_prior(q, s[k], m[k]) for k in range(3)]
+    assert torch.allclose(p_max.double(), sum(x[0] for x in singles) / 3, atol=1e-6)
+    assert torch.allclose(p_mean.double(), sum(x[1] for x in singles) / 3, atol=1e-6)
+    m_empty = torch.stack([m[0], torch.zeros(16)])
+    e_max, e_mean = gl.prior(q, s[:2], m_empty)
+    assert torch.allclose(e_max.double(), singles[0][0] / 2, atol=1e-6)
+    assert torch.allclose(e_mean.double(), singles[0][1] / 2, atol=1e-6)
+
+
+def test_empty_supports_get_the_centre_square_in_every_shot_only_when_all_are_empty():
+    empty = torch.zeros(2, 32, 32)
+    filled = gl.support_mask_fallback(empty)
+    assert empty.sum() == 0  # not in place
+    want = torch.zeros(32, 32)
+    want[9:23, 9:23] = 1.0  # 32 // 2 -+ 7
+    assert torch.equal(filled[0], want) and torch.equal(filled[1], want)
+    one = empty.clone()
+    one[1, 0, 0] = 1.0
+    assert torch.equal(gl.support_mask_fallback(one), one)
+    # at the release's 1024 frame and 37 grid the 14x14 square is exactly the centre cell (18, 18)
+    m = gl.sample_masks(gl.support_mask_fallback(torch.zeros(1, 1024, 1024)), 37)
+    assert torch.nonzero(m[0]).flatten().tolist() == [18 * 37 + 18] and m[0, 18 * 37 + 18] == 1.0
+
+
+def test_alignment_on_hand_numbers():
+    a_mean = torch.tensor([[0.8, 0.2], [0.5, 0.1]])
+    a_max = torch.tensor([[1.0, 0.5], [0.6, 0.2]])
+    b_mean = torch.tensor([[0.1, 0.9], [0.2, 0.5]])
+    p = gl.alignment(a_max, a_mean, b_mean)
+    assert float(p.h) == pytest.approx(0.45)
+    # X = [[.8, .1], [.3, .02]] -> (X - .02) / .78; B~ = (B - .1) / .8 = [[0, 1], [.125, .5]]
+    assert torch.allclose(p.x_norm, torch.tensor([[1.0, 0.08 / 0.78], [0.28 / 0.78, 0.0]]), atol=1e-5)
+    assert torch.allclose(p.b_norm, torch.tensor([[0.0, 1.0], [0.125, 0.5]]), atol=1e-5)
+    assert torch.allclose(p.filtered, torch.tensor([[1.0, 0.0], [0.28 / 0.78, 0.0]]), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ points
+
+
+def test_point_count_truncates_and_points_are_ordered_by_x_then_y():
+    f = torch.zeros(3, 3)
+    f[0, 1], f[2, 0], f[1, 1] = 0.9, 0.9, 0.3  # sum 2.1 -> 2 points: cells (x1, y0) and (x0, y2)
+    hot, pts = gl.select_points(f)
+    assert pts.tolist() == [[0, 2], [1, 0]]  # row-major order would be the reverse
+    assert hot.sum() == 2 and hot[0, 1] == 1 and hot[2, 0] == 1
+    f2 = torch.full((3, 3), 0.9999 / 3)  # sum 2.9997: int() gives 2, not 3
+    assert gl.select_points(f2)[1].shape[0] == 2
+    small = torch.zeros(3, 3)
+    small[1, 2] = 0.4  # 0 < sum < 1: one point
+    assert gl.select_points(small)[1].tolist() == [[2, 1]]
+    assert gl.select_points(torch.zeros(3, 3))[1].shape == (0, 2)
+    assert gl.select_points(torch.ones(3, 3), max_points=3)[1].tolist() == [[0, 0], [1, 0], [2, 0]]
+
+
+def test_topk_ties_take_the_lower_flat_index():
+    f = torch.zeros(3, 3)
+    f[0, 2], f[1, 0], f[0, 0] = 0.6, 0.6, 0.6  # sum 1.8 -> one point among three tied cells
+    assert gl.select_points(f)[1].tolist() == [[0, 0]]
+    f[0, 0] = 0.0
+    f[2, 2] = 0.6  # tied at flats 2, 3, 8; sum 1.8: flat 2 = (x2, y0)
+    assert gl.select_points(f)[1].tolist() == [[2, 0]]
+
+
+def test_prompt_pixels_are_cell_corners_in_the_release_and_centres_on_the_switch():
+    p = torch.stack([torch.arange(37), torch.arange(37).flip(0)], dim=1)
+    corner = gl.prompt_coords(p, 37, 1024, "corner")
+    assert corner.tolist() == [[x * 1024 // 37, y * 1024 // 37] for x, y in p.tolist()]
+    centre = gl.prompt_coords(p[:1], 37, 1024, "centre")
+    assert centre.tolist() == [[1024 / 37 / 2 - 0.5, 1024 / 37 * 36.5 - 0.5]]
+    with pytest.raises(ValueError, match="point_position"):
+        gl.prompt_coords(p, 37, 1024, "middle")
+
+
+def test_point_masks_batches_of_64_single_positive_points():
+    calls = []
+
+    def decode(coords, labels):
+        calls.append((coords.shape, labels.tolist()))
+        return (coords[:, :, :1].reshape(-1, 1, 1, 1) - 50.0).expand(-1, 1, 4, 4)  # fg iff x > 50
+
+    coords = torch.stack([torch.arange(130.0), torch.zeros(130)], dim=1)
+    masks = gl.point_masks(decode, coords)
+    assert [c[0] for c in calls] == [(64, 1, 2), (64, 1, 2), (2, 1, 2)]
+    assert all(all(lab == [1] for lab in c[1]) for c in calls)
+    assert masks.dtype == torch.bool and masks[:, 0, 0].tolist() == [x > 50 for x in range(130)]
+
+
+# --------------------------------------------------------------------------- graph and clusters
+
+
+def test_adjacency_reads_each_mask_at_the_prompt_pixels_and_clusters_are_weak_components():
+    g, s = 8, 64
+    pts = torch.tensor([[1, 1], [2, 1], [5, 5], [6, 5], [1, 6]])
+    masks = torch.stack(
+        [
+            cells_mask([(1, 1), (2, 1)], g, s),  # covers points 0 and 1
+            cells_mask([(2, 1)], g, s),  # covers 1
+            cells_mask([(5, 5)], g, s),  # covers 2
+            cells_mask([(5, 5), (6, 5)], g, s),  # covers 2 and 3
+            cells_mask([(1, 6)], g, s),  # covers 4
+        ]
+    )
+    adj = gl.adjacency(masks, pts, g, "corner")
+    want = [[1, 1, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
+    assert adj.tolist() == want
+    assert gl.weak_clusters(adj).tolist() == [0, 0, 1, 1, 2]
+    # mask 1 without its cell's top-left pixel column: the release misses the point, the centre sees it
+    masks[1, :, 16] = False
+    assert gl.adjacency(masks, pts, g, "corner")[1, 1] == 0
+    assert gl.adjacency(masks, pts, g, "centre")[1, 1] == 1
+    # scipy's numbering: components in order of their smallest member
+    chain = torch.zeros(4, 4)
+    chain[3, 1] = chain[0, 2] = 1.0  # 0-2 and 1-3 (directed edges, weak components)
+    assert gl.weak_clusters(chain).tolist() == [0, 1, 0, 1]
+
+
+def growth_case():
+    """A 4x4 grid at 16 px: the object is the top-left 2x2 cells (Pos, D = 0.75), the rest
+    background (D = -0.25); cluster 0 holds masks A, B, C, D (D = A), cluster 1 mask E."""
+    g, s = 4, 16
+    a_mean = torch.zeros(g, g)
+    a_mean[0:2, 0:2] = 1.0
+    b_mean = torch.full((g, g), 0.25)
+    priors = gl.Priors(a_mean, a_mean, b_mean, torch.tensor(1.0), a_mean, b_mean, a_mean)
+    mask_a = [(0, 0), (1, 0)]
+    masks = torch.stack(
+        [
+            cells_mask(mask_a, g, s),  # 2 object cells: score 0.75
+            cells_mask([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)], g, s),  # 4 + 1: (3 - .25) / 5 = 0.55
+            cells_mask([(3, 3), (3, 2)], g, s),  # background: -0.25
+            cells_mask(mask_a, g, s),  # = A: 0.75, a tie visited after A
+            cells_mask([(3, 0)], g, s),  # cluster 1, background
+        ]
+    )
+    return g, masks, priors, torch.tensor([0, 0, 0, 0, 1])
+
+
+def test_mask_growth_visits_by_score_and_keeps_masks_that_add_more_object_than_background():
+    g, masks, priors, labels = growth_case()
+    soft = gl.soft_masks(masks, g)
+    assert set(soft.unique().tolist()) == {0.0, 1.0}  # cell-aligned masks sample crisply
+    out = gl.mask_growth(soft, priors, labels, "last-visited")
+    assert torch.allclose(out.scores[0], torch.tensor([0.75, 0.55, -0.25, 0.75]), atol=1e-5)
+    # A (+2, kept); D adds nothing (0 > 0 fails); B adds 3 cells, 2 object (+1, kept); C (-2)
+    assert out.orders[0].tolist() == [0, 3, 1, 2] and out.orders[1].tolist() == [4]
+    assert out.fg.tolist() == [True, True, False, False, False]
+    assert out.cls.tolist() == [-2.0, -2.0, -2.0, -2.0, -1.0]  # the last visited mask's pos - neg
+    own = gl.mask_growth(soft, priors, labels, "own")
+    assert own.fg.tolist() == out.fg.tolist()
+    assert own.cls.tolist() == [2.0, 1.0, -2.0, 0.0, -1.0]
+
+
+def consistency_case():
+    """A 6x6 grid at 24 px. Tokens: e1 in the top-left 2x2 and at (2,0), (3,0), (0,4); e2 in the
+    bottom-right 2x2; e3 elsewhere. Clusters: 0 = {p0, p1} (masks = the top-left 2x2), 1 = {p2}
+    (bottom-right 2x2), 2 = {p3, p4, p5} (union x2..5, y0..1: 2 e1 + 6 e3 cells),
+    3 = {p6, p7} (union x0..1, y4..5: 1 e1 + 3 e3 cells)."""
+    g, s = 6, 24
+    kinds = [2] * 36
+    for x, y in [*block(0, 1, 0, 1), (2, 0), (3, 0), (0, 4)]:
+        kinds[y * g + x] = 0
+    for x, y in block(4, 5, 4, 5):
+        kinds[y * g + x] = 1
+    query = one_hot_tokens(kinds)
+    pts = torch.tensor([[0, 0], [1, 1], [5, 5], [2, 0], [3, 0], [4, 0], [0, 4], [0, 5]])
+    cells = [
+        block(0, 1, 0, 1),
+        block(0, 1, 0, 1),
+        block(4, 5, 4, 5),
+        block(2, 5, 0, 1),
+        [(3, 0)],
+        [(4, 0)],
+        block(0, 1, 4, 5),
+        [(0, 5)],
+    ]
+    masks = torch.stack([cells_mask(c, g, s) for c in cells])
+    return g, masks, pts, query
+
+
+def test_point_consistency_assigns_points_by_similarity_over_distance_with_the_majority_rule():
+    g, masks, pts, query = consistency_case()
+    labels = gl.weak_clusters(gl.adjacency(masks, pts, g))
+    assert labels.tolist() == [0, 0, 1, 2, 2, 2, 3, 3]
+    out = gl.point_consistency(masks, labels, pts, query, g)
+    # Q_0 ~ 1 on e1, Q_1 ~ 1 on e2, Q_2 = 2/8 on e1 and 6/8 on e3, Q_3 = 1/4 on e1 and 3/4 on e3
+    assert out.dist[0].tolist() == pytest.approx(
+        [1, 1, 32**0.5, 2**0.5, 5**0.5, 10**0.5, 10**0.5, 17**0.5], abs=1e-6
+    )
+    assert float(out.v[0, 3]) == pytest.approx(1 / 2**0.5, abs=1e-5)  # p3 (e1) prefers cluster 0 ...
+    assert float(out.v[2, 3]) == pytest.approx(0.25, abs=1e-5)  # ... to its own
+    assert float(out.v[2, 5]) == pytest.approx(0.75, abs=1e-5)
+    assert float(out.v[0, 6]) == pytest.approx(1 / 10**0.5, abs=1e-5)
+    assert float(out.v[3, 6]) == pytest.approx(0.25, abs=1e-5)
+    assert out.assigned.tolist() == [0, 0, 1, 0, 0, 2, 0, 3]
+    # cluster 2: 1 consistent of 3 -> all dropped; cluster 3: 1 of 2 (a tie) -> kept
+    assert out.consistent.tolist() == [True, True, True, False, False, False, False, True]
+
+
+def test_gate_labels_and_first_argmax():
+    fg = torch.tensor([True, False, True, False])
+    ok = torch.tensor([True, True, False, False])
+    assert gl.gate_labels(fg, ok).tolist() == [1, 2, 2, 0]
+    assert gl.first_argmax(torch.tensor([[1.0, 3.0], [3.0, 3.0], [3.0, 0.0]]), dim=0).tolist() == [1, 0]
+
+
+def test_merge_is_the_union_of_gate_one_masks_with_the_release_fallback():
+    g, s = 4, 16
+    masks = torch.stack([cells_mask([(i, i)], g, s) for i in range(4)])
+    pred, j = gl.merge(masks, torch.tensor([1, 0, 1, 2]), torch.zeros(4))
+    assert j is None and torch.equal(pred, masks[0] | masks[2])
+    gates, cls = torch.tensor([0, 2, 0, 2]), torch.tensor([5.0, 1.0, 7.0, 3.0])
+    for pick in gl.FALLBACK_PICKS:
+        pred, j = gl.merge(masks, gates, cls, pick)
+        assert j == 3 and torch.equal(pred, masks[3])
+    cls = torch.tensor([5.0, -1.0, 7.0, -0.5])  # label-2 scores all negative
+    assert gl.merge(masks, gates, cls, "zeroed-argmax")[1] == 0  # the first non-label-2 point
+    assert gl.merge(masks, gates, cls, "best-label2")[1] == 3
+    none = torch.zeros(4, dtype=torch.long)
+    assert gl.merge(masks, none, cls, "zeroed-argmax")[1] == 0
+    assert gl.merge(masks, none, cls, "best-label2")[1] == 0
+    with pytest.raises(ValueError, match="fallback_pick"):
+        gl.merge(masks, gates, cls, "max")
+
+
+# ------------------------------------------------------------------------------- one episode
+
+
+def object_decode(obj: torch.Tensor):
+    """A stub SAM: the object mask for a point on it, else a 1-pixel mask at the point."""
+
+    def decode(coords, labels):
+        out = []
+        for x, y in coords[:, 0].long().tolist():
+            m = obj.clone() if obj[y, x] else torch.zeros_like(obj)
+            m[y, x] = True
+            out.append(m)
+        return torch.stack(out)[:, None].float() * 2 - 1
+
+    return decode
+
+
+@pytest.mark.parametrize("norm", gl.TOKEN_NORMS)
+def test_one_episode_on_designed_tokens(norm):
+    """4x4 grid at 16 px, the object the top-left 2x2 cells in query and support (tokens e1 there).
+    A_mean ~ A_max ~ 1 on the object, B_mean ~ 1 off it, so F ~ 0.999998 on 4 cells: int(sum)
+    = 3 points, the tied cells with the lowest flat indices (0, 1, 4), ordered (0,0), (0,1), (1,0).
+    Each SAM mask is the object: one cluster; A is kept and the two identical masks add nothing
+    (fg 1, 0, 0); one cluster is always consistent: gates 1, 2, 2; the prediction is the object."""
+    g, s = 4, 16
+    kinds = [1] * 16
+    for x, y in block(0, 1, 0, 1):
+        kinds[y * g + x] = 0
+    tokens = one_hot_tokens(kinds)
+    obj = cells_mask(block(0, 1, 0, 1), g, s)
+    pred, inter = gl.run_episode(
+        tokens, tokens[None], obj[None].float(), object_decode(obj), gl.Switches(norm)
+    )
+    assert inter["points"].tolist() == [[0, 0], [0, 1], [1, 0]]
+    assert inter["coords"].tolist() == [[0, 0], [0, 4], [4, 0]]
+    assert inter["clusters"].tolist() == [0, 0, 0]
+    assert inter["growth"].fg.tolist() == [True, False, False]
+    assert inter["gates"].tolist() == [1, 2, 2] and inter["fallback"] is None
+    assert torch.equal(pred, obj)
+
+
+def test_one_episode_without_points_predicts_nothing():
+    tokens = torch.ones(16, 3)  # every cell alike: A_mean is flat, X~ = 0, no point
+    obj = cells_mask([(0, 0)], 4, 16)
+    pred, inter = gl.run_episode(tokens, tokens[None], obj[None].float(), object_decode(obj))
+    assert inter["points"].shape == (0, 2) and not pred.any() and pred.shape == (16, 16)
