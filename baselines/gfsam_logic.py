@@ -22,6 +22,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
+from baselines.gfsam_config import CLS_SCORES, FALLBACK_PICKS, POINT_POSITIONS, TOKEN_NORMS
+
 MAX_POINTS = 128  # find_points: k = min(int(sum F), 128)
 SAM_BATCH = 64  # generate_sam_masks: points per decoder call
 COS_EPS = 1e-7  # generate_prior: added to the norm product and to the mask mean
@@ -29,10 +31,6 @@ MINMAX_EPS = 1e-6  # predict: min-max normalisation of X and B_mean
 SCORE_EPS = 1e-6  # cluster_classification: mask score denominator
 FALLBACK_HALF = 7  # set_reference: the empty-support square is rows/cols [S//2 - 7, S//2 + 7)
 
-TOKEN_NORMS = ("tokens", "channels")
-CLS_SCORES = ("last-visited", "own")
-FALLBACK_PICKS = ("zeroed-argmax", "best-label2")
-POINT_POSITIONS = ("corner", "centre")
 
 DecodeFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -359,7 +357,7 @@ def run_episode(
     pred, fallback = merge(masks, gates, growth.cls, switches.fallback_pick)
     inter |= {
         "coords": coords,
-        "point_labels": torch.ones(points.shape[0], dtype=torch.long),
+        "point_labels": torch.ones(points.shape[0], dtype=torch.long, device=points.device),
         "masks": masks,
         "clusters": labels,
         "growth": growth,

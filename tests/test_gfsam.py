@@ -357,3 +357,207 @@ def test_one_episode_without_points_predicts_nothing():
     obj = cells_mask([(0, 0)], 4, 16)
     pred, inter = gl.run_episode(tokens, tokens[None], obj[None].float(), object_decode(obj))
     assert inter["points"].shape == (0, 2) and not pred.any() and pred.shape == (16, 16)
+
+
+# --------------------------------------------------------------------------- configuration, registry
+
+
+def test_config_defaults_are_the_release_and_bad_fields_are_named():
+    from baselines import sam_backend
+    from baselines.gfsam_config import SAM_ARCHS, GFSAMConfig
+    from fssam.errors import FSSAMError
+
+    cfg = GFSAMConfig()
+    assert (cfg.sam, cfg.dinov2, cfg.dinov2_input_size, cfg.image_size) == ("vit_h", "vitl14", 518, 1024)
+    assert (cfg.token_norm, cfg.dinov2_antialias, cfg.image_resize) == ("tokens", False, "pil-bilinear")
+    assert (cfg.cls_score, cfg.fallback_pick, cfg.point_position) == (
+        "last-visited",
+        "zeroed-argmax",
+        "corner",
+    )
+    assert GFSAMConfig.from_dict(cfg.to_dict()) == cfg
+    assert SAM_ARCHS == sam_backend.SAM_ARCHS
+    for bad, field in [
+        ({"token_norm": "rows"}, "token_norm"),
+        ({"sam": "vit_x"}, "sam"),
+        ({"dinov2_input_size": 500}, "dinov2_input_size"),
+        ({"image_size": 32}, "image_size"),
+        ({"dinov2_antialias": "yes"}, "dinov2_antialias"),
+        ({"sam2_input_size": 256}, "sam2_input_size"),  # SAM 1 takes 1024 only
+        ({"fallback_pick": "max"}, "fallback_pick"),
+        ({"tokens_norm": "tokens"}, "tokens_norm"),
+    ]:
+        with pytest.raises(FSSAMError, match=f"^{field}: "):
+            GFSAMConfig.from_dict(bad)
+
+
+def test_registry_entry_defaults_weights_and_validation():
+    from baselines.gfsam_config import GFSAMConfig
+    from benchmark.errors import FssBenchError
+    from benchmark.methods import get_method
+
+    entry = get_method("gfsam")
+    assert dict(entry.defaults) == GFSAMConfig().to_dict()
+    assert entry.checkpoints == ("sam_checkpoint", "dinov2_checkpoint")
+    with pytest.raises(FssBenchError, match="sam_checkpoint: no SAM weights"):
+        entry.weight_sources(entry.resolve({}))
+    with pytest.raises(FssBenchError, match="dinov2_checkpoint: no DINOv2 weights"):
+        entry.weight_sources(entry.resolve({"sam_checkpoint": "/w/sam_vit_h_4b8939.pth"}))
+    both = entry.resolve({"sam_checkpoint": "/w/s.pth", "dinov2_checkpoint": "/w/d.pth"})
+    assert entry.weight_sources(both) == {"sam": "/w/s.pth", "dinov2": "/w/d.pth"}
+    rand = entry.weight_sources(entry.resolve({"random_init": True, "seed": 3, "sam": "vit_test"}))
+    assert rand == {"sam": "random-init:vit_test:seed3", "dinov2": "random-init:vitl14:seed4"}
+    with pytest.raises(FssBenchError, match="point_position: 'middle'"):
+        entry.resolve({"point_position": "middle"})
+
+
+# ------------------------------------------------------------------------ the method, tiny weights
+
+TINY_GFSAM = {"dinov2": "vits14", "dinov2_input_size": 56, "image_size": 128, "random_init": True}
+"""Tiny random-init models: DINOv2-S at 56 px (a 4x4 grid, so at most 16 points), harness images of
+128 px (SAM 1's input frame stays 1024; the point masks come back at 128)."""
+BACKBONES = {"vit_test": {"sam": "vit_test"}, "sam2-t": {"sam": "sam2-t", "sam2_input_size": 256}}
+
+
+@pytest.fixture(scope="module", params=list(BACKBONES))
+def tiny(request):
+    from baselines.gfsam import GFSAM
+    from baselines.gfsam_config import GFSAMConfig
+
+    return GFSAM(GFSAMConfig.from_dict({**TINY_GFSAM, **BACKBONES[request.param]}))
+
+
+@pytest.fixture(scope="module")
+def episode():
+    """One query, 5 supports (random pixels) and their masks (a box with a 255 boundary strip)."""
+    g = torch.Generator().manual_seed(0)
+    query = torch.rand(1, 3, 128, 128, generator=g) * 255
+    supports = torch.rand(1, 5, 3, 128, 128, generator=g) * 255
+    masks = torch.zeros(1, 5, 128, 128, dtype=torch.uint8)
+    for k in range(5):
+        masks[0, k, 20 + 4 * k : 90, 16 : 80 + 5 * k] = 1
+    masks[:, :, 20:24] = 255
+    return query, supports, masks
+
+
+def features(model, query, supports):
+    enc = model.encoders
+    flat = supports.reshape(-1, *supports.shape[2:])
+    query_feats = {**enc["sam"].encode(query), **enc["dinov2"].encode(query)}
+    return query_feats, enc["dinov2"].encode(flat)  # GF-SAM reads only the query's SAM features
+
+
+def token_prior(tq, ts, masks, grid):
+    """A_mean from the spec, written out: token-axis normalisation, the ac=True mask samples, the
+    loop prior averaged over shots."""
+    tq = tq / tq.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    ts = ts / ts.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    m = torch.nn.functional.interpolate(
+        masks[:, None].float(), (grid, grid), mode="bilinear", align_corners=True
+    )
+    shots = [loop_prior(tq, ts[k], m[k].flatten())[1] for k in range(ts.shape[0])]
+    return (sum(shots) / len(shots)).reshape(grid, grid)
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_tiny_method_forward_equals_predict_and_its_pieces_check_out(tiny, episode, shots):
+    query, supports, masks = episode
+    supports, masks = supports[:, :shots], masks[:, :shots]
+    query_feats, support_feats = features(tiny, query, supports)
+    logits, inter = tiny.predict(query_feats, support_feats, masks, return_intermediates=True)
+    assert torch.equal(tiny(query, supports, masks), logits)
+    assert logits.shape == (1, 128, 128) and set(logits.unique().tolist()) <= {-10.0, 10.0}
+    ep = inter["episodes"][0]
+    assert ep["points"].shape[0] > 0, "the tiny model should prompt at least one point"
+    # the foreground prior from the tokens, the 255 boundary counted as background
+    want = token_prior(query_feats["dinov2.prenorm"][0], support_feats["dinov2.prenorm"], (masks[0] == 1), 4)
+    assert torch.allclose(ep["priors"].a_mean.double(), want, atol=1e-5)
+    assert torch.equal(inter["prior_fg"][0, 0], ep["priors"].a_mean)
+    # each candidate mask is SAM's single-mask answer to its point alone
+    sam_feats = {k: v for k, v in query_feats.items() if not k.startswith("dinov2")}
+    for j, xy in enumerate(ep["coords"].float()[:3]):
+        one = tiny.sam.decode(
+            sam_feats,
+            (128, 128),
+            point_coords=xy[None, None],
+            point_labels=torch.ones(1, 1, dtype=torch.long),
+            multimask_output=False,
+        ).logits[0, 0]
+        sure = one.abs() > 1e-4
+        assert torch.equal(ep["masks"][j][sure], (one > 0)[sure])
+    # the prediction is the union of the gate-1 masks, or the fallback mask
+    gates = ep["gates"]
+    union = ep["masks"][gates == 1].any(dim=0)
+    expected = union if union.any() else ep["masks"][ep["fallback"]]
+    assert torch.equal(logits[0] > 0, expected)
+
+
+def test_boundary_255_is_background_and_two_equal_shots_are_one_shot(tiny, episode):
+    query, supports, masks = episode
+    query_feats, support_feats = features(tiny, query, supports[:, :1])
+    zeroed = torch.where(masks[:, :1] == 255, 0, masks[:, :1])
+    one = tiny.predict(query_feats, support_feats, masks[:, :1])
+    assert torch.equal(one, tiny.predict(query_feats, support_feats, zeroed))
+    twice = {k: torch.cat([v, v]) for k, v in support_feats.items()}
+    two = tiny.predict(query_feats, twice, torch.cat([masks[:, :1]] * 2, dim=1), return_intermediates=True)
+    _, inter1 = tiny.predict(query_feats, support_feats, masks[:, :1], return_intermediates=True)
+    assert torch.equal(two[0], one)  # (x + x) / 2 == x exactly: the same priors, points and masks
+    assert torch.equal(two[1]["episodes"][0]["priors"].filtered, inter1["episodes"][0]["priors"].filtered)
+
+
+def test_switches_reach_the_encoders_and_the_loader():
+    from baselines.gfsam import GFSAM
+    from baselines.gfsam_config import GFSAMConfig
+
+    base = GFSAM(GFSAMConfig.from_dict({**TINY_GFSAM, "sam": "vit_test"}))
+    assert base.image_resize == "pil-bilinear" and base.encoders["dinov2"].resize == "bilinear"
+    other = GFSAMConfig.from_dict(
+        {**TINY_GFSAM, "sam": "vit_test", "dinov2_antialias": True, "image_resize": "bilinear"}
+    )
+    alt = GFSAM(other, sam=base.sam, dino=base.dino)
+    assert alt.image_resize == "bilinear" and alt.encoders["dinov2"].resize == "bilinear-antialias"
+    assert alt.encoders["dinov2"].identity() != base.encoders["dinov2"].identity()
+    assert alt.encoders["sam"].identity() == base.encoders["sam"].identity()
+    assert base.weight_hashes()["sam"].startswith("random-init:vit_test:seed0")
+
+
+def test_a_tiny_study_gives_equal_numbers_from_fresh_and_cached_features(pascal_root, tmp_path):
+    """A forced second run reads every frozen feature back from the cache and scores the same."""
+    import yaml
+
+    from benchmark.jobs.run import StudyRunner
+    from benchmark.specs.study import load_study
+
+    study = {
+        "name": "gfsam-unit",
+        "data": {"pascal": str(pascal_root)},
+        "folds": [0],
+        "shots": [1],
+        "episodes": 2,
+        "model": {**TINY_GFSAM, "sam": "vit_test"},
+        "variants": {"release": {"method": "gfsam"}},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def run(force: bool):
+        runner = StudyRunner(
+            load_study(path),
+            uri,
+            tmp_path / "work",
+            force=force,
+            cache_dir=tmp_path / "cache",
+            progress=False,
+            qualitative=0,
+            log=lambda msg: None,
+        )
+        return runner, runner.run()
+
+    fresh_runner, fresh = run(False)
+    cached_runner, cached = run(True)
+    assert list(fresh["status"]) == ["run"] and list(cached["status"]) == ["run"]
+    # 4 images x 2 encoders (2 episodes of a query and a support) computed once; the rerun none
+    assert list(fresh["encoder_passes"]) == [8] and list(cached["encoder_passes"]) == [0]
+    assert fresh_runner.cache.stats.misses > 0 and cached_runner.cache.stats.misses == 0
+    assert list(cached["miou_pct"]) == list(fresh["miou_pct"]) and fresh["miou_pct"].notna().all()
