@@ -62,7 +62,7 @@ def build_dino(config: GFSAMConfig) -> DINOv2Backbone:
 class GFSAM(nn.Module):
     """GF-SAM with the harness's protocol (``benchmark.methods.base.FewShotMethod``).
 
-    Encoders: ``sam`` (the query's SAM features) and ``dinov2`` (pre-norm tokens). ``predict`` runs
+    Encoders: ``sam`` (run on the queries only) and ``dinov2`` (pre-norm tokens). ``predict`` runs
     the release's decision logic episode by episode (batch elements are independent).
     """
 
@@ -103,7 +103,8 @@ class GFSAM(nn.Module):
     @property
     def encoders(self) -> dict[str, Any]:
         resize = "bilinear-antialias" if self.config.dinov2_antialias else "bilinear"
-        return {"sam": self.sam.encoder(self.image_size), "dinov2": DINOv2TokenEncoder(self.dino, resize)}
+        sam = self.sam.encoder(self.image_size, roles=("query",))  # SAM prompts the query alone
+        return {"sam": sam, "dinov2": DINOv2TokenEncoder(self.dino, resize)}
 
     def feature_identity(self) -> dict[str, dict[str, Any]]:
         return {name: enc.identity() for name, enc in self.encoders.items()}
