@@ -257,7 +257,7 @@ def point_consistency(masks: Tensor, labels: Tensor, points: Tensor, query: Tens
     u = soft_masks(unions, grid)
     sim = cosine_matrix(query, query)
     q = torch.stack([masked_prior(sim, u[c].flatten())[1] for c in range(nc)]).reshape(nc, grid, grid)
-    pair = torch.cdist(points.double(), points.double()).to(q.dtype)
+    pair = torch.cdist(points.to(q.dtype), points.to(q.dtype))  # exact: small integer coordinates
     dist = torch.stack([pair[:, labels == c].min(dim=1).values for c in range(nc)])
     dist = torch.where(dist == 0, torch.ones_like(dist), dist)
     v = q[:, points[:, 1], points[:, 0]] / dist
@@ -340,9 +340,9 @@ def run_episode(
         raise ValueError(f"expected a square token grid, got {n_tok} tokens")
     tokens = normalize_tokens(torch.cat([query[None], supports]), switches.token_norm)
     tq, ts = tokens[0], tokens[1:]
-    m = sample_masks(support_mask_fallback(support_masks), grid)
-    a_max, a_mean = prior(tq, ts, m)
-    _, b_mean = prior(tq, ts, 1 - m)
+    filled = support_mask_fallback(support_masks)
+    a_max, a_mean = prior(tq, ts, sample_masks(filled, grid))
+    _, b_mean = prior(tq, ts, sample_masks(1 - filled, grid))  # the release samples 1 - M
     maps = alignment(*(x.reshape(grid, grid) for x in (a_max, a_mean, b_mean)))
     hot, points = select_points(maps.filtered, switches.max_points)
     inter: dict = {"priors": maps, "hot": hot, "points": points, "grid": grid}
