@@ -205,10 +205,12 @@ def test_adjacency_reads_each_mask_at_the_prompt_pixels_and_clusters_are_weak_co
 
 def growth_case():
     """A 4x4 grid at 16 px: the object is the top-left 2x2 cells (Pos, D = 0.75), the rest
-    background (D = -0.25); cluster 0 holds masks A, B, C, D (D = A), cluster 1 mask E."""
+    background (D = -0.25) but cell (3, 3), where A_mean^2 = B_mean h (not Pos: the test is
+    strict; D = 0); cluster 0 holds masks A, B, C, D (D = A), cluster 1 mask E."""
     g, s = 4, 16
     a_mean = torch.zeros(g, g)
     a_mean[0:2, 0:2] = 1.0
+    a_mean[3, 3] = 0.5
     b_mean = torch.full((g, g), 0.25)
     priors = gl.Priors(a_mean, a_mean, b_mean, torch.tensor(1.0), a_mean, b_mean, a_mean)
     mask_a = [(0, 0), (1, 0)]
@@ -216,7 +218,7 @@ def growth_case():
         [
             cells_mask(mask_a, g, s),  # 2 object cells: score 0.75
             cells_mask([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)], g, s),  # 4 + 1: (3 - .25) / 5 = 0.55
-            cells_mask([(3, 3), (3, 2)], g, s),  # background: -0.25
+            cells_mask([(3, 3), (3, 2)], g, s),  # background and the tie cell: (0 - 0.25) / 2
             cells_mask(mask_a, g, s),  # = A: 0.75, a tie visited after A
             cells_mask([(3, 0)], g, s),  # cluster 1, background
         ]
@@ -229,8 +231,9 @@ def test_mask_growth_visits_by_score_and_keeps_masks_that_add_more_object_than_b
     soft = gl.soft_masks(masks, g)
     assert set(soft.unique().tolist()) == {0.0, 1.0}  # cell-aligned masks sample crisply
     out = gl.mask_growth(soft, priors, labels, "last-visited")
-    assert torch.allclose(out.scores[0], torch.tensor([0.75, 0.55, -0.25, 0.75]), atol=1e-5)
-    # A (+2, kept); D adds nothing (0 > 0 fails); B adds 3 cells, 2 object (+1, kept); C (-2)
+    assert torch.allclose(out.scores[0], torch.tensor([0.75, 0.55, -0.125, 0.75]), atol=1e-5)
+    # A (+2, kept); D adds nothing (0 > 0 fails); B adds 3 cells, 2 object (+1, kept); C (-2: the
+    # tie cell is not Pos)
     assert out.orders[0].tolist() == [0, 3, 1, 2] and out.orders[1].tolist() == [4]
     assert out.fg.tolist() == [True, True, False, False, False]
     assert out.cls.tolist() == [-2.0, -2.0, -2.0, -2.0, -1.0]  # the last visited mask's pos - neg
@@ -561,3 +564,148 @@ def test_a_tiny_study_gives_equal_numbers_from_fresh_and_cached_features(pascal_
     assert list(fresh["encoder_passes"]) == [6] and list(cached["encoder_passes"]) == [0]
     assert fresh_runner.cache.stats.misses > 0 and cached_runner.cache.stats.misses == 0
     assert list(cached["miou_pct"]) == list(fresh["miou_pct"]) and fresh["miou_pct"].notna().all()
+
+
+# ------------------------------------------- a second implementation from the spec, at 37 x 37
+
+
+def reference_episode(tq, ts, masks, sam_mask):
+    """GF-SAM written out from the method doc, loop by loop: tokens (N, C) and (K, N, C), support
+    masks (K, S, S) {0, 1}, ``sam_mask(X, Y) -> (S, S) bool``. Returns (points, labels, fg, gates,
+    pred). The resampling ops are torch's, as the doc defines them."""
+    interp = torch.nn.functional.interpolate
+    n, size = tq.shape[0], masks.shape[-1]
+    g = int(round(n**0.5))
+    tq = tq / tq.norm(dim=0, keepdim=True).clamp_min(1e-12)  # each channel over the tokens
+    ts = ts / ts.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def priors(fq, fs, m):  # one (P_max, P_mean) per shot, averaged
+        out_max, out_mean = [], []
+        for k in range(fs.shape[0]):
+            cos = (fs[k] @ fq.T) / (fs[k].norm(dim=1)[:, None] * fq.norm(dim=1)[None, :] + 1e-7)
+            w = m[k][:, None] * cos
+            out_max.append(w.max(dim=0).values)
+            out_mean.append(w.mean(dim=0) / (m[k].mean() + 1e-7))
+        return sum(out_max) / len(out_max), sum(out_mean) / len(out_mean)
+
+    def sample(x, ac):
+        return interp(x[:, None].float(), (g, g), mode="bilinear", align_corners=ac)[:, 0]
+
+    a_max, a_mean = priors(tq, ts, sample(masks, True).flatten(1))
+    _, b_mean = priors(tq, ts, sample(1 - masks, True).flatten(1))
+    a_max, a_mean, b_mean = (x.reshape(g, g) for x in (a_max, a_mean, b_mean))
+    h = (a_mean.max() + a_mean.min()) / 2
+    x = a_mean * a_max
+    xn = (x - x.min()) / (x.max() - x.min() + 1e-6)
+    bn = (b_mean - b_mean.min()) / (b_mean.max() - b_mean.min() + 1e-6)
+    f = torch.where(bn > xn, torch.zeros_like(xn), xn)
+    sigma = float(f.sum())
+    k = min(int(sigma), 128) or (1 if sigma > 0 else 0)
+    cells = sorted(range(g * g), key=lambda c: (-float(f.flatten()[c]), c))[:k]
+    points = sorted((c % g, c // g) for c in cells)  # (x, y), by x then y
+    npt = len(points)
+    pix = [(int(px * (size / g)), int(py * (size / g))) for px, py in points]
+    m = torch.stack([sam_mask(px, py) for px, py in pix])
+    near = interp(m[:, None].float(), (g, g), mode="nearest")[:, 0]
+    adj = [[bool(near[i, py, px]) for px, py in points] for i in range(npt)]
+    labels, current = [-1] * npt, 0
+    for start in range(npt):  # weak components by breadth-first search, numbered by smallest member
+        if labels[start] >= 0:
+            continue
+        todo, labels[start] = [start], current
+        while todo:
+            i = todo.pop()
+            for j in range(npt):
+                if labels[j] < 0 and (adj[i][j] or adj[j][i]):
+                    labels[j] = current
+                    todo.append(j)
+        current += 1
+    soft = sample(m, False)
+    pos_map = (a_mean * a_mean > b_mean * h).float()
+    diff = a_mean * a_mean - b_mean * h
+    fg, cls = [False] * npt, [0.0] * npt
+    for c in range(current):
+        members = [i for i in range(npt) if labels[i] == c]
+        score = {i: float((soft[i] * diff).sum() / (soft[i].sum() + 1e-6)) for i in members}
+        inner, margin = torch.zeros(g, g), 0.0
+        for i in sorted(members, key=lambda i: (-score[i], i)):
+            cur = soft[i] * (1 - inner)
+            margin = float((pos_map * cur).sum() - ((1 - pos_map) * cur).sum())
+            if margin > 0:
+                inner, fg[i] = inner + cur, True
+        for i in members:
+            cls[i] = margin
+    sim = (tq @ tq.T) / (tq.norm(dim=1)[:, None] * tq.norm(dim=1)[None, :] + 1e-7)
+    q_maps = []
+    for c in range(current):
+        union = m[[i for i in range(npt) if labels[i] == c]].any(dim=0)
+        u = sample(union[None], False)[0].flatten()
+        q_maps.append(((u[:, None] * sim).mean(dim=0) / (u.mean() + 1e-7)).reshape(g, g))
+    ok = []
+    for j, (px, py) in enumerate(points):
+        best, best_c = None, -1
+        for c in range(current):
+            d2 = min(
+                (px - points[i][0]) ** 2 + (py - points[i][1]) ** 2 for i in range(npt) if labels[i] == c
+            )
+            d = torch.sqrt(torch.tensor(float(d2))) if d2 else torch.tensor(1.0)
+            v = float(q_maps[c][py, px] / d)
+            if best is None or v > best:
+                best, best_c = v, c
+        ok.append(best_c == labels[j])
+    for c in range(current):
+        members = [i for i in range(npt) if labels[i] == c]
+        if sum(ok[i] for i in members) < len(members) - sum(ok[i] for i in members):
+            for i in members:
+                ok[i] = False
+    gates = [1 if (fg[i] and ok[i]) else 2 if (fg[i] != ok[i]) else 0 for i in range(npt)]
+    pred = torch.zeros(size, size, dtype=torch.bool)
+    for i in range(npt):
+        if gates[i] == 1:
+            pred |= m[i]
+    if not pred.any():
+        scores = [cls[i] if gates[i] == 2 else 0.0 for i in range(npt)]
+        pred = m[max(range(npt), key=lambda i: (scores[i], -i))].clone()
+    return points, labels, fg, gates, pred
+
+
+@pytest.mark.parametrize(("seed", "radius"), [(1, 9), (2, 16)])
+def test_the_method_equals_a_second_implementation_on_the_release_grid(seed, radius):
+    """Random tokens with an object direction on a 37 x 37 grid, 2 shots, and a stub SAM: a disc
+    around the prompt, joined with the blob under it (a 148-px frame, 4 px a cell). Seed 1 with
+    small discs gives 35 clusters and 44 points that fail one gate (consistency), seed 2 with
+    larger discs masks that the growth gate rejects."""
+    g, size, c = 37, 148, 4
+    gen = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    blobs = [((xx - 40) ** 2 + (yy - 50) ** 2 < 30**2), ((xx >= 90) & (xx < 130) & (yy >= 70) & (yy < 120))]
+    obj = blobs[0] | blobs[1]
+    obj_cells = torch.nn.functional.interpolate(obj[None, None].float(), (g, g), mode="nearest")[
+        0, 0
+    ].flatten()
+    direction = torch.randn(c, generator=gen)
+    tq = torch.randn(g * g, c, generator=gen) + obj_cells[:, None] * direction
+    ts = torch.randn(2, g * g, c, generator=gen) + obj_cells[None, :, None] * direction
+    masks = torch.stack([obj, blobs[1]]).float()
+
+    def sam_mask(px: int, py: int) -> torch.Tensor:
+        out = (xx - px - 0.5) ** 2 + (yy - py - 0.5) ** 2 < radius**2
+        for blob in blobs:
+            if blob[py, px]:
+                out = out | blob
+        return out
+
+    def decode(coords, labels):
+        return (
+            torch.stack([sam_mask(int(x), int(y)) for x, y in coords[:, 0].tolist()])[:, None].float() - 0.5
+        )
+
+    pred, inter = gl.run_episode(tq, ts, masks, decode)
+    points, labels, fg, gates, ref_pred = reference_episode(tq, ts, masks, sam_mask)
+    assert len(points) == 128 and len(set(labels)) > 5, "the case should exercise many clusters"
+    assert 2 in gates and (radius < 16 or not all(fg)), "the case should exercise the gates"
+    assert [tuple(p) for p in inter["points"].tolist()] == points
+    assert inter["clusters"].tolist() == labels
+    assert inter["growth"].fg.tolist() == fg
+    assert inter["gates"].tolist() == gates
+    assert torch.equal(pred, ref_pred)
