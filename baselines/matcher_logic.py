@@ -46,8 +46,11 @@ def cell_fraction(masks: Tensor, grid: int) -> Tensor:
     size = masks.shape[-1]
     if size % grid:
         raise ValueError(f"the mask size {size} must be a multiple of the patch grid {grid}")
-    pooled = F.avg_pool2d(masks.float()[:, None], size // grid)
-    return pooled.reshape(masks.shape[0], grid * grid)
+    chunks = [  # 64 masks at a time: hundreds of 518 x 518 proposals in float would take GBs
+        F.avg_pool2d(part.float()[:, None], size // grid).reshape(len(part), grid * grid)
+        for part in masks.split(64)
+    ]
+    return torch.cat(chunks) if chunks else masks.new_zeros(0, grid * grid, dtype=torch.float32)
 
 
 def foreground_rows(masks: Tensor, grid: int) -> Tensor:
