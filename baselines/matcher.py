@@ -99,7 +99,7 @@ class Matcher(nn.Module):
     @property
     def encoders(self) -> dict[str, Any]:
         return {
-            "sam": self.sam.encoder(image_size=self.config.image_size),
+            "sam": self.sam.encoder(image_size=self.config.image_size, roles=("query",)),
             "dinov2": DINOv2TokenEncoder(self.dino, resize=self.config.dinov2_resize),
         }
 
@@ -213,9 +213,11 @@ class Matcher(nn.Module):
 
         return MatcherMaskGenerator(decode, size, amg_settings(self.config))
 
-    def encode(self, images: Tensor) -> dict[str, Tensor]:
-        """(N, 3, S, S) float RGB 0..255 -> the merged features of both encoders."""
-        return {k: v for enc in self.encoders.values() for k, v in enc.encode(images).items()}
+    def encode(self, images: Tensor, role: str = "query") -> dict[str, Tensor]:
+        """(N, 3, S, S) float RGB 0..255 -> the merged features of the encoders that run on
+        ``role`` ("query": SAM and DINOv2; "support": DINOv2 only)."""
+        encoders = [e for e in self.encoders.values() if role in getattr(e, "roles", ("query", "support"))]
+        return {k: v for enc in encoders for k, v in enc.encode(images).items()}
 
     def forward(
         self, query: Tensor, supports: Tensor, support_masks: Tensor, **kw: Any
@@ -223,7 +225,10 @@ class Matcher(nn.Module):
         """query (B, 3, S, S) 0..255, supports (B, K, 3, S, S), support_masks (B, K, S, S) {0, 1, 255}."""
         b, k = supports.shape[:2]
         return self.predict(
-            self.encode(query), self.encode(supports.reshape(b * k, *supports.shape[2:])), support_masks, **kw
+            self.encode(query),
+            self.encode(supports.reshape(b * k, *supports.shape[2:]), role="support"),
+            support_masks,
+            **kw,
         )
 
 

@@ -491,18 +491,22 @@ def test_the_harness_passes_episode_ids_only_to_a_predict_that_takes_them(pascal
     assert seen == [["query_mask", "return_intermediates"]] * 2 and plain.table.equals(probe.table)
 
 
-def test_a_matcher_cell_with_cached_features_equals_the_computed_one(pascal_root, tmp_path):
+def test_a_matcher_cell_with_cached_features_equals_the_computed_one(pascal_root, tmp_path, tiny):
     from benchmark.evaluation.cell import CellSpec, cell_key, evaluate_cell, weight_ids
     from benchmark.evaluation.feature_cache import FeatureCache
-    from benchmark.methods import get_method
+    from benchmark.methods import WeightPool, get_method
 
     manifest, path = small_manifest(pascal_root, tmp_path, 2)
     settings = get_method("matcher").resolve({**TINY_MATCHER, "sample_range_max": 1})
     spec = CellSpec("matcher", settings, path, pascal_root, "cpu")
-    computed = evaluate_cell(spec, FeatureCache(tmp_path / "cache"))
+    pool = WeightPool()  # the registry builds from the pool: the fixture's (identical) weights
+    pool.get(("vit_test", None, True, 0, "2.1"), lambda: tiny[0].sam, group="sam1")
+    pool.get(("vits14", None, 112, True, 0), lambda: tiny[0].dino, group="dinov2")
+    computed = evaluate_cell(spec, FeatureCache(tmp_path / "cache"), pool=pool)
     cache = FeatureCache(tmp_path / "cache")
-    cached = evaluate_cell(spec, cache)
-    assert cache.stats.misses == 0 and cache.stats.disk_hits > 0
+    cached = evaluate_cell(spec, cache, pool=pool)
+    assert cache.stats.misses == 0 and cache.stats.disk_hits > 0 and cached.encoder_passes == {}
+    assert computed.encoder_passes == {"sam": 2, "dinov2": 4}  # SAM runs on the 2 queries only
     assert cached.table.equals(computed.table) and len(cached.table) == 2
     assert computed.weight_hashes["dinov2"] == "random-init:vits14:seed1"
     release = CellSpec("matcher", {**settings, "rng": "release"}, path, pascal_root, "cpu")
