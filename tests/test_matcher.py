@@ -35,6 +35,7 @@ from baselines.matcher_logic import (
     instance_scores,
     metric_filter,
     patch_level_matching,
+    points_box,
     reference_masks,
     sample_subsets,
     score_filter,
@@ -314,6 +315,24 @@ def test_stable_box_nms():
     assert stable_box_nms(boxes, scores, 0.65).tolist() == [1, 2, 4]
 
 
+def test_use_box_gives_every_selected_prompt_the_points_box():
+    """The box [max(min x, 0), max(min y, 0), min(max x, S-1), min(max y, S-1)] of all points."""
+    points = torch.tensor([[3, 9], [12, 2], [7, 15]])
+    box = points_box(points, 16)
+    assert box.tolist() == [3, 2, 12, 15]
+    calls = []
+    decode = stub_decode({}, calls)
+
+    def with_boxes(coords, labels, boxes, multimask):
+        calls.append(boxes)
+        return decode(coords, labels, boxes, multimask)
+
+    gen = MatcherMaskGenerator(with_boxes, 16, AMGSettings(dense_pred=False))
+    gen.generate([points[torch.tensor([[0], [1]])], points[torch.tensor([[0, 2]])]], box)
+    boxes = [c for c in calls if not isinstance(c, tuple)]
+    assert [b.tolist() for b in boxes] == [[[3, 2, 12, 15]] * 2, [[3, 2, 12, 15]]]
+
+
 def test_no_surviving_mask_gives_an_empty_record_set():
     gen = MatcherMaskGenerator(stub_decode({}), 16, AMGSettings(points_per_side=1))
     assert record_count(gen.generate([torch.tensor([[[3, 3]]])])) == 0
@@ -408,6 +427,17 @@ def test_release_rng_is_one_stream_across_episodes(tiny):
     for ep in infos:
         assert ep["subsets"] == sample_subsets(len(ep["matching"].cells), 1, 2, 2, ref)
     assert release.stream.getstate() == ref.getstate()
+
+
+def test_an_episode_without_proposals_predicts_background(tiny):
+    """The release crashes when no mask survives the generator; the suite predicts nothing."""
+    model, _, feats, masks = tiny
+    strict = {**TINY_MATCHER, "pred_iou_thresh": 100.0, "iou_filter": 100.0}
+    none = Matcher(MatcherConfig(**strict), sam=model.sam, dino=model.dino)
+    logits, inter = none.predict(
+        pick(feats, [0]), pick(feats, [2]), masks[[2]][None], return_intermediates=True
+    )
+    assert (logits == -10.0).all() and len(inter["episodes"][0]["kept"]) == 0
 
 
 def test_the_release_decoder_is_the_backends_decode(tiny):
