@@ -79,6 +79,7 @@ class MatcherConfig:
     num_merging_mask: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         choices = {
             "sam": SAM_ARCHS,
             "dinov2": DINOV2_ARCHS,
@@ -104,6 +105,20 @@ class MatcherConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.num_merging_mask is not None and self.num_merging_mask < 1:
             raise ValueError(f"num_merging_mask={self.num_merging_mask} must be >= 1 (or null: 9/5)")
+
+    def _check_types(self) -> None:
+        """Whole numbers where the release takes them, booleans for its switches, numbers for thresholds."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"{f.name}={value!r} must be true or false")
+            whole = (
+                isinstance(default, int) and not isinstance(default, bool)
+            ) or f.name == "num_merging_mask"
+            if whole and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name}={value!r} must be a whole number")
+            if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"{f.name}={value!r} must be a number")
 
     @property
     def grid(self) -> int:

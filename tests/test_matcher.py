@@ -471,6 +471,10 @@ def test_sam2_backbone(tiny):
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="rng='x'"):
         MatcherConfig(rng="x")
+    with pytest.raises(ValueError, match="num_merging_mask='9' must be a whole number"):
+        MatcherConfig(num_merging_mask="9")
+    with pytest.raises(ValueError, match="use_box=1 must be true or false"):
+        MatcherConfig(use_box=1)
     with pytest.raises(ValueError, match="image_size=100 must be a multiple of the DINOv2 grid 8"):
         MatcherConfig(image_size=100, dinov2_input_size=112)
     assert MatcherConfig().merging_count(1) == 9 and MatcherConfig().merging_count(5) == 5
