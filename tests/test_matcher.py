@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.matcher import Matcher, episode_rng
+from baselines.matcher import Matcher, amg_settings, episode_rng
 from baselines.matcher_amg import (
     AMGSettings,
     MatcherMaskGenerator,
@@ -336,6 +336,60 @@ def test_use_box_gives_every_selected_prompt_the_points_box():
 def test_no_surviving_mask_gives_an_empty_record_set():
     gen = MatcherMaskGenerator(stub_decode({}), 16, AMGSettings(points_per_side=1))
     assert record_count(gen.generate([torch.tensor([[[3, 3]]])])) == 0
+
+
+# ------------------------------------------------------- one episode end to end on a stub SAM
+
+
+def block_logits(rows: slice, cols: slice, size: int = 28) -> torch.Tensor:
+    out = torch.full((size, size), -4.0)
+    out[rows, cols] = 4.0
+    return out
+
+
+def test_one_episode_end_to_end_on_a_stub_sam_worked_by_hand():
+    """2x2 patch grid of 14 px; one-hot tokens, so sim = identity and cost = 0.5 off the diagonal.
+    The support's top row (cells 0, 1) matches query cells 0, 1 both ways: points (7,7), (21,7);
+    subsets [0], [1], [0, 1] (no draw at 2 points). The stub answers: cell 0 (iou 0.9), cell 1
+    (0.9), top row (0.95) and whole image (0.92); NMS keeps all four (box IoUs 0.5).
+    EMD: top row 0; whole image, cell 0 and cell 1 0.25 each. Score filter: d = (0, .25, .25, .25),
+    dn = d / 0.25 keeps the top row alone. Without it (top-k, threshold 0): all four, the image."""
+    top, whole = (slice(0, 14), slice(0, 28)), (slice(0, 28), slice(0, 28))
+    none = (torch.full((28, 28), -4.0), 0.1)
+    table = {
+        ((7, 7),): [(block_logits(slice(0, 14), slice(0, 14)), 0.9), none, none],
+        ((21, 7),): [(block_logits(slice(0, 14), slice(14, 28)), 0.9), none, none],
+        ((7, 7), (21, 7)): [(block_logits(*top), 0.95), (block_logits(*whole), 0.92), none],
+    }
+    prompts = []
+
+    def decode(coords, labels, boxes, multimask):
+        keys = [tuple(tuple(int(v) for v in p) for p in prompt) for prompt in coords]
+        prompts.extend(keys)
+        outs = [table[k] for k in keys]
+        return torch.stack([torch.stack([o[0] for o in out]) for out in outs]), torch.tensor(
+            [[o[1] for o in out] for out in outs]
+        )
+
+    tokens = torch.eye(4)[None]  # (1, N=4, C=4)
+    support_mask = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    support_mask[0, 3:10, 2:20] = 1  # touches cells 0 and 1 only
+    results = []
+    for score_filter_on in (True, False):
+        cfg = MatcherConfig(
+            image_size=28, dinov2_input_size=28, use_dense_mask=False, use_score_filter=score_filter_on
+        )
+        model = Matcher(cfg, sam=torch.nn.Module(), dino=torch.nn.Module())
+        model.generator = lambda query, cfg=cfg: MatcherMaskGenerator(decode, 28, amg_settings(cfg))
+        pred, info = model.predict_episode({"dinov2.prenorm": tokens}, tokens, support_mask, random.Random(0))
+        results.append((pred, info))
+    (pred, info), (pred_topk, _) = results
+    assert info["matching"].cells == [0, 1] and info["subsets"] == [[[0], [1]], [[0, 1]]]
+    assert prompts[:3] == [((7, 7),), ((21, 7),), ((7, 7), (21, 7))]
+    assert info["proposals"]["iou_preds"].tolist() == pytest.approx([0.95, 0.92, 0.9, 0.9])
+    assert info["scores"].emd.tolist() == pytest.approx([0.0, 0.25, 0.25, 0.25])
+    assert info["kept"].tolist() == [0] and torch.equal(pred, block_logits(*top) > 0)
+    assert pred_topk.all()
 
 
 # --------------------------------------------------------------- the whole method, tiny weights
