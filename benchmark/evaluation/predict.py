@@ -27,6 +27,11 @@ def _accepts_stages(cls: type) -> bool:
     return "stages" in inspect.signature(cls.predict).parameters
 
 
+@functools.cache
+def _accepts_episode_ids(cls: type) -> bool:
+    return "episode_ids" in inspect.signature(cls.predict).parameters
+
+
 def batch_token(feat: Featurizer, batch: list[EpisodeData]) -> str:
     """What a batch's shared stages depend on besides the model: its images (by content), masks,
     the features' storage dtype and the device (:mod:`fssam.stages`)."""
@@ -49,7 +54,9 @@ def predict_batch(
     """The method on B episodes with the same shot count: (B, S, S) logits (and intermediates).
 
     With ``memo``, a method whose ``predict`` takes ``stages`` reuses the stages another variant
-    already computed on the same batch (identical results)."""
+    already computed on the same batch (identical results). A method whose ``predict`` takes
+    ``episode_ids`` gets the episodes' manifest ids (e.g. to seed a per-episode random stream;
+    ``kshot: voting`` gives each one-shot prediction its episode's id)."""
     if len({len(d.supports) for d in batch}) != 1:
         raise ValueError("predict_batch: every episode of a batch must have the same number of shots")
     query = feat.encode([d.query for d in batch], "query")
@@ -57,6 +64,8 @@ def predict_batch(
     extras = {}
     if memo is not None and _accepts_stages(type(method)):
         extras["stages"] = SharedStages(memo, batch_token(feat, batch))
+    if _accepts_episode_ids(type(method)):
+        extras["episode_ids"] = [d.episode.id for d in batch]
     with torch.no_grad():
         return method.predict(
             query,

@@ -51,7 +51,8 @@ class FewShotMethod(Protocol):
         ``query_mask`` (B, S, S), the query's target at model size (only an oracle may use it),
         ``return_intermediates`` (figures) and, to a method whose ``predict`` has a ``stages``
         parameter, ``stages`` (:class:`fssam.stages.SharedStages`: reuse what another variant
-        computed on the same batch). Returns (B, S, S) foreground logits (logit >= 0 is FG).
+        computed on the same batch); to one whose ``predict`` has an ``episode_ids`` parameter,
+        the B episodes' manifest ids. Returns (B, S, S) foreground logits (logit >= 0 is FG).
     """
 
     @property
