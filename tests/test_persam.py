@@ -1,0 +1,305 @@
+"""PerSAM and PerSAM-F (baselines/persam*.py) against persam-method.md: the modified decoder against a
+second implementation written from §1.3, the priors on hand-built cases, PerSAM-F's fit against an
+independent loop, and the whole method on tiny random-init SAMs through the harness."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines.persam_decoder import guided_decode, guided_transformer
+from baselines.persam_f import fit_mixing_weights, mix_logits
+from baselines.persam_prior import (
+    attention_bias,
+    cell_features,
+    mask_box,
+    point_prior,
+    reference_cells,
+    target_feature,
+    upsampled_map,
+)
+
+# ------------------------------------------------------------------------ decoders with random weights
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():  # LayerNorms too, so that no weight is a trivial 1 or 0
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def sam1_decoder(seed: int = 0):
+    from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+
+    torch.manual_seed(seed)
+    transformer = TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)
+    return _randomise(MaskDecoder(transformer_dim=256, transformer=transformer), seed)
+
+
+def sam2_decoder(seed: int = 0):
+    from sam2.modeling.sam.mask_decoder import MaskDecoder
+    from sam2.modeling.sam.transformer import TwoWayTransformer
+
+    torch.manual_seed(seed)
+    transformer = TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)
+    decoder = MaskDecoder(
+        transformer_dim=256,
+        transformer=transformer,
+        use_high_res_features=True,
+        iou_prediction_use_sigmoid=True,
+        pred_obj_scores=True,
+        pred_obj_scores_mlp=True,
+        use_multimask_token_for_obj_ptr=True,
+        dynamic_multimask_via_stability=True,
+    )
+    return _randomise(decoder, seed)
+
+
+def decoder_inputs(seed: int = 1, n_sparse: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image_embeddings": torch.randn(1, 256, 64, 64, generator=g),
+        "image_pe": torch.randn(1, 256, 64, 64, generator=g),
+        "sparse": torch.randn(1, n_sparse, 256, generator=g),
+        "dense": torch.randn(1, 256, 64, 64, generator=g),
+        "hr": [torch.randn(1, 32, 256, 256, generator=g), torch.randn(1, 64, 128, 128, generator=g)],
+    }
+
+
+# A second implementation of §1.3, written from the text: explicit per-head loops, explicit layer norms.
+
+
+def ref_attention(mod, q, k, v, bias=None):
+    """softmax(q_h k_h^T / sqrt(d)) (then softmax(. + bias)) v_h, head by head."""
+    qp, kp, vp = (F.linear(x, lin.weight, lin.bias) for x, lin in ((q, mod.q_proj), (k, mod.k_proj), (v, mod.v_proj)))
+    d = qp.shape[-1] // mod.num_heads
+    heads = []
+    for h in range(mod.num_heads):
+        sl = slice(h * d, (h + 1) * d)
+        a = torch.softmax(qp[..., sl] @ kp[..., sl].transpose(-1, -2) / math.sqrt(d), dim=-1)
+        if bias is not None:
+            a = torch.softmax(a + bias.reshape(1, 1, -1), dim=-1)
+        heads.append(a @ vp[..., sl])
+    return F.linear(torch.cat(heads, dim=-1), mod.out_proj.weight, mod.out_proj.bias)
+
+
+def ln(norm, x):
+    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+def ref_transformer(tr, image, pe, t0, t=None, a=None, alias="release"):
+    """§1.3: Q0 = T0 + t, P = T0 + t (release) or T0 (intended); block 0 without PE or residual in
+    self-attention; block 1 with Q1 = out0 + t; final q = out1 + P + t; a only in token->image."""
+    shift = t if t is not None else torch.zeros(1, 1, t0.shape[-1])
+    keys, kpe = image.flatten(2).transpose(1, 2), pe.flatten(2).transpose(1, 2)
+    pos = t0 + shift if alias == "release" else t0
+    queries = t0
+    for i, blk in enumerate(tr.layers):
+        queries = queries + shift
+        if i == 0:
+            queries = ln(blk.norm1, ref_attention(blk.self_attn, queries, queries, queries))
+        else:
+            qq = queries + pos
+            queries = ln(blk.norm1, queries + ref_attention(blk.self_attn, qq, qq, queries))
+        queries = ln(blk.norm2, queries + ref_attention(blk.cross_attn_token_to_image, queries + pos, keys + kpe, keys, a))
+        queries = ln(blk.norm3, queries + blk.mlp(queries))
+        keys = ln(blk.norm4, keys + ref_attention(blk.cross_attn_image_to_token, keys + kpe, queries + pos, queries))
+    q = queries + pos + shift
+    queries = ln(tr.norm_final_attn, queries + ref_attention(tr.final_attn_token_to_image, q, keys + kpe, keys))
+    return queries, keys
+
+
+def target_and_bias(seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 1, 256, generator=g), torch.sigmoid(torch.randn(1, 1, 1, 4096, generator=g))
+
+
+@pytest.mark.parametrize("family", ["sam1", "sam2"])
+def test_decoder_without_target_or_bias_is_the_official_decoder_exactly(family):
+    dec = sam1_decoder() if family == "sam1" else sam2_decoder()
+    x = decoder_inputs()
+    hr = x["hr"] if family == "sam2" else None
+    for multimask in (True, False):
+        with torch.no_grad():
+            kw = {"repeat_image": False, "high_res_features": hr} if family == "sam2" else {}
+            official = dec(x["image_embeddings"], x["image_pe"], x["sparse"], x["dense"], multimask, **kw)
+            ours = guided_decode(dec, x["image_embeddings"], x["image_pe"], x["sparse"], x["dense"], multimask, high_res_features=hr)
+        assert torch.equal(ours[0], official[0]) and torch.equal(ours[1], official[1])
+        assert ours[0].shape == (1, 3 if multimask else 1, 256, 256)
+
+
+@pytest.mark.parametrize("family", ["sam1", "sam2"])
+@pytest.mark.parametrize("alias", ["release", "intended"])
+def test_guided_transformer_equals_a_second_implementation_of_the_algebra(family, alias):
+    dec = sam1_decoder(3) if family == "sam1" else sam2_decoder(3)
+    x = decoder_inputs(4)
+    t, a = target_and_bias(5)
+    t0, _ = _tokens(dec, x["sparse"])
+    src = x["image_embeddings"] + x["dense"]
+    with torch.no_grad():
+        for tt, aa in ((t, a), (t, None), (None, a), (None, None)):
+            q, k = guided_transformer(dec.transformer, src, x["image_pe"], t0, aa, tt, alias)
+            rq, rk = ref_transformer(dec.transformer, src, x["image_pe"], t0, tt, aa, alias)
+            assert torch.allclose(q, rq, atol=2e-5, rtol=1e-5), (tt is None, aa is None)
+            assert torch.allclose(k, rk, atol=2e-5, rtol=1e-5), (tt is None, aa is None)
+        # the bias and the target change the result, and the two alias modes differ
+        plain, _ = guided_transformer(dec.transformer, src, x["image_pe"], t0)
+        assert (q - plain).abs().max() == 0
+        biased, _ = guided_transformer(dec.transformer, src, x["image_pe"], t0, a, t, alias)
+        other, _ = guided_transformer(
+            dec.transformer, src, x["image_pe"], t0, a, t, "intended" if alias == "release" else "release"
+        )
+        assert (biased - plain).abs().max() > 1e-3 and (biased - other).abs().max() > 1e-3
+
+
+def _tokens(dec, sparse):
+    own = [dec.iou_token.weight, dec.mask_tokens.weight]
+    first = 1 if getattr(dec, "pred_obj_scores", False) else 0
+    if first:
+        own = [dec.obj_score_token.weight, *own]
+    return torch.cat([torch.cat(own)[None], sparse], dim=1), first
+
+
+def test_guided_decode_heads_read_the_modified_tokens():
+    """SAM 1: masks and IoU of step 1 from the reference transformer's outputs through the heads."""
+    dec = sam1_decoder(6)
+    x = decoder_inputs(7)
+    t, a = target_and_bias(8)
+    with torch.no_grad():
+        masks, iou = guided_decode(dec, x["image_embeddings"], x["image_pe"], x["sparse"], x["dense"], False, a, t)
+        t0, _ = _tokens(dec, x["sparse"])
+        hs, src = ref_transformer(dec.transformer, x["image_embeddings"] + x["dense"], x["image_pe"], t0, t, a)
+        up = dec.output_upscaling(src.transpose(1, 2).reshape(1, 256, 64, 64))
+        hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])  # single-mask output: token 0 of the masks
+        ref_mask = (hyper @ up.flatten(2)).reshape(1, 1, 256, 256)
+        ref_iou = dec.iou_prediction_head(hs[:, 0])[:, :1]
+    assert torch.allclose(masks, ref_mask, atol=1e-4, rtol=1e-4) and torch.allclose(iou, ref_iou, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- priors
+
+
+def test_reference_cells_follow_the_128_vs_255_rule_on_sampled_pixels():
+    """S = 1024: cell (i, j) samples pixels rows 16i+7..16i+8, cols 16j+7..16j+8; in iff their mean
+    R exceeds 123.675: with 255, 2 of 4 suffice (127.5); with 128, all 4 are needed (3 of 4: 96)."""
+    m = torch.zeros(1024, 1024, dtype=torch.bool)
+
+    def put(i, j, n):  # n of the 4 sampled pixels of cell (i, j)
+        for r, c in [(7, 7), (7, 8), (8, 7), (8, 8)][:n]:
+            m[16 * i + r, 16 * j + c] = True
+
+    put(3, 5, 2), put(10, 10, 4), put(20, 30, 3), put(40, 2, 1)
+    m[16 * 50, 16 * 50 : 16 * 50 + 7] = True  # pixels the bilinear sample never reads
+    cells = lambda fg: sorted(map(tuple, reference_cells(m, fg).nonzero().tolist()))  # noqa: E731
+    assert cells(255) == [(3, 5), (10, 10), (20, 30)]
+    assert cells(128) == [(10, 10)]
+
+
+def test_reference_cells_of_a_small_frame_go_through_the_pil_resize():
+    """S = 512: the mask is PIL-bilinear resized to 1024 first; a 2x2 block at 512 covers the 4
+    sampled pixels of one cell (plus the bilinear ramp), so it is a cell with either value."""
+    m = torch.zeros(512, 512, dtype=torch.bool)
+    m[8 * 5 + 3 : 8 * 5 + 5, 8 * 9 + 3 : 8 * 9 + 5] = True  # 1024-pixels 86..89: rows/cols 87, 88 inside
+    for fg in (128, 255):
+        assert reference_cells(m, fg).nonzero().tolist() == [[5, 9]]
+    with pytest.raises(ValueError, match="mask_fg_value"):
+        reference_cells(m, 200)
+
+
+def test_target_features_mean_and_max_mean_and_the_empty_reference():
+    embed = torch.arange(2 * 2 * 2, dtype=torch.float32).reshape(2, 2, 2)  # (C=2, 2, 2)
+    cells = torch.tensor([[True, False], [False, True]])
+    feats = cell_features([embed], [cells])  # cells (0, 0) and (1, 1): channel values (0, 4) and (3, 7)
+    assert feats.tolist() == [[0.0, 4.0], [3.0, 7.0]]
+    assert target_feature(feats).tolist() == [1.5, 5.5]
+    assert target_feature(feats, "max-mean").tolist() == [(3 + 1.5) / 2, (7 + 5.5) / 2]
+    empty = cell_features([embed], [torch.zeros(2, 2, dtype=torch.bool)])
+    assert torch.isnan(target_feature(empty)).all() and torch.isnan(target_feature(empty, "max-mean")).all()
+
+
+def test_point_prior_on_hand_built_maps_and_the_lowest_index_tie_rule():
+    sim = torch.tensor([[0.1, 0.2, 0.3, 0.0], [0.5, 0.4, 0.9, 0.2], [-0.7, 0.1, 0.2, 0.3]])
+    pos, neg = point_prior(sim)
+    assert pos.tolist() == [2, 1] and neg.tolist() == [0, 2]  # (x, y)
+    tie = torch.tensor([[0.0, 1.0, 0.5], [1.0, -2.0, 1.0], [-2.0, 0.0, 0.0]])
+    pos, neg = point_prior(tie)
+    assert pos.tolist() == [1, 0] and neg.tolist() == [1, 1]  # flat 1 before 3 and 5; flat 4 before 6
+
+
+def test_a_border_maximum_is_a_structural_tie_resolved_to_the_lowest_index():
+    s = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    s[0, 0, 0, 63] = 2.0  # top-right corner of the grid
+    sim = upsampled_map(s, lambda x: F.interpolate(x, (1024, 1024), mode="bilinear"))
+    top = (sim == sim.max()).nonzero()
+    assert len(top) > 1  # bilinear clamping replicates the border value
+    pos, _ = point_prior(sim)
+    assert pos.tolist() == [top[0, 1].item(), top[0, 0].item()] and top[0, 0] == 0
+
+
+def test_attention_bias_is_the_sigmoid_of_the_unbiased_z_score():
+    sim = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    a = sim.numpy().astype(np.float64)
+    expected = 1 / (1 + np.exp(-(a - a.mean()) / a.std(ddof=1)))  # a 64x64 frame: no resize
+    got = attention_bias(sim)
+    assert got.shape == (1, 1, 1, 4096)
+    assert np.allclose(got.reshape(64, 64).numpy(), expected, atol=1e-6)
+    assert torch.isnan(attention_bias(torch.ones(64, 64))).all()  # constant map: 0/0 as the release
+
+
+def test_mask_box_is_the_inclusive_extent_and_none_when_empty():
+    m = torch.zeros(6, 8, dtype=torch.bool)
+    m[2, 3] = m[4, 6] = m[3, 1] = True
+    assert mask_box(m).tolist() == [1.0, 2.0, 6.0, 4.0]
+    assert mask_box(torch.zeros(3, 3, dtype=torch.bool)) is None
+
+
+# ---------------------------------------------------------------------------------------- PerSAM-F
+
+
+def test_mixing_weights_mix_the_three_logits():
+    logits = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    w = torch.tensor([[0.2], [0.3]])  # omega = (0.5, 0.2, 0.3)
+    assert torch.allclose(mix_logits(logits, w), torch.tensor([0.5 + 0.6 + 1.5, 1.0 + 0.8 + 1.8]))
+    assert torch.allclose(mix_logits(logits[:, :, None, None].expand(3, 2, 2, 2), w)[:, 0, 0], mix_logits(logits, w))
+
+
+def _independent_fit(logits, targets, lr, iters, wd, eps):
+    """The same AdamW; omega, dice and focal written out; the cosine rate in closed form."""
+    w = torch.full((2, 1), 1 / 3, requires_grad=True)
+    opt = torch.optim.AdamW([w], lr=lr, eps=eps, weight_decay=wd)
+    losses = []
+    for it in range(iters):
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 + math.cos(math.pi * it / iters)) / 2
+        loss = 0.0
+        for x, gt in zip(logits, targets, strict=True):
+            mixed = (1 - w[0, 0] - w[1, 0]) * x[0] + w[0, 0] * x[1] + w[1, 0] * x[2]
+            p = 1 / (1 + torch.exp(-mixed))
+            dice = 1 - (2 * (p * gt).sum() + 1) / (p.sum() + gt.sum() + 1)
+            bce = -(gt * torch.log(p) + (1 - gt) * torch.log(1 - p))
+            pt = torch.where(gt > 0, p, 1 - p)
+            alpha = torch.where(gt > 0, 0.25, 0.75)
+            loss = loss + dice + (alpha * bce * (1 - pt) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return w.detach(), losses
+
+
+@pytest.mark.parametrize("shots", [1, 2])
+def test_persam_f_fit_equals_an_independent_loop_and_the_loss_decreases(shots):
+    g = torch.Generator().manual_seed(3)
+    logits = [torch.randn(3, 60, generator=g) * torch.tensor([[1.0], [2.0], [3.0]]) for _ in range(shots)]
+    targets = [(torch.rand(60, generator=g) > 0.6).float() for _ in range(shots)]
+    fit = fit_mixing_weights(logits, targets, lr=0.05, iters=40, weight_decay=0.01, eps=1e-4)
+    w, losses = _independent_fit(logits, targets, 0.05, 40, 0.01, 1e-4)
+    assert torch.allclose(fit.weights, w, atol=1e-5) and np.allclose(fit.losses, losses, atol=1e-5)
+    assert fit.losses[-1] < fit.losses[0] - 1e-3
+    assert not torch.allclose(fit.weights, torch.full((2, 1), 1 / 3))
