@@ -112,8 +112,11 @@ def meta_interpolate_pos_encoding(
     return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1).to(previous_dtype)
 
 
-def meta_reference_features(sd: dict[str, torch.Tensor], x: torch.Tensor, heads: int) -> torch.Tensor:
-    """Meta's get_intermediate_layers(x, n=1, reshape=True, norm=True)[0] on an already normalised x."""
+def meta_reference_features(
+    sd: dict[str, torch.Tensor], x: torch.Tensor, heads: int, norm: bool = True
+) -> torch.Tensor:
+    """Meta's get_intermediate_layers(x, n=1, reshape=True, norm=True)[0] on an already normalised x;
+    ``norm=False``: the last block's output before the final LayerNorm (``x_prenorm``), same layout."""
     b, _, w, h = x.shape
     dim = sd["cls_token"].shape[-1]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
@@ -144,7 +147,7 @@ def meta_reference_features(sd: dict[str, torch.Tensor], x: torch.Tensor, heads:
         else:
             y = lin(F.gelu(lin(y, p + "mlp.fc1")), p + "mlp.fc2")
         t = t + y * sd[p + "ls2.gamma"]
-    t = ln(t, "norm")[:, 1:]
+    t = (ln(t, "norm") if norm else t)[:, 1:]
     return t.reshape(b, w // 14, h // 14, -1).permute(0, 3, 1, 2).contiguous()
 
 
