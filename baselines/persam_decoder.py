@@ -34,7 +34,9 @@ from torch import Tensor, nn
 ALIAS_MODES = ("release", "intended")
 
 
-def guided_attention(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, attn_sim: Tensor | None = None) -> Tensor:
+def guided_attention(
+    attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, attn_sim: Tensor | None = None
+) -> Tensor:
     """An official ``Attention`` module, with PerSAM's second softmax when ``attn_sim`` is given.
 
     q: (B, Nq, C); k, v: (B, Nk, C); attn_sim: broadcastable to (B, heads, Nq, Nk). -> (B, Nq, C)."""
@@ -164,7 +166,10 @@ def guided_decode(
     mask_tokens_out = hs[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
     upscaled = _upscale(decoder, src.transpose(1, 2).view(b, c, h, w), high_res_features)
     hyper_in = torch.stack(
-        [decoder.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(decoder.num_mask_tokens)],
+        [
+            decoder.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
+            for i in range(decoder.num_mask_tokens)
+        ],
         dim=1,
     )
     b, c, h, w = upscaled.shape

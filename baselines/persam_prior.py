@@ -28,11 +28,12 @@ EMBED_GRID = 64
 
 
 def reference_cells(mask: Tensor, fg_value: int = 128, input_size: int = SAM1_INPUT) -> Tensor:
-    """Omega (64, 64) bool: the reference cells of a frame mask (H, W) bool, as the release gets them.
+    """Omega (E, E) bool, E = input_size / 16 (64): the reference cells of a frame mask (H, W) bool,
+    as the release gets them.
 
     The mask becomes the release's RGB uint8 reference image (R = ``fg_value`` on the foreground),
     goes through SAM 1's ``ResizeLongestSide`` (PIL bilinear), the red channel through SAM 1's
-    normalisation ``(v - 123.675) / 58.395``, zero padding to ``input_size``, and bilinear to 64x64;
+    normalisation ``(v - 123.675) / 58.395``, zero padding to ``input_size``, and bilinear to E x E;
     a cell is a reference cell when the result is > 0."""
     from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -45,7 +46,8 @@ def reference_cells(mask: Tensor, fg_value: int = 128, input_size: int = SAM1_IN
     red = torch.as_tensor(resized, dtype=torch.float32, device=mask.device)
     red = (red - SAM1_R_MEAN) / SAM1_R_STD
     red = F.pad(red, (0, input_size - red.shape[1], 0, input_size - red.shape[0]))
-    return F.interpolate(red[None, None], (EMBED_GRID, EMBED_GRID), mode="bilinear")[0, 0] > 0
+    grid = input_size // 16
+    return F.interpolate(red[None, None], (grid, grid), mode="bilinear")[0, 0] > 0
 
 
 def any_pixel_cells(mask: Tensor, grid: int = EMBED_GRID) -> Tensor:

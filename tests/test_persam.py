@@ -4,6 +4,7 @@ independent loop, and the whole method on tiny random-init SAMs through the harn
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -34,6 +35,7 @@ def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
+@functools.cache
 def sam1_decoder(seed: int = 0):
     from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
@@ -42,6 +44,7 @@ def sam1_decoder(seed: int = 0):
     return _randomise(MaskDecoder(transformer_dim=256, transformer=transformer), seed)
 
 
+@functools.cache
 def sam2_decoder(seed: int = 0):
     from sam2.modeling.sam.mask_decoder import MaskDecoder
     from sam2.modeling.sam.transformer import TwoWayTransformer
@@ -61,14 +64,18 @@ def sam2_decoder(seed: int = 0):
     return _randomise(decoder, seed)
 
 
-def decoder_inputs(seed: int = 1, n_sparse: int = 3):
+def decoder_inputs(seed: int = 1, n_sparse: int = 3, grid: int = 64):
+    """Random decoder inputs; ``grid`` = 64 is SAM's, smaller grids make cheaper tests."""
     g = torch.Generator().manual_seed(seed)
     return {
-        "image_embeddings": torch.randn(1, 256, 64, 64, generator=g),
-        "image_pe": torch.randn(1, 256, 64, 64, generator=g),
+        "image_embeddings": torch.randn(1, 256, grid, grid, generator=g),
+        "image_pe": torch.randn(1, 256, grid, grid, generator=g),
         "sparse": torch.randn(1, n_sparse, 256, generator=g),
-        "dense": torch.randn(1, 256, 64, 64, generator=g),
-        "hr": [torch.randn(1, 32, 256, 256, generator=g), torch.randn(1, 64, 128, 128, generator=g)],
+        "dense": torch.randn(1, 256, grid, grid, generator=g),
+        "hr": [
+            torch.randn(1, 32, 4 * grid, 4 * grid, generator=g),
+            torch.randn(1, 64, 2 * grid, 2 * grid, generator=g),
+        ],
     }
 
 
@@ -77,7 +84,9 @@ def decoder_inputs(seed: int = 1, n_sparse: int = 3):
 
 def ref_attention(mod, q, k, v, bias=None):
     """softmax(q_h k_h^T / sqrt(d)) (then softmax(. + bias)) v_h, head by head."""
-    qp, kp, vp = (F.linear(x, lin.weight, lin.bias) for x, lin in ((q, mod.q_proj), (k, mod.k_proj), (v, mod.v_proj)))
+    qp, kp, vp = (
+        F.linear(x, lin.weight, lin.bias) for x, lin in ((q, mod.q_proj), (k, mod.k_proj), (v, mod.v_proj))
+    )
     d = qp.shape[-1] // mod.num_heads
     heads = []
     for h in range(mod.num_heads):
@@ -107,55 +116,92 @@ def ref_transformer(tr, image, pe, t0, t=None, a=None, alias="release"):
         else:
             qq = queries + pos
             queries = ln(blk.norm1, queries + ref_attention(blk.self_attn, qq, qq, queries))
-        queries = ln(blk.norm2, queries + ref_attention(blk.cross_attn_token_to_image, queries + pos, keys + kpe, keys, a))
+        queries = ln(
+            blk.norm2,
+            queries + ref_attention(blk.cross_attn_token_to_image, queries + pos, keys + kpe, keys, a),
+        )
         queries = ln(blk.norm3, queries + blk.mlp(queries))
-        keys = ln(blk.norm4, keys + ref_attention(blk.cross_attn_image_to_token, keys + kpe, queries + pos, queries))
+        keys = ln(
+            blk.norm4, keys + ref_attention(blk.cross_attn_image_to_token, keys + kpe, queries + pos, queries)
+        )
     q = queries + pos + shift
-    queries = ln(tr.norm_final_attn, queries + ref_attention(tr.final_attn_token_to_image, q, keys + kpe, keys))
+    queries = ln(
+        tr.norm_final_attn, queries + ref_attention(tr.final_attn_token_to_image, q, keys + kpe, keys)
+    )
     return queries, keys
 
 
-def target_and_bias(seed: int = 2):
+def target_and_bias(seed: int = 2, grid: int = 64):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 1, 256, generator=g), torch.sigmoid(torch.randn(1, 1, 1, 4096, generator=g))
+    return torch.randn(1, 1, 256, generator=g), torch.sigmoid(torch.randn(1, 1, 1, grid * grid, generator=g))
 
 
-@pytest.mark.parametrize("family", ["sam1", "sam2"])
-def test_decoder_without_target_or_bias_is_the_official_decoder_exactly(family):
-    dec = sam1_decoder() if family == "sam1" else sam2_decoder()
-    x = decoder_inputs()
+def _decoders(family: str, seed: int):
+    return sam1_decoder(seed) if family == "sam1" else sam2_decoder(seed)
+
+
+@pytest.mark.parametrize(
+    ("family", "grid", "modes"),
+    [("sam1", 64, (True,)), ("sam2", 64, (False,)), ("sam1", 16, (False,)), ("sam2", 16, (True,))],
+)
+def test_decoder_without_target_or_bias_is_the_official_decoder_exactly(family, grid, modes):
+    """SAM 2's single-mask request goes through its dynamic multimask fallback, as officially."""
+    dec = _decoders(family, 0)
+    x = decoder_inputs(grid=grid)
     hr = x["hr"] if family == "sam2" else None
-    for multimask in (True, False):
+    for multimask in modes:
         with torch.no_grad():
             kw = {"repeat_image": False, "high_res_features": hr} if family == "sam2" else {}
             official = dec(x["image_embeddings"], x["image_pe"], x["sparse"], x["dense"], multimask, **kw)
-            ours = guided_decode(dec, x["image_embeddings"], x["image_pe"], x["sparse"], x["dense"], multimask, high_res_features=hr)
+            ours = guided_decode(
+                dec,
+                x["image_embeddings"],
+                x["image_pe"],
+                x["sparse"],
+                x["dense"],
+                multimask,
+                high_res_features=hr,
+            )
         assert torch.equal(ours[0], official[0]) and torch.equal(ours[1], official[1])
-        assert ours[0].shape == (1, 3 if multimask else 1, 256, 256)
+        assert ours[0].shape == (1, 3 if multimask else 1, 4 * grid, 4 * grid)
+
+
+def _check_algebra(family: str, alias: str, grid: int, combos: str) -> None:
+    dec = _decoders(family, 3)
+    x = decoder_inputs(4, grid=grid)
+    t, a = target_and_bias(5, grid)
+    t0, _ = _tokens(dec, x["sparse"])
+    src = x["image_embeddings"] + x["dense"]
+    pairs = {"ta": (t, a), "t": (t, None), "a": (None, a), "-": (None, None)}
+    with torch.no_grad():
+        for name in combos:
+            tt, aa = pairs[name]
+            q, k = guided_transformer(dec.transformer, src, x["image_pe"], t0, aa, tt, alias)
+            rq, rk = ref_transformer(dec.transformer, src, x["image_pe"], t0, tt, aa, alias)
+            assert torch.allclose(q, rq, atol=2e-5, rtol=1e-5), name
+            assert torch.allclose(k, rk, atol=2e-5, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("family", ["sam1", "sam2"])
+def test_guided_transformer_equals_a_second_implementation_on_sam_sized_embeddings(family):
+    _check_algebra(family, "release", 64, ["ta"])
 
 
 @pytest.mark.parametrize("family", ["sam1", "sam2"])
 @pytest.mark.parametrize("alias", ["release", "intended"])
-def test_guided_transformer_equals_a_second_implementation_of_the_algebra(family, alias):
-    dec = sam1_decoder(3) if family == "sam1" else sam2_decoder(3)
-    x = decoder_inputs(4)
-    t, a = target_and_bias(5)
+def test_guided_transformer_equals_a_second_implementation_with_each_modification_alone(family, alias):
+    _check_algebra(family, alias, 16, ["ta", "t", "a", "-"])
+    dec = _decoders(family, 3)
+    x = decoder_inputs(4, grid=16)
+    t, a = target_and_bias(5, 16)
     t0, _ = _tokens(dec, x["sparse"])
     src = x["image_embeddings"] + x["dense"]
-    with torch.no_grad():
-        for tt, aa in ((t, a), (t, None), (None, a), (None, None)):
-            q, k = guided_transformer(dec.transformer, src, x["image_pe"], t0, aa, tt, alias)
-            rq, rk = ref_transformer(dec.transformer, src, x["image_pe"], t0, tt, aa, alias)
-            assert torch.allclose(q, rq, atol=2e-5, rtol=1e-5), (tt is None, aa is None)
-            assert torch.allclose(k, rk, atol=2e-5, rtol=1e-5), (tt is None, aa is None)
-        # the bias and the target change the result, and the two alias modes differ
+    with torch.no_grad():  # the bias and the target change the result, and the two alias modes differ
         plain, _ = guided_transformer(dec.transformer, src, x["image_pe"], t0)
-        assert (q - plain).abs().max() == 0
-        biased, _ = guided_transformer(dec.transformer, src, x["image_pe"], t0, a, t, alias)
-        other, _ = guided_transformer(
-            dec.transformer, src, x["image_pe"], t0, a, t, "intended" if alias == "release" else "release"
-        )
-        assert (biased - plain).abs().max() > 1e-3 and (biased - other).abs().max() > 1e-3
+        guided, _ = guided_transformer(dec.transformer, src, x["image_pe"], t0, a, t, alias)
+        other = "intended" if alias == "release" else "release"
+        other_q, _ = guided_transformer(dec.transformer, src, x["image_pe"], t0, a, t, other)
+    assert (guided - plain).abs().max() > 1e-3 and (guided - other_q).abs().max() > 1e-3
 
 
 def _tokens(dec, sparse):
@@ -169,15 +215,19 @@ def _tokens(dec, sparse):
 def test_guided_decode_heads_read_the_modified_tokens():
     """SAM 1: masks and IoU of step 1 from the reference transformer's outputs through the heads."""
     dec = sam1_decoder(6)
-    x = decoder_inputs(7)
-    t, a = target_and_bias(8)
+    x = decoder_inputs(7, grid=16)
+    t, a = target_and_bias(8, 16)
     with torch.no_grad():
-        masks, iou = guided_decode(dec, x["image_embeddings"], x["image_pe"], x["sparse"], x["dense"], False, a, t)
+        masks, iou = guided_decode(
+            dec, x["image_embeddings"], x["image_pe"], x["sparse"], x["dense"], False, a, t
+        )
         t0, _ = _tokens(dec, x["sparse"])
-        hs, src = ref_transformer(dec.transformer, x["image_embeddings"] + x["dense"], x["image_pe"], t0, t, a)
-        up = dec.output_upscaling(src.transpose(1, 2).reshape(1, 256, 64, 64))
+        hs, src = ref_transformer(
+            dec.transformer, x["image_embeddings"] + x["dense"], x["image_pe"], t0, t, a
+        )
+        up = dec.output_upscaling(src.transpose(1, 2).reshape(1, 256, 16, 16))
         hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])  # single-mask output: token 0 of the masks
-        ref_mask = (hyper @ up.flatten(2)).reshape(1, 1, 256, 256)
+        ref_mask = (hyper @ up.flatten(2)).reshape(1, 1, 64, 64)
         ref_iou = dec.iou_prediction_head(hs[:, 0])[:, :1]
     assert torch.allclose(masks, ref_mask, atol=1e-4, rtol=1e-4) and torch.allclose(iou, ref_iou, atol=1e-5)
 
@@ -266,7 +316,9 @@ def test_mixing_weights_mix_the_three_logits():
     logits = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     w = torch.tensor([[0.2], [0.3]])  # omega = (0.5, 0.2, 0.3)
     assert torch.allclose(mix_logits(logits, w), torch.tensor([0.5 + 0.6 + 1.5, 1.0 + 0.8 + 1.8]))
-    assert torch.allclose(mix_logits(logits[:, :, None, None].expand(3, 2, 2, 2), w)[:, 0, 0], mix_logits(logits, w))
+    assert torch.allclose(
+        mix_logits(logits[:, :, None, None].expand(3, 2, 2, 2), w)[:, 0, 0], mix_logits(logits, w)
+    )
 
 
 def _independent_fit(logits, targets, lr, iters, wd, eps):
@@ -303,3 +355,210 @@ def test_persam_f_fit_equals_an_independent_loop_and_the_loss_decreases(shots):
     assert torch.allclose(fit.weights, w, atol=1e-5) and np.allclose(fit.losses, losses, atol=1e-5)
     assert fit.losses[-1] < fit.losses[0] - 1e-3
     assert not torch.allclose(fit.weights, torch.full((2, 1), 1 / 3))
+
+
+# ------------------------------------------------------------------------- the method on tiny SAMs
+
+
+@pytest.fixture(scope="module")
+def sams():
+    from baselines.sam_backend import build_promptable
+
+    return {
+        "vit_test": build_promptable("vit_test", random_init=True, seed=0),
+        "sam2-t": build_promptable("sam2-t", random_init=True, seed=0, input_size=256),
+    }
+
+
+def random_features(sam, n: int, seed: int = 0) -> dict:
+    """Features of the backend's shapes (what the encoder caches), random."""
+    g = torch.Generator().manual_seed(seed)
+    e = sam.input_size // 16
+    if sam.family == "sam1":
+        return {"sam1.embed": torch.randn(n, 256, e, e, generator=g)}
+    return {
+        "sam2.embed": torch.randn(n, 256, e, e, generator=g),
+        "sam2.hr0": torch.randn(n, 32, 4 * e, 4 * e, generator=g),
+        "sam2.hr1": torch.randn(n, 64, 2 * e, 2 * e, generator=g),
+    }
+
+
+def persam(sams, arch: str, **kw):
+    from baselines.persam import PerSAM
+    from baselines.persam_config import PerSAMConfig
+
+    return PerSAM(PerSAMConfig(sam=arch, random_init=True, image_size=64, iters=4, **kw), sam=sams[arch])
+
+
+def box_masks(b: int, k: int, size: int = 64) -> torch.Tensor:
+    m = torch.zeros(b, k, size, size, dtype=torch.uint8)
+    for j in range(k):
+        m[:, j, 8 + 2 * j : 40 + j, 12 : 50 - 2 * j] = 1
+    m[:, :, 0, :] = 255  # ignore pixels are not foreground
+    return m
+
+
+@pytest.mark.parametrize("arch", ["vit_test", "sam2-t"])
+def test_guided_predict_without_modifications_is_the_backend_decode(sams, arch):
+    from baselines.persam_sam import guided_predict
+
+    sam = sams[arch]
+    feats = random_features(sam, 1, seed=3)
+    coords, labels = torch.tensor([[[10.0, 20.0], [50.0, 3.0]]]), torch.tensor([[1, 0]])
+    for multimask in (False, True):
+        ours = guided_predict(sam, feats, (64, 64), coords, labels, multimask)
+        official = sam.decode(feats, (64, 64), coords, labels, multimask_output=multimask)
+        for a, b in (
+            (ours.logits, official.logits),
+            (ours.iou, official.iou),
+            (ours.low_res, official.low_res),
+        ):
+            assert torch.equal(a, b)
+
+
+def _check_episode(ep: dict, finetune: bool, grid: int) -> None:
+    assert ep["fallback"] is None and ep["sim"].shape == (64, 64)  # these seeds give non-empty step masks
+    assert len(ep["passes"]) == 3
+    assert [p["best"] for p in ep["passes"][1:]] == [int(torch.argmax(p["iou"])) for p in ep["passes"][1:]]
+    if finetune:
+        assert ep["labels"].tolist() == [1] and len(ep["losses"]) == 4 and len(ep["boxes"]) == 2
+        assert torch.allclose(ep["weights"].sum(), torch.tensor(1.0))
+        assert ep["points"].tolist() == [point_prior(ep["sim"])[0].float().tolist()]
+    else:
+        assert ep["labels"].tolist() == [1, 0] and len(ep["boxes"]) == 1
+        assert torch.equal(ep["attn_sim"], attention_bias(ep["sim"], grid))
+        pos, neg = point_prior(ep["sim"])
+        assert ep["points"].tolist() == [pos.float().tolist(), neg.float().tolist()]
+
+
+@pytest.mark.parametrize(
+    ("arch", "finetune", "shots"),
+    [
+        ("vit_test", False, (1, 5)),
+        ("vit_test", True, (1,)),
+        pytest.param("vit_test", True, (5,), marks=pytest.mark.slow),
+        ("sam2-t", False, (1, 5)),
+        ("sam2-t", True, (1, 5)),
+    ],
+)
+def test_the_method_runs_one_and_five_shots_with_its_intermediates(sams, arch, finetune, shots):
+    model, sam = persam(sams, arch, finetune=finetune), sams[arch]
+    for k in shots:
+        query, supports = random_features(sam, 1, seed=k), random_features(sam, k, seed=10 + k)
+        logits, info = model.predict(query, supports, box_masks(1, k), return_intermediates=True)
+        assert logits.shape == (1, 64, 64) and torch.isfinite(logits).all() and info["fallbacks"] == 0
+        _check_episode(info["episodes"][0], finetune, sam.input_size // 16)
+
+
+def _independent_union_map(sam, query, supports, masks):
+    """The location map of §2.1-2.2 for the union of K shots, in float64: the mean embedding over
+    all shots' reference cells, cosine with every query cell, x4, then SAM 2's postprocess
+    (bilinear to the 64 px frame)."""
+    e = supports["sam2.embed"].double()
+    cells = [reference_cells(m == 1, 128, sam.input_size) for m in masks]
+    feats = torch.cat([e[j].permute(1, 2, 0)[c] for j, c in enumerate(cells)])
+    t = feats.mean(0)
+    t = t / t.norm()
+    q = query["sam2.embed"][0].double()
+    s = (t[:, None, None] * (q / q.norm(dim=0, keepdim=True))).sum(0)[None, None]
+    s = F.interpolate(s, scale_factor=4, mode="bilinear")
+    return F.interpolate(s, (64, 64), mode="bilinear", align_corners=False)[0, 0].float()
+
+
+def test_five_shots_pool_the_union_of_reference_cells(sams):
+    sam = sams["sam2-t"]
+    model = persam(sams, "sam2-t")
+    query, supports = random_features(sam, 1, 1), random_features(sam, 5, 2)
+    masks = box_masks(1, 5)
+    _, info = model.predict(query, supports, masks, return_intermediates=True)
+    assert torch.allclose(
+        info["episodes"][0]["sim"], _independent_union_map(sam, query, supports, masks[0]), atol=1e-5
+    )
+    # five copies of one shot locate like that one shot; average-maps pools otherwise
+    one = {k: v[:1] for k, v in supports.items()}
+    five = {k: v.repeat(5, 1, 1, 1) for k, v in one.items()}
+    _, a = model.predict(query, one, masks[:, :1], return_intermediates=True)
+    _, b = model.predict(query, five, masks[:, :1].repeat(1, 5, 1, 1), return_intermediates=True)
+    assert torch.allclose(a["episodes"][0]["sim"], b["episodes"][0]["sim"], atol=1e-6)
+    _, c = persam(sams, "sam2-t", shot_pooling="average-maps").predict(
+        query, supports, masks, return_intermediates=True
+    )
+    assert not torch.allclose(c["episodes"][0]["sim"], info["episodes"][0]["sim"], atol=1e-3)
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_an_empty_reference_predicts_nothing_and_is_counted(sams, finetune):
+    sam = sams["sam2-t"]
+    masks = torch.zeros(2, 1, 64, 64, dtype=torch.uint8)
+    masks[0, 0, 20:40, 20:40] = 1
+    masks[1, 0, 33, 40] = 1  # one pixel at 64 px: its bilinear bump stays below 123.675 (R = 128)
+    query, supports = random_features(sam, 2, 5), random_features(sam, 2, 6)
+    model = persam(sams, "sam2-t", finetune=finetune)
+    logits, info = model.predict(query, supports, masks, return_intermediates=True)
+    assert [e["fallback"] for e in info["episodes"]] == [None, "empty-reference"] and info["fallbacks"] == 1
+    assert (logits[1] < 0).all() and (logits[1] == logits[1, 0, 0]).all()
+    rescue = persam(sams, "sam2-t", finetune=finetune, empty_reference="any-pixel")
+    _, rescued = rescue.predict(query, supports, masks, return_intermediates=True)
+    assert rescued["episodes"][1]["fallback"] is None and rescued["episodes"][1]["reference_cells"] == [0]
+
+
+@pytest.mark.parametrize(
+    ("arch", "finetune", "shots"),
+    [("sam2-t", False, 1), pytest.param("vit_test", True, 2, marks=pytest.mark.slow)],
+)
+def test_forward_on_images_equals_predict_on_their_features(sams, arch, finetune, shots):
+    model = persam(sams, arch, finetune=finetune)
+    g = torch.Generator().manual_seed(7)
+    query = torch.rand(1, 3, 64, 64, generator=g) * 255
+    supports = torch.rand(1, shots, 3, 64, 64, generator=g) * 255
+    masks = box_masks(1, shots)
+    enc = model.encoders["sam"]
+    expected = model.predict(enc.encode(query), enc.encode(supports[0]), masks)
+    assert torch.equal(model(query, supports, masks), expected)
+
+
+# ---------------------------------------------------------------------------------- the harness
+
+
+def test_a_tiny_study_of_persam_and_persam_f_cached_and_uncached(pascal_root, tmp_path):
+    from benchmark.episodes import get_protocol
+    from benchmark.episodes.manifest import save_manifest
+    from benchmark.episodes.manifests import ManifestRequest, build_manifest
+    from benchmark.evaluation.cell import CellSpec, evaluate_cell
+    from benchmark.evaluation.feature_cache import FeatureCache
+    from benchmark.methods import WeightPool, build_method, get_method
+    from benchmark.specs.study import parse_study
+
+    model = {"sam": "vit_test", "random_init": True, "image_size": 64, "iters": 3}
+    study = parse_study(
+        {
+            "name": "p",
+            "data": {"pascal": str(pascal_root)},
+            "folds": [0],
+            "shots": [1],
+            "episodes": 1,
+            "model": model,
+            "variants": {"persam": {"method": "persam"}, "persam_f": {"method": "persam_f"}},
+        }
+    )
+    a, b = (v.settings for v in study.variants)
+    assert "iters" not in a and b["iters"] == 3 and "target_alias" not in b and a["mask_fg_value"] == 128
+    manifest = build_manifest(get_protocol("fssam"), ManifestRequest(pascal_root, 0, 1, seed=5, episodes=1))
+    save_manifest(manifest, tmp_path / "m.json")
+    pool = WeightPool()
+    m_a, m_b = (build_method(n, s, torch.device("cpu"), pool) for n, s in (("persam", a), ("persam_f", b)))
+    assert m_a.sam is m_b.sam  # one SAM for both variants, and one encoder identity
+    assert m_a.encoders["sam"].identity() == m_b.encoders["sam"].identity()
+    assert get_method("persam_f").weight_sources(b) == {"sam": "random-init:vit_test:seed0"}
+
+    def cell(name, settings, method, cache):
+        spec = CellSpec(name, get_method(name).resolve(settings), tmp_path / "m.json", pascal_root, "cpu")
+        return evaluate_cell(spec, cache, method=method).table
+
+    cache = FeatureCache(tmp_path / "cache")
+    cached_a = cell("persam", a, m_a, cache)
+    misses = cache.stats.misses
+    cached_b = cell("persam_f", b, m_b, cache)  # PerSAM's features serve PerSAM-F
+    assert cache.stats.misses == misses and cache.stats.hits > 0
+    assert cached_b.equals(cell("persam_f", b, m_b, FeatureCache(None)))
+    assert len(cached_a) == 1 and (cached_a["U_fg"] > 0).all()
