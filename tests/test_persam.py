@@ -562,3 +562,44 @@ def test_a_tiny_study_of_persam_and_persam_f_cached_and_uncached(pascal_root, tm
     assert cache.stats.misses == misses and cache.stats.hits > 0
     assert cached_b.equals(cell("persam_f", b, m_b, FeatureCache(None)))
     assert len(cached_a) == 1 and (cached_a["U_fg"] > 0).all()
+
+
+def test_config_names_bad_fields_and_matches_the_backend():
+    from baselines.persam_config import SAM1_ARCHS, SAM2_ARCHS, PerSAMConfig
+    from baselines.sam_backend import SAM_ARCHS
+
+    assert set(SAM1_ARCHS + SAM2_ARCHS) == set(SAM_ARCHS)
+    cfg = PerSAMConfig(sam="vit_test", random_init=True, finetune=True, mask_fg_value=255)
+    assert PerSAMConfig.from_dict(cfg.to_dict()) == cfg
+    for bad, message in [
+        ({"sam": "vit_x"}, r"sam='vit_x' is not one of"),
+        ({"mask_fg_value": 200}, r"mask_fg_value=200"),
+        ({"shot_pooling": "vote"}, r"shot_pooling='vote'"),
+        ({"empty_reference": "nan"}, r"empty_reference='nan'"),
+        ({"target_alias": "fixed"}, r"target_alias='fixed'"),
+        ({"iters": 0}, r"iters=0 must be an integer >= 1"),
+        ({"lr": -1.0}, r"lr=-1.0 must be a number >= 0"),
+        ({"sam": "vit_test"}, r"random_init only"),
+        ({"iter": 3}, r"iter: unknown PerSAM setting"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            PerSAMConfig.from_dict(bad)
+
+
+def test_registry_entries_name_missing_weights_and_keep_their_own_switches():
+    from benchmark.errors import FssBenchError
+    from benchmark.methods import get_method
+
+    persam_entry, persam_f_entry = get_method("persam"), get_method("persam_f")
+    assert "target_alias" in persam_entry.defaults and "iters" not in persam_entry.defaults
+    assert "iters" in persam_f_entry.defaults and "target_alias" not in persam_f_entry.defaults
+    assert persam_entry.defaults["sam"] == "vit_h" and persam_entry.defaults["sam2_version"] == "2.1"
+    with pytest.raises(FssBenchError, match=r"^sam_checkpoint: no weights for SAM vit_h"):
+        persam_entry.weight_sources(persam_entry.resolve({}))
+    assert persam_entry.weight_sources(
+        persam_entry.resolve({"sam_checkpoint": "/w/sam_vit_h_4b8939.pth"})
+    ) == {"sam": "/w/sam_vit_h_4b8939.pth"}
+    with pytest.raises(FssBenchError, match=r"method 'persam_f': shot_pooling='mean'"):
+        persam_f_entry.resolve({"shot_pooling": "mean"})
+    with pytest.raises(FssBenchError, match=r"iters: unknown switch for method 'persam'"):
+        persam_entry.resolve({"iters": 10})
