@@ -212,9 +212,12 @@ class PromptableSAM(nn.Module):
             self._encoder_sha = module_sha256(*mods)
         return self._encoder_sha
 
-    def encoder(self, image_size: int) -> SAMImageEncoder:
-        """The cacheable image encoder for frames of ``image_size`` px (the harness's images)."""
-        return SAMImageEncoder(self, int(image_size))
+    def encoder(self, image_size: int, roles: tuple[str, ...] = ("query", "support")) -> SAMImageEncoder:
+        """The cacheable image encoder for frames of ``image_size`` px (the harness's images).
+
+        ``roles=("query",)``: the harness runs it on the queries only (a method that prompts SAM
+        on the query alone, as GF-SAM and Matcher do, saves K encoder passes per episode)."""
+        return SAMImageEncoder(self, int(image_size), tuple(roles))
 
     def dense_pe(self) -> Tensor:
         """(1, 256, E, E) the prompt encoder's dense positional encoding (``get_dense_pe()``)."""
@@ -333,10 +336,13 @@ class SAMImageEncoder:
 
     ``encode``: (N, 3, S, S) float RGB 0..255 -> :meth:`PromptableSAM.encode`'s features (fp32).
     ``identity()``: architecture, encoder weights, SAM's input size, the frame size, preprocessing.
+    ``roles``: the episode roles ("query", "support") the harness runs it on.
     """
 
-    def __init__(self, sam: PromptableSAM, image_size: int) -> None:
-        self.sam, self.image_size = sam, image_size
+    def __init__(
+        self, sam: PromptableSAM, image_size: int, roles: tuple[str, ...] = ("query", "support")
+    ) -> None:
+        self.sam, self.image_size, self.roles = sam, image_size, roles
 
     def identity(self) -> dict[str, Any]:
         return {

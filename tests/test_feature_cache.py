@@ -135,3 +135,43 @@ def test_the_loaders_decode_and_resize_are_part_of_every_key(models, pascal_root
     other = Featurizer(m256, feat.cache)
     other.encode(images(pascal_root, 256, n=1))
     assert feat.cache.stats.misses == 4 and feat.cache.stats.hits == 0
+
+
+class _MeanColour:
+    """A toy encoder: each image's mean colour, counting the images it saw."""
+
+    def __init__(self, name: str, roles: tuple[str, ...] | None = None):
+        self.name, self.seen = name, 0
+        if roles is not None:
+            self.roles = roles
+
+    def identity(self) -> dict:
+        return {"encoder": self.name}
+
+    def encode(self, images: torch.Tensor) -> dict:
+        self.seen += len(images)
+        return {f"{self.name}.mean": images.mean(dim=(2, 3))}
+
+
+class _TwoEncoders:
+    image_size, device, random_init = 64, torch.device("cpu"), True
+
+    def __init__(self):
+        self.encoders = {"both": _MeanColour("both"), "query": _MeanColour("query", roles=("query",))}
+
+
+def test_a_query_only_encoder_never_runs_on_supports(pascal_root, tmp_path):
+    method = _TwoEncoders()
+    feat = Featurizer(method, FeatureCache(tmp_path))
+    imgs = images(pascal_root, 64, n=3)
+    query, supports = feat.encode(imgs[:1], "query"), feat.encode(imgs[1:], "support")
+    assert set(query) == {"both.mean", "query.mean"} and set(supports) == {"both.mean"}
+    assert method.encoders["query"].seen == 1 and method.encoders["both"].seen == 3
+    assert feat.passes == {"both": 3, "query": 1}
+    expected = torch.stack([im.tensor().mean(dim=(1, 2)) for im in imgs[1:]])
+    assert torch.allclose(supports["both.mean"], expected)
+    # pixels are needed for a support only when an encoder that runs on supports misses the cache
+    fresh = images(pascal_root, 64, n=4)[3]
+    assert feat.needs_pixels(fresh, "support") and feat.needs_pixels(fresh, "query")
+    feat.encode([fresh], "support")
+    assert not feat.needs_pixels(fresh, "support") and feat.needs_pixels(fresh, "query")

@@ -437,8 +437,8 @@ class _EpisodeRun:
         m = self.manifest
         datas = [load_episode(self.store, m.images, ep, self.method.image_size, m.evaluation) for ep in batch]
         for d in datas:
-            for img in (d.query, *d.supports):
-                if self.feat.needs_pixels(img):
+            for img, role in ((d.query, "query"), *((s, "support") for s in d.supports)):
+                if self.feat.needs_pixels(img, role):
                     img.tensor()
         return datas
 

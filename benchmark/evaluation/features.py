@@ -20,6 +20,11 @@ from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.loader import EpisodeImage, loader_identity
 from benchmark.methods.base import Features, FewShotMethod
 
+ROLES = ("query", "support")
+"""The roles an image plays in an episode. An encoder may declare ``roles = ("query",)``: the
+harness then runs it on the queries only (GF-SAM and Matcher prompt SAM on the query alone), and
+the support features ``predict`` gets lack its keys."""
+
 FEATURE_DTYPES = {
     name: getattr(torch, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[name])
     for name in FEATURE_DTYPE_NAMES
@@ -58,11 +63,17 @@ class Featurizer:
     def _cacheable(self, name: str) -> bool:
         return getattr(self.encoders[name], "cacheable", True)
 
-    def needs_pixels(self, img: EpisodeImage) -> bool:
-        """Whether encoding ``img`` will need its pixels (some encoder's features are not cached)."""
+    def applies(self, name: str, role: str) -> bool:
+        """Whether encoder ``name`` runs on images in ``role`` (:data:`ROLES`)."""
+        return role in getattr(self.encoders[name], "roles", ROLES)
+
+    def needs_pixels(self, img: EpisodeImage, role: str | None = None) -> bool:
+        """Whether encoding ``img`` in ``role`` (any role: None) will need its pixels (some encoder's
+        features are not cached)."""
         return any(
             not self._cacheable(n) or not self.cache.contains(self.identities[n], img.sha256)
             for n in self.encoders
+            if role is None or self.applies(n, role)
         )
 
     def _compact(self, feats: Features) -> Features:
@@ -79,17 +90,20 @@ class Featurizer:
         self.passes[name] += len(images)
         return [{k: v[i : i + 1].clone() for k, v in out.items()} for i in range(len(images))]
 
-    def encode(self, images: list[EpisodeImage]) -> Features:
+    def encode(self, images: list[EpisodeImage], role: str = "query") -> Features:
+        """The features of ``images`` in ``role`` (the encoders that apply to it), images along dim 0."""
         t0 = time.perf_counter()
         try:
-            return self._encode(images)
+            return self._encode(images, role)
         finally:
             self.fetch_seconds += time.perf_counter() - t0
 
-    def _encode(self, images: list[EpisodeImage]) -> Features:
+    def _encode(self, images: list[EpisodeImage], role: str) -> Features:
         unique = list({img.sha256: img for img in images}.values())  # a repeated image is encoded once
         per_sha: dict[str, Features] = {img.sha256: {} for img in unique}
         for name in self.encoders:
+            if not self.applies(name, role):
+                continue
             cacheable, ident = self._cacheable(name), self.identities[name]
             missing = []
             for img in unique:

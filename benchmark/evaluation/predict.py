@@ -52,8 +52,8 @@ def predict_batch(
     already computed on the same batch (identical results)."""
     if len({len(d.supports) for d in batch}) != 1:
         raise ValueError("predict_batch: every episode of a batch must have the same number of shots")
-    query = feat.encode([d.query for d in batch])
-    supports = feat.encode([s for d in batch for s in d.supports])
+    query = feat.encode([d.query for d in batch], "query")
+    supports = feat.encode([s for d in batch for s in d.supports], "support")
     extras = {}
     if memo is not None and _accepts_stages(type(method)):
         extras["stages"] = SharedStages(memo, batch_token(feat, batch))

@@ -69,20 +69,26 @@ def expected_encoder_passes(runner: StudyRunner) -> dict[str, int]:
     must encode), unique images and distinct encoders, counted from the manifests and the methods'
     identities, independently of the run's counters."""
     pairs, shas = set(), set()
-    hashes: dict[Path, set[str]] = {}  # manifest -> sha256 of its images, computed once per manifest
+    hashes: dict[Path, dict[str, set[str]]] = {}  # manifest -> role -> sha256 of its images, once
     for cell in runner.cells(runner.build_manifests()):
         spec = cell.spec
         if spec.manifest_path not in hashes:
             manifest = load_manifest(spec.manifest_path)
             store = ImageStore(PreparedDataset(spec.data_root))
-            images = {manifest.images[i][0] for e in manifest.episodes for i in (e.query, *e.supports)}
-            hashes[spec.manifest_path] = {store.sha256(rel) for rel in images}
+            roles = {
+                "query": {manifest.images[e.query][0] for e in manifest.episodes},
+                "support": {manifest.images[i][0] for e in manifest.episodes for i in e.supports},
+            }
+            hashes[spec.manifest_path] = {r: {store.sha256(rel) for rel in v} for r, v in roles.items()}
         method = build_method(spec.method, dict(spec.settings), resolve_device(spec.device), runner.pool)
         feat = Featurizer(method, FeatureCache(None), dtype=spec.feature_dtype)
+        by_role = hashes[spec.manifest_path]
         for name, ident in feat.identities.items():
             if getattr(feat.encoders[name], "cacheable", True):
-                pairs |= {(identity_hash(ident), sha) for sha in hashes[spec.manifest_path]}
-        shas |= hashes[spec.manifest_path]
+                for role, role_shas in by_role.items():
+                    if feat.applies(name, role):
+                        pairs |= {(identity_hash(ident), sha) for sha in role_shas}
+        shas |= by_role["query"] | by_role["support"]
     return {"passes": len(pairs), "images": len(shas), "encoders": len({i for i, _ in pairs})}
 
 
