@@ -63,7 +63,8 @@ class PerSAM(nn.Module):
     images. ``return_intermediates=True`` adds, per episode: the location map ``sim`` (S, S), the
     ``points`` (xy) and labels, ``attn_sim`` (PerSAM), each pass's ``iou``, chosen index and mask,
     the ``boxes``, PerSAM-F's ``weights`` (omega) and ``losses``, and ``fallback`` (None or why the
-    episode predicted nothing).
+    episode predicted nothing); over the batch, ``fallbacks`` (their count) and ``prior_fg``
+    (B, 1, S, S), the location maps (zeros where none was made), which the report figures show.
     """
 
     def __init__(self, config: PerSAMConfig, sam: PromptableSAM | None = None) -> None:
@@ -118,7 +119,14 @@ class PerSAM(nn.Module):
         logits = torch.stack(logits)
         if return_intermediates:
             fallbacks = [s["fallback"] for s in steps if s["fallback"] is not None]
-            return logits, {"episodes": steps, "fallbacks": len(fallbacks), "image_size": size}
+            zeros = torch.zeros(size, size, device=self.device)
+            prior = torch.stack([s.get("sim", zeros) for s in steps])[:, None]  # the figures' "FG prior"
+            return logits, {
+                "episodes": steps,
+                "fallbacks": len(fallbacks),
+                "prior_fg": prior,
+                "image_size": size,
+            }
         return logits
 
     def forward(self, query: Tensor, supports: Tensor, support_masks: Tensor, **kw: Any):

@@ -64,13 +64,14 @@ def fit_mixing_weights(
     eps: float = 1e-4,
 ) -> FitResult:
     """Fit w on K shots: logits K x (3, P) multimask logits, targets K x (P,) float {0, 1}."""
-    logits = [x.detach() for x in logits]
-    targets = [t.to(logits[0].dtype) for t in targets]
-    weights = torch.full((2, 1), 1 / 3, dtype=logits[0].dtype, device=logits[0].device, requires_grad=True)
-    optimizer = torch.optim.AdamW([weights], lr=lr, eps=eps, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
-    losses: list[float] = []
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # also under the harness's no_grad
+        logits = [x.detach().clone() for x in logits]
+        targets = [t.detach().clone().to(logits[0].dtype) for t in targets]
+        dtype, device = logits[0].dtype, logits[0].device
+        weights = torch.full((2, 1), 1 / 3, dtype=dtype, device=device, requires_grad=True)
+        optimizer = torch.optim.AdamW([weights], lr=lr, eps=eps, weight_decay=weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
+        losses: list[float] = []
         for _ in range(iters):
             loss = sum(_shot_loss(mix_logits(x, weights), t) for x, t in zip(logits, targets, strict=True))
             optimizer.zero_grad()

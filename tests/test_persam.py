@@ -354,6 +354,9 @@ def test_persam_f_fit_equals_an_independent_loop_and_the_loss_decreases(shots):
     w, losses = _independent_fit(logits, targets, 0.05, 40, 0.01, 1e-4)
     assert torch.allclose(fit.weights, w, atol=1e-5) and np.allclose(fit.losses, losses, atol=1e-5)
     assert fit.losses[-1] < fit.losses[0] - 1e-3
+    with torch.inference_mode():  # the harness predicts without gradients; the fit still trains
+        again = fit_mixing_weights(logits, targets, lr=0.05, iters=40, weight_decay=0.01, eps=1e-4)
+    assert torch.equal(again.weights, fit.weights)
     assert not torch.allclose(fit.weights, torch.full((2, 1), 1 / 3))
 
 
@@ -496,6 +499,9 @@ def test_an_empty_reference_predicts_nothing_and_is_counted(sams, finetune):
     model = persam(sams, "sam2-t", finetune=finetune)
     logits, info = model.predict(query, supports, masks, return_intermediates=True)
     assert [e["fallback"] for e in info["episodes"]] == [None, "empty-reference"] and info["fallbacks"] == 1
+    assert (
+        torch.equal(info["prior_fg"][0, 0], info["episodes"][0]["sim"]) and (info["prior_fg"][1] == 0).all()
+    )
     assert (logits[1] < 0).all() and (logits[1] == logits[1, 0, 0]).all()
     rescue = persam(sams, "sam2-t", finetune=finetune, empty_reference="any-pixel")
     _, rescued = rescue.predict(query, supports, masks, return_intermediates=True)
