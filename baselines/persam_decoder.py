@@ -12,7 +12,8 @@ only when asked for:
 * **target-semantic prompting**: ``target`` (1, 1, C) is added to all decoder tokens before each
   block, and once more to the final attention's query. ``alias="release"`` reproduces the release's
   in-place ``queries += target_embedding``, which also shifts the positional term: it is
-  ``T0 + t`` in every block and at the final attention. ``alias="intended"`` keeps it ``T0``.
+  ``T0 + t`` in every block and at the final attention. ``alias="intended"`` (not the release)
+  keeps it ``T0``; the final attention's query still gets ``+ t``.
 
 With ``attn_sim=None`` and ``target=None`` the result equals the official decoder's output
 exactly (the same modules called on the same tensors in the same order).

@@ -164,6 +164,21 @@ def test_decoder_without_target_or_bias_is_the_official_decoder_exactly(family, 
             )
         assert torch.equal(ours[0], official[0]) and torch.equal(ours[1], official[1])
         assert ours[0].shape == (1, 3 if multimask else 1, 4 * grid, 4 * grid)
+        if grid == 16:  # t = 0 adds exact zeros, in either alias mode
+            for alias in ("release", "intended"):
+                with torch.no_grad():
+                    zero_t = guided_decode(
+                        dec,
+                        x["image_embeddings"],
+                        x["image_pe"],
+                        x["sparse"],
+                        x["dense"],
+                        multimask,
+                        target=torch.zeros(1, 1, 256),
+                        alias=alias,
+                        high_res_features=hr,
+                    )
+                assert torch.equal(zero_t[0], official[0]) and torch.equal(zero_t[1], official[1])
 
 
 def _check_algebra(family: str, alias: str, grid: int, combos: str) -> None:
