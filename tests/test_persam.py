@@ -504,6 +504,46 @@ def test_five_shots_pool_the_union_of_reference_cells(sams):
     assert not torch.allclose(c["episodes"][0]["sim"], info["episodes"][0]["sim"], atol=1e-3)
 
 
+def _tight_box(mask):
+    ys, xs = np.nonzero(mask.numpy())
+    return torch.tensor([[xs.min(), ys.min(), xs.max(), ys.max()]], dtype=torch.float32)
+
+
+def test_the_cascades_wire_the_spec_steps(sams):
+    """§2.5-2.7 and §3.3 rewired by hand from the backend's passes: PerSAM's step 1 gets the
+    unnormalised mean e as the target; each refinement keeps the first best IoU and the box of its mask."""
+    from baselines.persam_sam import guided_predict
+
+    sam = sams["sam2-t"]
+    query, support, masks = random_features(sam, 1, 21), random_features(sam, 1, 22), box_masks(1, 1)
+    logits, info = persam(sams, "sam2-t").predict(query, support, masks, return_intermediates=True)
+    ep = info["episodes"][0]
+    cells = reference_cells(masks[0, 0] == 1, 128, sam.input_size)
+    e = support["sam2.embed"][0].permute(1, 2, 0)[cells].mean(0)
+    coords, labels = ep["points"][None], ep["labels"][None]
+    step1 = guided_predict(sam, query, (64, 64), coords, labels, False, ep["attn_sim"], e.reshape(1, 1, -1))
+    r1 = sam.decode(query, (64, 64), coords, labels, mask_input=step1.low_res)
+    b1 = int(np.argmax(r1.iou[0].numpy()))
+    r2 = sam.decode(
+        query, (64, 64), coords, labels, _tight_box(r1.logits[0, b1] > 0), r1.low_res[:, b1 : b1 + 1]
+    )
+    assert torch.equal(logits[0], r2.logits[0, int(np.argmax(r2.iou[0].numpy()))])
+
+    logits, info = persam(sams, "sam2-t", finetune=True).predict(
+        query, support, masks, return_intermediates=True
+    )
+    ep = info["episodes"][0]
+    omega = ep["weights"]
+    first = sam.decode(query, (64, 64), ep["points"][None], ep["labels"][None])
+    mixed = (omega[:, None, None] * first.logits[0]).sum(0)
+    low = (omega[:, None, None] * first.low_res[0]).sum(0)[None, None]
+    r1 = sam.decode(query, (64, 64), ep["points"][None], ep["labels"][None], _tight_box(mixed > 0), low)
+    b1 = int(np.argmax(r1.iou[0].numpy()))
+    box = _tight_box(r1.logits[0, b1] > 0)
+    r2 = sam.decode(query, (64, 64), ep["points"][None], ep["labels"][None], box, r1.low_res[:, b1 : b1 + 1])
+    assert torch.allclose(logits[0], r2.logits[0, int(np.argmax(r2.iou[0].numpy()))], atol=1e-5)
+
+
 @pytest.mark.parametrize("finetune", [False, True])
 def test_an_empty_reference_predicts_nothing_and_is_counted(sams, finetune):
     sam = sams["sam2-t"]
