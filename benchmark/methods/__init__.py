@@ -5,7 +5,7 @@ To add one: write the model (it satisfies :class:`FewShotMethod`), describe it w
 its entry ``trainable=Trainable(...)`` and builds a :class:`TrainableMethod`.
 """
 
-from benchmark.methods import fssam, gfsam, matcher, naive_sam2, reference
+from benchmark.methods import fssam, gfsam, matcher, naive_sam2, persam, reference
 from benchmark.methods.base import Features, FewShotMethod, FrozenEncoder, TrainableMethod
 from benchmark.methods.registry import (
     BuildContext,
@@ -24,6 +24,8 @@ from benchmark.methods.registry import (
 register(fssam.ENTRY)
 register(naive_sam2.ENTRY)
 register(gfsam.ENTRY)
+register(persam.PERSAM)
+register(persam.PERSAM_F)
 register(matcher.ENTRY)
 register(reference.MEAN_COLOUR)
 register(reference.ALL_FOREGROUND)
