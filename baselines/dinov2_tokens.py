@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fssam.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DINOv2Backbone
+from fssam.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DINOv2Backbone, build_dinov2
 from fssam.errors import FSSAMError
 from fssam.sam2_adapter import module_sha256
 
@@ -92,3 +92,21 @@ class DINOv2TokenEncoder:
     def encode(self, images: Tensor) -> dict[str, Tensor]:
         x = preprocess(images.to(self.backbone.device), self.backbone.input_size, self.resize)
         return {"dinov2.prenorm": prenorm_tokens(self.backbone, x.to(self.backbone.dtype)).float()}
+
+
+def dinov2_from_config(config: Any) -> DINOv2Backbone:
+    """DINOv2 from a method's settings object (``dinov2``, ``dinov2_checkpoint``, ``random_init``,
+    ``dinov2_input_size``, ``seed``): random weights are seeded with ``seed + 1``, as FSSAM's, so
+    every method with the same settings shares one backbone in the weight pool."""
+    return build_dinov2(
+        config.dinov2,
+        checkpoint=config.dinov2_checkpoint,
+        random_init=config.random_init,
+        input_size=config.dinov2_input_size,
+        seed=config.seed + 1,
+    )
+
+
+def dinov2_weights_id(backbone: DINOv2Backbone, seed: int) -> str:
+    """The checkpoint's SHA-256, or ``random-init:<arch>:seed<seed + 1>`` (:func:`dinov2_from_config`)."""
+    return backbone.weights_sha256 or f"random-init:{backbone.arch}:seed{seed + 1}"

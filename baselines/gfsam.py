@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from baselines import gfsam_logic as logic
-from baselines.dinov2_tokens import DINOv2TokenEncoder
+from baselines.dinov2_tokens import DINOv2TokenEncoder, dinov2_from_config, dinov2_weights_id
 from baselines.gfsam_config import GFSAMConfig
-from baselines.sam_backend import PromptableSAM, build_promptable
-from fssam.dinov2 import DINOv2Backbone, build_dinov2
+from baselines.sam_backend import PromptableSAM, sam_from_config
+from fssam.dinov2 import DINOv2Backbone
 from fssam.errors import FSSAMError
 
 MASK_LOGIT = 10.0  # the binary prediction as logits: +10 foreground, -10 background
@@ -34,29 +34,6 @@ TOKEN_KEY = "dinov2.prenorm"
 def switches(config: GFSAMConfig) -> logic.Switches:
     """The decision-logic switches of a configuration."""
     return logic.Switches(config.token_norm, config.cls_score, config.fallback_pick, config.point_position)
-
-
-def build_sam(config: GFSAMConfig) -> PromptableSAM:
-    """The configured SAM (random weights seeded by ``seed``)."""
-    return build_promptable(
-        arch=config.sam,
-        checkpoint=config.sam_checkpoint,
-        random_init=config.random_init,
-        seed=config.seed,
-        sam2_version=config.sam2_version,
-        input_size=config.sam2_input_size,
-    )
-
-
-def build_dino(config: GFSAMConfig) -> DINOv2Backbone:
-    """The configured DINOv2 (random weights seeded by ``seed + 1``, as FSSAM's)."""
-    return build_dinov2(
-        config.dinov2,
-        checkpoint=config.dinov2_checkpoint,
-        random_init=config.random_init,
-        input_size=config.dinov2_input_size,
-        seed=config.seed + 1,
-    )
 
 
 class GFSAM(nn.Module):
@@ -71,8 +48,8 @@ class GFSAM(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.sam = sam if sam is not None else build_sam(config)
-        self.dino = dino if dino is not None else build_dino(config)
+        self.sam = sam if sam is not None else sam_from_config(config)
+        self.dino = dino if dino is not None else dinov2_from_config(config)
         if self.dino.input_size != config.dinov2_input_size:
             raise FSSAMError(
                 f"dinov2_input_size: {config.dinov2_input_size}, but the DINOv2 given was built for "
@@ -97,8 +74,7 @@ class GFSAM(nn.Module):
         return bool(self.sam.random_init or self.dino.random_init)
 
     def weight_hashes(self) -> dict[str, str]:
-        dino = self.dino.weights_sha256 or f"random-init:{self.dino.arch}:seed{self.config.seed + 1}"
-        return {"sam": self.sam.weights_id(), "dinov2": dino}
+        return {"sam": self.sam.weights_id(), "dinov2": dinov2_weights_id(self.dino, self.config.seed)}
 
     @property
     def encoders(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from baselines.dinov2_tokens import DINOv2TokenEncoder
+from baselines.dinov2_tokens import DINOv2TokenEncoder, dinov2_from_config, dinov2_weights_id
 from baselines.matcher_amg import AMGSettings, MatcherMaskGenerator, record_count
 from baselines.matcher_config import MatcherConfig
 from baselines.matcher_logic import (
@@ -33,8 +33,8 @@ from baselines.matcher_logic import (
     similarity,
     topk_filter,
 )
-from baselines.sam_backend import PromptableSAM, build_promptable
-from fssam.dinov2 import DINOv2Backbone, build_dinov2
+from baselines.sam_backend import PromptableSAM, sam_from_config
+from fssam.dinov2 import DINOv2Backbone
 
 MASK_LOGIT = 10.0  # the binary prediction as logits: +10 foreground, -10 background
 DINO_KEY = "dinov2.prenorm"
@@ -73,8 +73,8 @@ class Matcher(nn.Module):
     ):
         super().__init__()
         self.config = config
-        self.sam = sam or build_sam(config)
-        self.dino = dino or build_dino(config)
+        self.sam = sam or sam_from_config(config)
+        self.dino = dino or dinov2_from_config(config)
         self.stream = random.Random(config.seed)  # rng: release (one per model, i.e. per cell)
 
     @property
@@ -94,7 +94,7 @@ class Matcher(nn.Module):
         return bool(self.sam.random_init or self.dino.random_init)
 
     def weight_hashes(self) -> dict[str, str]:
-        return {"sam": self.sam.weights_id(), "dinov2": dino_weights_id(self.config, self.dino)}
+        return {"sam": self.sam.weights_id(), "dinov2": dinov2_weights_id(self.dino, self.config.seed)}
 
     @property
     def encoders(self) -> dict[str, Any]:
@@ -265,32 +265,3 @@ class ReleaseSam1Decoder:
             in_points, labels.to(self.device), in_boxes, multimask_output=multimask, return_logits=True
         )
         return logits, iou
-
-
-def build_sam(cfg: MatcherConfig) -> PromptableSAM:
-    """SAM from the settings (the shared backend)."""
-    return build_promptable(
-        arch=cfg.sam,
-        checkpoint=cfg.sam_checkpoint,
-        random_init=cfg.random_init,
-        seed=cfg.seed,
-        sam2_version=cfg.sam2_version,
-    )
-
-
-def build_dino(cfg: MatcherConfig) -> DINOv2Backbone:
-    """DINOv2 from the settings (random weights seeded with seed + 1, as FSSAM's)."""
-    return build_dinov2(
-        cfg.dinov2,
-        checkpoint=cfg.dinov2_checkpoint,
-        random_init=cfg.random_init,
-        input_size=cfg.dinov2_input_size,
-        seed=cfg.seed + 1,
-    )
-
-
-def dino_weights_id(cfg: MatcherConfig, dino: DINOv2Backbone) -> str:
-    """DINOv2's weight id: the checkpoint's SHA-256 or ``random-init:<arch>:seed<N>``."""
-    if dino.random_init:
-        return f"random-init:{dino.arch}:seed{cfg.seed + 1}"
-    return str(dino.weights_sha256)

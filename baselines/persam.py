@@ -36,16 +36,10 @@ from baselines.persam_prior import (
     upsampled_map,
 )
 from baselines.persam_sam import frame_postprocess, guided_predict
-from baselines.sam_backend import PromptableSAM, build_promptable
+from baselines.sam_backend import PromptableSAM, sam_from_config
 
 EMPTY_LOGIT = -1e4
 """The logit of every pixel of an empty prediction (the suite's fallback, ``empty_reference``)."""
-
-
-def build_sam(config: PerSAMConfig) -> PromptableSAM:
-    return build_promptable(
-        config.sam, config.sam_checkpoint, config.random_init, config.seed, sam2_version=config.sam2_version
-    )
 
 
 class _Fallback(Exception):
@@ -70,7 +64,7 @@ class PerSAM(nn.Module):
     def __init__(self, config: PerSAMConfig, sam: PromptableSAM | None = None) -> None:
         super().__init__()
         self.config = config
-        self.sam = sam if sam is not None else build_sam(config)
+        self.sam = sam if sam is not None else sam_from_config(config)
         self.image_resize = config.image_resize
 
     @property

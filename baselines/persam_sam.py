@@ -29,18 +29,18 @@ def frame_postprocess(sam: PromptableSAM, frame_hw: tuple[int, int]) -> Callable
     if sam.family == "sam1":
         input_hw = ResizeLongestSide.get_preprocess_shape(*frame_hw, sam.input_size)
         return lambda x: sam.model.postprocess_masks(x, input_hw, frame_hw)
-    transforms = sam._predictor()._transforms
+    transforms = sam.predictor()._transforms
     return lambda x: transforms.postprocess_masks(x, frame_hw)
 
 
 def _sam1_prompts(sam: PromptableSAM, frame_hw: tuple[int, int], coords: Tensor, labels: Tensor):
-    predictor = sam._predictor()
+    predictor = sam.predictor()
     coords = predictor.transform.apply_coords_torch(coords.to(sam.device).float(), frame_hw)
     return sam.model.prompt_encoder(points=(coords, labels.to(sam.device)), boxes=None, masks=None)
 
 
 def _sam2_prompts(sam: PromptableSAM, frame_hw: tuple[int, int], coords: Tensor, labels: Tensor):
-    predictor = sam._predictor()
+    predictor = sam.predictor()
     predictor._orig_hw = [frame_hw]
     _, coords, labels, _ = predictor._prep_prompts(coords, labels, None, None, normalize_coords=True)
     return sam.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)

@@ -158,7 +158,7 @@ class PromptableSAM(nn.Module):
         self._encoder_sha: str | None = None
         self._predictors: dict[str, Any] = {}  # the official predictor objects, made once
 
-    def _predictor(self) -> Any:
+    def predictor(self) -> Any:
         """The official predictor of the family (SamPredictor or SAM2ImagePredictor), made once."""
         if self.family not in self._predictors:
             if self.family == "sam1":
@@ -254,7 +254,7 @@ class PromptableSAM(nn.Module):
 
     def _encode_sam2(self, pixels: Tensor) -> dict[str, Tensor]:
         m = self.model
-        transforms = self._predictor()._transforms.transforms  # Resize + Normalize, as set_image
+        transforms = self.predictor()._transforms.transforms  # Resize + Normalize, as set_image
         x = transforms(pixels.float().to(self.device) / 255.0)
         backbone_out = m.forward_image(x)
         _, vision_feats, _, _ = m._prepare_backbone_features(backbone_out)
@@ -297,7 +297,7 @@ class PromptableSAM(nn.Module):
     def _decode_sam1(self, features, frame_hw, coords, labels, boxes, mask_input, multimask) -> Decoded:
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        predictor = self._predictor()
+        predictor = self.predictor()
         predictor.features = features["sam1.embed"].to(self.device)
         predictor.original_size = frame_hw
         predictor.input_size = ResizeLongestSide.get_preprocess_shape(*frame_hw, self.input_size)
@@ -315,7 +315,7 @@ class PromptableSAM(nn.Module):
         return Decoded(logits, iou, low_res)
 
     def _decode_sam2(self, features, frame_hw, coords, labels, boxes, mask_input, multimask) -> Decoded:
-        predictor = self._predictor()
+        predictor = self.predictor()
         predictor._features = {
             "image_embed": features["sam2.embed"].to(self.device),
             "high_res_feats": [features["sam2.hr0"].to(self.device), features["sam2.hr1"].to(self.device)],
@@ -397,3 +397,16 @@ def build_promptable(
         raise FSSAMError(f"SAM 1 takes {SAM_INPUT_SIZE}px inputs, got input_size={input_size}")
     model, sha = build_sam1(arch, checkpoint, random_init, seed)
     return PromptableSAM(model, arch, sha, seed)
+
+
+def sam_from_config(config: Any) -> PromptableSAM:
+    """:func:`build_promptable` from a method's settings object: ``sam``, ``sam_checkpoint``,
+    ``random_init``, ``seed``, ``sam2_version`` and, when it has one, ``sam2_input_size``."""
+    return build_promptable(
+        config.sam,
+        config.sam_checkpoint,
+        config.random_init,
+        config.seed,
+        sam2_version=config.sam2_version,
+        input_size=getattr(config, "sam2_input_size", SAM_INPUT_SIZE),
+    )

@@ -402,9 +402,9 @@ def test_registry_entry_defaults_weights_and_validation():
     entry = get_method("gfsam")
     assert dict(entry.defaults) == GFSAMConfig().to_dict()
     assert entry.checkpoints == ("sam_checkpoint", "dinov2_checkpoint")
-    with pytest.raises(FssBenchError, match="sam_checkpoint: no SAM weights"):
+    with pytest.raises(FssBenchError, match="sam_checkpoint: no SAM vit_h weights"):
         entry.weight_sources(entry.resolve({}))
-    with pytest.raises(FssBenchError, match="dinov2_checkpoint: no DINOv2 weights"):
+    with pytest.raises(FssBenchError, match="dinov2_checkpoint: no DINOv2 vitl14 weights"):
         entry.weight_sources(entry.resolve({"sam_checkpoint": "/w/sam_vit_h_4b8939.pth"}))
     both = entry.resolve({"sam_checkpoint": "/w/s.pth", "dinov2_checkpoint": "/w/d.pth"})
     assert entry.weight_sources(both) == {"sam": "/w/s.pth", "dinov2": "/w/d.pth"}

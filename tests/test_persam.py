@@ -655,7 +655,7 @@ def test_registry_entries_name_missing_weights_and_keep_their_own_switches():
     assert "target_alias" in persam_entry.defaults and "iters" not in persam_entry.defaults
     assert "iters" in persam_f_entry.defaults and "target_alias" not in persam_f_entry.defaults
     assert persam_entry.defaults["sam"] == "vit_h" and persam_entry.defaults["sam2_version"] == "2.1"
-    with pytest.raises(FssBenchError, match=r"^sam_checkpoint: no weights for SAM vit_h"):
+    with pytest.raises(FssBenchError, match=r"^sam_checkpoint: no SAM vit_h weights"):
         persam_entry.weight_sources(persam_entry.resolve({}))
     assert persam_entry.weight_sources(
         persam_entry.resolve({"sam_checkpoint": "/w/sam_vit_h_4b8939.pth"})

@@ -11,7 +11,7 @@ from dataclasses import fields
 from typing import Any
 
 from baselines.persam_config import PERSAM_F_FIELDS, PERSAM_ONLY_FIELDS, PerSAMConfig
-from benchmark.errors import FssBenchError
+from benchmark.methods.field import check_weight_choice, pooled_sam, sam_sources
 from benchmark.methods.registry import BuildContext, MethodEntry
 
 CONFIG_FIELDS = tuple(f.name for f in fields(PerSAMConfig))
@@ -22,50 +22,12 @@ def persam_config(settings: dict[str, Any], finetune: bool) -> PerSAMConfig:
     return PerSAMConfig.from_dict({**own, "finetune": finetune})
 
 
-def sam_sources(settings: dict[str, Any]) -> dict[str, str]:
-    """The SAM weights of a field baseline: the checkpoint path, or ``random-init:<arch>:seed<N>``."""
-    arch = settings.get("sam", "vit_h")
-    if settings.get("random_init"):
-        version = f":{settings.get('sam2_version', '2.1')}" if str(arch).startswith("sam2") else ""
-        return {"sam": f"random-init:{arch}{version}:seed{settings.get('seed', 0)}"}
-    if not settings.get("sam_checkpoint"):
-        raise FssBenchError(
-            f"sam_checkpoint: no weights for SAM {arch}: set model.sam_checkpoint to Meta's checkpoint, "
-            "or model.random_init: true for random weights (tests and demos only)"
-        )
-    return {"sam": str(settings["sam_checkpoint"])}
-
-
-def pooled_sam(settings: dict[str, Any], ctx: BuildContext):
-    """One frozen SAM per (arch, checkpoint, random_init, seed, sam2_version), shared by variants."""
-    from baselines.sam_backend import build_promptable
-
-    key = (
-        settings["sam"],
-        settings.get("sam_checkpoint"),
-        bool(settings["random_init"]),
-        int(settings["seed"]),
-        settings["sam2_version"],
-    )
-    return ctx.pool.get(
-        key,
-        lambda: build_promptable(
-            settings["sam"],
-            settings.get("sam_checkpoint"),
-            bool(settings["random_init"]),
-            int(settings["seed"]),
-            sam2_version=settings["sam2_version"],
-        ),
-        group="sam1",
-        keep=2,
-    )
-
-
 def _entry(name: str, finetune: bool, description: str, dropped: tuple[str, ...]) -> MethodEntry:
     def build(settings: dict[str, Any], ctx: BuildContext):
         from baselines.persam import PerSAM
 
-        return PerSAM(persam_config(settings, finetune), sam=pooled_sam(settings, ctx)).to(ctx.device)
+        cfg = persam_config(settings, finetune)
+        return PerSAM(cfg, sam=pooled_sam(cfg, ctx)).to(ctx.device)
 
     defaults = {k: v for k, v in PerSAMConfig().to_dict().items() if k not in ("finetune", *dropped)}
     return MethodEntry(
@@ -74,7 +36,7 @@ def _entry(name: str, finetune: bool, description: str, dropped: tuple[str, ...]
         defaults=defaults,
         build=build,
         weight_sources=sam_sources,
-        validate=lambda s: persam_config(s, finetune) and None,
+        validate=lambda s: persam_config(s, finetune) and check_weight_choice(s),
         checkpoints=("sam_checkpoint",),
     )
 
