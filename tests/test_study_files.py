@@ -11,6 +11,8 @@ from benchmark.jobs.run import StudyRunner
 from benchmark.specs.study import load_study
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("*.yaml"))
+FIELD = sorted((Path(__file__).resolve().parents[1] / "ablations" / "field").rglob("*.yaml"))
+"""The field baselines' studies (SAM ViT-H, DINOv2-L): validated here, run only where real weights are."""
 TINY = [
     "model.sam2_size=t",
     "model.image_size=256",
@@ -35,11 +37,23 @@ def overrides_for(path: Path, pascal_root: Path, coco_root: Path | None) -> list
     return out + ["model.random_init=true"]
 
 
-@pytest.mark.parametrize("path", ABLATIONS, ids=[p.stem for p in ABLATIONS])
+@pytest.mark.parametrize("path", ABLATIONS + FIELD, ids=[p.stem for p in ABLATIONS + FIELD])
 def test_study_file_is_valid(path, pascal_root, coco_root):
     study = load_study(path, overrides_for(path, pascal_root, coco_root))
     assert study.variants and study.random_init
-    assert all(not v.settings.get("sam2_checkpoint") for v in study.variants)  # random init drops checkpoints
+    for v in study.variants:  # random init drops checkpoints
+        assert not any(v.settings.get(k) for k in ("sam2_checkpoint", "sam_checkpoint", "dinov2_checkpoint"))
+
+
+def test_the_field_studies_run_every_method_under_every_scoring(pascal_root, coco_root):
+    methods = {"fssam", "naive_sam2", "gfsam", "persam", "persam_f", "matcher"}
+    scorings = set()
+    for path in FIELD:
+        study = load_study(path, overrides_for(path, pascal_root, coco_root))
+        assert {v.method for v in study.variants} == methods, path
+        assert set(study.data) == {"pascal", "coco"} and study.folds == [0, 1, 2, 3]
+        scorings.add((study.protocol, (study.eval_size or 400) if study.protocol == "hsnet" else None))
+    assert scorings == {("fssam", None), ("hsnet", 400), ("hsnet", 1024), ("hsnet", 518)}
 
 
 def test_shipped_study_files_cover_the_paper_tables():

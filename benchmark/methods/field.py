@@ -48,13 +48,6 @@ def dinov2_source(settings: dict[str, Any]) -> str:
     return str(settings["dinov2_checkpoint"])
 
 
-def check_weight_choice(settings: dict[str, Any]) -> None:
-    """``random_init: true`` takes no checkpoint: a study names random weights or files, never both."""
-    given = [k for k in ("sam_checkpoint", "dinov2_checkpoint") if settings.get(k)]
-    if settings.get("random_init") and given:
-        raise FssBenchError(f"random_init: true takes no {given[0]}; set one or the other")
-
-
 def sam_sources(settings: dict[str, Any]) -> dict[str, str]:
     """``weight_sources`` of a method on SAM alone (PerSAM)."""
     return {"sam": sam_source(settings)}

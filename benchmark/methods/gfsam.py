@@ -7,7 +7,7 @@ from typing import Any
 
 from baselines.gfsam_config import GFSAMConfig
 from benchmark.errors import FssBenchError
-from benchmark.methods.field import check_weight_choice, pooled_dinov2, pooled_sam, sam_dinov2_sources
+from benchmark.methods.field import pooled_dinov2, pooled_sam, sam_dinov2_sources
 from benchmark.methods.registry import BuildContext, MethodEntry
 from fssam.errors import FSSAMError
 
@@ -31,7 +31,6 @@ def _build(settings: dict[str, Any], ctx: BuildContext):
 
 def _validate(settings: dict[str, Any]) -> None:
     gfsam_config(settings)
-    check_weight_choice(settings)
 
 
 ENTRY = MethodEntry(

@@ -8,7 +8,7 @@ from dataclasses import fields
 from typing import Any
 
 from baselines.matcher_config import MatcherConfig
-from benchmark.methods.field import check_weight_choice, pooled_dinov2, pooled_sam, sam_dinov2_sources
+from benchmark.methods.field import pooled_dinov2, pooled_sam, sam_dinov2_sources
 from benchmark.methods.registry import BuildContext, MethodEntry
 
 CONFIG_FIELDS = tuple(f.name for f in fields(MatcherConfig))
@@ -32,6 +32,6 @@ ENTRY = MethodEntry(
     defaults=MatcherConfig().to_dict(),
     build=_build,
     weight_sources=sam_dinov2_sources,
-    validate=lambda s: matcher_config(s) and check_weight_choice(s),
+    validate=lambda s: matcher_config(s) and None,
     checkpoints=("sam_checkpoint", "dinov2_checkpoint"),
 )

@@ -11,7 +11,7 @@ from dataclasses import fields
 from typing import Any
 
 from baselines.persam_config import PERSAM_F_FIELDS, PERSAM_ONLY_FIELDS, PerSAMConfig
-from benchmark.methods.field import check_weight_choice, pooled_sam, sam_sources
+from benchmark.methods.field import pooled_sam, sam_sources
 from benchmark.methods.registry import BuildContext, MethodEntry
 
 CONFIG_FIELDS = tuple(f.name for f in fields(PerSAMConfig))
@@ -36,7 +36,7 @@ def _entry(name: str, finetune: bool, description: str, dropped: tuple[str, ...]
         defaults=defaults,
         build=build,
         weight_sources=sam_sources,
-        validate=lambda s: persam_config(s, finetune) and check_weight_choice(s),
+        validate=lambda s: persam_config(s, finetune) and None,
         checkpoints=("sam_checkpoint",),
     )
 
