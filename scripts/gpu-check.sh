@@ -8,7 +8,8 @@
 # `--compile`d, batch 1 and 8, 1 and 5 shots (the README's target: under 20 ms per episode), with
 # batched-vs-unbatched logits (can the batch size leave CUDA cell keys?); and `fssbench profile` of
 # the 8-variant study on synthetic data, eager and with --compile, with the projected time of the
-# full PASCAL-5i grid (the target: under 2 minutes). Random-init weights throughout (timing only).
+# full PASCAL-5i grid (the target: under 2 minutes); and one episode of each field baseline (GF-SAM,
+# PerSAM, PerSAM-F, Matcher) at its release's sizes. Random-init weights throughout (timing only).
 # CHECK_DEVICE=cpu CHECK_SIZE=128 CHECK_SAM2=t CHECK_DINO=vits14 CHECK_DINO_SIZE=112 CHECK_REPEATS=1
 # CHECK_BACKEND=eager runs only the episode timing, on a CPU (a smoke run of its Python, no measurement).
 set -euo pipefail
@@ -114,6 +115,51 @@ for (shots, batch), c in cases.items():
     )
 PY
 [ "$DEVICE" = cuda ] || exit 0
+echo "== the field's SAM methods at their releases' sizes (SAM ViT-H, DINOv2-L/14; random init, fp32)"
+"$PY" - <<'PY'
+import statistics
+import time
+
+import torch
+
+from benchmark.methods import build_method, get_method
+
+device = torch.device("cuda")
+g = torch.Generator().manual_seed(0)
+for name in ("gfsam", "persam", "persam_f", "matcher"):
+    model = build_method(name, get_method(name).resolve({"random_init": True}), device)
+    size = model.image_size
+    for shots in (1, 5):
+        query = torch.rand(1, 3, size, size, generator=g) * 255
+        supports = torch.rand(shots, 3, size, size, generator=g) * 255
+        masks = torch.zeros(1, shots, size, size, dtype=torch.long)
+        masks[..., size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 1
+
+        def encode(images, role):
+            out = {}
+            for enc in model.encoders.values():
+                if role in getattr(enc, "roles", ("query", "support")):
+                    out.update(enc.encode(images.to(device)))
+            return out
+
+        t0 = time.perf_counter()
+        q, s = encode(query, "query"), encode(supports, "support")
+        torch.cuda.synchronize()
+        enc_ms = 1000 * (time.perf_counter() - t0)
+        times = []
+        with torch.no_grad():
+            for _ in range(3):
+                t0 = time.perf_counter()
+                model.predict(q, s, masks.to(device))
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        print(
+            f"  {name}, {shots}-shot, {size} px: encoders {enc_ms:.0f} ms (first call), "
+            f"episode on cached features {1000 * statistics.median(times):.0f} ms (median of 3)"
+        )
+    del model
+    torch.cuda.empty_cache()
+PY
 echo "== profile: component-prior-ablation (8 variants), synthetic PASCAL, 40 episodes, fold 0, 1 and 5 shots"
 "$PY" -m benchmark.cli -q data synth --dataset pascal --out "$OUT/raw" >/dev/null
 "$PY" -m benchmark.cli -q data prepare pascal --voc "$OUT/raw/VOCdevkit" --sbd "$OUT/raw/benchmark_RELEASE" \
