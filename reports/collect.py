@@ -61,8 +61,11 @@ def collect_experiments(tracker, experiments: list[str], download_dir: Path) -> 
     episodes: dict[str, pd.DataFrame] = {}
     configs: dict[str, dict[str, Any]] = {}
     ids = []
+    seen: set[tuple[str, str]] = set()  # (cell key, variant): a cell two experiments hold counts once
     for experiment in experiments:
-        exp_id, exp_rows, exp_order = _collect_runs(tracker, experiment, download_dir, episodes, configs)
+        exp_id, exp_rows, exp_order = _collect_runs(
+            tracker, experiment, download_dir, episodes, configs, seen
+        )
         ids.append(exp_id)
         rows += exp_rows
         order = list(dict.fromkeys([*order, *exp_order]))
@@ -75,10 +78,17 @@ def collect_experiments(tracker, experiments: list[str], download_dir: Path) -> 
 
 
 def _collect_runs(
-    tracker, experiment: str, download_dir: Path, episodes: dict, configs: dict
+    tracker,
+    experiment: str,
+    download_dir: Path,
+    episodes: dict,
+    configs: dict,
+    seen: set[tuple[str, str]] | None = None,
 ) -> tuple[str, list[tuple[dict[str, Any], dict[str, float]]], list[str]]:
     """``experiment``'s id, its cell rows (a row per variant of each latest cell run, with the run's
-    metrics) and its variant order; the runs' tables and configs are added to ``episodes``/``configs``."""
+    metrics) and its variant order; the runs' tables and configs are added to ``episodes``/``configs``.
+    ``seen``: the (cell key, variant) pairs already read from other experiments, which are skipped
+    (and the new ones added)."""
     client = tracker.client
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -87,11 +97,16 @@ def _collect_runs(
     runs = _finished_cell_runs(client, exp.experiment_id, experiment)
     rows = []
     latest = _latest_per_cell(runs)
-    for r in latest.values():
+    seen = set() if seen is None else seen
+    for key, r in latest.items():
+        fresh = [v for v in variants_of(r) if (key, v) not in seen]
+        if not fresh:
+            continue
+        seen.update((key, v) for v in fresh)
         rid = r.info.run_id
         episodes[rid], configs[rid] = _run_tables(client, rid, download_dir)
         row = _cell_row(r, experiment) | {"scoring": _scoring(client, r, configs[rid], download_dir)}
-        for variant in variants_of(r):  # a cell that two variants of the study share counts for both
+        for variant in fresh:  # a cell that two variants of the study share counts for both
             rows.append((row | {"variant": variant, "base_variant": variant}, r.data.metrics))
     return exp.experiment_id, rows, _variant_order(latest.values())
 

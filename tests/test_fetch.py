@@ -338,6 +338,7 @@ def authors_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_register_verifies_and_files_an_authors_checkpoint(authors_checkpoint, tmp_path, capsys):
     root = tmp_path / "exp"
     argv = ["-q", "fetch", "register", str(authors_checkpoint), "--as", "fssam/pascal/split2/1shot"]

@@ -112,6 +112,7 @@ def test_scma_off_equals_sam2_cross_attention(model):
     assert not torch.allclose(calibrated, rope_cross_attention(attn, q, mem, mem, 8), atol=1e-4)
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_k_identical_shots_equal_one_shot_in_intended_mode(model, episode):
     query, supports, masks, _ = episode
     one = model(query, supports[:, :1], masks[:, :1])
@@ -370,6 +371,7 @@ def test_dice_loss_hand_computed():
     assert torch.allclose(dice_loss(logits, target), torch.tensor(1 - 3 / 3.5), atol=1e-6)
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_bench_model_command_reports_both_timings(capsys):
     from benchmark.cli import main
 

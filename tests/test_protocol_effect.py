@@ -222,3 +222,17 @@ def test_the_protocol_effect_is_the_class_paired_difference(protocol_study):
             assert csv.loc[v, f"{tag}_ci_low_pts"] == pytest.approx(100 * ci["low"], abs=1e-9)
             assert csv.loc[v, f"{tag}_ci_high_pts"] == pytest.approx(100 * ci["high"], abs=1e-9)
             assert ci["low"] <= want <= ci["high"]
+
+
+def test_a_cell_two_experiments_hold_counts_once(protocol_study, tmp_path):
+    from benchmark.records.tracking import Tracker
+    from reports.collect import collect_experiments
+
+    out, tables = protocol_study
+    tracker = Tracker(f"sqlite:///{out.parent / 'mlflow.db'}", create=False)
+    once = collect_experiments(tracker, ["proto-fssam"], tmp_path / "a")
+    twice = collect_experiments(tracker, ["proto-fssam", "proto-fssam"], tmp_path / "b")
+    assert len(once.cells) == 4  # 2 variants x 2 folds, read back independently below
+    assert len(twice.cells) == len(once.cells) and len(twice.per_class) == len(once.per_class)
+    assert sorted(twice.cells["variant"]) == sorted(once.cells["variant"])  # one scoring: names kept
+    assert sum(1 for (v, name, f) in tables if name == "fssam") == len(once.cells)

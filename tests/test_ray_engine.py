@@ -164,6 +164,7 @@ def _local_scores(root: Path, tmp: Path, episodes: int) -> dict:
     return {r.data.tags["fss.cell_key"]: scores(r) for r in cell_runs(uri)}
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_a_failing_cell_is_failed_once_and_a_restarted_driver_runs_only_the_rest(
     ray_cluster, local, pascal_root, tmp_path, monkeypatch
 ):
@@ -183,6 +184,7 @@ def test_a_failing_cell_is_failed_once_and_a_restarted_driver_runs_only_the_rest
     assert_once_and_equal(uri, local)
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_a_study_logs_through_an_mlflow_server_on_postgresql(
     ray_cluster, mlflow_server, pascal_root, tmp_path
 ):
@@ -281,6 +283,7 @@ def test_ray_options_with_the_local_engine_are_refused(pascal_root, tmp_path, ca
     assert "--workers applies to --engine ray only" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_force_then_a_failure_leaves_only_the_failed_run(
     ray_cluster, local, pascal_root, tmp_path, monkeypatch
 ):
@@ -295,6 +298,7 @@ def test_force_then_a_failure_leaves_only_the_failed_run(
     assert by_status == ["FAILED"] + ["FINISHED"] * 5
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_a_logging_error_marks_the_run_failed_and_the_study_goes_on(
     ray_cluster, local, pascal_root, tmp_path, monkeypatch
 ):
@@ -365,6 +369,7 @@ def test_the_studys_resources_block_is_validated_and_the_command_line_wins(pasca
             load_study(study, [override])
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_a_ray_address_with_no_cluster_is_a_one_line_error_at_once(pascal_root, tmp_path):
     import socket
     import subprocess

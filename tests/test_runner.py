@@ -242,6 +242,7 @@ def test_rerun_skips_finished_cells(small_run, pascal_root):
     assert (runs["tags.fss.kind"] == "cell").sum() == 2  # no duplicate child runs
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_cached_and_uncached_predictions_are_identical(small_run, pascal_root):
     tmp, _, runner, _ = small_run
     assert runner.cache.stats.hits > 0  # the second variant reused the first one's features

@@ -187,6 +187,7 @@ def test_mlflow_holds_one_nested_run_per_trial_number_with_optunas_state(six_tri
         }
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_outputs_plots_and_the_best_params_study_file_runs(six_trials, pascal_root):
     spec, r, outcome, tmp = six_trials
     folder = tmp / "work" / "searches" / "tiny-search"
@@ -216,6 +217,7 @@ def test_outputs_plots_and_the_best_params_study_file_runs(six_trials, pascal_ro
     assert run.data.tags["fss.manifest_sha256"] != ""
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_a_resumed_search_counts_what_is_left_and_keeps_its_parent_run(pascal_root, tmp_path):
     spec = parse_search(search_dict(pascal_root, pruner={"type": "none"}), source="tiny.yaml")
     first = runner(spec, tmp_path, trials=2).run()
@@ -244,6 +246,7 @@ def test_a_resumed_search_counts_what_is_left_and_keeps_its_parent_run(pascal_ro
         runner(other, tmp_path, trials=5).run()
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_test_tuning_is_refused_and_with_the_flag_tagged_everywhere(pascal_root, tmp_path):
     spec = parse_search(search_dict(pascal_root, kind="test", trials=2), source="t.yaml")
     with pytest.raises(FssBenchError, match=r"t.yaml: kind: test .*--allow-test-tuning"):
@@ -298,6 +301,7 @@ def test_a_grid_walks_every_point_once(pascal_root, tmp_path):
     assert points == [(0, 1.0), (0, 30.0), (1, 1.0), (1, 30.0)]
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_wilcoxon_pruning_reports_each_chunk_s_own_miou(pascal_root, tmp_path):
     spec = parse_search(
         search_dict(pascal_root, trials=2, pruner={"type": "wilcoxon", "p_threshold": 0.1}, report_every=3),

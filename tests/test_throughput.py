@@ -285,6 +285,7 @@ def tiny_study(pascal_root: Path, *extra: str):
     return load_study(SHIPPED, overrides)
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_the_shipped_component_prior_study_is_identical_with_shared_stages(pascal_root, tmp_path):
     shared = tiny_study(pascal_root, "batch_size=2")
     assert shared.cache.stages_gb > 0 and len(shared.variants) == 8

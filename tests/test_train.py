@@ -703,6 +703,7 @@ def test_loader_workers_are_capped_at_the_cpus_the_process_may_use(monkeypatch):
     assert [loader_workers(n) for n in (0, 1, 2, 4)] == [0, 1, 2, 2]
 
 
+@pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_training_messages_start_their_own_lines_in_a_redirected_log(pascal_root, tmp_path):
     """``fssbench train ... > log 2>&1``: the validation lines are not glued onto the progress bar's."""
     import subprocess
