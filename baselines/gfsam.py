@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from baselines import gfsam_logic as logic
-from baselines.dinov2_tokens import DINOv2TokenEncoder, dinov2_from_config, dinov2_weights_id
+from baselines.dinov2_tokens import DINOv2TokenEncoder, dinov2_from_config
+from baselines.field_method import SAMDINOv2Method
 from baselines.gfsam_config import GFSAMConfig
 from baselines.sam_backend import PromptableSAM, sam_from_config
 from fssam.dinov2 import DINOv2Backbone
@@ -36,7 +37,7 @@ def switches(config: GFSAMConfig) -> logic.Switches:
     return logic.Switches(config.token_norm, config.cls_score, config.fallback_pick, config.point_position)
 
 
-class GFSAM(nn.Module):
+class GFSAM(SAMDINOv2Method, nn.Module):
     """GF-SAM with the harness's protocol (``benchmark.methods.base.FewShotMethod``).
 
     Encoders: ``sam`` (run on the queries only) and ``dinov2`` (pre-norm tokens). ``predict`` runs
@@ -55,26 +56,6 @@ class GFSAM(nn.Module):
                 f"dinov2_input_size: {config.dinov2_input_size}, but the DINOv2 given was built for "
                 f"{self.dino.input_size}"
             )
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def image_resize(self) -> str:
-        """How the loader resizes images to ``image_size`` ("pil-bilinear": HSNet's PIL resize)."""
-        return self.config.image_resize
-
-    @property
-    def device(self) -> torch.device:
-        return self.sam.device
-
-    @property
-    def random_init(self) -> bool:
-        return bool(self.sam.random_init or self.dino.random_init)
-
-    def weight_hashes(self) -> dict[str, str]:
-        return {"sam": self.sam.weights_id(), "dinov2": dinov2_weights_id(self.dino, self.config.seed)}
 
     @property
     def encoders(self) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from baselines.dinov2_tokens import DINOv2TokenEncoder, dinov2_from_config, dinov2_weights_id
+from baselines.dinov2_tokens import DINOv2TokenEncoder, dinov2_from_config
+from baselines.field_method import SAMDINOv2Method
 from baselines.matcher_amg import AMGSettings, MatcherMaskGenerator, record_count
 from baselines.matcher_config import MatcherConfig
 from baselines.matcher_logic import (
@@ -64,7 +65,7 @@ def amg_settings(cfg: MatcherConfig) -> AMGSettings:
     )
 
 
-class Matcher(nn.Module):
+class Matcher(SAMDINOv2Method, nn.Module):
     """Matcher on the harness protocol: ``encoders`` {"sam", "dinov2"}, ``predict`` -> (B, S, S)
     logits (+10 on the predicted union, -10 elsewhere), ``forward`` on pixels."""
 
@@ -76,25 +77,6 @@ class Matcher(nn.Module):
         self.sam = sam or sam_from_config(config)
         self.dino = dino or dinov2_from_config(config)
         self.stream = random.Random(config.seed)  # rng: release (one per model, i.e. per cell)
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def image_resize(self) -> str:
-        return self.config.image_resize
-
-    @property
-    def device(self) -> torch.device:
-        return self.dino.device
-
-    @property
-    def random_init(self) -> bool:
-        return bool(self.sam.random_init or self.dino.random_init)
-
-    def weight_hashes(self) -> dict[str, str]:
-        return {"sam": self.sam.weights_id(), "dinov2": dinov2_weights_id(self.dino, self.config.seed)}
 
     @property
     def encoders(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from baselines.field_method import SAMMethod
 from baselines.persam_config import PerSAMConfig
 from baselines.persam_f import fit_mixing_weights, mix_logits
 from baselines.persam_prior import (
@@ -50,7 +51,7 @@ class _Fallback(Exception):
         self.reason = reason
 
 
-class PerSAM(nn.Module):
+class PerSAM(SAMMethod, nn.Module):
     """PerSAM (``config.finetune=False``) or PerSAM-F (``True``) with the harness protocol.
 
     ``predict(query_feats, support_feats, support_masks)`` -> (B, S, S) logits; ``forward`` takes
@@ -65,27 +66,11 @@ class PerSAM(nn.Module):
         super().__init__()
         self.config = config
         self.sam = sam if sam is not None else sam_from_config(config)
-        self.image_resize = config.image_resize
-
-    @property
-    def random_init(self) -> bool:
-        return self.sam.random_init
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def device(self) -> torch.device:
-        return self.sam.device
 
     @property
     def encoders(self) -> dict[str, Any]:
         """SAM's image encoder only: PerSAM and PerSAM-F on one SAM share its cached features."""
         return {"sam": self.sam.encoder(self.config.image_size)}
-
-    def weight_hashes(self) -> dict[str, str]:
-        return {"sam": self.sam.weights_id()}
 
     @property
     def _embed_key(self) -> str:

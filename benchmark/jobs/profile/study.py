@@ -193,6 +193,8 @@ def profile_study(
     compile: bool = False,
 ) -> dict:
     """Run the study without cache, with a cold cache and with a warm cache; return the figures."""
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)  # a new --work-dir is made, not refused
     with tempfile.TemporaryDirectory(prefix="fssbench-profile-", dir=work_dir) as tmp:
         tmp = Path(tmp)
         cache_dir = tmp / "cache"
