@@ -62,6 +62,7 @@ def amg_settings(cfg: MatcherConfig) -> AMGSettings:
         output_layer=cfg.dense_multimask_output,
         sel_output_layer=cfg.output_layer,
         dense_pred=cfg.use_dense_mask,
+        dense_layer_flag=cfg.dense_layer_flag,
     )
 
 
@@ -166,7 +167,7 @@ class Matcher(SAMDINOv2Method, nn.Module):
         count = cfg.merging_count(shots)
         if cfg.use_score_filter:
             chosen = score_filter(
-                scores.score[alive], cfg.deep_score_filter, cfg.deep_score_norm_filter, count
+                scores.score[alive], cfg.deep_score_filter, cfg.deep_score_norm_filter, count, cfg.score_norm
             )
         else:
             chosen = topk_filter(scores.score[alive], count, cfg.topk_scores_threshold)

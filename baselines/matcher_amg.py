@@ -50,6 +50,7 @@ class AMGSettings:
     output_layer: int = 0  # the dense pass (applied only when sel_multimask_output, bug §5.4)
     sel_output_layer: int = 3
     dense_pred: bool = True
+    dense_layer_flag: str = "selected"  # whose multimask flag gates the dense pass's output_layer (§5.4)
 
 
 def select_outputs(masks: Tensor, iou: Tensor, layer: int) -> tuple[Tensor, Tensor]:
@@ -133,7 +134,9 @@ class MatcherMaskGenerator:
         for (points,) in batch_iterator(st.points_per_batch, grid):
             labels = torch.ones(len(points), 1, dtype=torch.int, device=device)
             logits, iou = self.decode(points[:, None, :], labels, None, st.multimask_output)
-            if st.sel_multimask_output:  # the release tests the selected prompts' flag (§5.4)
+            # the release tests the selected prompts' flag (§5.4); "own": the dense pass's own flag
+            gate = st.sel_multimask_output if st.dense_layer_flag == "selected" else st.multimask_output
+            if gate:
                 logits, iou = select_outputs(logits, iou, st.output_layer)
             data.cat(
                 filtered_records(

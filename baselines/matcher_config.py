@@ -77,6 +77,9 @@ class MatcherConfig:
     deep_score_norm_filter: float = 0.1
     topk_scores_threshold: float = 0.0
     num_merging_mask: int | None = None
+    # the release's quirks, reproduced by default (§5.3, §5.4), each with its corrected behaviour
+    score_norm: str = "max"
+    dense_layer_flag: str = "selected"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -84,6 +87,8 @@ class MatcherConfig:
             "sam": SAM_ARCHS,
             "dinov2": DINOV2_ARCHS,
             "rng": RNG_MODES,
+            "score_norm": ("max", "range"),
+            "dense_layer_flag": ("selected", "own"),
             "image_resize": IMAGE_RESIZES,
             "dinov2_resize": DINOV2_RESIZES,
             "sam2_version": ("2.0", "2.1"),

@@ -253,15 +253,17 @@ def metric_filter(metrics: list[tuple[Tensor, float]]) -> Tensor:
     return alive
 
 
-def score_filter(score: Tensor, d_max: float, dn_max: float, count: int) -> Tensor:
+def score_filter(score: Tensor, d_max: float, dn_max: float, count: int, norm: str = "max") -> Tensor:
     """The release's ``use_score_filter`` merge (§2.6.2) on the survivors' scores -> their selected
-    positions: d = 1 - score sorted ascending (stable); dn = (d - min d) / (max d + 1e-6) (max d,
-    not the range, as released); keep d < d_max (the best always) and dn < dn_max; the first
+    positions: d = 1 - score sorted ascending (stable); dn = (d - min d) / (max d + 1e-6)
+    (``norm="max"``: max d, not the range, as released, §5.3; ``"range"``: (max d - min d + 1e-6),
+    the min-max normalisation meant); keep d < d_max (the best always) and dn < dn_max; the first
     ``count`` kept in rank order."""
     d = 1.0 - score.float()
     ranked = torch.sort(d, stable=True)
     ds = ranked.values
-    dn = (ds - ds.min()) / (ds.max() + 1e-6)
+    scale = ds.max() if norm == "max" else ds.max() - ds.min()
+    dn = (ds - ds.min()) / (scale + 1e-6)
     good = ds < d_max
     good[0] = True
     keep = good & (dn < dn_max)

@@ -209,6 +209,17 @@ def test_score_filter_normalises_by_max_d_not_the_range():
     assert score_filter(torch.tensor([0.9, 0.9, 0.9]), 0.33, 0.1, 2).tolist() == [0, 1]
 
 
+def test_score_filter_by_the_range_is_the_min_max_normalisation():
+    """The corrected setting (``score_norm: range``) on the same d = [0.3, 0.1, 0.4, 0.13, 0.15]:
+    dn = (d - 0.1) / 0.3 = [0.667, 0, 1, 0.1, 0.167], ranked 1, 3, 4, ...: d = 0.13 is at dn = 0.1
+    (just under with the 1e-6, out above it) and only the best stays at dn_max 0.1 minus a hair."""
+    score = torch.tensor([0.7, 0.9, 0.6, 0.87, 0.85])
+    assert score_filter(score, 0.33, 0.0999, 9, norm="range").tolist() == [1]
+    assert score_filter(score, 0.33, 0.17, 9, norm="range").tolist() == [1, 3, 4]
+    assert score_filter(score, 0.33, 0.17, 9, norm="max").tolist() == [1, 3, 4]  # 0.125 < 0.17 too
+    assert score_filter(score, 0.33, 0.1, 9, norm="max").tolist() == [1, 3]  # the release: d=0.13 in
+
+
 def test_topk_branch_divides_by_the_max_and_keeps_above_the_threshold():
     score = torch.tensor([0.5, 0.8, 0.4, 0.8])
     assert topk_filter(score, 3, 0.7).tolist() == [1, 3]  # [1, 1, 0.625] > 0.7
@@ -305,6 +316,34 @@ def test_the_dense_pass_applies_its_layer_only_with_the_selected_multimask_flag(
     )
     data = MatcherMaskGenerator(stub_decode(table), 16, st).generate([])
     assert len(data["iou_preds"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("multimask", "sel_multimask", "expected"), [(True, False, 1), (False, True, 1), (False, False, 1)]
+)
+def test_the_dense_pass_on_its_own_flag_when_corrected(multimask, sel_multimask, expected):
+    """``dense_layer_flag: own``: the dense pass applies ``output_layer`` when its own multimask
+    flag is set, whatever the selected prompts' flag (a single-mask pass has one output anyway)."""
+    table = {(8, 8): [(0.9, 1, False), (0.9, 3, False), (0.9, 5, False)]}
+    st = AMGSettings(
+        points_per_side=1,
+        multimask_output=multimask,
+        sel_multimask_output=sel_multimask,
+        output_layer=0,
+        box_nms_thresh=1.0,
+        dense_layer_flag="own",
+    )
+    data = MatcherMaskGenerator(stub_decode(table), 16, st).generate([])
+    assert len(data["iou_preds"]) == expected
+
+
+def test_the_quirk_switches_are_settings_with_the_release_as_default():
+    from baselines.matcher import amg_settings
+
+    assert MatcherConfig().score_norm == "max" and MatcherConfig().dense_layer_flag == "selected"
+    assert amg_settings(MatcherConfig(dense_layer_flag="own")).dense_layer_flag == "own"
+    with pytest.raises(ValueError, match="score_norm"):
+        MatcherConfig(score_norm="minmax")
 
 
 def test_stable_box_nms():
