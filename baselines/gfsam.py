@@ -63,9 +63,6 @@ class GFSAM(SAMDINOv2Method, nn.Module):
         sam = self.sam.encoder(self.image_size, roles=("query",))  # SAM prompts the query alone
         return {"sam": sam, "dinov2": DINOv2TokenEncoder(self.dino, resize)}
 
-    def feature_identity(self) -> dict[str, dict[str, Any]]:
-        return {name: enc.identity() for name, enc in self.encoders.items()}
-
     @torch.no_grad()
     def predict(
         self,
