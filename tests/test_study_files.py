@@ -13,6 +13,8 @@ from benchmark.specs.study import load_study
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "ablations").glob("*.yaml"))
 FIELD = sorted((Path(__file__).resolve().parents[1] / "ablations" / "field").rglob("*.yaml"))
 """The field baselines' studies (SAM ViT-H, DINOv2-L): validated here, run only where real weights are."""
+SCALE = sorted((Path(__file__).resolve().parents[1] / "ablations" / "scale").glob("*.yaml"))
+"""The harness's scale grids (model-free variants; run at real size by `fssbench profile --footprint`)."""
 TINY = [
     "model.sam2_size=t",
     "model.image_size=256",
@@ -37,10 +39,10 @@ def overrides_for(path: Path, pascal_root: Path, coco_root: Path | None) -> list
     return out + ["model.random_init=true"]
 
 
-@pytest.mark.parametrize("path", ABLATIONS + FIELD, ids=[p.stem for p in ABLATIONS + FIELD])
+@pytest.mark.parametrize("path", ABLATIONS + FIELD + SCALE, ids=[p.stem for p in ABLATIONS + FIELD + SCALE])
 def test_study_file_is_valid(path, pascal_root, coco_root):
     study = load_study(path, overrides_for(path, pascal_root, coco_root))
-    assert study.variants and study.random_init
+    assert study.variants and (study.random_init or path in SCALE)  # the scale grids have no model
     for v in study.variants:  # random init drops checkpoints
         assert not any(v.settings.get(k) for k in ("sam2_checkpoint", "sam_checkpoint", "dinov2_checkpoint"))
 

@@ -391,3 +391,7 @@ def test_the_grid_is_projected_from_the_cells_measured_stages_not_the_studys_wal
     assert g["per_pass_s"] == pytest.approx(8.0 / 80)
     forwards = 8 * 4 * 2 * 1000
     assert g["total_s"] == pytest.approx(PASCAL_GRID["unique_images"] * 2 * 0.1 + forwards * 0.1)
+    # the total splits into the model (encoders, episode paths) and the harness
+    assert g["harness_s"] == pytest.approx(forwards * 0.5 / 20)
+    assert g["model_s"] == pytest.approx(PASCAL_GRID["unique_images"] * 2 * 0.1 + forwards * 1.5 / 20)
+    assert g["model_s"] + g["harness_s"] == pytest.approx(g["total_s"])

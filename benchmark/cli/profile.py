@@ -25,6 +25,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.workers or args.ray_address:
         raise FssBenchError("--workers and --ray-address apply to --engine ray only")
+    if args.footprint:
+        from benchmark.jobs.profile.footprint import measure_footprint, print_footprint
+
+        print_footprint(study, measure_footprint(study, work, progress=not args.quiet))
+        return 0
     from benchmark.jobs.profile.study import print_profile, profile_study
 
     r = profile_study(
@@ -48,6 +53,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=8,
         help="episodes on which fp16/bf16 cached features are compared with fp32 (0: skip)",
+    )
+    pr.add_argument(
+        "--footprint",
+        action="store_true",
+        help="run the study once (cold cache) and print its wall time, peak RSS, harness per episode, "
+        "cache bytes per image and tracking-store size",
     )
     pr.add_argument(
         "--engine",

@@ -182,6 +182,8 @@ def project_grid(cold: dict[str, Any], warm: dict[str, Any], encoders: int) -> d
         "per_pass_s": per_pass,
         "encode_s": encode,
         "total_s": encode + forwards * per_forward,
+        "model_s": encode + forwards * (per_forward - harness),  # encoders and episode paths
+        "harness_s": forwards * harness,  # loading, decode waits, feature I/O, scoring, journals
     }
 
 
@@ -289,7 +291,8 @@ def print_profile(study: Study, r: dict) -> None:
         f"projected full PASCAL-5i grid on this device ({g['forwards']} episode-variant forwards at "
         f"{g['per_forward_s'] * 1e3:.1f} ms, {PASCAL_GRID['unique_images']} images x encoders at "
         f"{g['per_pass_s'] * 1e3:.1f} ms per pass; this study's model sizes; {shots}): "
-        f"{g['total_s'] / 60:.1f} min"
+        f"{g['total_s'] / 60:.1f} min: the model (encoders and episode paths) {g['model_s'] / 60:.1f} min, "
+        f"the harness {g['harness_s'] / 60:.1f} min"
     )
     print(
         f"harness per episode: {g['harness_per_forward_s'] * 1e3:.2f} ms of the {g['per_forward_s'] * 1e3:.1f} ms "
