@@ -91,3 +91,24 @@ def test_the_scale_grid_runs_and_is_measured(pascal_root, tmp_path, capsys):
     print_footprint(study, r)
     out = capsys.readouterr().out
     assert "harness per episode" in out and "9 runs" in out
+
+
+def test_cache_bytes_per_image_are_the_feature_shapes(pascal_root, tmp_path):
+    from benchmark.jobs.profile.footprint import cache_bytes_per_image
+
+    study = load_study(
+        Path(__file__).resolve().parents[1] / "ablations" / "demo.yaml",
+        [f"data.pascal={pascal_root}", "model.image_size=128", "model.dinov2_input_size=112"],
+    )
+    table = cache_bytes_per_image(study, tmp_path).set_index("encoder")
+    # SAM 2 at S = 128: the FPN levels (32, S/4, S/4), (64, S/8, S/8), (256, S/16, S/16)
+    sam2 = (32 * 32 * 32 + 64 * 16 * 16 + 256 * 8 * 8) / 2**20
+    # DINOv2-S/14 at 112: 8 x 8 patch tokens of 384 channels
+    dino = 384 * 8 * 8 / 2**20
+    (s,) = [e for e in table.index if e.startswith("sam2")]
+    (d,) = [e for e in table.index if e.startswith("dinov2")]
+    for enc, floats in ((s, sam2), (d, dino)):
+        assert floats * 4 <= table.loc[enc, "fp32"] < floats * 4 + 0.01  # + the safetensors header
+        assert floats * 2 <= table.loc[enc, "bf16"] < floats * 2 + 0.01
+    assert table.loc[s, "variants"].split(", ") == [v.name for v in study.variants]
+    assert "naive-sam2" not in table.loc[d, "variants"]

@@ -25,6 +25,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.workers or args.ray_address:
         raise FssBenchError("--workers and --ray-address apply to --engine ray only")
+    if args.cache_bytes:
+        from benchmark.jobs.profile.footprint import cache_bytes_per_image
+
+        table = cache_bytes_per_image(study, work)
+        print("feature cache per image (MiB), one image through each cacheable encoder of the study:")
+        print(table.to_markdown(index=False, floatfmt=".2f"))
+        return 0
     if args.footprint:
         from benchmark.jobs.profile.footprint import measure_footprint, print_footprint
 
@@ -59,6 +66,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the study once (cold cache) and print its wall time, peak RSS, harness per episode, "
         "cache bytes per image and tracking-store size",
+    )
+    pr.add_argument(
+        "--cache-bytes",
+        action="store_true",
+        help="print the feature cache's MiB per image for each encoder of the study, fp32 and bf16",
     )
     pr.add_argument(
         "--engine",

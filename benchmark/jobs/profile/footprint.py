@@ -181,3 +181,76 @@ def print_footprint(study: Study, r: dict[str, Any]) -> None:
         f"{r['artifacts_bytes'] / 2**20:.1f} MiB in {r['artifacts']} files; work folder (journals, "
         f"manifests, cell folders) {r['work_bytes'] / 2**20:.1f} MiB in {r['work_files']} files"
     )
+
+
+def cache_bytes_per_image(
+    study: Study, work_dir: Path | None = None, dtypes: tuple[str, ...] = ("fp32", "bf16")
+) -> pd.DataFrame:
+    """Bytes the feature cache stores per image for each cacheable encoder identity of the study's
+    variants, in each storage dtype: one image (the first episode's query) through every distinct
+    encoder, into a throwaway cache, and the files measured. Columns: encoder (the identity as
+    ``fssbench cache info`` describes it), variants (that use it), and one MiB-per-image column per
+    dtype."""
+    from benchmark.data.prepared import PreparedDataset
+    from benchmark.device import resolve_device
+    from benchmark.episodes.manifest import load_manifest
+    from benchmark.evaluation.feature_cache import FeatureCache, identity_hash
+    from benchmark.evaluation.features import Featurizer
+    from benchmark.evaluation.loader import ImageStore, load_episode, method_image_resize
+    from benchmark.methods import WeightPool, build_method
+    from benchmark.plan import study_manifests
+
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fssbench-cache-bytes-", dir=work_dir) as tmp:
+        work = Path(tmp)
+        (ds, fold, shot, _), path = next(iter(study_manifests(study, work).items()))
+        manifest = load_manifest(path)
+        store = ImageStore(PreparedDataset(study.data[ds]))
+        episode = manifest.episodes[0]
+        pool = WeightPool()
+        users: dict[str, list[str]] = {}  # identity hash -> variants
+        sizes: dict[str, dict[str, float]] = {}  # identity hash -> {"encoder": ..., dtype: MiB}
+        for v in study.variants:
+            method = build_method(v.method, v.cell_settings(ds, fold, shot), resolve_device(v.device), pool)
+            data = load_episode(
+                store, manifest.images, episode, method.image_size, None, method_image_resize(method)
+            )
+            for dtype in dtypes:
+                folder = work / f"cache-{dtype}"
+                feat = Featurizer(method, FeatureCache(folder, memory_bytes=0), dtype=dtype)
+                for name, ident in feat.identities.items():
+                    if not getattr(feat.encoders[name], "cacheable", True):
+                        continue
+                    key = identity_hash({k: x for k, x in ident.items() if k != "storage"})
+                    if dtype == dtypes[0]:
+                        users.setdefault(key, []).append(v.name)
+                    if dtype in sizes.get(key, {}):
+                        continue
+                    before = folder_bytes(folder)[0]
+                    one = Featurizer(method, feat.cache, dtype=dtype)
+                    one.encoders = {name: feat.encoders[name]}
+                    one.identities = {name: ident}
+                    role = "query" if feat.applies(name, "query") else "support"
+                    one.encode([data.query], role)
+                    entry = sizes.setdefault(key, {"encoder": _describe_identity(ident)})
+                    entry[dtype] = (folder_bytes(folder)[0] - before) / 2**20
+        rows = [
+            {"encoder": s["encoder"], "variants": ", ".join(users[k]), **{d: s[d] for d in dtypes}}
+            for k, s in sizes.items()
+        ]
+    return pd.DataFrame(rows, columns=["encoder", "variants", *dtypes])
+
+
+def _describe_identity(identity: dict) -> str:
+    """``sam2-2.0-s, image 512`` or ``dinov2-vitb14, image 512, input 560``: the encoder and its sizes."""
+    parts = [str(identity.get("encoder", "?"))]
+    size = identity.get("image_size", identity.get("frame", (identity.get("loader") or {}).get("image_size")))
+    if size is not None:
+        parts.append(f"image {size}")
+    if "input_size" in identity:
+        parts.append(f"input {identity['input_size']}")
+    resize = (identity.get("loader") or {}).get("resize")
+    if resize:
+        parts.append(f"resize {resize}")
+    return ", ".join(parts)
