@@ -5,8 +5,8 @@ reusing its layout, rendering and encoding helpers. Same raw on-disk layouts (se
 
 * Split sizes, image sizes and class plans: :mod:`benchmark.data.synth_scale_plans`, with the
   approximate class frequencies of :mod:`benchmark.data.synth_frequencies`.
-* Objects are scaled with the image: the guaranteed objects' areas are multiplied by
-  ``max(1, h * w / REFERENCE_PIXELS)`` (the default generator's images are about 60k pixels).
+* Objects are scaled with the image (:mod:`benchmark.data.synth_scale_render`): the guaranteed
+  objects' areas are multiplied by ``max(1, h * w / 60,000)`` (the default images' size).
 * Parallel and deterministic: every image has its own generator ``default_rng([seed, tag, split,
   index])`` and the plans are drawn in the main process, so the files are byte-identical whatever
   the number of worker processes. Results come back in order (``imap``); the COCO annotation JSON is
@@ -15,91 +15,19 @@ reusing its layout, rendering and encoding helpers. Same raw on-disk layouts (se
 
 from __future__ import annotations
 
-import io
-import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
 from benchmark.data import synth
 from benchmark.data import synth_scale_plans as plans
-from benchmark.data import synth_shapes as shapes
 from benchmark.data.classes import IGNORE_LABEL, PASCAL_CLASSES
 from benchmark.data.synth_frequencies import PASCAL_IMAGE_COUNTS
+from benchmark.data.synth_scale_coco import synth_coco_scaled
+from benchmark.data.synth_scale_render import TAG_PASCAL, layout, ordered_map, render_jpeg
 
-REFERENCE_PIXELS = 60_000
-_TAG_PASCAL, _TAG_COCO = 3, 4  # distinct from the default generator's tags
 PASCAL_K = {"train": (0.55, 0.3, 0.15), "val": (0.5, 0.35, 0.15)}  # classes per image (1, 2, 3)
-COCO_K = (0.1, 0.25, 0.65)
-
-
-def _layout(rng: np.random.Generator, h: int, w: int, plan: synth._Plan, coco: bool) -> list[synth._Obj]:
-    """:func:`synth._layout` with the guaranteed objects scaled to the image's area."""
-    base = max(1.0, h * w / REFERENCE_PIXELS)
-    objs: list[synth._Obj] = []
-    for attempt in range(synth._ATTEMPTS):
-        simple = attempt == synth._ATTEMPTS - 1
-        grow = base * (1.0 + 0.04 * attempt)
-        objs = synth._try_layout(rng, h, w, plan, grow=grow, simple=simple, coco=coco)
-        if synth._layout_ok(objs, plan, h, w, coco):
-            break
-    return objs
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """:func:`synth_shapes.background` in float32 (the gradient as a broadcast sum): H x W x 3."""
-    c0 = shapes.hsv(rng.random(), rng.uniform(0.0, 0.18), rng.uniform(0.35, 0.9)).astype(np.float32)
-    c1 = shapes.hsv(rng.random(), rng.uniform(0.0, 0.18), rng.uniform(0.35, 0.9)).astype(np.float32)
-    a = rng.uniform(0, 2 * np.pi)
-    u = np.arange(w, dtype=np.float32)[None, :] * np.float32(np.cos(a))
-    u = u + np.arange(h, dtype=np.float32)[:, None] * np.float32(np.sin(a))
-    u = (u - u.min()) / max(float(u.max() - u.min()), 1.0)
-    grid = rng.normal(0.0, 0.06, size=(5, 6)).astype(np.float32)
-    noise = np.asarray(Image.fromarray(grid).resize((w, h), Image.Resampling.BILINEAR))
-    return c0 + (c1 - c0) * u[..., None] + noise[..., None]
-
-
-def _render(rng: np.random.Generator, objs: list[synth._Obj], h: int, w: int) -> bytes:
-    """JPEG bytes as :func:`synth._render` draws them (background, objects in paint order, slight
-    noise), computed in float32 over each object's bounding box: about twice as fast at 640 x 480."""
-    img = _background(rng, h, w)
-    for o in objs:
-        rows, cols = np.flatnonzero(o.mask.any(axis=1)), np.flatnonzero(o.mask.any(axis=0))
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        style = shapes.class_style(o.cls)
-        fill = shapes.render_fill(style, shapes.identity(style, o.ident), (y0, x0, y1, x1), o.shade)
-        m = o.mask[y0:y1, x0:x1]
-        img[y0:y1, x0:x1][m] = fill[m]
-    img += rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(0.012)
-    img = np.clip(np.rint(img * np.float32(255.0)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img, "RGB").save(buf, format="JPEG", quality=synth.JPEG_QUALITY)
-    return buf.getvalue()
-
-
-def _ordered_map(
-    fn: Callable[[Any], Any], tasks: Iterable[Any], n: int, workers: int, desc: str, progress: bool
-) -> Iterator[Any]:
-    """``fn`` over ``tasks`` in order, on ``workers`` processes, with a progress bar."""
-    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress)
-    try:
-        if workers <= 1:
-            for t in tasks:
-                yield fn(t)
-                bar.update()
-            return
-        ctx = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
-        with ctx.Pool(workers) as pool:
-            for r in pool.imap(fn, tasks, chunksize=8):
-                yield r
-                bar.update()
-    finally:
-        bar.close()
 
 
 # -------------------------------------------------------------------------------------------- PASCAL
@@ -108,10 +36,10 @@ def _ordered_map(
 def _pascal_image(task: tuple) -> tuple[int, int]:
     """Render and write one PASCAL image (runs in a worker); returns (h, w)."""
     seed, index, img_id, large, small, size, in_voc, in_sbd, voc, sbd = task
-    rng = np.random.default_rng([seed, _TAG_PASCAL, 1, index])
+    rng = np.random.default_rng([seed, TAG_PASCAL, 1, index])
     h, w = plans.image_size(rng, size)
-    objs = _layout(rng, h, w, synth._Plan(list(large), list(small)), coco=False)
-    jpeg = _render(rng, objs, h, w)
+    objs = layout(rng, h, w, synth._Plan(list(large), list(small)), coco=False)
+    jpeg = render_jpeg(rng, objs, h, w)
     Path(voc, "JPEGImages", f"{img_id}.jpg").write_bytes(jpeg)
     label, inst = synth._label_map(objs, h, w)
     if in_voc:
@@ -168,7 +96,7 @@ def synth_pascal_scaled(
     ):
         d.mkdir(parents=True, exist_ok=True)
     counts = plans.pascal_split_sizes(request)
-    rng = np.random.default_rng([seed, _TAG_PASCAL, 0])
+    rng = np.random.default_rng([seed, TAG_PASCAL, 0])
     ids = _pascal_ids(rng, counts)
     weights = np.array([PASCAL_IMAGE_COUNTS[c] for c in PASCAL_CLASSES], dtype=np.float64)
     groups = [list(range(5 * g + 1, 5 * g + 6)) for g in range(4)]
@@ -206,7 +134,7 @@ def synth_pascal_scaled(
         )
         for i, (img_id, p) in enumerate(roster)
     )
-    sizes = list(_ordered_map(_pascal_image, tasks, len(roster), workers, "synth pascal", progress))
+    sizes = list(ordered_map(_pascal_image, tasks, len(roster), workers, "synth pascal", progress))
     sets = voc / "ImageSets" / "Segmentation"
     synth._write_lines(sets / "train.txt", sorted(ids.voc_train))
     synth._write_lines(sets / "val.txt", sorted(ids.voc_val))
@@ -241,6 +169,4 @@ def synth_scaled_dataset(
     with atomic_directory(out, overwrite=overwrite) as tmp:
         if dataset == "pascal":
             return synth_pascal_scaled(tmp, request, seed=seed, workers=n_workers, progress=progress)
-        from benchmark.data.synth_scale_coco import synth_coco_scaled
-
         return synth_coco_scaled(tmp, request, seed=seed, workers=n_workers, progress=progress)

@@ -18,7 +18,7 @@ from benchmark.data import synth
 from benchmark.data import synth_scale_plans as plans
 from benchmark.data.classes import COCO_CATEGORIES
 from benchmark.data.synth_frequencies import COCO_IMAGE_COUNTS
-from benchmark.data.synth_scale import _TAG_COCO, COCO_K, _layout, _ordered_map, _render
+from benchmark.data.synth_scale_render import TAG_COCO, layout, ordered_map, render_jpeg
 
 _INFO = {
     "description": "fssam-bench synthetic COCO 2014 (instances), real-size",
@@ -29,17 +29,18 @@ _INFO = {
     "date_created": "2015/01/01",
 }
 _COMPACT = (",", ":")
+COCO_K = (0.1, 0.25, 0.65)  # classes per image (1, 2, 3)
 
 
 def _coco_image(task: tuple) -> tuple[str, list[tuple[bool, str]]]:
     """Render and write one image (runs in a worker): (image entry JSON, [(crowd, annotation JSON
     without its id)])."""
     seed, split_index, split, index, image_id, large, small, crowd, size, folder = task
-    rng = np.random.default_rng([seed, _TAG_COCO, 1 + split_index, index])
+    rng = np.random.default_rng([seed, TAG_COCO, 1 + split_index, index])
     h, w = plans.image_size(rng, size)
-    objs = _layout(rng, h, w, synth._Plan(list(large), list(small), crowd), coco=True)
+    objs = layout(rng, h, w, synth._Plan(list(large), list(small), crowd), coco=True)
     file_name = f"COCO_{split}2014_{image_id:012d}.jpg"
-    Path(folder, file_name).write_bytes(_render(rng, objs, h, w))
+    Path(folder, file_name).write_bytes(render_jpeg(rng, objs, h, w))
     entry = {
         "license": 1,
         "file_name": file_name,
@@ -114,7 +115,7 @@ def _coco_split(
     images_spool, anns_spool = out / f".images_{split}.spool", out / f".anns_{split}.spool"
     n_anns = n_crowd = 0
     with open(images_spool, "w", encoding="ascii") as fi, open(anns_spool, "w", encoding="ascii") as fa:
-        results = _ordered_map(_coco_image, tasks, len(split_plans), workers, f"synth coco {split}", progress)
+        results = ordered_map(_coco_image, tasks, len(split_plans), workers, f"synth coco {split}", progress)
         for i, (entry, anns) in enumerate(results):
             fi.write(("," if i else "") + entry)
             for crowd, text in anns:
@@ -138,7 +139,7 @@ def synth_coco_scaled(
     out = Path(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     counts = plans.coco_split_sizes(request)
-    rng = np.random.default_rng([seed, _TAG_COCO, 0])
+    rng = np.random.default_rng([seed, TAG_COCO, 0])
     image_ids = (rng.choice(581929, size=counts["train"] + counts["val"], replace=False) + 1).tolist()
     ids = [int(rng.integers(100_000, 200_000)), synth.COCO_CROWD_ID_BASE + int(rng.integers(0, 500_000))]
     summary: dict = {"coco": out}
