@@ -115,7 +115,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = add_command(subparsers, "data", "generate, prepare and check datasets").add_subparsers(
         dest="data_cmd", required=True
     )
-    s = add_command(data, "synth", "write a small synthetic dataset in the raw VOC/SBD or COCO format")
+    s = add_command(
+        data, "synth", "write a synthetic dataset in the raw VOC/SBD or COCO format (small, or real-size)"
+    )
     s.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset's raw format")
     s.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
     s.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same files)")
