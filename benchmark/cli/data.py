@@ -8,6 +8,7 @@ from pathlib import Path
 
 from benchmark.cli.common import add_command, positive_int
 from benchmark.data.classes import DATASETS
+from benchmark.errors import FssBenchError
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -15,11 +16,52 @@ def run_synth(args: argparse.Namespace) -> int:
     from benchmark.data.synth import synth_dataset, synth_raw_roots
 
     out = Path(args.out)
-    synth_dataset(args.dataset, out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+    request = _scale_request(args)
+    if request is None:
+        synth_dataset(args.dataset, out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+    else:
+        from benchmark.data.synth_scale import synth_scaled_dataset
+
+        summary = synth_scaled_dataset(
+            args.dataset, out, request, args.seed, args.workers, args.overwrite, not args.quiet
+        )
+        counts = ", ".join(f"{k[2:]} {v}" for k, v in summary.items() if k.startswith("n_"))
+        print(f"{counts}; nominal size {request.size[0]}x{request.size[1]}")
     roots = " ".join(f"--{k} {v}" for k, v in synth_raw_roots(args.dataset, out).items())
     print(f"wrote a synthetic {args.dataset} dataset in the raw on-disk format to {out}")
     print(f"prepare it with: fssbench data prepare {args.dataset} {roots} --out DIR")
     return 0
+
+
+def _scale_request(args: argparse.Namespace):
+    """The real-size request of ``data synth`` (None: the default small dataset)."""
+    from benchmark.data.synth_frequencies import COCO_REAL_SIZE, PASCAL_REAL_SIZE
+    from benchmark.data.synth_scale_plans import ScaleRequest
+
+    if args.scale is None and args.images is None:
+        given = [
+            f
+            for f, v in (("--size", args.size), ("--fraction", args.fraction), ("--workers", args.workers))
+            if v
+        ]
+        if given:
+            raise FssBenchError(f"{', '.join(given)} need --scale real or --images N")
+        return None
+    if args.fraction is not None and not 0 < args.fraction <= 1:
+        raise FssBenchError(f"--fraction {args.fraction}: must be in (0, 1]")
+    size = args.size or (PASCAL_REAL_SIZE if args.dataset == "pascal" else COCO_REAL_SIZE)
+    return ScaleRequest(args.images, size, 1.0 if args.fraction is None else args.fraction)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` -> (W, H), each at least 96."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WxH, e.g. 500x375") from None
+    if min(w, h) < 96:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be at least 96 px")
+    return w, h
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -73,11 +115,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = add_command(subparsers, "data", "generate, prepare and check datasets").add_subparsers(
         dest="data_cmd", required=True
     )
-    s = add_command(data, "synth", "write a small synthetic dataset in the raw VOC/SBD or COCO format")
+    s = add_command(
+        data, "synth", "write a synthetic dataset in the raw VOC/SBD or COCO format (small, or real-size)"
+    )
     s.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset's raw format")
     s.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
     s.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same files)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--scale",
+        choices=("real",),
+        default=None,
+        help="the real datasets' image counts, sizes, class frequencies",
+    )
+    mode.add_argument(
+        "--images", type=positive_int, default=None, help="N images in all, split in the real proportions"
+    )
+    s.add_argument(
+        "--size", type=_size, default=None, help="nominal WxH with --scale/--images (500x375, 640x480)"
+    )
+    s.add_argument(
+        "--fraction",
+        type=float,
+        default=None,
+        help="with --scale/--images: keep this fraction of the training images (validation whole)",
+    )
+    s.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="with --scale/--images: processes (default: all cores)",
+    )
     s.set_defaults(fn=run_synth)
 
     prep = add_command(data, "prepare", "build a data root (masks, lists, fold lists) from raw downloads")
