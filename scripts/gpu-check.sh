@@ -8,8 +8,10 @@
 # `--compile`d, batch 1 and 8, 1 and 5 shots (the README's target: under 20 ms per episode), with
 # batched-vs-unbatched logits (can the batch size leave CUDA cell keys?); and `fssbench profile` of
 # the 8-variant study on synthetic data, eager and with --compile, with the projected time of the
-# full PASCAL-5i grid (the target: under 2 minutes); and one episode of each field baseline (GF-SAM,
-# PerSAM, PerSAM-F, Matcher) at its release's sizes. Random-init weights throughout (timing only).
+# full PASCAL-5i grid (the target: under 2 minutes), split into the model's and the harness's part;
+# one episode of each field baseline (GF-SAM, PerSAM, PerSAM-F, Matcher) at its release's sizes; and
+# the harness alone at real size (`profile --footprint` of the model-free scale grid, fold 0, on a
+# real-size synthetic PASCAL root). Random-init weights throughout (timing only).
 # CHECK_DEVICE=cpu CHECK_SIZE=128 CHECK_SAM2=t CHECK_DINO=vits14 CHECK_DINO_SIZE=112 CHECK_REPEATS=1
 # CHECK_BACKEND=eager runs only the episode timing, on a CPU (a smoke run of its Python, no measurement).
 set -euo pipefail
@@ -172,3 +174,9 @@ for mode in eager compiled; do
     model.fssam_checkpoint=null model.random_init=true "folds=[0]" "shots=[1,5]" episodes=40 batch_size=8 --device cuda \
     --work-dir "$OUT/profile-$mode" "${flags[@]}"
 done
+echo "== harness cost at real size: the model-free scale grid (fold 0, 1 and 5 shots, 1000 episodes, 8 variants) on a real-size synthetic PASCAL root"
+"$PY" -m benchmark.cli -q data synth --dataset pascal --scale real --out "$OUT/raw-real" >/dev/null
+"$PY" -m benchmark.cli -q data prepare pascal --voc "$OUT/raw-real/VOCdevkit" --sbd "$OUT/raw-real/benchmark_RELEASE" \
+  --out "$OUT/pascal-real" >/dev/null
+"$PY" -m benchmark.cli -q profile ablations/scale/pascal-grid.yaml "data.pascal=$OUT/pascal-real" "folds=[0]" \
+  --device cuda --footprint --work-dir "$OUT/footprint"
