@@ -71,6 +71,8 @@ class Featurizer:
     def needs_pixels(self, img: EpisodeImage, role: str | None = None) -> bool:
         """Whether encoding ``img`` in ``role`` (any role: None) will need its pixels (some encoder's
         features are not cached)."""
+        if not self.encoders:
+            return False
         return any(
             not self._cacheable(n) or not self.cache.contains(self.identities[n], img.sha256)
             for n in self.encoders
@@ -106,6 +108,8 @@ class Featurizer:
             self.fetch_seconds += time.perf_counter() - t0
 
     def _encode(self, images: list[EpisodeImage], role: str) -> Features:
+        if not self.encoders:  # a method without encoders (all_foreground): nothing to look up or decode
+            return {}
         unique = list({img.sha256: img for img in images}.values())  # a repeated image is encoded once
         per_sha: dict[str, Features] = {img.sha256: {} for img in unique}
         for name in self.encoders:
