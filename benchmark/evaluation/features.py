@@ -97,6 +97,8 @@ class Featurizer:
             torch.cuda.synchronize(device)
         self.encode_seconds += time.perf_counter() - t0
         self.passes[name] += len(images)
+        if not self._cacheable(name):  # views: nothing keeps them (the merge below copies once)
+            return [{k: v[i : i + 1] for k, v in out.items()} for i in range(len(images))]
         return [{k: v[i : i + 1].clone() for k, v in out.items()} for i in range(len(images))]
 
     def encode(self, images: list[EpisodeImage], role: str = "query") -> Features:

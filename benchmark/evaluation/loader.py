@@ -218,11 +218,12 @@ class ImageStore:
             ("target", cls, *stamp), lambda: episode_target(self._label(stamp), cls)
         )
 
-    def mask(self, rel: str, cls: int, size: int) -> torch.Tensor:
-        """The target at model size: :func:`resize_label` of :meth:`target` (callers copy it)."""
+    def mask(self, rel: str, cls: int, size: int) -> np.ndarray:
+        """The target at model size, (size, size) uint8: :func:`resize_label` of :meth:`target`
+        (read-only; numpy, so that stacking it is one small copy without torch's threads)."""
         stamp = self._stamp(rel)
         return self.cache.get_or_make(
-            ("mask", cls, size, *stamp), lambda: resize_label(self.target(rel, cls), size)
+            ("mask", cls, size, *stamp), lambda: resize_label(self.target(rel, cls), size).numpy()
         )
 
     def scored(self, rel: str, cls: int, evaluation: Evaluation | None) -> tuple[np.ndarray, ScoredTarget]:
@@ -317,8 +318,8 @@ def load_episode(
         episode=ep,
         query=image(ep.query),
         supports=[image(s) for s in ep.supports],
-        support_masks=torch.stack([store.mask(rel, ep.cls, size) for rel in support_labels]),
-        query_mask=store.mask(query_label, ep.cls, size).clone(),
+        support_masks=torch.from_numpy(np.stack([store.mask(rel, ep.cls, size) for rel in support_labels])),
+        query_mask=torch.from_numpy(store.mask(query_label, ep.cls, size).copy()),
         query_target=query_target,
         support_labels=[store.target(rel, ep.cls) for rel in support_labels],
         scored=scored,

@@ -70,11 +70,16 @@ def predict_batch(
         return method.predict(
             query,
             supports,
-            torch.stack([d.support_masks for d in batch]),
-            query_mask=torch.stack([d.query_mask for d in batch]),
+            _stacked([d.support_masks for d in batch]),
+            query_mask=_stacked([d.query_mask for d in batch]),
             return_intermediates=return_intermediates,
             **extras,
         )
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, without the copy for one episode (its tensors are its own, not cached)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
 def predict_votes(
