@@ -3,6 +3,9 @@ are decoded once per process within a byte budget, and methods without encoders 
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +20,7 @@ from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.evaluation.cell import CellSpec, evaluate_cell
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.label_cache import BytesLRU, shared_label_cache
-from benchmark.evaluation.loader import EpisodeData, episode_target, scored_target
+from benchmark.evaluation.loader import EpisodeData, episode_target, scored_target, shared_store
 from benchmark.evaluation.metrics import intersection_union, logit_threshold
 from benchmark.evaluation.predict import score_episode
 from benchmark.evaluation.scoring import ScoredTarget, score_batch
@@ -134,10 +137,6 @@ def test_the_second_cell_of_a_manifest_decodes_no_label(pascal_root, tmp_path, m
 
 
 def test_a_label_changed_on_disk_is_read_again(pascal_root, tmp_path):
-    import shutil
-
-    from benchmark.evaluation.loader import shared_store
-
     root = tmp_path / "root"
     shutil.copytree(pascal_root, root, symlinks=True)
     store = shared_store(root)
@@ -145,7 +144,6 @@ def test_a_label_changed_on_disk_is_read_again(pascal_root, tmp_path):
     before = store.label(rel)
     changed = np.zeros_like(before)
     Image.fromarray(changed, mode="L").save(root / rel)
-    import os
 
     os.utime(root / rel, ns=(1, 1))  # a different modification time, whatever the clock's resolution
     assert (shared_store(root).label(rel) == 0).all()
@@ -182,18 +180,13 @@ def _old_loop(method_name: str, settings: dict, m, pascal_root) -> list[list[int
 
 @pytest.mark.parametrize("protocol", ["fssam", "hsnet"])
 def test_reference_tables_equal_the_per_episode_loop(pascal_root, tmp_path, protocol):
-    for shots in (1, 3):
+    for shots, batch in ((1, 1), (3, 4)):  # one episode per forward, and a batch of mixed label sizes
         m, path = _manifest(pascal_root, tmp_path, shots, protocol, episodes=6)
         for name in ("all_foreground", "mean_colour"):
             settings = get_method(name).resolve({"image_size": 48, "threshold": 0.4})
-            for batch in (1, 4):
-                spec = CellSpec(name, settings, path, pascal_root, "cpu", batch_size=batch)
-                table = evaluate_cell(spec, FeatureCache(None)).table
-                assert table.to_numpy().tolist() == _old_loop(name, settings, m, pascal_root), (
-                    name,
-                    shots,
-                    batch,
-                )
+            spec = CellSpec(name, settings, path, pascal_root, "cpu", batch_size=batch)
+            table = evaluate_cell(spec, FeatureCache(None)).table
+            assert table.to_numpy().tolist() == _old_loop(name, settings, m, pascal_root), (name, shots)
 
 
 def test_all_foreground_has_no_encoder_and_decodes_no_image(pascal_root, tmp_path, monkeypatch):

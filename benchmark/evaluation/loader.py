@@ -155,6 +155,10 @@ class LRU(OrderedDict[K, V]):
         return value
 
 
+MAX_STAMPS = 65536
+"""Files whose size and modification time an :class:`ImageStore` remembers (then it starts afresh)."""
+
+
 class ImageStore:
     """Images (bytes, SHA-256, decoded on demand) and labels of a prepared root.
 
@@ -171,16 +175,25 @@ class ImageStore:
         self.ds = ds
         self.cache = cache if cache is not None else BytesLRU(max_label_bytes)
         self._root = str(Path(ds.root).resolve())
+        self._stamps: dict[str, tuple[str, str, int, int]] = {}  # this store's (a cell's) view of the files
 
     def _path(self, rel: str) -> Path:
         return self.ds.root / rel
 
     def _stamp(self, rel: str) -> tuple[str, str, int, int]:
+        """(root, rel, size, mtime): the cache key of a file, taken once per store (one per cell from
+        :func:`shared_store`), so a file changed between cells is read again."""
+        stamp = self._stamps.get(rel)
+        if stamp is not None:
+            return stamp
         try:
-            st = os.stat(self._path(rel))
-        except OSError:
-            return (self._root, rel, -1, -1)  # not cached under a real stamp; reading it reports the error
-        return (self._root, rel, st.st_size, st.st_mtime_ns)
+            st = os.stat(os.path.join(self._root, rel))
+        except OSError:  # not remembered: reading it reports the error
+            return (self._root, rel, -1, -1)
+        if len(self._stamps) >= MAX_STAMPS:  # bounded like the hashes were (a long-lived store)
+            self._stamps.clear()
+        stamp = self._stamps[rel] = (self._root, rel, st.st_size, st.st_mtime_ns)
+        return stamp
 
     def _read(self, rel: str) -> bytes:
         path = self._path(rel)

@@ -71,7 +71,10 @@ def _one_thread() -> Iterator[None]:
 def predicted_masks(logits: torch.Tensor, shape: tuple[int, int], threshold: float) -> np.ndarray:
     """(N, S, S) logits -> (N, H, W) bool foreground at ``shape`` (float32 bilinear, align_corners),
     compared in float32 with the float32 logit cut, as torch compares a tensor with a number."""
-    x = logits.detach().to(device="cpu", dtype=torch.float32)[:, None]
+    x = logits.detach()
+    if x.dtype != torch.float32 or x.device.type != "cpu":  # a no-op .to still releases the GIL
+        x = x.to(device="cpu", dtype=torch.float32)
+    x = x[:, None]
     with _one_thread():
         up = F.interpolate(x, size=tuple(shape), mode="bilinear", align_corners=True)[:, 0]
     return up.numpy() >= np.float32(logit_threshold(threshold))

@@ -69,7 +69,8 @@ class ReferencePredictor:
         if self.pixels:
             q = query["rgb"].to(self._device)
             s = supports["rgb"].to(self._device).reshape(b, k, *q.shape[1:])
-        logits = self.fn(q, s, support_masks.to(self._device))
+        masks = support_masks if support_masks.device == self._device else support_masks.to(self._device)
+        logits = self.fn(q, s, masks)
         return (logits, {}) if extras.get("return_intermediates") else logits
 
 
