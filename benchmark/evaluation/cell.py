@@ -50,8 +50,7 @@ from benchmark.evaluation.loader import (
     shared_store,
 )
 from benchmark.evaluation.metrics import bootstrap_ci, summarize
-from benchmark.evaluation.predict import predict_scored, scored_mask
-from benchmark.evaluation.scoring import score_batch
+from benchmark.evaluation.predict import predict_scored, score_rows, scored_mask
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
 from fssam.hashing import file_sha256
@@ -477,17 +476,7 @@ class _EpisodeRun:
                 t_path = time.perf_counter()
                 logits = predict_scored(self.method, feat, datas, kshot, self.stages).float().cpu()
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
-                counts = score_batch(logits, [d.scored_codes() for d in datas], threshold)
-                for data, (i_bg, u_bg, i_fg, u_fg) in zip(datas, counts.tolist(), strict=True):
-                    ep = data.episode
-                    row = {
-                        "episode": ep.id,
-                        "class": ep.cls,
-                        "I_bg": i_bg,
-                        "U_bg": u_bg,
-                        "I_fg": i_fg,
-                        "U_fg": u_fg,
-                    }
+                for row in score_rows(logits, datas, threshold):
                     journal.append(row)
                     if self.on_row is not None:
                         self.on_row(row)
