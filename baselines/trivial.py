@@ -9,10 +9,15 @@ from __future__ import annotations
 import torch
 
 
-def all_foreground(query: torch.Tensor, supports: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
-    """Predict every pixel as foreground (logit +1): FG IoU = the foreground's share of the image."""
-    b, _, h, w = query.shape
-    return torch.ones(b, h, w, dtype=torch.float32, device=query.device)
+def all_foreground(
+    query: torch.Tensor | None, supports: torch.Tensor | None, support_masks: torch.Tensor
+) -> torch.Tensor:
+    """Predict every pixel as foreground (logit +1): FG IoU = the foreground's share of the image.
+
+    Needs no pixels: the (B, S, S) shape and the device come from ``support_masks`` (B, K, S, S),
+    so ``query`` and ``supports`` may be None. A broadcast view of one value: no (B, S, S) fill."""
+    b, h, w = support_masks.shape[0], *support_masks.shape[-2:]
+    return torch.ones(1, 1, 1, dtype=torch.float32, device=support_masks.device).expand(b, h, w)
 
 
 def mean_colour(query: torch.Tensor, supports: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:

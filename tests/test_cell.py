@@ -22,6 +22,7 @@ import benchmark.methods.registry as registry
 from baselines.naive_sam2 import NaiveSAM2
 from baselines.trivial import mean_colour
 from benchmark.cli import main
+from benchmark.data.images import read_label
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes import get_protocol
 from benchmark.episodes.manifest import save_manifest
@@ -351,13 +352,18 @@ def test_peak_memory_is_the_growth_during_the_block_not_the_process_maximum():
 
 
 def test_label_and_hash_memos_are_bounded(pascal_root):
-    store = ImageStore(PreparedDataset(pascal_root), max_labels=3, max_hashes=5)
     labels = sorted(
         p.relative_to(pascal_root).as_posix() for p in (pascal_root / "SegmentationClassAug").glob("*.png")
     )
+    arrays = [read_label(pascal_root / rel) for rel in labels[:10]]
+    budget = sum(a.nbytes + 100 for a in arrays[7:10])  # room for the last three decoded labels
+    store = ImageStore(PreparedDataset(pascal_root), max_label_bytes=budget)
     for rel in labels[:10]:
         store.label(rel)
-    assert list(store._labels) == labels[7:10]
+    assert store.cache.used <= budget
+    assert [
+        rel for rel in labels[:10] if any(k[0] == "label" and k[2] == rel for k in store.cache._items)
+    ] == labels[7:10]
     lru = LRU(2)
     lru.get_or_make("a", lambda: 1)
     lru.get_or_make("b", lambda: 2)

@@ -36,16 +36,21 @@ import pandas as pd
 import torch
 
 from benchmark.data.classes import class_names
-from benchmark.data.prepared import PreparedDataset
 from benchmark.device import compile_method, device_identity, resolve_device
 from benchmark.episodes.manifest import Episode, Manifest, load_manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.journal import CellJournal
-from benchmark.evaluation.loader import EpisodeData, ImageStore, load_episode, method_image_resize
+from benchmark.evaluation.loader import (
+    EpisodeData,
+    ImageStore,
+    load_episode,
+    method_image_resize,
+    shared_store,
+)
 from benchmark.evaluation.metrics import bootstrap_ci, summarize
-from benchmark.evaluation.predict import predict_scored, score_episode, scored_mask
+from benchmark.evaluation.predict import predict_scored, score_rows, scored_mask
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
 from fssam.hashing import file_sha256
@@ -63,6 +68,7 @@ CODE_PATHS = (
     "benchmark/evaluation/features.py",
     "benchmark/evaluation/predict.py",
     "benchmark/evaluation/metrics.py",
+    "benchmark/evaluation/scoring.py",
 )
 """The source that determines a cell's numbers: the models, label reading, episode loading, features,
 the episode step and scoring. A method registered from elsewhere adds the file of its builder."""
@@ -338,7 +344,7 @@ def evaluate_cell(
     method = method if method is not None else build_method(spec.method, dict(spec.settings), device, pool)
     if spec.compile:
         compile_method(method)
-    store = ImageStore(PreparedDataset(spec.data_root))
+    store = shared_store(spec.data_root)  # labels decoded once per process, not once per cell
     feat = Featurizer(method, cache, dtype=spec.feature_dtype, encode_batch=max(8, 2 * spec.batch_size))
     run = _EpisodeRun(spec, method, feat, store, manifest, stages, on_row, on_episode)
     done = run.journaled(journal_path, key, device, decode_threads, on_start)
@@ -470,8 +476,7 @@ class _EpisodeRun:
                 t_path = time.perf_counter()
                 logits = predict_scored(self.method, feat, datas, kshot, self.stages).float().cpu()
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
-                for j, data in enumerate(datas):
-                    row = score_episode(logits[j : j + 1], data, threshold)
+                for row in score_rows(logits, datas, threshold):
                     journal.append(row)
                     if self.on_row is not None:
                         self.on_row(row)

@@ -71,6 +71,8 @@ class Featurizer:
     def needs_pixels(self, img: EpisodeImage, role: str | None = None) -> bool:
         """Whether encoding ``img`` in ``role`` (any role: None) will need its pixels (some encoder's
         features are not cached)."""
+        if not self.encoders:
+            return False
         return any(
             not self._cacheable(n) or not self.cache.contains(self.identities[n], img.sha256)
             for n in self.encoders
@@ -82,6 +84,13 @@ class Featurizer:
         return {k: v.detach().to("cpu").to(dtype) for k, v in feats.items()}
 
     def _run_encoder(self, name: str, images: list[EpisodeImage]) -> list[Features]:
+        out = self._encoder_outputs(name, images)
+        if not self._cacheable(name):  # views: nothing keeps them (the merge below copies once)
+            return [{k: v[i : i + 1] for k, v in out.items()} for i in range(len(images))]
+        return [{k: v[i : i + 1].clone() for k, v in out.items()} for i in range(len(images))]
+
+    def _encoder_outputs(self, name: str, images: list[EpisodeImage]) -> Features:
+        """Encoder ``name`` on ``images`` in one pass: its features, images along dim 0."""
         enc, device = self.encoders[name], self.method.device
         for im in images:  # the pixels must be the ones the cache key names
             if im.resize != self.image_resize:
@@ -95,7 +104,7 @@ class Featurizer:
             torch.cuda.synchronize(device)
         self.encode_seconds += time.perf_counter() - t0
         self.passes[name] += len(images)
-        return [{k: v[i : i + 1].clone() for k, v in out.items()} for i in range(len(images))]
+        return out
 
     def encode(self, images: list[EpisodeImage], role: str = "query") -> Features:
         """The features of ``images`` in ``role`` (the encoders that apply to it), images along dim 0."""
@@ -106,6 +115,14 @@ class Featurizer:
             self.fetch_seconds += time.perf_counter() - t0
 
     def _encode(self, images: list[EpisodeImage], role: str) -> Features:
+        if not self.encoders:  # a method without encoders (all_foreground): nothing to look up or decode
+            return {}
+        names = [n for n in self.encoders if self.applies(n, role)]
+        distinct = len({img.sha256 for img in images}) == len(images)
+        if names and distinct and len(images) <= self.encode_batch and not any(map(self._cacheable, names)):
+            # uncached encoders only (raw pixels): their outputs as they are, no per-image split and merge
+            out = {k: v for n in names for k, v in self._encoder_outputs(n, images).items()}
+            return {k: v.to(self.method.device).float() for k, v in out.items()}
         unique = list({img.sha256: img for img in images}.values())  # a repeated image is encoded once
         per_sha: dict[str, Features] = {img.sha256: {} for img in unique}
         for name in self.encoders:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -31,6 +33,8 @@ from benchmark.data.images import read_label
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes.manifest import Episode, Evaluation
 from benchmark.errors import FssBenchError
+from benchmark.evaluation.label_cache import LABEL_CACHE_BYTES, BytesLRU, shared_label_cache
+from benchmark.evaluation.scoring import ScoredTarget
 
 LOADER_VERSION = "decode-rgb+resize-bilinear/1"  # bump when decoding or resizing of images changes
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
@@ -151,27 +155,57 @@ class LRU(OrderedDict[K, V]):
         return value
 
 
+MAX_STAMPS = 65536
+"""Files whose size and modification time an :class:`ImageStore` remembers (then it starts afresh)."""
+
+
 class ImageStore:
     """Images (bytes, SHA-256, decoded on demand) and labels of a prepared root.
 
-    Label arrays and image hashes are memoised in bounded LRUs (``max_labels``, ``max_hashes``), so
-    memory stays flat over a 1000-episode cell and a whole study.
+    Image hashes, decoded labels and what is derived from them per episode (:meth:`target`,
+    :meth:`mask`, :meth:`scored`) are memoised in a :class:`BytesLRU` (bounded by bytes), keyed by
+    the root, the file and its size and modification time (a file changed on disk is read again).
+    :func:`shared_store` gives every cell of a process the same cache, so a label is decoded once
+    per process, not once per cell; ``ImageStore(ds)`` alone has its own (``max_label_bytes``).
     """
 
-    def __init__(self, ds: PreparedDataset, max_labels: int = 256, max_hashes: int = 65536):
+    def __init__(
+        self, ds: PreparedDataset, max_label_bytes: int = LABEL_CACHE_BYTES, cache: BytesLRU | None = None
+    ):
         self.ds = ds
-        self._sha: LRU[str, str] = LRU(max_hashes)
-        self._labels: LRU[str, np.ndarray] = LRU(max_labels)
+        self.cache = cache if cache is not None else BytesLRU(max_label_bytes)
+        self._root = str(Path(ds.root).resolve())
+        self._stamps: dict[str, tuple[str, str, int, int]] = {}  # this store's (a cell's) view of the files
+
+    def _path(self, rel: str) -> Path:
+        return self.ds.root / rel
+
+    def _stamp(self, rel: str) -> tuple[str, str, int, int]:
+        """(root, rel, size, mtime): the cache key of a file, taken once per store (one per cell from
+        :func:`shared_store`), so a file changed between cells is read again."""
+        stamp = self._stamps.get(rel)
+        if stamp is not None:
+            return stamp
+        try:
+            st = os.stat(os.path.join(self._root, rel))
+        except OSError:  # not remembered: reading it reports the error
+            return (self._root, rel, -1, -1)
+        if len(self._stamps) >= MAX_STAMPS:  # bounded like the hashes were (a long-lived store)
+            self._stamps.clear()
+        stamp = self._stamps[rel] = (self._root, rel, st.st_size, st.st_mtime_ns)
+        return stamp
 
     def _read(self, rel: str) -> bytes:
-        path = self.ds.root / rel
+        path = self._path(rel)
         try:
             return path.read_bytes()
         except OSError as e:
             raise FssBenchError(f"{path}: cannot read image ({e}); run `fssbench data check`") from None
 
     def sha256(self, rel: str) -> str:
-        return self._sha.get_or_make(rel, lambda: hashlib.sha256(self._read(rel)).hexdigest())
+        return self.cache.get_or_make(
+            ("sha256", *self._stamp(rel)), lambda: hashlib.sha256(self._read(rel)).hexdigest()
+        )
 
     def image(self, rel: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB, decoded now (not memoised: images are big and features are cached)."""
@@ -180,12 +214,55 @@ class ImageStore:
             with Image.open(io.BytesIO(data)) as im:
                 return np.asarray(im.convert("RGB"))
         except OSError as e:
-            path = self.ds.root / rel
+            path = self._path(rel)
             raise FssBenchError(f"{path}: unreadable image ({e}); run `fssbench data check`") from None
 
     def label(self, rel: str) -> np.ndarray:
-        """(H, W) uint8 class ids, 255 = ignore."""
-        return self._labels.get_or_make(rel, lambda: read_label(self.ds.root / rel))
+        """(H, W) uint8 class ids, 255 = ignore (read-only)."""
+        return self._label(self._stamp(rel))
+
+    def _label(self, stamp: tuple) -> np.ndarray:
+        return self.cache.get_or_make(("label", *stamp), lambda: read_label(self._path(stamp[1])))
+
+    def target(self, rel: str, cls: int) -> np.ndarray:
+        """:func:`episode_target` of the label at ``rel`` for class ``cls`` (read-only)."""
+        stamp = self._stamp(rel)
+        return self.cache.get_or_make(
+            ("target", cls, *stamp), lambda: episode_target(self._label(stamp), cls)
+        )
+
+    def mask(self, rel: str, cls: int, size: int) -> np.ndarray:
+        """The target at model size, (size, size) uint8: :func:`resize_label` of :meth:`target`
+        (read-only; numpy, so that stacking it is one small copy without torch's threads)."""
+        stamp = self._stamp(rel)
+        return self.cache.get_or_make(
+            ("mask", cls, size, *stamp), lambda: resize_label(self.target(rel, cls), size).numpy()
+        )
+
+    def scored(self, rel: str, cls: int, evaluation: Evaluation | None) -> tuple[np.ndarray, ScoredTarget]:
+        """The episode's scored target (:func:`scored_target`; the label-size target without an
+        ``evaluation``) and its codes for :func:`benchmark.evaluation.scoring.score_batch`."""
+        stamp = self._stamp(rel)
+        how = None if evaluation is None else (evaluation.resolution, evaluation.size, evaluation.ignore)
+
+        def make() -> tuple[np.ndarray, ScoredTarget]:
+            target = self.target(rel, cls)
+            out = target if evaluation is None else _frozen(scored_target(target, evaluation))
+            return out, ScoredTarget.of(out)
+
+        return self.cache.get_or_make(("scored", cls, how, *stamp), make)
+
+
+def shared_store(root: Path) -> ImageStore:
+    """An :class:`ImageStore` of the prepared root ``root`` on the process-wide cache
+    (:func:`benchmark.evaluation.label_cache.shared_label_cache`): what one cell decoded and hashed,
+    the next cell of the process finds."""
+    return ImageStore(PreparedDataset(root), cache=shared_label_cache())
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 @dataclass
@@ -222,6 +299,11 @@ class EpisodeData:
     query_mask: torch.Tensor  # (S, S) uint8 in {0, 1, 255}: the query target at model size (oracle prior)
     query_target: np.ndarray  # (H, W) uint8 in {0, 1, 255}: what the metric scores (or (E, E), resized)
     support_labels: list[np.ndarray] = field(repr=False, default_factory=list)  # (H_k, W_k) targets
+    scored: ScoredTarget | None = field(repr=False, default=None)  # query_target's codes (scoring)
+
+    def scored_codes(self) -> ScoredTarget:
+        """``query_target`` as :func:`benchmark.evaluation.scoring.score_batch` takes it."""
+        return self.scored if self.scored is not None else ScoredTarget.of(self.query_target)
 
 
 def load_episode(
@@ -242,14 +324,16 @@ def load_episode(
         rel = images[image_id][0]
         return EpisodeImage(rel, store.sha256(rel), size, store, image_resize)
 
-    target = episode_target(store.label(images[ep.query][1]), ep.cls)
-    support_targets = [episode_target(store.label(images[s][1]), ep.cls) for s in ep.supports]
+    query_label = images[ep.query][1]
+    support_labels = [images[s][1] for s in ep.supports]
+    query_target, scored = store.scored(query_label, ep.cls, evaluation)
     return EpisodeData(
         episode=ep,
         query=image(ep.query),
         supports=[image(s) for s in ep.supports],
-        support_masks=torch.stack([resize_label(t, size) for t in support_targets]),
-        query_mask=resize_label(target, size),
-        query_target=target if evaluation is None else scored_target(target, evaluation),
-        support_labels=support_targets,
+        support_masks=torch.from_numpy(np.stack([store.mask(rel, ep.cls, size) for rel in support_labels])),
+        query_mask=torch.from_numpy(store.mask(query_label, ep.cls, size).copy()),
+        query_target=query_target,
+        support_labels=[store.target(rel, ep.cls) for rel in support_labels],
+        scored=scored,
     )

@@ -18,6 +18,7 @@ import torch
 from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.loader import EpisodeData
 from benchmark.evaluation.metrics import intersection_union, prediction_at_label_size
+from benchmark.evaluation.scoring import score_batch
 from benchmark.methods.base import FewShotMethod
 from fssam.stages import SharedStages, StageMemo
 
@@ -70,11 +71,16 @@ def predict_batch(
         return method.predict(
             query,
             supports,
-            torch.stack([d.support_masks for d in batch]),
-            query_mask=torch.stack([d.query_mask for d in batch]),
+            _stacked([d.support_masks for d in batch]),
+            query_mask=_stacked([d.query_mask for d in batch]),
             return_intermediates=return_intermediates,
             **extras,
         )
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, without the copy for one episode (its tensors are its own, not cached)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
 def predict_votes(
@@ -143,3 +149,17 @@ def score_episode(logits: torch.Tensor, data: EpisodeData, threshold: float = 0.
     i_bg, u_bg, i_fg, u_fg = intersection_union(pred, data.query_target)
     ep = data.episode
     return {"episode": ep.id, "class": ep.cls, "I_bg": i_bg, "U_bg": u_bg, "I_fg": i_fg, "U_fg": u_fg}
+
+
+def score_rows(
+    logits: torch.Tensor, batch: list[EpisodeData], threshold: float = 0.5
+) -> list[dict[str, int]]:
+    """The per-episode table's rows of a batch from (B, S, S) logits or (B, K, S, S) one-shot logits
+    (``kshot: voting``): :func:`benchmark.evaluation.scoring.score_batch`, equal to
+    :func:`score_episode` on each episode."""
+    counts = score_batch(logits, [d.scored_codes() for d in batch], threshold)
+    columns = ("I_bg", "U_bg", "I_fg", "U_fg")
+    return [
+        {"episode": d.episode.id, "class": d.episode.cls, **dict(zip(columns, row, strict=True))}
+        for d, row in zip(batch, counts.tolist(), strict=True)
+    ]

@@ -1,6 +1,7 @@
 """Registration of the model-free reference predictors (``baselines.trivial``): sanity floors.
 
-They see raw pixels through an ``rgb`` encoder that is not cached (it only resizes).
+``mean_colour`` sees raw pixels through an ``rgb`` encoder that is not cached (it only resizes);
+``all_foreground`` needs no pixels, so it has no encoder and the harness decodes nothing for it.
 """
 
 from __future__ import annotations
@@ -31,12 +32,21 @@ class RGBEncoder:
 
 
 class ReferencePredictor:
-    """A pixel-level function (query (B,3,S,S), supports (B,K,3,S,S), masks (B,K,S,S)) as a method."""
+    """A pixel-level function (query (B,3,S,S), supports (B,K,3,S,S), masks (B,K,S,S)) as a method.
+
+    With ``pixels=False`` the method has no encoder and the function gets ``None`` for the query
+    and the supports (it reads the shapes from the masks)."""
 
     random_init = False
 
-    def __init__(self, fn: Callable[[Tensor, Tensor, Tensor], Tensor], image_size: int, device: torch.device):
-        self.fn, self._size, self._device = fn, image_size, device
+    def __init__(
+        self,
+        fn: Callable[[Tensor | None, Tensor | None, Tensor], Tensor],
+        image_size: int,
+        device: torch.device,
+        pixels: bool = True,
+    ):
+        self.fn, self._size, self._device, self.pixels = fn, image_size, device, pixels
 
     @property
     def image_size(self) -> int:
@@ -48,24 +58,27 @@ class ReferencePredictor:
 
     @property
     def encoders(self) -> dict[str, RGBEncoder]:
-        return {"rgb": RGBEncoder(self._size)}
+        return {"rgb": RGBEncoder(self._size)} if self.pixels else {}
 
     def weight_hashes(self) -> dict[str, str]:
         return {}
 
     def predict(self, query, supports, support_masks: Tensor, **extras: Any):
         b, k = support_masks.shape[:2]
-        q = query["rgb"].to(self._device)
-        s = supports["rgb"].to(self._device).reshape(b, k, *q.shape[1:])
-        logits = self.fn(q, s, support_masks.to(self._device))
+        q = s = None
+        if self.pixels:
+            q = query["rgb"].to(self._device)
+            s = supports["rgb"].to(self._device).reshape(b, k, *q.shape[1:])
+        masks = support_masks if support_masks.device == self._device else support_masks.to(self._device)
+        logits = self.fn(q, s, masks)
         return (logits, {}) if extras.get("return_intermediates") else logits
 
 
-def _entry(name: str, description: str) -> MethodEntry:
+def _entry(name: str, description: str, pixels: bool = True) -> MethodEntry:
     def build(settings: dict[str, Any], ctx: BuildContext) -> ReferencePredictor:
         from baselines import trivial
 
-        return ReferencePredictor(getattr(trivial, name), int(settings["image_size"]), ctx.device)
+        return ReferencePredictor(getattr(trivial, name), int(settings["image_size"]), ctx.device, pixels)
 
     def validate(settings: dict[str, Any]) -> None:
         size = settings["image_size"]
@@ -83,4 +96,4 @@ def _entry(name: str, description: str) -> MethodEntry:
 
 
 MEAN_COLOUR = _entry("mean_colour", "reference: nearest support colour prototype (no model)")
-ALL_FOREGROUND = _entry("all_foreground", "reference: every pixel foreground (no model)")
+ALL_FOREGROUND = _entry("all_foreground", "reference: every pixel foreground (no model)", pixels=False)

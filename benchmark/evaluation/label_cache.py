@@ -1,0 +1,97 @@
+"""Caches of the episode loader that are bounded by bytes and shared by the cells of a process.
+
+Every cell of a study reads the same labels: decoding a 500 x 375 PNG costs about a millisecond, the
+targets derived from it (an episode's binary target, its mask at model size, its scored target)
+less, but each of them once per episode-variant adds up. :class:`BytesLRU` keeps such arrays within
+a byte budget (:data:`LABEL_CACHE_BYTES` for the process-wide one, :func:`shared_label_cache`), so
+memory stays bounded however large the dataset. Values are read-only by contract: arrays are
+returned with ``writeable=False``, tensors are copied by their users (``torch.stack``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+import torch
+
+LABEL_CACHE_BYTES = 512 << 20
+"""The byte budget of the process-wide label cache (decoded labels and what is derived from them)."""
+
+
+def nbytes(value: Any) -> int:
+    """Bytes held by a cached value: an array, a tensor, or a tuple/list of them (plus 100 per entry)."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes) + 100
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size() + 100
+    if isinstance(value, tuple | list):
+        return sum(nbytes(v) for v in value) + 100
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(nbytes(getattr(value, f)) for f in value.__dataclass_fields__) + 100
+    return 100
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    return value
+
+
+class BytesLRU:
+    """A thread-safe mapping that keeps the most recently used values within ``max_bytes``.
+
+    ``get_or_make(key, make)`` returns the cached value or makes it (outside the lock: two loader
+    threads decode in parallel); a value larger than the whole budget is returned but not kept.
+    ``made`` counts the values made, ``hits`` the values found.
+    """
+
+    def __init__(self, max_bytes: int = LABEL_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self.used = 0
+        self.made = self.hits = 0
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def get_or_make(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return found[0]
+        value = _frozen(make())
+        size = nbytes(value)
+        with self._lock:
+            self.made += 1
+            if size > self.max_bytes or key in self._items:
+                return value
+            self._items[key] = (value, size)
+            self.used += size
+            while self.used > self.max_bytes:
+                _, (_, old) = self._items.popitem(last=False)
+                self.used -= old
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.used = 0
+
+
+_SHARED = BytesLRU(LABEL_CACHE_BYTES)
+
+
+def shared_label_cache() -> BytesLRU:
+    """The process-wide label cache that every cell's :class:`benchmark.evaluation.loader.ImageStore`
+    uses (keys name the data root, the file and its size and modification time)."""
+    return _SHARED

@@ -1,0 +1,212 @@
+"""The harness's per-episode fast path: vectorised scoring equals the per-episode reference, labels
+are decoded once per process within a byte budget, and methods without encoders decode nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import benchmark.evaluation.loader as loader_module
+from benchmark.data.images import read_label
+from benchmark.episodes import get_protocol
+from benchmark.episodes.manifest import Episode, Evaluation, save_manifest
+from benchmark.episodes.manifests import ManifestRequest, build_manifest
+from benchmark.evaluation.cell import CellSpec, evaluate_cell
+from benchmark.evaluation.feature_cache import FeatureCache
+from benchmark.evaluation.label_cache import BytesLRU, shared_label_cache
+from benchmark.evaluation.loader import EpisodeData, episode_target, scored_target, shared_store
+from benchmark.evaluation.metrics import intersection_union, logit_threshold
+from benchmark.evaluation.predict import score_episode
+from benchmark.evaluation.scoring import ScoredTarget, score_batch
+from benchmark.methods import build_method, get_method
+
+
+def _data(target: np.ndarray, episode_id: int = 0) -> EpisodeData:
+    """An EpisodeData holding only what score_episode reads: the episode and its scored target."""
+    empty = torch.zeros(1, 1, 1, dtype=torch.uint8)
+    return EpisodeData(Episode(episode_id, "q", 1, ("s",)), None, [], empty, empty[0], target)  # type: ignore[arg-type]
+
+
+def _target(rng: np.random.Generator, h: int, w: int, ignore: bool) -> np.ndarray:
+    values = [0, 1, 255] if ignore else [0, 1]
+    return rng.choice(values, size=(h, w), p=[0.5, 0.3, 0.2] if ignore else [0.6, 0.4]).astype(np.uint8)
+
+
+def _logits(rng: np.random.Generator, shape: tuple[int, ...], threshold: float) -> torch.Tensor:
+    """Random logits with exact ties: a quarter of the values are exactly 0, a quarter exactly the
+    logit threshold (float32), so upsampled pixels between equal neighbours sit on the cut."""
+    x = torch.from_numpy(rng.normal(0.0, 2.0, size=shape).astype(np.float32))
+    pick = torch.from_numpy(rng.integers(0, 4, size=shape))
+    x[pick == 0] = 0.0
+    x[pick == 1] = float(np.float32(logit_threshold(threshold)))
+    return x
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.75])
+@pytest.mark.parametrize("shots", [1, 3])
+def test_score_batch_equals_score_episode_on_every_protocol(threshold, shots):
+    rng = np.random.default_rng(int(threshold * 100) + shots)
+    s = 24
+    evaluations = [None, Evaluation(), Evaluation("resized", 40, True), Evaluation("resized", 40, False)]
+    # target sizes repeat (one interpolate per distinct size) and differ (several groups)
+    sizes = [(37, 50), (50, 37), (37, 50), (24, 24), (61, 45), (37, 50)]
+    for ev in evaluations:
+        targets = []
+        for h, w in sizes:
+            raw = _target(rng, h, w, ignore=True)
+            targets.append(raw if ev is None else scored_target(raw, ev))
+        shape = (len(sizes), shots, s, s) if shots > 1 else (len(sizes), s, s)
+        logits = _logits(rng, shape, threshold)
+        got = score_batch(logits, [ScoredTarget.of(t) for t in targets], threshold)
+        for b, t in enumerate(targets):
+            row = score_episode(logits[b : b + 1], _data(t, b), threshold)
+            assert got[b].tolist() == [row["I_bg"], row["U_bg"], row["I_fg"], row["U_fg"]], (ev, b)
+
+
+def test_score_batch_counts_by_hand():
+    # 2 x 2 logits already at the target size: align_corners keeps the values
+    logits = torch.tensor([[[1.0, -1.0], [0.0, 2.0]]])
+    target = np.array([[1, 1], [0, 255]], dtype=np.uint8)  # pred fg at (0,0), (1,0) (tie), (1,1)
+    # fg: I = 1 ((0,0)), U = 2 fg pixels + 1 predicted bg pixel ((1,0)) = 3; the ignore pixel counts nowhere
+    # bg: I = 0, U = 1 bg pixel + 1 fg pixel predicted bg ((0,1)) = 2
+    assert score_batch(logits, [ScoredTarget.of(target)]).tolist() == [[0, 2, 1, 3]]
+    assert intersection_union(logits[0] >= 0, target) == (0, 2, 1, 3)
+
+
+def test_voting_ties_and_an_empty_vote():
+    # K = 2 shots on a 1 x 4 target: one shot votes for pixel 0 only, the other for nothing
+    logits = torch.full((1, 2, 1, 4), -1.0)
+    logits[0, 0, 0, 0] = 0.0  # exactly 0: foreground
+    target = np.array([[1, 0, 0, 1]], dtype=np.uint8)
+    row = score_episode(logits, _data(target))
+    assert score_batch(logits, [ScoredTarget.of(target)]).tolist() == [
+        [row["I_bg"], row["U_bg"], row["I_fg"], row["U_fg"]]
+    ]
+    assert (row["I_fg"], row["U_fg"]) == (1, 2)
+    none = torch.full((1, 2, 1, 4), -1.0)  # no vote at all: max vote clamps to 1, nothing is foreground
+    assert score_batch(none, [ScoredTarget.of(target)]).tolist() == [[2, 4, 0, 2]]
+
+
+def test_bytes_lru_stays_within_its_budget_and_keeps_the_recent():
+    lru = BytesLRU(max_bytes=3 * (1000 + 100))
+    made = []
+    for i in range(10):
+        lru.get_or_make(i, lambda i=i: made.append(i) or np.zeros(1000, dtype=np.uint8))
+        assert lru.used <= lru.max_bytes
+    assert len(lru) == 3 and sorted(k for k in range(10) if k in lru) == [7, 8, 9]
+    lru.get_or_make(7, lambda: pytest.fail("recomputed"))  # 7 is now the most recent
+    lru.get_or_make(10, lambda: np.zeros(1000, dtype=np.uint8))
+    assert [k for k in range(11) if k in lru] == [7, 9, 10]
+    big = lru.get_or_make("big", lambda: np.zeros(10_000, dtype=np.uint8))  # over the budget: not kept
+    assert big.shape == (10_000,) and "big" not in lru and lru.used <= lru.max_bytes
+    assert not lru.get_or_make(7, lambda: None).flags.writeable  # cached arrays are read-only
+
+
+def _manifest(pascal_root, tmp_path, shots: int, protocol: str = "fssam", episodes: int = 8):
+    m = build_manifest(get_protocol(protocol), ManifestRequest(pascal_root, 0, shots, episodes=episodes))
+    path = tmp_path / f"{protocol}-{shots}.json"
+    save_manifest(m, path)
+    return m, path
+
+
+def test_the_second_cell_of_a_manifest_decodes_no_label(pascal_root, tmp_path, monkeypatch):
+    decoded = []
+
+    def counting_read_label(path):
+        decoded.append(path)
+        return read_label(path)
+
+    monkeypatch.setattr(loader_module, "read_label", counting_read_label)
+    shared_label_cache().clear()
+    m, path = _manifest(pascal_root, tmp_path, 2)
+    labels = {m.images[i][1] for e in m.episodes for i in (e.query, *e.supports)}
+    settings = get_method("mean_colour").resolve({"image_size": 32})
+    first = evaluate_cell(CellSpec("mean_colour", settings, path, pascal_root, "cpu"), FeatureCache(None))
+    assert len(decoded) == len(labels)  # each label once, however many episodes use it
+    fg = get_method("all_foreground").resolve({"image_size": 32})
+    evaluate_cell(CellSpec("all_foreground", fg, path, pascal_root, "cpu"), FeatureCache(None))
+    again = evaluate_cell(CellSpec("mean_colour", settings, path, pascal_root, "cpu"), FeatureCache(None))
+    assert len(decoded) == len(labels)  # the later cells decoded none
+    assert again.table.equals(first.table)
+
+
+def test_a_label_changed_on_disk_is_read_again(pascal_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(pascal_root, root, symlinks=True)
+    store = shared_store(root)
+    rel = sorted(p.relative_to(root).as_posix() for p in (root / "SegmentationClassAug").glob("*.png"))[0]
+    before = store.label(rel)
+    changed = np.zeros_like(before)
+    Image.fromarray(changed, mode="L").save(root / rel)
+
+    os.utime(root / rel, ns=(1, 1))  # a different modification time, whatever the clock's resolution
+    assert (shared_store(root).label(rel) == 0).all()
+
+
+def _old_loop(method_name: str, settings: dict, m, pascal_root) -> list[list[int]]:
+    """The per-episode loop written out from the spec: read labels and images, resize, predict with
+    the reference function, score with score_episode (no store, no cache, no batching)."""
+    from baselines import trivial
+    from benchmark.data.prepared import PreparedDataset
+    from benchmark.evaluation.loader import ImageStore, resize_image, resize_label
+
+    ds = PreparedDataset(pascal_root)
+    size = settings["image_size"]
+    rows = []
+    for ep in m.episodes:
+        label = read_label(pascal_root / m.images[ep.query][1])
+        target = episode_target(label, ep.cls)
+        masks = torch.stack(
+            [
+                resize_label(episode_target(read_label(pascal_root / m.images[s][1]), ep.cls), size)
+                for s in ep.supports
+            ]
+        )[None]
+        images = [ImageStore(ds).image(m.images[i][0]) for i in (ep.query, *ep.supports)]
+        pix = torch.stack([resize_image(im, size) for im in images])
+        logits = getattr(trivial, method_name)(pix[:1], pix[None, 1:], masks)
+        data = _data(scored_target(target, m.evaluation), ep.id)
+        data.episode = ep
+        row = score_episode(logits, data, settings.get("threshold", 0.5))
+        rows.append([row["episode"], row["class"], row["I_bg"], row["U_bg"], row["I_fg"], row["U_fg"]])
+    return rows
+
+
+@pytest.mark.parametrize("protocol", ["fssam", "hsnet"])
+def test_reference_tables_equal_the_per_episode_loop(pascal_root, tmp_path, protocol):
+    for shots, batch in ((1, 1), (3, 4)):  # one episode per forward, and a batch of mixed label sizes
+        m, path = _manifest(pascal_root, tmp_path, shots, protocol, episodes=6)
+        for name in ("all_foreground", "mean_colour"):
+            settings = get_method(name).resolve({"image_size": 48, "threshold": 0.4})
+            spec = CellSpec(name, settings, path, pascal_root, "cpu", batch_size=batch)
+            table = evaluate_cell(spec, FeatureCache(None)).table
+            assert table.to_numpy().tolist() == _old_loop(name, settings, m, pascal_root), (name, shots)
+
+
+def test_all_foreground_has_no_encoder_and_decodes_no_image(pascal_root, tmp_path, monkeypatch):
+    method = build_method("all_foreground", get_method("all_foreground").resolve({}), torch.device("cpu"))
+    assert dict(method.encoders) == {}
+    monkeypatch.setattr(loader_module.ImageStore, "image", lambda self, rel: pytest.fail(f"decoded {rel}"))
+    _, path = _manifest(pascal_root, tmp_path, 2)
+    spec = CellSpec(
+        "all_foreground", get_method("all_foreground").resolve({"image_size": 40}), path, pascal_root, "cpu"
+    )
+    result = evaluate_cell(spec, FeatureCache(None))
+    assert result.encoder_passes == {} and len(result.table) == 8
+    # every pixel foreground: the union of fg is every non-ignore pixel, I_bg is 0
+    assert (result.table["I_bg"] == 0).all() and (result.table["U_fg"] >= result.table["I_fg"]).all()
+
+
+def test_predicted_masks_interpolate_per_size_like_one_at_a_time():
+    # the batched interpolate gives each episode the values it gets alone (the premise of grouping)
+    x = torch.randn(5, 16, 16)
+    batched = F.interpolate(x[:, None], size=(23, 31), mode="bilinear", align_corners=True)
+    for i in range(5):
+        alone = F.interpolate(x[i][None, None], size=(23, 31), mode="bilinear", align_corners=True)
+        assert torch.equal(batched[i], alone[0])
