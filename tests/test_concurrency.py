@@ -63,7 +63,8 @@ def test_two_processes_on_one_study_record_every_cell_exactly_once(pascal_root, 
 
 
 @pytest.mark.slow
-def test_sigterm_marks_the_runs_killed_and_a_rerun_resumes(pascal_root, tmp_path):
+def test_sigterm_marks_the_runs_killed_and_a_rerun_resumes(pascal_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSSBENCH_JOURNAL_FLUSH_ROWS", "1")  # rows visible one by one: the test kills mid-cell
     study = study_file(
         tmp_path, pascal_root, name="term", shots=[1], episodes=12, model=TINY, variants={"fssam": {}}
     )

@@ -264,7 +264,8 @@ def test_cached_and_uncached_predictions_are_identical(small_run, pascal_root):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_matches_an_uninterrupted_run(pascal_root, tmp_path):
+def test_resume_after_kill_matches_an_uninterrupted_run(pascal_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSSBENCH_JOURNAL_FLUSH_ROWS", "1")  # rows visible one by one: the test kills mid-cell
     study = write_study(tmp_path, pascal_root, episodes=12, fssam={})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = run_command(study, tmp_path / "work", f"sqlite:///{tmp_path / 'killed.db'}")

@@ -109,7 +109,8 @@ def test_two_concurrent_workers_share_one_study(pascal_root, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(pascal_root, tmp_path):
+def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(pascal_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSSBENCH_JOURNAL_FLUSH_ROWS", "1")  # rows visible one by one: the test kills mid-cell
     path = write_search(tmp_path, pascal_root, episodes=30, trials=2)
     proc = subprocess.Popen(
         command(path, tmp_path, "--heartbeat", "1"), cwd=ROOT, stderr=subprocess.PIPE, text=True
@@ -137,7 +138,10 @@ def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(pascal_root,
     assert "stopped sending heartbeats" in by_number[0].data.tags["fss.error"]
 
 
-def test_ctrl_c_fails_the_trial_and_a_rerun_retries_it_resuming_its_episodes(pascal_root, tmp_path):
+def test_ctrl_c_fails_the_trial_and_a_rerun_retries_it_resuming_its_episodes(
+    pascal_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FSSBENCH_JOURNAL_FLUSH_ROWS", "1")  # rows visible one by one: the test kills mid-cell
     path = write_search(tmp_path, pascal_root, episodes=30, trials=2)
     proc = subprocess.Popen(
         command(path, tmp_path), cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible

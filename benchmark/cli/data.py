@@ -97,7 +97,7 @@ def run_check(args: argparse.Namespace) -> int:
     """``data check``: print every problem of a prepared data root; exit status 0 if none, else 1."""
     from benchmark.data.check import check_prepared
 
-    report = check_prepared(Path(args.root), progress=not args.quiet)
+    report = check_prepared(Path(args.root), progress=not args.quiet, workers=args.workers)
     for p in report.problems:
         print(p)
     if report.ok:
@@ -174,4 +174,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     c = add_command(data, "check", "validate a prepared data root and list every problem")
     c.add_argument("root", help="prepared data root (the --out of `data prepare`)")
+    c.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="worker processes reading the images and masks (default: every core)",
+    )
     c.set_defaults(fn=run_check)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import ast
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+import numpy as np
 
 from benchmark.data import classes as C
 from benchmark.data.images import read_image, read_label
-from benchmark.data.prepared import SPLITS, PreparedDataset
+from benchmark.data.prepared import SPLITS, PreparedDataset, parallel_map
 from benchmark.errors import FssBenchError
 
 
@@ -41,31 +42,44 @@ def _read_list(path: Path, report: CheckReport) -> list[tuple[str, str]]:
     return pairs
 
 
-def _check_pair(root: Path, image: str, label: str, num_classes: int, report: CheckReport) -> None:
+def _pair_problems(task: tuple[str, str, str, int]) -> list[str]:
+    """The problems of one image/mask pair ``(root, image, label, num_classes)`` (in a worker)."""
+    root_str, image, label, num_classes = task
+    root = Path(root_str)
+    problems: list[str] = []
     try:
         img = read_image(root / image)
     except FssBenchError as e:
-        report.problems.append(str(e))
+        problems.append(str(e))
         img = None
     try:
         lab = read_label(root / label)
     except FssBenchError as e:
-        report.problems.append(str(e))
-        return
+        problems.append(str(e))
+        return problems
     if img is not None and lab.shape != img.shape[:2]:
-        report.problems.append(
+        problems.append(
             f"{root / label}: mask size {lab.shape[1]}x{lab.shape[0]} differs from image {image} "
             f"({img.shape[1]}x{img.shape[0]})"
         )
-    bad = sorted({int(v) for v in set(lab.ravel().tolist()) if not (v <= num_classes or v == 255)})
+    values = np.unique(lab)
+    bad = [int(v) for v in values if not (v <= num_classes or v == 255)]
     if bad:
-        report.problems.append(
-            f"{root / label}: unknown label value(s) {bad} (allowed: 0..{num_classes}, 255)"
-        )
+        problems.append(f"{root / label}: unknown label value(s) {bad} (allowed: 0..{num_classes}, 255)")
+    return problems
 
 
-def check_prepared(root: Path, progress: bool = True) -> CheckReport:
-    """Check a prepared root: metadata, lists, every image and mask they name.
+def default_check_workers() -> int:
+    """Every core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_prepared(root: Path, progress: bool = True, workers: int | None = None) -> CheckReport:
+    """Check a prepared root: metadata, lists, every image and mask they name (the pairs on
+    ``workers`` processes, default every core; the problems in the same order for any count).
 
     Reports (does not stop at) missing files, unreadable or truncated images, masks whose size
     differs from their image, unknown label values, empty or malformed lists, and fold lists that
@@ -116,9 +130,9 @@ def check_prepared(root: Path, progress: bool = True) -> CheckReport:
                 except (ValueError, SyntaxError) as e:
                     report.problems.append(f"{sub_path}: not a dict literal ({e})")
     all_pairs = sorted(split_pairs["train"] | split_pairs["val"])
-    for image, label in tqdm(
-        all_pairs, desc="checking images", unit="img", disable=not progress, leave=False
-    ):
-        _check_pair(ds.root, image, label, ds.num_classes, report)
+    tasks = [(str(ds.root), image, label, ds.num_classes) for image, label in all_pairs]
+    n = workers or default_check_workers()
+    for problems in parallel_map(_pair_problems, tasks, n, "checking images", progress):
+        report.problems.extend(problems)
     report.checked_images = len(all_pairs)
     return report

@@ -14,14 +14,17 @@ Instance areas are counted from the decoded masks, not read from the JSON ``area
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from tqdm import tqdm
 
 from benchmark.data.classes import COCO_CATEGORIES, coco_category_to_class
 from benchmark.data.images import class_pixel_counts, read_image, write_label
+from benchmark.data.json_stream import read_spans, stream_object
 from benchmark.data.lists import ImageRecord
 from benchmark.data.prepared import default_workers, link_or_copy_dir, parallel_map, write_prepared_root
 from benchmark.errors import FssBenchError
@@ -79,16 +82,43 @@ def render_semantic_mask(anns: list[dict], h: int, w: int, cat_to_class: dict[in
     return label
 
 
-def load_instances(path: Path) -> dict:
-    """Parse and validate an ``instances_*.json`` file."""
+@dataclass
+class CocoInstances:
+    """What preparing needs of an ``instances_*.json`` file, read without holding its annotations:
+    the image entries, and per image id the byte spans of its annotations (file order)."""
+
+    path: Path
+    images: list[dict]
+    spans: dict[int, list[tuple[int, int]]]
+
+
+def index_instances(path: Path, progress: bool = False) -> CocoInstances:
+    """Stream and validate an ``instances_*.json`` file (a byte progress bar with ``progress``).
+
+    Memory: the image entries and a few integers per annotation, not the annotations' polygons.
+    """
+    images: list[dict] = []
+    anns: list[tuple[Any, Any, Any, int, int]] = []  # id, category id, image id, byte span
+    size = path.stat().st_size if path.is_file() else 0
+    bar = tqdm(
+        total=size, desc=f"reading {path.name}", unit="B", unit_scale=True, disable=not progress, leave=False
+    )
+
+    def annotation(ann: dict, start: int, length: int) -> None:
+        anns.append((ann.get("id"), ann.get("category_id"), ann.get("image_id"), start, length))
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        images, anns, cats = data["images"], data["annotations"], data["categories"]
+        members = stream_object(
+            path, {"images": lambda im, *_: images.append(im), "annotations": annotation}, bar.update
+        )
+        members["images"], members["annotations"]  # noqa: B018 (both must be present)
+        cats = members["categories"]
     except FileNotFoundError:
         raise FssBenchError(f"{path}: not found") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise FssBenchError(f"{path}: not a COCO instances file ({e})") from None
+    finally:
+        bar.close()
     known = {cid: name for cid, name, _ in COCO_CATEGORIES}
     for cat in cats:
         if known.get(cat.get("id")) != cat.get("name"):
@@ -96,21 +126,21 @@ def load_instances(path: Path) -> dict:
                 f"{path}: category {cat.get('id')} {cat.get('name')!r} is not one of the 80 COCO 2014 categories"
             )
     image_ids = {im["id"] for im in images}
-    for ann in anns:
-        if ann.get("category_id") not in known:
-            raise FssBenchError(
-                f"{path}: annotation {ann.get('id')} has unknown category id {ann.get('category_id')}"
-            )
-        if ann.get("image_id") not in image_ids:
-            raise FssBenchError(
-                f"{path}: annotation {ann.get('id')} refers to unknown image id {ann.get('image_id')}"
-            )
-    return data
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for ann_id, cat_id, image_id, start, length in anns:
+        if cat_id not in known:
+            raise FssBenchError(f"{path}: annotation {ann_id} has unknown category id {cat_id}")
+        if image_id not in image_ids:
+            raise FssBenchError(f"{path}: annotation {ann_id} refers to unknown image id {image_id}")
+        spans.setdefault(image_id, []).append((start, length))
+    return CocoInstances(path, images, spans)
 
 
-def _prepare_one(task: tuple[str, str, int, int, list[dict], str, str]) -> ImageRecord:
-    """Decode one image, check its size against the JSON, render and write its mask (in a worker)."""
-    split_dir, file_name, h, w, anns, json_path, out_path = task
+def _prepare_one(task: tuple[str, str, int, int, list[tuple[int, int]], str, str]) -> ImageRecord:
+    """Decode one image, check its size against the JSON, read its annotations back from the JSON
+    file (their byte spans), render and write its mask (in a worker)."""
+    split_dir, file_name, h, w, spans, json_path, out_path = task
+    anns = read_spans(Path(json_path), spans)
     img = read_image(Path(split_dir) / file_name)
     if img.shape[:2] != (h, w):
         raise FssBenchError(
@@ -147,10 +177,7 @@ def prepare_coco(
         records: dict[str, list[ImageRecord]] = {}
         for split, name in COCO_SPLIT_NAMES.items():
             json_path = src / "annotations" / f"instances_{name}.json"
-            data = load_instances(json_path)
-            by_image: dict[int, list[dict]] = {}
-            for ann in data["annotations"]:
-                by_image.setdefault(ann["image_id"], []).append(ann)
+            index = index_instances(json_path, progress)
             (tmp / "annotations" / name).mkdir(parents=True)
             tasks = [
                 (
@@ -158,16 +185,17 @@ def prepare_coco(
                     im["file_name"],
                     int(im["height"]),
                     int(im["width"]),
-                    by_image.get(im["id"], []),
+                    index.spans.get(im["id"], []),
                     str(json_path),
                     str(tmp / "annotations" / name / f"{Path(im['file_name']).stem}.png"),
                 )
-                for im in sorted(data["images"], key=lambda im: im["file_name"])
+                for im in sorted(index.images, key=lambda im: im["file_name"])
             ]
+            del index  # one split's index at a time
             records[split] = parallel_map(
                 _prepare_one, tasks, workers or default_workers(), f"coco {name}", progress
             )
-            link_or_copy_dir(src / name, tmp / name, copy_images, [t[1] for t in tasks])
+            link_or_copy_dir(src / name, tmp / name, copy_images, [t[1] for t in tasks], progress)
         info = write_prepared_root(
             tmp,
             "coco",
@@ -177,5 +205,6 @@ def prepare_coco(
                 "label_rule": "crowd=255 first, then non-crowd instances by decreasing area (smallest on top)",
                 "images": "copied" if copy_images else "symlinked",
             },
+            progress,
         )
     return info

@@ -147,7 +147,9 @@ def prepare_pascal(
             )
         recs = parallel_map(_prepare_one, tasks, workers or default_workers(), "pascal masks", progress)
         by_id = {r.id: r for r in recs}
-        link_or_copy_dir(voc_dir / "JPEGImages", tmp / "JPEGImages", copy_images, [f"{i}.jpg" for i in by_id])
+        link_or_copy_dir(
+            voc_dir / "JPEGImages", tmp / "JPEGImages", copy_images, [f"{i}.jpg" for i in by_id], progress
+        )
         info = write_prepared_root(
             tmp,
             "pascal",
@@ -161,5 +163,6 @@ def prepare_pascal(
                 "label_rule": "VOC SegmentationClass where available, else SBD cls/*.mat",
                 "images": "copied" if copy_images else "symlinked",
             },
+            progress,
         )
     return info

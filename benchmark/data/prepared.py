@@ -86,9 +86,14 @@ def default_workers() -> int:
 
 
 def write_prepared_root(
-    root: Path, dataset: str, records: dict[str, list[ImageRecord]], meta: dict[str, Any]
+    root: Path,
+    dataset: str,
+    records: dict[str, list[ImageRecord]],
+    meta: dict[str, Any],
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Write the lists, records, per-fold lists and dataset.json of a prepared root.
+    """Write the lists, records, per-fold lists and dataset.json of a prepared root (a progress
+    bar over the fold lists with ``progress``).
 
     ``records`` maps split name ("train", "val") to its images in list order.
     """
@@ -100,20 +105,20 @@ def write_prepared_root(
         write_text_atomic(lists / f"{split}.txt", "".join(list_line(r) + "\n" for r in recs))
         write_records(lists / f"records_{split}.json", split, recs)
     fold_counts: dict[str, Any] = {}
-    for cs in class_splits(dataset):
+    folds = [(cs, fold) for cs in class_splits(dataset) for fold in range(C.NUM_FOLDS)]
+    for cs, fold in tqdm(folds, desc="fold lists", unit="fold", disable=not progress, leave=False):
         base_dir = root / fold_list_dir(dataset, cs)
-        for fold in range(C.NUM_FOLDS):
-            novel = C.novel_classes(dataset, fold, cs)
-            base = C.base_classes(dataset, fold, cs)
-            val_pool = fold_pool(records["val"], novel, filter_intersection=False)
-            train_pool = fold_pool(records["train"], base, filter_intersection=True)
-            write_pfenet_lists(base_dir / "val", fold, val_pool)
-            write_pfenet_lists(base_dir / "train", fold, train_pool)
-            fold_counts[f"{cs}/fold{fold}"] = {
-                "val_images": len(val_pool.images),
-                "train_images": len(train_pool.images),
-                "val_per_class": {str(c): len(v) for c, v in val_pool.per_class.items()},
-            }
+        novel = C.novel_classes(dataset, fold, cs)
+        base = C.base_classes(dataset, fold, cs)
+        val_pool = fold_pool(records["val"], novel, filter_intersection=False)
+        train_pool = fold_pool(records["train"], base, filter_intersection=True)
+        write_pfenet_lists(base_dir / "val", fold, val_pool)
+        write_pfenet_lists(base_dir / "train", fold, train_pool)
+        fold_counts[f"{cs}/fold{fold}"] = {
+            "val_images": len(val_pool.images),
+            "train_images": len(train_pool.images),
+            "val_per_class": {str(c): len(v) for c, v in val_pool.per_class.items()},
+        }
     info = {
         "format": FORMAT,
         "dataset": dataset,
@@ -133,8 +138,11 @@ def write_prepared_root(
     return info
 
 
-def link_or_copy_dir(src: Path, dst: Path, copy: bool, files: Iterable[str] | None = None) -> None:
-    """Make ``dst`` a symlink to ``src`` (absolute), or copy the named ``files`` (all if None)."""
+def link_or_copy_dir(
+    src: Path, dst: Path, copy: bool, files: Iterable[str] | None = None, progress: bool = False
+) -> None:
+    """Make ``dst`` a symlink to ``src`` (absolute), or copy the named ``files`` (all if None; a
+    progress bar with ``progress``)."""
     if not copy:
         os.symlink(Path(src).resolve(), dst, target_is_directory=True)
         return
@@ -142,7 +150,7 @@ def link_or_copy_dir(src: Path, dst: Path, copy: bool, files: Iterable[str] | No
 
     dst.mkdir(parents=True, exist_ok=True)
     names = sorted(files) if files is not None else sorted(p.name for p in Path(src).iterdir())
-    for name in names:
+    for name in tqdm(names, desc=f"copying {Path(src).name}", unit="img", disable=not progress, leave=False):
         shutil.copy2(Path(src) / name, dst / name)
 
 

@@ -1,7 +1,9 @@
 """The cell journal: an append-only JSON-lines record of a cell's finished episodes.
 
 Line 1 is a header naming the cell (its key and manifest hash); each further line is one episode's
-counts, flushed and fsynced. On open, the lines are read back and validated: a journal of another
+counts. Rows are written and fsynced in batches (:class:`FlushPolicy`: every ``rows`` rows, at the
+latest ``seconds`` after a row was appended, and always on close, which a ``with`` block does on
+any exception), so a SIGKILL or a power loss loses at most the unflushed batch. On open, the lines are read back and validated: a journal of another
 cell is started afresh, and at the first torn or foreign line (a kill during a write, a line that
 is not a row of this cell's manifest) the file is cut, so a resumed cell never counts an episode
 twice or an episode that is not its own.
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +23,37 @@ import pandas as pd
 
 from benchmark.evaluation.metrics import EPISODE_COLUMNS
 
+ROWS_ENV = "FSSBENCH_JOURNAL_FLUSH_ROWS"
+SECONDS_ENV = "FSSBENCH_JOURNAL_FLUSH_SECONDS"
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When buffered rows are written and fsynced: once ``rows`` are buffered, or ``seconds`` after
+    the oldest buffered row was appended (a background timer, so a slow episode does not hold the
+    rows before it), whichever comes first; ``rows=1`` is one fsync per episode."""
+
+    rows: int = 256
+    seconds: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> FlushPolicy:
+        """The default, overridden by ``FSSBENCH_JOURNAL_FLUSH_ROWS`` / ``_SECONDS`` if set."""
+        rows = os.environ.get(ROWS_ENV)
+        seconds = os.environ.get(SECONDS_ENV)
+        return cls(
+            rows=max(1, int(rows)) if rows else cls.rows,
+            seconds=max(0.0, float(seconds)) if seconds else cls.seconds,
+        )
+
 
 class CellJournal:
-    """``rows``: episode id -> counts; ``append(row)`` records one more episode durably.
+    """``rows``: episode id -> counts; ``append(row)`` records one more episode (durable once
+    flushed: see :class:`FlushPolicy`; ``flush()`` forces it, ``close()`` flushes).
 
     ``expected``: episode id -> class id of the manifest (rows that disagree are foreign);
-    ``header``: what identifies the cell (``cell_key``, ``manifest_sha256``).
+    ``header``: what identifies the cell (``cell_key``, ``manifest_sha256``);
+    ``policy``: when rows are flushed (default: :meth:`FlushPolicy.from_env`).
     """
 
     def __init__(
@@ -31,13 +61,21 @@ class CellJournal:
         path: Path | None,
         header: dict[str, str] | None = None,
         expected: dict[int, int] | None = None,
+        policy: FlushPolicy | None = None,
     ):
         self.path = Path(path) if path is not None else None
         self.header = dict(header or {})
         self.expected = expected
+        self.policy = policy or FlushPolicy.from_env()
         self.rows: dict[int, dict[str, int]] = {}
         self.cut_lines = 0
+        self.flushes = 0
         self._fd: int | None = None
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+        self._due = threading.Condition(self._lock)
+        self._oldest: float | None = None  # monotonic time the oldest pending row was appended
+        self._timer: threading.Thread | None = None
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,15 +129,65 @@ class CellJournal:
         return good
 
     def append(self, row: dict[str, int]) -> None:
+        """Record ``row`` (in ``rows`` at once; in the file with its batch)."""
         self.rows[int(row["episode"])] = row
-        if self._fd is not None:
-            os.write(self._fd, (json.dumps(row, sort_keys=True) + "\n").encode())
-            os.fsync(self._fd)
+        if self._fd is None:
+            return
+        line = (json.dumps(row, sort_keys=True) + "\n").encode()
+        with self._lock:
+            self._pending.append(line)
+            if len(self._pending) >= self.policy.rows:
+                self._write_pending()
+            elif self._oldest is None:
+                self._oldest = time.monotonic()
+                self._start_timer()
+                self._due.notify()
+
+    def flush(self) -> None:
+        """Write and fsync the buffered rows now."""
+        with self._lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """One write and one fsync for every pending row (the caller holds the lock)."""
+        data, fd = b"".join(self._pending), self._fd
+        self._pending.clear()  # taken before writing: an interrupt never writes a row twice
+        self._oldest = None
+        if data and fd is not None:
+            while data:  # os.write may write less than asked
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+            self.flushes += 1
+
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._flush_when_due, name="fss-journal", daemon=True)
+            self._timer.start()
+
+    def _flush_when_due(self) -> None:
+        """The timer thread: flush the pending rows ``policy.seconds`` after the oldest arrived."""
+        with self._lock:
+            while self._fd is not None:
+                if self._oldest is None:
+                    self._due.wait()
+                    continue
+                left = self._oldest + self.policy.seconds - time.monotonic()
+                if left > 0:
+                    self._due.wait(left)
+                else:
+                    self._write_pending()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Flush the pending rows and close the file (the timer thread ends)."""
+        with self._lock:
+            self._write_pending()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._due.notify_all()
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.join()
+            self._timer = None
 
     def __enter__(self) -> CellJournal:
         return self

@@ -72,8 +72,10 @@ def derived_lists(
     (class -> image ids, PASCAL pairs, sha256 of their canonical JSON)."""
     counted = [(r.id, c) for r in records for c in classes if r.pixels.get(c, 0) >= MIN_CLASS_PIXELS]
     pairs = sorted(counted) if dataset == "pascal" else []
-    classwise = {c: [i for i, k in counted if k == c] for c in classes}
-    classwise = {c: v for c, v in classwise.items() if v}
+    grouped: dict[int, list[str]] = {c: [] for c in classes}
+    for i, c in counted:  # one pass; each class's ids stay in record order
+        grouped[c].append(i)
+    classwise = {c: v for c, v in grouped.items() if v}
     body = json.dumps({"pairs": pairs, "classes": classwise}, sort_keys=True).encode()
     return classwise, pairs, hashlib.sha256(body).hexdigest()
 
@@ -85,7 +87,9 @@ def _supports(rs: np.random.RandomState, images: list[str], query: str, shot: in
         )
     out: list[str] = []
     while True:  # HSNet: keep sampling while the support equals the query; repeats allowed
-        s = str(rs.choice(images, 1, replace=False)[0])
+        # np.random.choice draws an index the same way for a list and for its length (one
+        # permutation of that many); drawing the index skips turning the list into an array
+        s = images[int(rs.choice(len(images), 1, replace=False)[0])]
         if s != query:
             out.append(s)
         if len(out) == shot:
@@ -114,7 +118,7 @@ def hsnet_draw(
             query, cls = pairs[idx % len(pairs)]
         else:
             cls = int(rs.choice(class_ids, 1, replace=False)[0])
-            query = str(rs.choice(classwise[cls], 1, replace=False)[0])
+            query = classwise[cls][int(rs.choice(len(classwise[cls]), 1, replace=False)[0])]
         out.append((query, cls, _supports(rs, classwise[cls], query, shot, where)))
     return out
 
