@@ -75,7 +75,7 @@ def _fetch(args: argparse.Namespace) -> int:
             )
         )
         print(f"+ fssbench data check {prepared}")
-        return run_check(argparse.Namespace(root=str(prepared), quiet=args.quiet))
+        return run_check(argparse.Namespace(root=str(prepared), quiet=args.quiet, workers=None))
     from benchmark.fetch.weights import register_checkpoint
 
     path, sha, what = register_checkpoint(
