@@ -13,12 +13,15 @@ GRID = Path(__file__).resolve().parents[1] / "ablations" / "scale"
 
 
 def test_peak_rss_sees_a_short_lived_allocation():
-    with PeakRSS(interval=0.005) as rss:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        import time
+    import mmap
+    import time
 
+    size = 64 * 2**20
+    with PeakRSS(interval=0.005) as rss:
+        block = mmap.mmap(-1, size)  # fresh pages (a heap allocation could reuse resident ones)
+        block.write(b"\1" * size)  # touched: resident now
         time.sleep(0.1)
-        del block
+        block.close()
     assert rss.peak - rss.start >= 60 * 2**20
 
 

@@ -245,10 +245,18 @@ def test_the_gpu_check_scripts_profile_command_is_a_valid_study(pascal_root, tmp
 
     root = Path(__file__).resolve().parents[1]
     text = (root / "scripts" / "gpu-check.sh").read_text().replace("\\\n", " ")
-    (line,) = [x for x in text.splitlines() if "-m benchmark.cli -q profile " in x]
-    words = shlex.split(line.replace("$OUT/pascal", str(pascal_root)))
-    study = Path(root / words[words.index("profile") + 1])
-    overrides = [w for w in words[words.index("profile") + 2 :] if "=" in w and not w.startswith("--")]
+    lines = [x for x in text.splitlines() if "-m benchmark.cli -q profile " in x]
+    assert len(lines) == 2  # the 8-variant study, and the harness alone on the scale grid
+
+    def study_of(line: str):
+        line = line.replace("$OUT/pascal-real", str(pascal_root)).replace("$OUT/pascal", str(pascal_root))
+        words = shlex.split(line)
+        study = Path(root / words[words.index("profile") + 1])
+        overrides = [w for w in words[words.index("profile") + 2 :] if "=" in w and not w.startswith("--")]
+        return load_study(study, overrides), overrides  # raises on a refused combination
+
+    s, overrides = study_of(lines[0])
     assert any(re.match(r"model\.random_init=true", o) for o in overrides)
-    s = load_study(study, overrides)  # raises on a refused combination (random init + trained model)
     assert s.random_init and len(s.variants) == 8 and s.shots == [1, 5] and s.batch_size == 8
+    grid, _ = study_of(lines[1])
+    assert len(grid.variants) == 8 and grid.folds == [0] and grid.episodes == 1000 and "--footprint" in lines[1]
