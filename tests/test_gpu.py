@@ -259,4 +259,6 @@ def test_the_gpu_check_scripts_profile_command_is_a_valid_study(pascal_root, tmp
     assert any(re.match(r"model\.random_init=true", o) for o in overrides)
     assert s.random_init and len(s.variants) == 8 and s.shots == [1, 5] and s.batch_size == 8
     grid, _ = study_of(lines[1])
-    assert len(grid.variants) == 8 and grid.folds == [0] and grid.episodes == 1000 and "--footprint" in lines[1]
+    assert (
+        len(grid.variants) == 8 and grid.folds == [0] and grid.episodes == 1000 and "--footprint" in lines[1]
+    )
