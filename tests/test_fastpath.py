@@ -210,3 +210,21 @@ def test_predicted_masks_interpolate_per_size_like_one_at_a_time():
     for i in range(5):
         alone = F.interpolate(x[i][None, None], size=(23, 31), mode="bilinear", align_corners=True)
         assert torch.equal(batched[i], alone[0])
+
+
+def test_the_label_cache_budget_comes_from_the_environment(monkeypatch):
+    import pytest
+
+    from benchmark.errors import FssBenchError
+    from benchmark.evaluation.label_cache import LABEL_CACHE_BYTES, label_cache_bytes
+
+    monkeypatch.delenv("FSSBENCH_LABEL_CACHE_GB", raising=False)
+    assert label_cache_bytes() == LABEL_CACHE_BYTES == 512 * 2**20
+    monkeypatch.setenv("FSSBENCH_LABEL_CACHE_GB", "1.5")
+    assert label_cache_bytes() == 3 * 2**29
+    monkeypatch.setenv("FSSBENCH_LABEL_CACHE_GB", "0")
+    assert label_cache_bytes() == 0
+    for bad in ("-1", "lots", "nan"):
+        monkeypatch.setenv("FSSBENCH_LABEL_CACHE_GB", bad)
+        with pytest.raises(FssBenchError, match="FSSBENCH_LABEL_CACHE_GB"):
+            label_cache_bytes()

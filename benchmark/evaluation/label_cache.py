@@ -10,6 +10,7 @@ returned with ``writeable=False``, tensors are copied by their users (``torch.st
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -18,8 +19,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.errors import FssBenchError
+
 LABEL_CACHE_BYTES = 512 << 20
-"""The byte budget of the process-wide label cache (decoded labels and what is derived from them)."""
+"""The default byte budget of the process-wide label cache (decoded labels and what is derived
+from them); ``FSSBENCH_LABEL_CACHE_GB`` in the environment sets another (:func:`label_cache_bytes`)."""
+
+
+def label_cache_bytes() -> int:
+    """The process-wide label cache's budget: ``FSSBENCH_LABEL_CACHE_GB`` (GiB, a non-negative
+    number) if set, else :data:`LABEL_CACHE_BYTES`. A COCO-20i fold's labels need about 10 GiB to
+    stay cached across its cells; PASCAL-5i's fit in the default."""
+    raw = os.environ.get("FSSBENCH_LABEL_CACHE_GB")
+    if raw is None or raw.strip() == "":
+        return LABEL_CACHE_BYTES
+    try:
+        gb = float(raw)
+        if not gb >= 0:
+            raise ValueError
+    except ValueError:
+        raise FssBenchError(f"FSSBENCH_LABEL_CACHE_GB={raw!r}: expected a number of GiB >= 0") from None
+    return int(gb * 2**30)
 
 
 def nbytes(value: Any) -> int:
@@ -88,10 +108,16 @@ class BytesLRU:
             self.used = 0
 
 
-_SHARED = BytesLRU(LABEL_CACHE_BYTES)
+_SHARED: BytesLRU | None = None
+_SHARED_LOCK = threading.Lock()
 
 
 def shared_label_cache() -> BytesLRU:
     """The process-wide label cache that every cell's :class:`benchmark.evaluation.loader.ImageStore`
-    uses (keys name the data root, the file and its size and modification time)."""
-    return _SHARED
+    uses (keys name the data root, the file and its size and modification time), made on first use
+    with :func:`label_cache_bytes`."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = BytesLRU(label_cache_bytes())
+        return _SHARED
