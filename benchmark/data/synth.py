@@ -349,12 +349,12 @@ def _write_lines(path: Path, ids: list[str]) -> None:
 # -------------------------------------------------------------------------------------------- PASCAL
 
 
-def _voc_ids(rng: np.random.Generator, n: int) -> list[str]:
-    """``n`` unique VOC-like ids ``{year}_{n:06d}`` (years 2007..2011), in random order."""
+def _voc_ids(rng: np.random.Generator, n: int, top: int = 8000) -> list[str]:
+    """``n`` unique VOC-like ids ``{year}_{k:06d}`` (years 2007..2011, k below ``top``), in random order."""
     seen: set[str] = set()
     ids = []
     while len(ids) < n:
-        i = f"{int(rng.integers(2007, 2012))}_{int(rng.integers(1, 8000)):06d}"
+        i = f"{int(rng.integers(2007, 2012))}_{int(rng.integers(1, top)):06d}"
         if i not in seen:
             seen.add(i)
             ids.append(i)
@@ -568,6 +568,20 @@ def _coco_plans(rng: np.random.Generator, split: str, n: int, min_per_class: int
     return plans
 
 
+def coco_image_entry(split: str, file_name: str, h: int, w: int, image_id: int) -> dict:
+    """An ``images`` entry of a COCO 2014 instances file, with the real files' fields in their order."""
+    return {
+        "license": 1,
+        "file_name": file_name,
+        "coco_url": f"http://images.cocodataset.org/{split}2014/{file_name}",
+        "height": h,
+        "width": w,
+        "date_captured": "2013-11-14 16:28:13",
+        "flickr_url": "",
+        "id": image_id,
+    }
+
+
 def _coco_split_images(
     out: Path,
     seed: int,
@@ -590,18 +604,7 @@ def _coco_split_images(
         image_id = int(split_ids[index])
         file_name = f"COCO_{split}2014_{image_id:012d}.jpg"
         _write_bytes(folder / file_name, _render(irng, objs, h, w))
-        images.append(
-            {
-                "license": 1,
-                "file_name": file_name,
-                "coco_url": f"http://images.cocodataset.org/{split}2014/{file_name}",
-                "height": h,
-                "width": w,
-                "date_captured": "2013-11-14 16:28:13",
-                "flickr_url": "",
-                "id": image_id,
-            }
-        )
+        images.append(coco_image_entry(split, file_name, h, w, image_id))
         for o in objs:
             if o.crowd:
                 ann_id, ann.next_crowd = ann.next_crowd, ann.next_crowd + 1

@@ -70,15 +70,7 @@ def _pascal_ids(rng: np.random.Generator, counts: dict[str, int]) -> synth._Pasc
 
 def _unique_voc_ids(rng: np.random.Generator, n: int) -> list[str]:
     """``n`` unique VOC-like ids ``{year}_{k:06d}``, years 2007..2011 (k up to 99,999 at large n)."""
-    top = max(8000, 2 * n // 5 + 1)
-    seen: set[str] = set()
-    ids = []
-    while len(ids) < n:
-        i = f"{int(rng.integers(2007, 2012))}_{int(rng.integers(1, top)):06d}"
-        if i not in seen:
-            seen.add(i)
-            ids.append(i)
-    return ids
+    return synth._voc_ids(rng, n, top=max(8000, 2 * n // 5 + 1))
 
 
 def synth_pascal_scaled(

@@ -41,16 +41,7 @@ def _coco_image(task: tuple) -> tuple[str, list[tuple[bool, str]]]:
     objs = layout(rng, h, w, synth._Plan(list(large), list(small), crowd), coco=True)
     file_name = f"COCO_{split}2014_{image_id:012d}.jpg"
     Path(folder, file_name).write_bytes(render_jpeg(rng, objs, h, w))
-    entry = {
-        "license": 1,
-        "file_name": file_name,
-        "coco_url": f"http://images.cocodataset.org/{split}2014/{file_name}",
-        "height": h,
-        "width": w,
-        "date_captured": "2013-11-14 16:28:13",
-        "flickr_url": "",
-        "id": image_id,
-    }
+    entry = synth.coco_image_entry(split, file_name, h, w, image_id)
     anns = []
     for o in objs:
         ann = synth._coco_annotation(o, 0, image_id, h, w)
