@@ -114,7 +114,7 @@ def episode_panels(
             _, inter = predict_episode(method, feat, one_shot(inp, 0), return_intermediates=True)
         else:
             logits, inter = predict_episode(method, feat, inp, return_intermediates=True)
-        pred = scored_mask(logits[0:1], inp.query_target.shape, settings["threshold"]).numpy()
+        pred = scored_mask(logits[0:1], inp.scored.shape, settings["threshold"]).numpy()
         tgt = inp.query_target
         inter_, union = int(table.loc[ep_id, "I_fg"]), int(table.loc[ep_id, "U_fg"])
 

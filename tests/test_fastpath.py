@@ -19,7 +19,7 @@ from benchmark.episodes.manifest import Episode, Evaluation, save_manifest
 from benchmark.episodes.manifests import ManifestRequest, build_manifest
 from benchmark.evaluation.cell import CellSpec, evaluate_cell
 from benchmark.evaluation.feature_cache import FeatureCache
-from benchmark.evaluation.label_cache import BytesLRU, shared_label_cache
+from benchmark.evaluation.label_cache import BytesLRU, clear_shared
 from benchmark.evaluation.loader import EpisodeData, episode_target, scored_target, shared_store
 from benchmark.evaluation.metrics import intersection_union, logit_threshold
 from benchmark.evaluation.predict import score_episode
@@ -30,7 +30,9 @@ from benchmark.methods import build_method, get_method
 def _data(target: np.ndarray, episode_id: int = 0) -> EpisodeData:
     """An EpisodeData holding only what score_episode reads: the episode and its scored target."""
     empty = torch.zeros(1, 1, 1, dtype=torch.uint8)
-    return EpisodeData(Episode(episode_id, "q", 1, ("s",)), None, [], empty, empty[0], target)  # type: ignore[arg-type]
+    return EpisodeData(
+        Episode(episode_id, "q", 1, ("s",)), None, [], empty, empty[0], ScoredTarget.of(target)
+    )  # type: ignore[arg-type]
 
 
 def _target(rng: np.random.Generator, h: int, w: int, ignore: bool) -> np.ndarray:
@@ -123,7 +125,7 @@ def test_the_second_cell_of_a_manifest_decodes_no_label(pascal_root, tmp_path, m
         return read_label(path)
 
     monkeypatch.setattr(loader_module, "read_label", counting_read_label)
-    shared_label_cache().clear()
+    clear_shared()
     m, path = _manifest(pascal_root, tmp_path, 2)
     labels = {m.images[i][1] for e in m.episodes for i in (e.query, *e.supports)}
     settings = get_method("mean_colour").resolve({"image_size": 32})
@@ -189,10 +191,12 @@ def test_reference_tables_equal_the_per_episode_loop(pascal_root, tmp_path, prot
             assert table.to_numpy().tolist() == _old_loop(name, settings, m, pascal_root), (name, shots)
 
 
-def test_all_foreground_has_no_encoder_and_decodes_no_image(pascal_root, tmp_path, monkeypatch):
+def test_all_foreground_has_no_encoder_and_decodes_no_image_or_mask(pascal_root, tmp_path, monkeypatch):
     method = build_method("all_foreground", get_method("all_foreground").resolve({}), torch.device("cpu"))
     assert dict(method.encoders) == {}
     monkeypatch.setattr(loader_module.ImageStore, "image", lambda self, rel: pytest.fail(f"decoded {rel}"))
+    # it reads only the masks' shape: no mask at model size is made for it either
+    monkeypatch.setattr(loader_module.ImageStore, "mask", lambda self, *a: pytest.fail(f"mask {a}"))
     _, path = _manifest(pascal_root, tmp_path, 2)
     spec = CellSpec(
         "all_foreground", get_method("all_foreground").resolve({"image_size": 40}), path, pascal_root, "cpu"
@@ -228,3 +232,43 @@ def test_the_label_cache_budget_comes_from_the_environment(monkeypatch):
         monkeypatch.setenv("FSSBENCH_LABEL_CACHE_GB", bad)
         with pytest.raises(FssBenchError, match="FSSBENCH_LABEL_CACHE_GB"):
             label_cache_bytes()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (37, 50), (64, 64)])  # sizes that leave padding bits
+def test_packed_targets_and_masks_give_back_the_arrays(shape):
+    from benchmark.evaluation.label_cache import nbytes
+    from benchmark.evaluation.loader import PackedMask
+
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    for values in ([0, 1, 255], [0, 1], [255], [1]):
+        t = rng.choice(values, size=shape).astype(np.uint8)
+        scored = ScoredTarget.of(t)
+        assert np.array_equal(scored.target(), t) and scored.target().dtype == np.uint8
+        assert (scored.n_fg, scored.n_bg) == (int((t == 1).sum()), int((t == 0).sum()))
+        packed = PackedMask.of(t)
+        assert np.array_equal(packed.unpack(), t) and packed.unpack().flags.writeable
+        assert (packed.ignore is None) == (not (t == 255).any())
+        plane = -(-t.size // 8)  # a bit per pixel and plane, against a byte per pixel
+        assert nbytes(scored.fg_bits) == nbytes(scored.bg_bits) == plane + 100 == nbytes(packed.fg)
+    with pytest.raises(ValueError, match="0, 1 and 255"):
+        PackedMask.of(np.full((2, 2), 7, dtype=np.uint8))
+
+
+def test_packed_counts_equal_boolean_counts():
+    from benchmark.evaluation.scoring import count_row
+
+    rng = np.random.default_rng(5)
+    for shape in [(3, 3), (13, 7), (40, 41)]:
+        t = rng.choice([0, 1, 255], size=shape).astype(np.uint8)
+        pred = rng.random(shape) < 0.5
+        fg, bg = t == 1, t == 0
+        expected = (
+            int(bg.sum() - (pred & bg).sum()),
+            int(bg.sum() + fg.sum() - (pred & fg).sum()),
+            int((pred & fg).sum()),
+            int(fg.sum() + (pred & bg).sum()),
+        )
+        assert count_row(pred, ScoredTarget.of(t)) == expected
+        assert count_row(pred, ScoredTarget.of(t)) == intersection_union(
+            torch.from_numpy(pred), torch.from_numpy(t)
+        )

@@ -47,6 +47,7 @@ from benchmark.evaluation.loader import (
     ImageStore,
     load_episode,
     method_image_resize,
+    method_reads_masks,
     shared_store,
 )
 from benchmark.evaluation.metrics import bootstrap_ci, summarize
@@ -442,7 +443,8 @@ class _EpisodeRun:
         """A batch's episodes, with the pixels the encoders will need decoded now (in the background)."""
         m = self.manifest
         size, resize = self.method.image_size, method_image_resize(self.method)
-        datas = [load_episode(self.store, m.images, ep, size, m.evaluation, resize) for ep in batch]
+        masks = method_reads_masks(self.method)
+        datas = [load_episode(self.store, m.images, ep, size, m.evaluation, resize, masks) for ep in batch]
         for d in datas:
             for img, role in ((d.query, "query"), *((s, "support") for s in d.supports)):
                 if self.feat.needs_pixels(img, role):
@@ -598,7 +600,7 @@ def _qualitative(
         )
         logits = predict_scored(method, feat, [data], str(result.spec.settings.get("kshot", "joint")))
         threshold = float(result.spec.settings.get("threshold", 0.5))
-        pred = scored_mask(logits[0:1], data.query_target.shape, threshold).numpy()
+        pred = scored_mask(logits[0:1], data.scored.shape, threshold).numpy()
         name = class_names(manifest.dataset)[ep.cls - 1]
         title = (
             f"{result.spec.name} episode {ep.id} ({label}): class {ep.cls} {name}, support 1 of "

@@ -26,6 +26,11 @@ LABEL_CACHE_BYTES = 512 << 20
 from them); ``FSSBENCH_LABEL_CACHE_GB`` in the environment sets another (:func:`label_cache_bytes`)."""
 
 
+RAW_LABEL_BYTES = 64 << 20
+"""The budget of the process-wide cache of decoded labels (:func:`shared_raw_labels`): they are
+only read to derive the compact entries of the label cache, so a few hundred recent ones suffice."""
+
+
 def label_cache_bytes() -> int:
     """The process-wide label cache's budget: ``FSSBENCH_LABEL_CACHE_GB`` (GiB, a non-negative
     number) if set, else :data:`LABEL_CACHE_BYTES`. A COCO-20i fold's labels need about 10 GiB to
@@ -121,3 +126,21 @@ def shared_label_cache() -> BytesLRU:
         if _SHARED is None:
             _SHARED = BytesLRU(label_cache_bytes())
         return _SHARED
+
+
+_RAW: BytesLRU | None = None
+
+
+def shared_raw_labels() -> BytesLRU:
+    """The process-wide cache of decoded labels (:data:`RAW_LABEL_BYTES`), beside the label cache."""
+    global _RAW
+    with _SHARED_LOCK:
+        if _RAW is None:
+            _RAW = BytesLRU(RAW_LABEL_BYTES)
+        return _RAW
+
+
+def clear_shared() -> None:
+    """Empty the process-wide label caches (tests; a long-lived process that wants its memory back)."""
+    shared_label_cache().clear()
+    shared_raw_labels().clear()

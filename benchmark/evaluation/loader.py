@@ -33,7 +33,13 @@ from benchmark.data.images import read_label
 from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes.manifest import Episode, Evaluation
 from benchmark.errors import FssBenchError
-from benchmark.evaluation.label_cache import LABEL_CACHE_BYTES, BytesLRU, shared_label_cache
+from benchmark.evaluation.label_cache import (
+    LABEL_CACHE_BYTES,
+    RAW_LABEL_BYTES,
+    BytesLRU,
+    shared_label_cache,
+    shared_raw_labels,
+)
 from benchmark.evaluation.scoring import ScoredTarget
 
 LOADER_VERSION = "decode-rgb+resize-bilinear/1"  # bump when decoding or resizing of images changes
@@ -91,6 +97,13 @@ def method_image_resize(method: object) -> str:
     has none (every method written before the attribute existed)."""
     resize = getattr(method, "image_resize", None)
     return DEFAULT_IMAGE_RESIZE if resize is None else check_image_resize(str(resize))
+
+
+def method_reads_masks(method: object) -> bool:
+    """Whether a method reads the values of its support and query masks: its ``reads_masks``
+    attribute, True when it has none (every method but the model-free ``all_foreground``, which
+    takes only their shape)."""
+    return bool(getattr(method, "reads_masks", True))
 
 
 def loader_identity(size: int, resize: str = DEFAULT_IMAGE_RESIZE) -> dict[str, object]:
@@ -162,18 +175,28 @@ MAX_STAMPS = 65536
 class ImageStore:
     """Images (bytes, SHA-256, decoded on demand) and labels of a prepared root.
 
-    Image hashes, decoded labels and what is derived from them per episode (:meth:`target`,
-    :meth:`mask`, :meth:`scored`) are memoised in a :class:`BytesLRU` (bounded by bytes), keyed by
-    the root, the file and its size and modification time (a file changed on disk is read again).
-    :func:`shared_store` gives every cell of a process the same cache, so a label is decoded once
-    per process, not once per cell; ``ImageStore(ds)`` alone has its own (``max_label_bytes``).
+    What an episode needs of a label is memoised compactly in a :class:`BytesLRU` (bounded by
+    bytes): the scored target as bits (:meth:`scored`), the masks at model size as bit planes
+    (:meth:`mask`), and the image hashes; decoded labels, from which those are derived, sit in a
+    smaller LRU of their own (``raw_labels``), so that they do not crowd out the compact entries.
+    Keys name the root, the file and its size and modification time (a file changed on disk is read
+    again). :func:`shared_store` gives every cell of a process the same caches, so a label is
+    decoded once per process, not once per cell; ``ImageStore(ds)`` alone has its own
+    (``max_label_bytes``, and at most :data:`RAW_LABEL_BYTES` of it for the decoded labels).
     """
 
     def __init__(
-        self, ds: PreparedDataset, max_label_bytes: int = LABEL_CACHE_BYTES, cache: BytesLRU | None = None
+        self,
+        ds: PreparedDataset,
+        max_label_bytes: int = LABEL_CACHE_BYTES,
+        cache: BytesLRU | None = None,
+        raw_labels: BytesLRU | None = None,
     ):
         self.ds = ds
         self.cache = cache if cache is not None else BytesLRU(max_label_bytes)
+        self.raw_labels = (
+            raw_labels if raw_labels is not None else BytesLRU(min(max_label_bytes, RAW_LABEL_BYTES))
+        )
         self._root = str(Path(ds.root).resolve())
         self._stamps: dict[str, tuple[str, str, int, int]] = {}  # this store's (a cell's) view of the files
 
@@ -222,47 +245,72 @@ class ImageStore:
         return self._label(self._stamp(rel))
 
     def _label(self, stamp: tuple) -> np.ndarray:
-        return self.cache.get_or_make(("label", *stamp), lambda: read_label(self._path(stamp[1])))
+        return self.raw_labels.get_or_make(("label", *stamp), lambda: read_label(self._path(stamp[1])))
 
     def target(self, rel: str, cls: int) -> np.ndarray:
-        """:func:`episode_target` of the label at ``rel`` for class ``cls`` (read-only)."""
-        stamp = self._stamp(rel)
-        return self.cache.get_or_make(
-            ("target", cls, *stamp), lambda: episode_target(self._label(stamp), cls)
-        )
+        """:func:`episode_target` of the label at ``rel`` for class ``cls`` (a new array, not memoised)."""
+        return episode_target(self.label(rel), cls)
 
     def mask(self, rel: str, cls: int, size: int) -> np.ndarray:
-        """The target at model size, (size, size) uint8: :func:`resize_label` of :meth:`target`
-        (read-only; numpy, so that stacking it is one small copy without torch's threads)."""
+        """The target at model size, (size, size) uint8: :func:`resize_label` of :meth:`target` (a new
+        array each call, numpy, so that stacking it is one small copy without torch's threads;
+        memoised as bit planes, :class:`PackedMask`)."""
         stamp = self._stamp(rel)
-        return self.cache.get_or_make(
-            ("mask", cls, size, *stamp), lambda: resize_label(self.target(rel, cls), size).numpy()
+        packed = self.cache.get_or_make(
+            ("mask", cls, size, *stamp),
+            lambda: PackedMask.of(resize_label(self.target(rel, cls), size).numpy()),
         )
+        return packed.unpack()
 
-    def scored(self, rel: str, cls: int, evaluation: Evaluation | None) -> tuple[np.ndarray, ScoredTarget]:
+    def scored(self, rel: str, cls: int, evaluation: Evaluation | None) -> ScoredTarget:
         """The episode's scored target (:func:`scored_target`; the label-size target without an
-        ``evaluation``) and its codes for :func:`benchmark.evaluation.scoring.score_batch`."""
+        ``evaluation``) as :func:`benchmark.evaluation.scoring.score_batch` counts it."""
         stamp = self._stamp(rel)
         how = None if evaluation is None else (evaluation.resolution, evaluation.size, evaluation.ignore)
 
-        def make() -> tuple[np.ndarray, ScoredTarget]:
+        def make() -> ScoredTarget:
             target = self.target(rel, cls)
-            out = target if evaluation is None else _frozen(scored_target(target, evaluation))
-            return out, ScoredTarget.of(out)
+            return ScoredTarget.of(target if evaluation is None else scored_target(target, evaluation))
 
         return self.cache.get_or_make(("scored", cls, how, *stamp), make)
+
+
+@dataclass(frozen=True)
+class PackedMask:
+    """An (H, W) uint8 mask in {0, 1, 255} as bit planes (``np.packbits``): ``fg`` (1) and
+    ``ignore`` (255; None when there is none), 1/8 or 1/4 of the bytes."""
+
+    shape: tuple[int, int]
+    fg: np.ndarray
+    ignore: np.ndarray | None
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> PackedMask:
+        m = np.asarray(mask)
+        if not np.all((m == 0) | (m == 1) | (m == IGNORE_LABEL)):
+            raise ValueError(f"a mask holds only 0, 1 and {IGNORE_LABEL}, found {np.unique(m)[:5]}")
+        ignore = m == IGNORE_LABEL
+        fg = np.packbits(m == 1)
+        ignore_bits = np.packbits(ignore) if ignore.any() else None
+        for bits in (fg, ignore_bits):
+            if bits is not None:
+                bits.flags.writeable = False  # cached: read-only
+        return cls((int(m.shape[0]), int(m.shape[1])), fg, ignore_bits)
+
+    def unpack(self) -> np.ndarray:
+        """The (H, W) uint8 mask (a new array)."""
+        n = self.shape[0] * self.shape[1]
+        out = np.unpackbits(self.fg, count=n)
+        if self.ignore is not None:
+            out += np.unpackbits(self.ignore, count=n) * np.uint8(IGNORE_LABEL)
+        return out.reshape(self.shape)
 
 
 def shared_store(root: Path) -> ImageStore:
     """An :class:`ImageStore` of the prepared root ``root`` on the process-wide cache
     (:func:`benchmark.evaluation.label_cache.shared_label_cache`): what one cell decoded and hashed,
     the next cell of the process finds."""
-    return ImageStore(PreparedDataset(root), cache=shared_label_cache())
-
-
-def _frozen(array: np.ndarray) -> np.ndarray:
-    array.flags.writeable = False
-    return array
+    return ImageStore(PreparedDataset(root), cache=shared_label_cache(), raw_labels=shared_raw_labels())
 
 
 @dataclass
@@ -297,13 +345,21 @@ class EpisodeData:
     supports: list[EpisodeImage]
     support_masks: torch.Tensor  # (K, S, S) uint8 in {0, 1, 255}
     query_mask: torch.Tensor  # (S, S) uint8 in {0, 1, 255}: the query target at model size (oracle prior)
-    query_target: np.ndarray  # (H, W) uint8 in {0, 1, 255}: what the metric scores (or (E, E), resized)
-    support_labels: list[np.ndarray] = field(repr=False, default_factory=list)  # (H_k, W_k) targets
-    scored: ScoredTarget | None = field(repr=False, default=None)  # query_target's codes (scoring)
+    scored: ScoredTarget  # the query's target as the metric scores it (at (H, W), or (E, E) resized)
+    store: ImageStore | None = field(repr=False, default=None)  # where support_labels are read from
+    support_label_files: list[str] = field(repr=False, default_factory=list)  # the supports' label files
 
-    def scored_codes(self) -> ScoredTarget:
-        """``query_target`` as :func:`benchmark.evaluation.scoring.score_batch` takes it."""
-        return self.scored if self.scored is not None else ScoredTarget.of(self.query_target)
+    @property
+    def query_target(self) -> np.ndarray:
+        """(H, W) uint8 in {0, 1, 255}: what the metric scores (or (E, E), resized); a new array."""
+        return self.scored.target()
+
+    @property
+    def support_labels(self) -> list[np.ndarray]:
+        """The supports' (H_k, W_k) targets at label size (figures), read now."""
+        if self.store is None:
+            return []
+        return [self.store.target(rel, self.episode.cls) for rel in self.support_label_files]
 
 
 def load_episode(
@@ -313,11 +369,14 @@ def load_episode(
     size: int,
     evaluation: Evaluation | None = None,
     image_resize: str = DEFAULT_IMAGE_RESIZE,
+    masks: bool = True,
 ) -> EpisodeData:
     """Load one episode. ``images`` is the manifest's id -> [image, label] table; ``size`` is S;
     ``evaluation`` (the manifest's, :attr:`benchmark.episodes.manifest.Manifest.evaluation`) sets
     ``query_target``; ``image_resize`` is how the images are resized to S (the method's,
-    :func:`method_image_resize`; labels always with nearest)."""
+    :func:`method_image_resize`; labels always with nearest). With ``masks=False`` (a method that
+    does not read its masks' values, :func:`method_reads_masks`) the masks at S are zero-filled
+    broadcast views of the right shape: nothing is read or unpacked for them."""
     check_image_resize(image_resize)
 
     def image(image_id: str) -> EpisodeImage:
@@ -326,14 +385,19 @@ def load_episode(
 
     query_label = images[ep.query][1]
     support_labels = [images[s][1] for s in ep.supports]
-    query_target, scored = store.scored(query_label, ep.cls, evaluation)
+    if masks:
+        support_masks = torch.from_numpy(np.stack([store.mask(rel, ep.cls, size) for rel in support_labels]))
+        query_mask = torch.from_numpy(store.mask(query_label, ep.cls, size))
+    else:
+        support_masks = torch.zeros(1, 1, 1, dtype=torch.uint8).expand(len(support_labels), size, size)
+        query_mask = torch.zeros(1, 1, dtype=torch.uint8).expand(size, size)
     return EpisodeData(
         episode=ep,
         query=image(ep.query),
         supports=[image(s) for s in ep.supports],
-        support_masks=torch.from_numpy(np.stack([store.mask(rel, ep.cls, size) for rel in support_labels])),
-        query_mask=torch.from_numpy(store.mask(query_label, ep.cls, size).copy()),
-        query_target=query_target,
-        support_labels=[store.target(rel, ep.cls) for rel in support_labels],
-        scored=scored,
+        support_masks=support_masks,
+        query_mask=query_mask,
+        scored=store.scored(query_label, ep.cls, evaluation),
+        store=store,
+        support_label_files=support_labels,
     )

@@ -17,7 +17,7 @@ import torch
 
 from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.loader import EpisodeData
-from benchmark.evaluation.metrics import intersection_union, prediction_at_label_size
+from benchmark.evaluation.metrics import EPISODE_COLUMNS, intersection_union, prediction_at_label_size
 from benchmark.evaluation.scoring import score_batch
 from benchmark.methods.base import FewShotMethod
 from fssam.stages import SharedStages, StageMemo
@@ -101,7 +101,7 @@ def one_shot(data: EpisodeData, i: int) -> EpisodeData:
         data,
         supports=[data.supports[i]],
         support_masks=data.support_masks[i : i + 1],
-        support_labels=data.support_labels[i : i + 1],
+        support_label_files=data.support_label_files[i : i + 1],
     )
 
 
@@ -145,8 +145,9 @@ def score_episode(logits: torch.Tensor, data: EpisodeData, threshold: float = 0.
     """One row of the per-episode table from (1, S, S) logits (foreground: probability >= threshold),
     or from (1, K, S, S) one-shot logits (``kshot: voting``: each thresholded at the scored size, then
     :func:`voted_mask`)."""
-    pred = scored_mask(logits, data.query_target.shape, threshold)
-    i_bg, u_bg, i_fg, u_fg = intersection_union(pred, data.query_target)
+    target = data.query_target
+    pred = scored_mask(logits, target.shape, threshold)
+    i_bg, u_bg, i_fg, u_fg = intersection_union(pred, target)
     ep = data.episode
     return {"episode": ep.id, "class": ep.cls, "I_bg": i_bg, "U_bg": u_bg, "I_fg": i_fg, "U_fg": u_fg}
 
@@ -157,8 +158,8 @@ def score_rows(
     """The per-episode table's rows of a batch from (B, S, S) logits or (B, K, S, S) one-shot logits
     (``kshot: voting``): :func:`benchmark.evaluation.scoring.score_batch`, equal to
     :func:`score_episode` on each episode."""
-    counts = score_batch(logits, [d.scored_codes() for d in batch], threshold)
-    columns = ("I_bg", "U_bg", "I_fg", "U_fg")
+    counts = score_batch(logits, [d.scored for d in batch], threshold)
+    columns = EPISODE_COLUMNS[2:]  # I_bg, U_bg, I_fg, U_fg
     return [
         {"episode": d.episode.id, "class": d.episode.cls, **dict(zip(columns, row, strict=True))}
         for d, row in zip(batch, counts.tolist(), strict=True)

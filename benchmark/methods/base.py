@@ -53,6 +53,9 @@ class FewShotMethod(Protocol):
         parameter, ``stages`` (:class:`fssam.stages.SharedStages`: reuse what another variant
         computed on the same batch); to one whose ``predict`` has an ``episode_ids`` parameter,
         the B episodes' manifest ids. Returns (B, S, S) foreground logits (logit >= 0 is FG).
+
+    Optional: ``reads_masks = False`` says the method reads only the masks' shape, never their
+    values; the harness then gives it zero-filled masks of that shape and reads no label for them.
     """
 
     @property

@@ -57,6 +57,12 @@ class ReferencePredictor:
         return self._device
 
     @property
+    def reads_masks(self) -> bool:
+        """Without pixels the function reads only the masks' shape (``all_foreground``): the harness
+        then passes zero-filled views of that shape (:func:`benchmark.evaluation.loader.load_episode`)."""
+        return self.pixels
+
+    @property
     def encoders(self) -> dict[str, RGBEncoder]:
         return {"rgb": RGBEncoder(self._size)} if self.pixels else {}
 

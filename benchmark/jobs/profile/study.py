@@ -136,8 +136,8 @@ def dtype_effect(study: Study, pool: WeightPool, work: Path, episodes: int = 8) 
             )
             agree = total = 0
             for j, d in enumerate(datas):
-                a = prediction_at_label_size(ref[j], d.query_target.shape, threshold)
-                b = prediction_at_label_size(got[j], d.query_target.shape, threshold)
+                a = prediction_at_label_size(ref[j], d.scored.shape, threshold)
+                b = prediction_at_label_size(got[j], d.scored.shape, threshold)
                 agree += int((a == b).sum())
                 total += a.numel()
             rows.append(
