@@ -272,3 +272,17 @@ def test_packed_counts_equal_boolean_counts():
         assert count_row(pred, ScoredTarget.of(t)) == intersection_union(
             torch.from_numpy(pred), torch.from_numpy(t)
         )
+
+
+@pytest.mark.parametrize("shots", [1, 3])
+def test_the_device_path_counts_as_the_cpu_path(shots):
+    # the torch path a GPU takes (upsample, vote and count where the logits are), run here on the
+    # CPU: equal to the numpy path, ties at the cut included
+    rng = np.random.default_rng(11 + shots)
+    sizes = [(37, 50), (50, 37), (37, 50), (9, 13)]
+    targets = [ScoredTarget.of(_target(rng, h, w, ignore=True)) for h, w in sizes]
+    shape = (len(sizes), shots, 24, 24) if shots > 1 else (len(sizes), 24, 24)
+    for threshold in (0.5, 0.3):
+        logits = _logits(rng, shape, threshold)
+        on_cpu = score_batch(logits, targets, threshold)
+        assert score_batch(logits, targets, threshold, on_device=True).tolist() == on_cpu.tolist()

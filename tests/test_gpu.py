@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmark.data.prepared import PreparedDataset
 from benchmark.device import compile_method
@@ -262,3 +263,23 @@ def test_the_gpu_check_scripts_profile_command_is_a_valid_study(pascal_root, tmp
     assert (
         len(grid.variants) == 8 and grid.folds == [0] and grid.episodes == 1000 and "--footprint" in lines[1]
     )
+
+
+@needs_cuda
+def test_scoring_on_cuda_agrees_with_the_cpu():
+    # score_batch counts on the GPU when the logits are there: CUDA's bilinear kernel may round a
+    # pixel at the cut differently from the CPU's (cells are keyed by device type), so this measures
+    # the agreement and requires it to be near-total on smooth logits
+    from benchmark.evaluation.scoring import ScoredTarget, score_batch
+
+    g = torch.Generator().manual_seed(0)
+    logits = F.avg_pool2d(torch.randn(8, 1, 64, 64, generator=g) * 4, 5, 1, 2)[:, 0]  # smooth, like a model's
+    targets = [
+        ScoredTarget.of(((torch.rand(375, 500, generator=g) > 0.6).to(torch.uint8)).numpy()) for _ in range(8)
+    ]
+    cpu = score_batch(logits, targets)
+    gpu = score_batch(logits.cuda(), targets)
+    pixels = 8 * 375 * 500
+    differing = int(abs(cpu[:, 2] - gpu[:, 2]).sum() + abs(cpu[:, 3] - gpu[:, 3]).sum())
+    print(f"CUDA vs CPU scoring: {differing} of {pixels} pixels counted differently")
+    assert differing <= pixels * 1e-4

@@ -17,6 +17,7 @@ import pytest
 from benchmark.episodes import get_protocol
 from benchmark.episodes.manifest import save_manifest
 from benchmark.episodes.manifests import ManifestRequest, build_manifest
+from benchmark.errors import FssBenchError
 from benchmark.evaluation.cell import CellSpec, evaluate_cell
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.journal import ROWS_ENV, SECONDS_ENV, CellJournal, FlushPolicy
@@ -67,6 +68,13 @@ def test_the_policy_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv(ROWS_ENV)
     monkeypatch.delenv(SECONDS_ENV)
     assert FlushPolicy.from_env() == FlushPolicy(rows=256, seconds=2.0)
+    monkeypatch.setenv(ROWS_ENV, " ")  # blank is unset
+    assert FlushPolicy.from_env() == FlushPolicy(rows=256, seconds=2.0)
+    for name, bad in ((ROWS_ENV, "many"), (ROWS_ENV, "2.5"), (SECONDS_ENV, "soon")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(FssBenchError, match=f"{name}={bad!r}: expected"):
+            FlushPolicy.from_env()
+        monkeypatch.delenv(name)
 
 
 def test_a_journal_written_one_fsync_per_row_reads_back_and_grows_the_same_way(tmp_path):
@@ -86,6 +94,7 @@ def test_a_journal_written_one_fsync_per_row_reads_back_and_grows_the_same_way(t
 
 JOURNAL_KILL = """
 import os, signal, sys
+from benchmark.errors import FssBenchError
 from benchmark.evaluation.journal import CellJournal, FlushPolicy
 from tests.test_journal_batch import EXPECTED, HEADER, row
 j = CellJournal(sys.argv[1], HEADER, EXPECTED, FlushPolicy(rows=4, seconds=3600))

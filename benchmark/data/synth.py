@@ -430,6 +430,21 @@ def _pascal_roster(rng: np.random.Generator, ids: _PascalIds, n_cls: int) -> lis
     return list(zip(train_pool + ids.voc_val + ids.extra, train_plans + val_plans + extra_plans, strict=True))
 
 
+def pascal_folders(out: Path) -> tuple[Path, Path]:
+    """Make the raw VOC2012 and SBD folders under ``out``: (``out/VOCdevkit/VOC2012``,
+    ``out/benchmark_RELEASE/dataset``), as the real archives unpack."""
+    voc, sbd = out / "VOCdevkit" / "VOC2012", out / "benchmark_RELEASE" / "dataset"
+    for d in (
+        voc / "JPEGImages",
+        voc / "SegmentationClass",
+        voc / "ImageSets" / "Segmentation",
+        sbd / "cls",
+        sbd / "img",
+    ):
+        d.mkdir(parents=True, exist_ok=True)
+    return voc, sbd
+
+
 def synth_pascal(
     out: Path,
     seed: int = 0,
@@ -449,17 +464,7 @@ def synth_pascal(
     Returns a summary: the raw roots ``voc`` (``out/VOCdevkit/VOC2012``) and ``sbd``
     (``out/benchmark_RELEASE/dataset``) and counts.
     """
-    out = Path(out)
-    voc = out / "VOCdevkit" / "VOC2012"
-    sbd = out / "benchmark_RELEASE" / "dataset"
-    for d in (
-        voc / "JPEGImages",
-        voc / "SegmentationClass",
-        voc / "ImageSets" / "Segmentation",
-        sbd / "cls",
-        sbd / "img",
-    ):
-        d.mkdir(parents=True, exist_ok=True)
+    voc, sbd = pascal_folders(Path(out))
     rng = np.random.default_rng([seed, _TAG_PASCAL, 0])
     ids = _pascal_ids(rng, n_voc_train, n_voc_val, n_sbd)
     in_sbd = set(ids.sbd_train) | set(ids.sbd_val)

@@ -78,15 +78,7 @@ def synth_pascal_scaled(
 ) -> dict:
     """Write a real-size synthetic VOC2012 + SBD under ``out`` (layout of :func:`synth.synth_pascal`)."""
     out = Path(out)
-    voc, sbd = out / "VOCdevkit" / "VOC2012", out / "benchmark_RELEASE" / "dataset"
-    for d in (
-        voc / "JPEGImages",
-        voc / "SegmentationClass",
-        voc / "ImageSets" / "Segmentation",
-        sbd / "cls",
-        sbd / "img",
-    ):
-        d.mkdir(parents=True, exist_ok=True)
+    voc, sbd = synth.pascal_folders(out)
     counts = plans.pascal_split_sizes(request)
     rng = np.random.default_rng([seed, TAG_PASCAL, 0])
     ids = _pascal_ids(rng, counts)

@@ -476,7 +476,9 @@ class _EpisodeRun:
                     ahead[i + workers] = loader.submit(self.load, batches[i + workers])
                 fetch_before = feat.fetch_seconds
                 t_path = time.perf_counter()
-                logits = predict_scored(self.method, feat, datas, kshot, self.stages).float().cpu()
+                logits = predict_scored(self.method, feat, datas, kshot, self.stages)  # scored where it is
+                if logits.device.type == "cuda":  # the forward's own time, not the scorer's
+                    torch.cuda.synchronize(logits.device)
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
                 for row in score_rows(logits, datas, threshold):
                     journal.append(row)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.errors import FssBenchError
 from benchmark.evaluation.metrics import EPISODE_COLUMNS
 
 ROWS_ENV = "FSSBENCH_JOURNAL_FLUSH_ROWS"
@@ -39,12 +40,24 @@ class FlushPolicy:
     @classmethod
     def from_env(cls) -> FlushPolicy:
         """The default, overridden by ``FSSBENCH_JOURNAL_FLUSH_ROWS`` / ``_SECONDS`` if set."""
-        rows = os.environ.get(ROWS_ENV)
-        seconds = os.environ.get(SECONDS_ENV)
+        rows = _env_number(ROWS_ENV, int, "a whole number of rows >= 1")
+        seconds = _env_number(SECONDS_ENV, float, "a number of seconds >= 0")
         return cls(
-            rows=max(1, int(rows)) if rows else cls.rows,
-            seconds=max(0.0, float(seconds)) if seconds else cls.seconds,
+            rows=max(1, rows) if rows is not None else cls.rows,
+            seconds=max(0.0, seconds) if seconds is not None else cls.seconds,
         )
+
+
+def _env_number(name: str, kind: type, expected: str) -> Any:
+    """The environment variable ``name`` read as ``kind`` (None when unset or blank); an
+    FssBenchError naming the variable and what it expects when it is not a number."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise FssBenchError(f"{name}={raw!r}: expected {expected}") from None
 
 
 class CellJournal:

@@ -88,26 +88,76 @@ def count_row(pred: np.ndarray, target: ScoredTarget) -> tuple[int, int, int, in
     return target.n_bg - p_bg, target.n_bg + target.n_fg - p_fg, p_fg, target.n_fg + p_bg
 
 
-def score_batch(logits: torch.Tensor, targets: list[ScoredTarget], threshold: float = 0.5) -> np.ndarray:
+def device_voted(masks: torch.Tensor) -> torch.Tensor:
+    """:func:`voted` in torch, on the masks' device: (N, K, H, W) bool -> (N, H, W) bool."""
+    votes = masks.sum(dim=1, dtype=torch.int32)
+    top = votes.reshape(votes.shape[0], -1).amax(dim=1).clamp_min(1)
+    return 2 * votes >= top[:, None, None]
+
+
+def _unpacked(bits: np.ndarray, n: int, device: torch.device) -> torch.Tensor:
+    """``np.packbits`` bits -> the first ``n`` of them as a bool tensor on ``device`` (unpacked there:
+    an eighth of the bytes cross to the device)."""
+    b = torch.tensor(bits, dtype=torch.uint8, device=device)  # a copy (the cached bits stay read-only)
+    shifts = torch.arange(7, -1, -1, device=device, dtype=torch.uint8)  # packbits is big-endian
+    return ((b[:, None] >> shifts) & 1).reshape(-1)[:n].bool()
+
+
+def device_counts(pred: torch.Tensor, targets: list[ScoredTarget]) -> torch.Tensor:
+    """(N, H, W) bool predictions on a device and their N targets -> (N, 4) int64 counts
+    ``I_bg, U_bg, I_fg, U_fg`` on that device (the same sums as :func:`count_row`)."""
+    n, h, w = pred.shape
+    fg = torch.stack([_unpacked(t.fg_bits, h * w, pred.device) for t in targets])
+    bg = torch.stack([_unpacked(t.bg_bits, h * w, pred.device) for t in targets])
+    flat = pred.reshape(n, h * w)
+    p_fg, p_bg = (flat & fg).sum(1), (flat & bg).sum(1)
+    n_fg = torch.tensor([t.n_fg for t in targets], dtype=torch.int64, device=pred.device)
+    n_bg = torch.tensor([t.n_bg for t in targets], dtype=torch.int64, device=pred.device)
+    return torch.stack([n_bg - p_bg, n_bg + n_fg - p_fg, p_fg, n_fg + p_bg], dim=1)
+
+
+def device_masks(logits: torch.Tensor, shape: tuple[int, int], threshold: float) -> torch.Tensor:
+    """(N, S, S) logits on their device -> (N, H, W) bool at ``shape`` there (float32 bilinear,
+    align_corners, compared with the float32 logit cut)."""
+    x = logits.detach().float()
+    up = F.interpolate(x[:, None], size=tuple(shape), mode="bilinear", align_corners=True)[:, 0]
+    return up >= torch.tensor(float(np.float32(logit_threshold(threshold))), device=x.device)
+
+
+def score_batch(
+    logits: torch.Tensor,
+    targets: list[ScoredTarget],
+    threshold: float = 0.5,
+    *,
+    on_device: bool | None = None,
+) -> np.ndarray:
     """(B, S, S) logits, or (B, K, S, S) one-shot logits to vote on, and the B episodes' scored
     targets -> (B, 4) int64 counts ``I_bg, U_bg, I_fg, U_fg`` (as ``score_episode`` computes them).
 
-    Episodes that share a target size are upsampled together (on the CPU, where the counting is)."""
+    Episodes that share a target size are upsampled together, where the logits are: on the CPU
+    with numpy counting; on a GPU there (:func:`device_masks`, :func:`device_counts`), so only the
+    (B, 4) counts cross back (a cell's key names its device type, so GPU cells are their own).
+    ``on_device`` forces the torch path (True) or the numpy one (False) whatever the device."""
     if logits.shape[0] != len(targets):
         raise ValueError(f"score_batch: {logits.shape[0]} logits for {len(targets)} targets")
+    if on_device is None:
+        on_device = logits.device.type != "cpu"
     out = np.zeros((len(targets), 4), dtype=np.int64)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, t in enumerate(targets):
         groups.setdefault(t.shape, []).append(i)
     for shape, idx in groups.items():
         sel = logits if len(idx) == len(targets) else logits[idx]
+        flat = sel.reshape(-1, *sel.shape[-2:])  # (N, S, S) or (N * K, S, S)
+        if on_device:
+            pred = device_masks(flat, shape, threshold)
+            if sel.dim() == 4:
+                pred = device_voted(pred.reshape(*sel.shape[:2], *shape))
+            out[idx] = device_counts(pred, [targets[i] for i in idx]).cpu().numpy()
+            continue
+        pred = predicted_masks(flat, shape, threshold)
         if sel.dim() == 4:
-            n, k = sel.shape[:2]
-            pred = voted(
-                predicted_masks(sel.reshape(n * k, *sel.shape[2:]), shape, threshold).reshape(n, k, *shape)
-            )
-        else:
-            pred = predicted_masks(sel, shape, threshold)
+            pred = voted(pred.reshape(*sel.shape[:2], *shape))
         for j, i in enumerate(idx):
             out[i] = count_row(pred[j], targets[i])
     return out
