@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.jobs.profile.footprint import PeakRSS, folder_bytes, harness_split, store_counts
+from benchmark.jobs.profile.footprint import (
+    PeakRSS,
+    folder_bytes,
+    harness_by_variant,
+    harness_split,
+    store_counts,
+)
 from benchmark.specs.study import load_study
 
 GRID = Path(__file__).resolve().parents[1] / "ablations" / "scale"
@@ -73,6 +79,11 @@ def test_harness_is_the_cells_time_less_the_model():
     assert s["forwards"] == 40 and s["cells_s"] == 3.0
     assert np.isclose(s["model"], 1.8 / 40) and np.isclose(s["harness"], 1.2 / 40)
     assert np.isclose(s["model"] + s["harness"], s["per_forward"])
+    cells["variant"] = ["b", "a", "b"]
+    by = harness_by_variant(cells)
+    assert list(by) == ["b", "a"]  # the cells' order; the skipped cell counts nowhere
+    assert by["b"]["forwards"] == 10 and np.isclose(by["b"]["harness"], 0.4 / 10)
+    assert by["a"]["forwards"] == 30 and np.isclose(by["a"]["harness"], 0.8 / 30)
 
 
 def test_the_scale_grid_runs_and_is_measured(pascal_root, tmp_path, capsys):
@@ -94,6 +105,7 @@ def test_the_scale_grid_runs_and_is_measured(pascal_root, tmp_path, capsys):
     print_footprint(study, r)
     out = capsys.readouterr().out
     assert "harness per episode" in out and "9 runs" in out
+    assert all(f"  {v.name}: harness " in out for v in study.variants)  # a line per variant
 
 
 def test_cache_bytes_per_image_are_the_feature_shapes(pascal_root, tmp_path):

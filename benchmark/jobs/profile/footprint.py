@@ -101,6 +101,13 @@ def harness_split(cells: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def harness_by_variant(cells: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """:func:`harness_split` of each variant's cells that ran (all its folds and shots), by variant
+    name in the order the cells came."""
+    ran = cells[cells["status"] == "run"]
+    return {str(v): harness_split(ran[ran["variant"] == v]) for v in dict.fromkeys(ran["variant"])}
+
+
 def measure_footprint(study: Study, work_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run ``study`` once with a cold feature cache in a throwaway folder under ``work_dir`` (made if
     missing; the system temp folder if None) and measure it (module docstring)."""
@@ -140,6 +147,7 @@ def measure_footprint(study: Study, work_dir: Path | None = None, progress: bool
             "rss_start": rss.start,
             "rss_peak": rss.peak,
             "split": harness_split(cells),
+            "by_variant": harness_by_variant(cells),
             "cache": cache,
             "cache_dtype": study.cache.dtype,
             "store_bytes": db.stat().st_size,
@@ -170,6 +178,11 @@ def print_footprint(study: Study, r: dict[str, Any]) -> None:
         f"harness per episode: {s['harness'] * 1e3:.2f} ms of the {s['per_forward'] * 1e3:.2f} ms per "
         f"episode-variant (model: episode path and encoders {s['model'] * 1e3:.2f} ms)"
     )
+    for variant, v in r.get("by_variant", {}).items():
+        print(
+            f"  {variant}: harness {v['harness'] * 1e3:.2f} ms, model {v['model'] * 1e3:.2f} ms per "
+            f"episode-variant ({v['forwards']} episode-variants)"
+        )
     for c in r["cache"]:
         print(
             f"feature cache ({r['cache_dtype']}): {c['bytes_per_image'] / 2**20:.2f} MiB per image, "
