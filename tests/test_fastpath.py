@@ -138,6 +138,29 @@ def test_the_second_cell_of_a_manifest_decodes_no_label(pascal_root, tmp_path, m
     assert again.table.equals(first.table)
 
 
+def test_an_image_is_decoded_once_per_process_for_an_uncached_encoder(pascal_root, tmp_path, monkeypatch):
+    # mean_colour's rgb encoder is never cached on disk: its images come from the decoded-image cache
+    decoded = []
+    real = loader_module.ImageStore._decode
+    monkeypatch.setattr(
+        loader_module.ImageStore, "_decode", lambda self, rel: decoded.append(rel) or real(self, rel)
+    )
+    clear_shared()
+    m, path = _manifest(pascal_root, tmp_path, 2)
+    images = {m.images[i][0] for e in m.episodes for i in (e.query, *e.supports)}
+    first = None
+    for size in (32, 40, 32):  # a second image size re-resizes, but decodes nothing again
+        settings = get_method("mean_colour").resolve({"image_size": size})
+        result = evaluate_cell(
+            CellSpec("mean_colour", settings, path, pascal_root, "cpu"), FeatureCache(None)
+        )
+        assert sorted(decoded) == sorted(images)  # each image once, however many episodes and cells use it
+        first = result.table if first is None else first
+    assert result.table.equals(first)
+    store = shared_store(pascal_root)
+    assert not store.image(sorted(images)[0]).flags.writeable  # shared: read-only
+
+
 def test_a_label_changed_on_disk_is_read_again(pascal_root, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(pascal_root, root, symlinks=True)
@@ -232,6 +255,15 @@ def test_the_label_cache_budget_comes_from_the_environment(monkeypatch):
         monkeypatch.setenv("FSSBENCH_LABEL_CACHE_GB", bad)
         with pytest.raises(FssBenchError, match="FSSBENCH_LABEL_CACHE_GB"):
             label_cache_bytes()
+    from benchmark.evaluation.label_cache import IMAGE_CACHE_BYTES, image_cache_bytes
+
+    monkeypatch.delenv("FSSBENCH_IMAGE_CACHE_GB", raising=False)
+    assert image_cache_bytes() == IMAGE_CACHE_BYTES == 512 * 2**20
+    monkeypatch.setenv("FSSBENCH_IMAGE_CACHE_GB", "0.25")
+    assert image_cache_bytes() == 2**28
+    monkeypatch.setenv("FSSBENCH_IMAGE_CACHE_GB", "many")
+    with pytest.raises(FssBenchError, match="FSSBENCH_IMAGE_CACHE_GB='many'"):
+        image_cache_bytes()
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (37, 50), (64, 64)])  # sizes that leave padding bits

@@ -31,19 +31,35 @@ RAW_LABEL_BYTES = 64 << 20
 only read to derive the compact entries of the label cache, so a few hundred recent ones suffice."""
 
 
+IMAGE_CACHE_BYTES = 512 << 20
+"""The default budget of the process-wide cache of decoded images (:func:`shared_image_cache`);
+``FSSBENCH_IMAGE_CACHE_GB`` sets another (0 turns it off)."""
+
+
+def image_cache_bytes() -> int:
+    """The decoded-image cache's budget: ``FSSBENCH_IMAGE_CACHE_GB`` (GiB) if set, else
+    :data:`IMAGE_CACHE_BYTES`."""
+    return _budget("FSSBENCH_IMAGE_CACHE_GB", IMAGE_CACHE_BYTES)
+
+
 def label_cache_bytes() -> int:
     """The process-wide label cache's budget: ``FSSBENCH_LABEL_CACHE_GB`` (GiB, a non-negative
     number) if set, else :data:`LABEL_CACHE_BYTES`. A COCO-20i fold's labels need about 10 GiB to
     stay cached across its cells; PASCAL-5i's fit in the default."""
-    raw = os.environ.get("FSSBENCH_LABEL_CACHE_GB")
+    return _budget("FSSBENCH_LABEL_CACHE_GB", LABEL_CACHE_BYTES)
+
+
+def _budget(name: str, default: int) -> int:
+    """Bytes from the environment variable ``name`` in GiB (a number >= 0), ``default`` when unset."""
+    raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
-        return LABEL_CACHE_BYTES
+        return default
     try:
         gb = float(raw)
         if not gb >= 0:
             raise ValueError
     except ValueError:
-        raise FssBenchError(f"FSSBENCH_LABEL_CACHE_GB={raw!r}: expected a number of GiB >= 0") from None
+        raise FssBenchError(f"{name}={raw!r}: expected a number of GiB >= 0") from None
     return int(gb * 2**30)
 
 
@@ -140,7 +156,22 @@ def shared_raw_labels() -> BytesLRU:
         return _RAW
 
 
+_IMAGES: BytesLRU | None = None
+
+
+def shared_image_cache() -> BytesLRU:
+    """The process-wide cache of decoded images (:func:`image_cache_bytes`): an image that several
+    episodes, cells or encoders need is decoded once while it stays in the budget."""
+    global _IMAGES
+    with _SHARED_LOCK:
+        if _IMAGES is None:
+            _IMAGES = BytesLRU(image_cache_bytes())
+        return _IMAGES
+
+
 def clear_shared() -> None:
-    """Empty the process-wide label caches (tests; a long-lived process that wants its memory back)."""
+    """Empty the process-wide caches of labels and images (tests; a long-lived process that wants
+    its memory back)."""
     shared_label_cache().clear()
     shared_raw_labels().clear()
+    shared_image_cache().clear()

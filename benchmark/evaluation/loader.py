@@ -37,6 +37,7 @@ from benchmark.evaluation.label_cache import (
     LABEL_CACHE_BYTES,
     RAW_LABEL_BYTES,
     BytesLRU,
+    shared_image_cache,
     shared_label_cache,
     shared_raw_labels,
 )
@@ -191,12 +192,14 @@ class ImageStore:
         max_label_bytes: int = LABEL_CACHE_BYTES,
         cache: BytesLRU | None = None,
         raw_labels: BytesLRU | None = None,
+        images: BytesLRU | None = None,
     ):
         self.ds = ds
         self.cache = cache if cache is not None else BytesLRU(max_label_bytes)
         self.raw_labels = (
             raw_labels if raw_labels is not None else BytesLRU(min(max_label_bytes, RAW_LABEL_BYTES))
         )
+        self.images = images  # decoded images (None: decoded on every call)
         self._root = str(Path(ds.root).resolve())
         self._stamps: dict[str, tuple[str, str, int, int]] = {}  # this store's (a cell's) view of the files
 
@@ -231,7 +234,13 @@ class ImageStore:
         )
 
     def image(self, rel: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, decoded now (not memoised: images are big and features are cached)."""
+        """(H, W, 3) uint8 RGB (read-only): from the ``images`` cache when the store has one
+        (:func:`shared_store`), else decoded now."""
+        if self.images is None:
+            return self._decode(rel)
+        return self.images.get_or_make(("image", *self._stamp(rel)), lambda: self._decode(rel))
+
+    def _decode(self, rel: str) -> np.ndarray:
         data = self._read(rel)
         try:
             with Image.open(io.BytesIO(data)) as im:
@@ -308,9 +317,15 @@ class PackedMask:
 
 def shared_store(root: Path) -> ImageStore:
     """An :class:`ImageStore` of the prepared root ``root`` on the process-wide cache
-    (:func:`benchmark.evaluation.label_cache.shared_label_cache`): what one cell decoded and hashed,
+    (:func:`benchmark.evaluation.label_cache.shared_label_cache`) and decoded-image cache
+    (:func:`benchmark.evaluation.label_cache.shared_image_cache`): what one cell decoded and hashed,
     the next cell of the process finds."""
-    return ImageStore(PreparedDataset(root), cache=shared_label_cache(), raw_labels=shared_raw_labels())
+    return ImageStore(
+        PreparedDataset(root),
+        cache=shared_label_cache(),
+        raw_labels=shared_raw_labels(),
+        images=shared_image_cache(),
+    )
 
 
 @dataclass
