@@ -318,3 +318,21 @@ def test_the_device_path_counts_as_the_cpu_path(shots):
         logits = _logits(rng, shape, threshold)
         on_cpu = score_batch(logits, targets, threshold)
         assert score_batch(logits, targets, threshold, on_device=True).tolist() == on_cpu.tolist()
+
+
+def test_random_eviction_keeps_hits_where_an_lru_over_a_cyclic_scan_has_none():
+    # cells read the same images in the same order one after another: 20 entries, room for 10
+    def passes(lru: BytesLRU) -> int:
+        made = []
+        for _ in range(3):
+            for i in range(20):
+                lru.get_or_make(i, lambda i=i: made.append(i) or np.zeros(1000, dtype=np.uint8))
+                assert lru.used <= lru.max_bytes
+        return 60 - len(made)  # hits
+
+    budget = 10 * (1000 + 100)
+    assert passes(BytesLRU(budget)) == 0  # every entry evicted just before it is needed again
+    hits = passes(BytesLRU(budget, evict="random"))
+    assert 5 <= hits <= 30  # about budget / working set of the 40 later reads
+    with pytest.raises(ValueError, match="evict"):
+        BytesLRU(budget, evict="newest")

@@ -10,7 +10,9 @@ returned with ``writeable=False``, tensors are copied by their users (``torch.st
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -87,11 +89,19 @@ class BytesLRU:
 
     ``get_or_make(key, make)`` returns the cached value or makes it (outside the lock: two loader
     threads decode in parallel); a value larger than the whole budget is returned but not kept.
+    ``evict="random"`` drops a random entry instead of the least recently used one when over budget:
+    cells run one after another over the same episodes, so where their working set exceeds the
+    budget an LRU evicts every entry before the next cell reaches it (no hit at all), while random
+    eviction keeps about budget / working set of them.
     ``made`` counts the values made, ``hits`` the values found.
     """
 
-    def __init__(self, max_bytes: int = LABEL_CACHE_BYTES):
+    def __init__(self, max_bytes: int = LABEL_CACHE_BYTES, evict: str = "oldest"):
+        if evict not in ("oldest", "random"):
+            raise ValueError(f"BytesLRU: evict must be 'oldest' or 'random', got {evict!r}")
         self.max_bytes = int(max_bytes)
+        self.evict = evict
+        self._rng = random.Random(0)
         self.used = 0
         self.made = self.hits = 0
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
@@ -119,7 +129,11 @@ class BytesLRU:
             self._items[key] = (value, size)
             self.used += size
             while self.used > self.max_bytes:
-                _, (_, old) = self._items.popitem(last=False)
+                if self.evict == "oldest":
+                    _, (_, old) = self._items.popitem(last=False)
+                else:
+                    victim = next(itertools.islice(self._items, self._rng.randrange(len(self._items)), None))
+                    _, old = self._items.pop(victim)
                 self.used -= old
         return value
 
@@ -165,7 +179,7 @@ def shared_image_cache() -> BytesLRU:
     global _IMAGES
     with _SHARED_LOCK:
         if _IMAGES is None:
-            _IMAGES = BytesLRU(image_cache_bytes())
+            _IMAGES = BytesLRU(image_cache_bytes(), evict="random")  # a COCO fold's images exceed it
         return _IMAGES
 
 
