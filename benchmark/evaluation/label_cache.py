@@ -1,10 +1,10 @@
 """Caches of the episode loader that are bounded by bytes and shared by the cells of a process.
 
-Every cell of a study reads the same labels: decoding a 500 x 375 PNG costs about a millisecond, the
-targets derived from it (an episode's binary target, its mask at model size, its scored target)
-less, but each of them once per episode-variant adds up. :class:`BytesLRU` keeps such arrays within
-a byte budget (:data:`LABEL_CACHE_BYTES` for the process-wide one, :func:`shared_label_cache`), so
-memory stays bounded however large the dataset. Values are read-only by contract: arrays are
+Every cell of a study reads the same labels and images: decoding a 500 x 375 PNG costs about a
+millisecond, what is derived from it (an episode's scored target, its masks at model size) less,
+but each of them once per episode-variant adds up. :class:`BytesLRU` keeps such arrays within a
+byte budget (the process-wide ones: :func:`shared_label_cache`, :func:`shared_raw_labels`,
+:func:`shared_image_cache`), so memory stays bounded however large the dataset. Values are read-only by contract: arrays are
 returned with ``writeable=False``, tensors are copied by their users (``torch.stack``).
 """
 
@@ -46,8 +46,8 @@ def image_cache_bytes() -> int:
 
 def label_cache_bytes() -> int:
     """The process-wide label cache's budget: ``FSSBENCH_LABEL_CACHE_GB`` (GiB, a non-negative
-    number) if set, else :data:`LABEL_CACHE_BYTES`. A COCO-20i fold's labels need about 10 GiB to
-    stay cached across its cells; PASCAL-5i's fit in the default."""
+    number) if set, else :data:`LABEL_CACHE_BYTES`. The compact entries of a COCO-20i fold and of
+    PASCAL-5i fit in the default."""
     return _budget("FSSBENCH_LABEL_CACHE_GB", LABEL_CACHE_BYTES)
 
 
@@ -143,44 +143,35 @@ class BytesLRU:
             self.used = 0
 
 
-_SHARED: BytesLRU | None = None
+_SHARED: dict[str, BytesLRU] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def _shared(name: str, make: Callable[[], BytesLRU]) -> BytesLRU:
+    """The process-wide cache ``name``, made by ``make`` on first use."""
+    with _SHARED_LOCK:
+        if name not in _SHARED:
+            _SHARED[name] = make()
+        return _SHARED[name]
 
 
 def shared_label_cache() -> BytesLRU:
     """The process-wide label cache that every cell's :class:`benchmark.evaluation.loader.ImageStore`
     uses (keys name the data root, the file and its size and modification time), made on first use
     with :func:`label_cache_bytes`."""
-    global _SHARED
-    with _SHARED_LOCK:
-        if _SHARED is None:
-            _SHARED = BytesLRU(label_cache_bytes())
-        return _SHARED
-
-
-_RAW: BytesLRU | None = None
+    return _shared("labels", lambda: BytesLRU(label_cache_bytes()))
 
 
 def shared_raw_labels() -> BytesLRU:
     """The process-wide cache of decoded labels (:data:`RAW_LABEL_BYTES`), beside the label cache."""
-    global _RAW
-    with _SHARED_LOCK:
-        if _RAW is None:
-            _RAW = BytesLRU(RAW_LABEL_BYTES)
-        return _RAW
-
-
-_IMAGES: BytesLRU | None = None
+    return _shared("raw_labels", lambda: BytesLRU(RAW_LABEL_BYTES))
 
 
 def shared_image_cache() -> BytesLRU:
     """The process-wide cache of decoded images (:func:`image_cache_bytes`): an image that several
     episodes, cells or encoders need is decoded once while it stays in the budget."""
-    global _IMAGES
-    with _SHARED_LOCK:
-        if _IMAGES is None:
-            _IMAGES = BytesLRU(image_cache_bytes(), evict="random")  # a COCO fold's images exceed it
-        return _IMAGES
+    # random eviction: a COCO fold's images exceed the budget
+    return _shared("images", lambda: BytesLRU(image_cache_bytes(), evict="random"))
 
 
 def clear_shared() -> None:
