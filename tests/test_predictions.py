@@ -46,3 +46,82 @@ def test_a_typical_object_is_a_few_hundred_bytes():
 def test_a_mask_must_be_two_dimensional():
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         mask_to_rle(np.zeros((2, 3, 4), bool))
+
+
+# ------------------------------------------------------------------ a cell's stored predictions
+
+
+def _cell(pascal_root, tmp_path, protocol: str, shots: int, settings: dict, journal=None, artifacts=None):
+    from benchmark.episodes import get_protocol
+    from benchmark.episodes.manifest import save_manifest
+    from benchmark.episodes.manifests import ManifestRequest, build_manifest
+    from benchmark.evaluation.cell import CellSpec, evaluate_cell
+    from benchmark.evaluation.feature_cache import FeatureCache
+    from benchmark.methods import get_method
+
+    m = build_manifest(get_protocol(protocol), ManifestRequest(pascal_root, 0, shots, episodes=6))
+    path = tmp_path / f"{protocol}-{shots}.json"
+    save_manifest(m, path)
+    spec = CellSpec("mean_colour", get_method("mean_colour").resolve(settings), path, pascal_root, "cpu")
+    result = evaluate_cell(
+        spec, FeatureCache(None), journal_path=journal, artifacts_dir=artifacts, qualitative=0
+    )
+    return m, result
+
+
+@pytest.mark.parametrize(
+    ("protocol", "shots", "kshot"), [("fssam", 1, "joint"), ("hsnet", 2, "joint"), ("fssam", 2, "voting")]
+)
+def test_stored_predictions_give_back_the_cells_counts(pascal_root, tmp_path, protocol, shots, kshot):
+    import pandas as pd
+
+    from benchmark.data.images import read_label
+    from benchmark.evaluation.loader import episode_target, scored_target
+    from benchmark.evaluation.metrics import intersection_union
+
+    settings = {"image_size": 40, "threshold": 0.45, "kshot": kshot}
+    m, result = _cell(pascal_root, tmp_path, protocol, shots, settings, artifacts=tmp_path / "cell")
+    stored = pd.read_parquet(tmp_path / "cell" / "predictions.parquet")
+    assert stored["episode"].tolist() == result.table["episode"].tolist()  # every episode, in order
+    episodes = {e.id: e for e in m.episodes}
+    for rec, row in zip(stored.itertuples(), result.table.itertuples(), strict=True):
+        ep = episodes[rec.episode]
+        mask = rle_to_mask({"size": [rec.height, rec.width], "counts": rec.counts})
+        # the target written out from the spec: the label, the episode's class, the protocol's scoring
+        target = scored_target(
+            episode_target(read_label(pascal_root / m.images[ep.query][1]), ep.cls), m.evaluation
+        )
+        assert mask.shape == target.shape
+        assert intersection_union(mask, target) == (row.I_bg, row.U_bg, row.I_fg, row.U_fg)
+
+
+def test_a_resumed_cell_keeps_every_prediction(pascal_root, tmp_path):
+    settings = {"image_size": 40}
+    journal = tmp_path / "journal.jsonl"
+    _, first = _cell(pascal_root, tmp_path, "fssam", 1, settings, journal=journal)
+    lines = journal.read_text().splitlines(keepends=True)
+    assert all('"prediction"' in line for line in lines[1:])
+    journal.write_text("".join(lines[:4]))  # the header and three episodes survived a crash
+    _, resumed = _cell(pascal_root, tmp_path, "fssam", 1, settings, journal=journal)
+    assert resumed.episodes_resumed == 3 and resumed.episodes_run == 3
+    assert resumed.predictions == first.predictions and len(first.predictions) == 6
+    assert resumed.table.equals(first.table)
+
+
+def test_a_journal_without_predictions_reads_back(tmp_path):
+    import json
+
+    from benchmark.evaluation.journal import CellJournal
+
+    header = {"cell_key": "k", "manifest_sha256": "m"}
+    row = {"episode": 0, "class": 1, "I_bg": 1, "U_bg": 2, "I_fg": 1, "U_fg": 2}
+    path = tmp_path / "j.jsonl"
+    path.write_text(json.dumps({"journal": header}) + "\n" + json.dumps(row) + "\n")
+    j = CellJournal(path, header, {0: 1, 1: 1})
+    assert j.rows == {0: row} and j.predictions == {}
+    bad = {**row, "episode": 1, "prediction": {"size": [2], "counts": "x"}}  # a malformed RLE: cut
+    j.close()
+    path.write_text(path.read_text() + json.dumps(bad) + "\n")
+    again = CellJournal(path, header, {0: 1, 1: 1})
+    assert list(again.rows) == [0] and again.cut_lines == 1
+    again.close()

@@ -52,6 +52,7 @@ from benchmark.evaluation.loader import (
 )
 from benchmark.evaluation.metrics import bootstrap_ci, summarize
 from benchmark.evaluation.predict import predict_scored, score_rows, scored_mask
+from benchmark.evaluation.predictions import mask_to_rle
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
 from fssam.hashing import file_sha256
@@ -285,6 +286,7 @@ class CellResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load_wait, encode, episode_path
     encoder_passes: dict[str, int] = field(default_factory=dict)  # images run through each encoder now
     weight_ids: dict[str, str] = field(default_factory=dict)  # the cell key's (and the tags') weight ids
+    predictions: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)  # episode -> COCO RLE
 
     def run_stats(self) -> dict[str, Any]:
         """How the run went, for a results row: episodes run now, seconds, episodes/s, peak memory,
@@ -373,6 +375,7 @@ def evaluate_cell(
         manifest=manifest,
         timings=done.timings,
         encoder_passes=dict(feat.passes),
+        predictions=done.predictions,
     )
     if artifacts_dir is not None:
         result.artifacts = write_artifacts(result, Path(artifacts_dir), method, feat, store, qualitative)
@@ -391,6 +394,7 @@ class _Scored:
     timings: dict[str, float]
     peak_memory_mb: float
     peak_memory_kind: str
+    predictions: dict[int, dict[str, Any]]
 
 
 @dataclass
@@ -437,7 +441,16 @@ class _EpisodeRun:
                         self.on_row(journal.rows[e.id])
             seconds, timings = self.score(journal, todo, decode_threads)
             table = journal.table()
-        return _Scored(table, len(todo), resumed, seconds, timings, memory.peak_bytes / 2**20, memory.kind)
+        return _Scored(
+            table,
+            len(todo),
+            resumed,
+            seconds,
+            timings,
+            memory.peak_bytes / 2**20,
+            memory.kind,
+            dict(journal.predictions),
+        )
 
     def load(self, batch: list[Episode]) -> list[EpisodeData]:
         """A batch's episodes, with the pixels the encoders will need decoded now (in the background)."""
@@ -480,8 +493,9 @@ class _EpisodeRun:
                 if logits.device.type == "cuda":  # the forward's own time, not the scorer's
                     torch.cuda.synchronize(logits.device)
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
-                for row in score_rows(logits, datas, threshold):
-                    journal.append(row)
+                masks: list[np.ndarray] = []
+                for row, mask in zip(score_rows(logits, datas, threshold, masks), masks, strict=True):
+                    journal.append(row, mask_to_rle(mask))
                     if self.on_row is not None:
                         self.on_row(row)
                     if self.on_episode is not None:
@@ -541,6 +555,20 @@ def cell_config(result: CellResult) -> dict[str, Any]:
     }
 
 
+def predictions_table(predictions: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
+    """predictions.parquet: one row per episode (sorted) with its predicted mask at the scored size
+    as COCO RLE: ``episode``, ``height``, ``width``, ``counts`` (pycocotools' compressed string)."""
+    ids = sorted(predictions)
+    return pd.DataFrame(
+        {
+            "episode": pd.Series(ids, dtype="int64"),
+            "height": pd.Series([predictions[e]["size"][0] for e in ids], dtype="int64"),
+            "width": pd.Series([predictions[e]["size"][1] for e in ids], dtype="int64"),
+            "counts": pd.Series([predictions[e]["counts"] for e in ids], dtype="object"),
+        }
+    )
+
+
 def write_artifacts(
     result: CellResult,
     folder: Path,
@@ -575,6 +603,9 @@ def write_artifacts(
         (folder / "config.json", None),
         (folder / "manifest.json", None),
     ]
+    if result.predictions:
+        predictions_table(result.predictions).to_parquet(folder / "predictions.parquet", index=False)
+        out.append((folder / "predictions.parquet", None))
     if qualitative:
         out += [
             (p, "qualitative")

@@ -1,7 +1,7 @@
 """The cell journal: an append-only JSON-lines record of a cell's finished episodes.
 
 Line 1 is a header naming the cell (its key and manifest hash); each further line is one episode's
-counts. Rows are written and fsynced in batches (:class:`FlushPolicy`: every ``rows`` rows, at the
+counts and its predicted mask as COCO RLE (:data:`PREDICTION`). Rows are written and fsynced in batches (:class:`FlushPolicy`: every ``rows`` rows, at the
 latest ``seconds`` after a row was appended, and always on close, which a ``with`` block does on
 any exception), so a SIGKILL or a power loss loses at most the unflushed batch. On open, the lines are read back and validated: a journal of another
 cell is started afresh, and at the first torn or foreign line (a kill during a write, a line that
@@ -24,6 +24,9 @@ import pandas as pd
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.metrics import EPISODE_COLUMNS
 
+PREDICTION = "prediction"
+"""The optional key of a journal row that holds the episode's predicted mask as COCO RLE
+(``{"size": [H, W], "counts": str}``); journals written before it read back without."""
 ROWS_ENV = "FSSBENCH_JOURNAL_FLUSH_ROWS"
 SECONDS_ENV = "FSSBENCH_JOURNAL_FLUSH_SECONDS"
 
@@ -60,9 +63,21 @@ def _env_number(name: str, kind: type, expected: str) -> Any:
         raise FssBenchError(f"{name}={raw!r}: expected {expected}") from None
 
 
+def _valid_rle(value: Any) -> bool:
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"size", "counts"}
+        or not isinstance(value["counts"], str)
+    ):
+        return False
+    size = value["size"]
+    return isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)
+
+
 class CellJournal:
-    """``rows``: episode id -> counts; ``append(row)`` records one more episode (durable once
-    flushed: see :class:`FlushPolicy`; ``flush()`` forces it, ``close()`` flushes).
+    """``rows``: episode id -> counts; ``append(row, prediction)`` records one more episode (durable
+    once flushed: see :class:`FlushPolicy`; ``flush()`` forces it, ``close()`` flushes);
+    ``predictions``: episode id -> its predicted mask (COCO RLE), on the same line as its counts.
 
     ``expected``: episode id -> class id of the manifest (rows that disagree are foreign);
     ``header``: what identifies the cell (``cell_key``, ``manifest_sha256``);
@@ -81,6 +96,7 @@ class CellJournal:
         self.expected = expected
         self.policy = policy or FlushPolicy.from_env()
         self.rows: dict[int, dict[str, int]] = {}
+        self.predictions: dict[int, dict[str, Any]] = {}  # episode id -> COCO RLE (rows that have one)
         self.cut_lines = 0
         self.flushes = 0
         self._fd: int | None = None
@@ -102,7 +118,13 @@ class CellJournal:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _valid_row(self, row: Any) -> bool:
-        if not isinstance(row, dict) or set(row) != set(EPISODE_COLUMNS):
+        if not isinstance(row, dict):
+            return False
+        if PREDICTION in row:  # optional: the episode's predicted mask (COCO RLE)
+            if not _valid_rle(row[PREDICTION]):
+                return False
+            row = {k: v for k, v in row.items() if k != PREDICTION}
+        if set(row) != set(EPISODE_COLUMNS):
             return False
         if not all(isinstance(row[c], int) and not isinstance(row[c], bool) and row[c] >= 0 for c in row):
             return False
@@ -133,6 +155,8 @@ class CellJournal:
             if not self._valid_row(row):
                 self.cut_lines = len(lines) - i
                 break
+            if PREDICTION in row:
+                self.predictions[row["episode"]] = row.pop(PREDICTION)
             self.rows[row["episode"]] = row
             good += len(line)
         if good < len(data):
@@ -141,12 +165,16 @@ class CellJournal:
                 os.fsync(f.fileno())
         return good
 
-    def append(self, row: dict[str, int]) -> None:
-        """Record ``row`` (in ``rows`` at once; in the file with its batch)."""
+    def append(self, row: dict[str, int], prediction: dict[str, Any] | None = None) -> None:
+        """Record ``row`` (in ``rows`` at once; in the file with its batch), and with it the
+        episode's ``prediction`` (COCO RLE, :mod:`benchmark.evaluation.predictions`) if given."""
         self.rows[int(row["episode"])] = row
+        if prediction is not None:
+            self.predictions[int(row["episode"])] = prediction
         if self._fd is None:
             return
-        line = (json.dumps(row, sort_keys=True) + "\n").encode()
+        stored = row if prediction is None else {**row, PREDICTION: prediction}
+        line = (json.dumps(stored, sort_keys=True) + "\n").encode()
         with self._lock:
             self._pending.append(line)
             if len(self._pending) >= self.policy.rows:

@@ -153,12 +153,13 @@ def score_episode(logits: torch.Tensor, data: EpisodeData, threshold: float = 0.
 
 
 def score_rows(
-    logits: torch.Tensor, batch: list[EpisodeData], threshold: float = 0.5
+    logits: torch.Tensor, batch: list[EpisodeData], threshold: float = 0.5, masks: list | None = None
 ) -> list[dict[str, int]]:
     """The per-episode table's rows of a batch from (B, S, S) logits or (B, K, S, S) one-shot logits
     (``kshot: voting``): :func:`benchmark.evaluation.scoring.score_batch`, equal to
-    :func:`score_episode` on each episode."""
-    counts = score_batch(logits, [d.scored for d in batch], threshold)
+    :func:`score_episode` on each episode. ``masks``, a list, receives the predicted (H, W) bool
+    masks at the scored size, one per row."""
+    counts = score_batch(logits, [d.scored for d in batch], threshold, masks=masks)
     columns = EPISODE_COLUMNS[2:]  # I_bg, U_bg, I_fg, U_fg
     return [
         {"episode": d.episode.id, "class": d.episode.cls, **dict(zip(columns, row, strict=True))}

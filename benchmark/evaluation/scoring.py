@@ -130,6 +130,7 @@ def score_batch(
     threshold: float = 0.5,
     *,
     on_device: bool | None = None,
+    masks: list | None = None,
 ) -> np.ndarray:
     """(B, S, S) logits, or (B, K, S, S) one-shot logits to vote on, and the B episodes' scored
     targets -> (B, 4) int64 counts ``I_bg, U_bg, I_fg, U_fg`` (as ``score_episode`` computes them).
@@ -137,12 +138,14 @@ def score_batch(
     Episodes that share a target size are upsampled together, where the logits are: on the CPU
     with numpy counting; on a GPU there (:func:`device_masks`, :func:`device_counts`), so only the
     (B, 4) counts cross back (a cell's key names its device type, so GPU cells are their own).
-    ``on_device`` forces the torch path (True) or the numpy one (False) whatever the device."""
+    ``on_device`` forces the torch path (True) or the numpy one (False) whatever the device.
+    ``masks``, a list, receives the B predicted (H, W) bool masks that were counted, in batch order."""
     if logits.shape[0] != len(targets):
         raise ValueError(f"score_batch: {logits.shape[0]} logits for {len(targets)} targets")
     if on_device is None:
         on_device = logits.device.type != "cpu"
     out = np.zeros((len(targets), 4), dtype=np.int64)
+    kept: list[np.ndarray | None] = [None] * len(targets)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, t in enumerate(targets):
         groups.setdefault(t.shape, []).append(i)
@@ -154,10 +157,16 @@ def score_batch(
             if sel.dim() == 4:
                 pred = device_voted(pred.reshape(*sel.shape[:2], *shape))
             out[idx] = device_counts(pred, [targets[i] for i in idx]).cpu().numpy()
+            if masks is not None:
+                for i, m in zip(idx, pred.cpu().numpy(), strict=True):
+                    kept[i] = m
             continue
         pred = predicted_masks(flat, shape, threshold)
         if sel.dim() == 4:
             pred = voted(pred.reshape(*sel.shape[:2], *shape))
         for j, i in enumerate(idx):
             out[i] = count_row(pred[j], targets[i])
+            kept[i] = pred[j]
+    if masks is not None:
+        masks.extend(kept)
     return out
