@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from benchmark.evaluation.predictions import mask_to_rle, rle_to_mask
+from benchmark.evaluation.predictions import mask_to_rle, pack_mask, rle_to_mask, unpack_mask
 
 
 def _masks() -> list[np.ndarray]:
@@ -34,6 +34,8 @@ def test_rle_is_pycocotools_encoding_and_round_trips(index):
     assert rle["size"] == list(mask.shape) and rle["counts"] == reference["counts"].decode("ascii")
     back = rle_to_mask(rle)
     assert back.dtype == bool and np.array_equal(back, mask)
+    packed = pack_mask(mask)
+    assert packed["size"] == list(mask.shape) and np.array_equal(unpack_mask(packed), mask)
     assert int(mask_utils.area(reference)) == int(mask.sum())
 
 
@@ -44,8 +46,9 @@ def test_a_typical_object_is_a_few_hundred_bytes():
 
 
 def test_a_mask_must_be_two_dimensional():
-    with pytest.raises(ValueError, match=r"\(H, W\)"):
-        mask_to_rle(np.zeros((2, 3, 4), bool))
+    for f in (mask_to_rle, pack_mask):
+        with pytest.raises(ValueError, match=r"\(H, W\)"):
+            f(np.zeros((2, 3, 4), bool))
 
 
 # ------------------------------------------------------------------ a cell's stored predictions
@@ -119,7 +122,7 @@ def test_a_journal_without_predictions_reads_back(tmp_path):
     path.write_text(json.dumps({"journal": header}) + "\n" + json.dumps(row) + "\n")
     j = CellJournal(path, header, {0: 1, 1: 1})
     assert j.rows == {0: row} and j.predictions == {}
-    bad = {**row, "episode": 1, "prediction": {"size": [2], "counts": "x"}}  # a malformed RLE: cut
+    bad = {**row, "episode": 1, "prediction": {"size": [2], "bits": "x"}}  # a malformed mask: cut
     j.close()
     path.write_text(path.read_text() + json.dumps(bad) + "\n")
     again = CellJournal(path, header, {0: 1, 1: 1})

@@ -52,7 +52,7 @@ from benchmark.evaluation.loader import (
 )
 from benchmark.evaluation.metrics import bootstrap_ci, summarize
 from benchmark.evaluation.predict import predict_scored, score_rows, scored_mask
-from benchmark.evaluation.predictions import mask_to_rle
+from benchmark.evaluation.predictions import mask_to_rle, pack_mask, unpack_mask
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
 from fssam.hashing import file_sha256
@@ -286,7 +286,7 @@ class CellResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load_wait, encode, episode_path
     encoder_passes: dict[str, int] = field(default_factory=dict)  # images run through each encoder now
     weight_ids: dict[str, str] = field(default_factory=dict)  # the cell key's (and the tags') weight ids
-    predictions: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)  # episode -> COCO RLE
+    predictions: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)  # episode -> packed mask
 
     def run_stats(self) -> dict[str, Any]:
         """How the run went, for a results row: episodes run now, seconds, episodes/s, peak memory,
@@ -495,7 +495,7 @@ class _EpisodeRun:
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
                 masks: list[np.ndarray] = []
                 for row, mask in zip(score_rows(logits, datas, threshold, masks), masks, strict=True):
-                    journal.append(row, mask_to_rle(mask))
+                    journal.append(row, pack_mask(mask))
                     if self.on_row is not None:
                         self.on_row(row)
                     if self.on_episode is not None:
@@ -556,15 +556,17 @@ def cell_config(result: CellResult) -> dict[str, Any]:
 
 
 def predictions_table(predictions: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
-    """predictions.parquet: one row per episode (sorted) with its predicted mask at the scored size
-    as COCO RLE: ``episode``, ``height``, ``width``, ``counts`` (pycocotools' compressed string)."""
+    """predictions.parquet from the journal's packed masks: one row per episode (sorted) with its
+    predicted mask at the scored size as COCO RLE: ``episode``, ``height``, ``width``, ``counts``
+    (pycocotools' compressed string)."""
     ids = sorted(predictions)
+    rles = [mask_to_rle(unpack_mask(dict(predictions[e]))) for e in ids]
     return pd.DataFrame(
         {
             "episode": pd.Series(ids, dtype="int64"),
-            "height": pd.Series([predictions[e]["size"][0] for e in ids], dtype="int64"),
-            "width": pd.Series([predictions[e]["size"][1] for e in ids], dtype="int64"),
-            "counts": pd.Series([predictions[e]["counts"] for e in ids], dtype="object"),
+            "height": pd.Series([r["size"][0] for r in rles], dtype="int64"),
+            "width": pd.Series([r["size"][1] for r in rles], dtype="int64"),
+            "counts": pd.Series([r["counts"] for r in rles], dtype="object"),
         }
     )
 

@@ -1,7 +1,7 @@
 """The cell journal: an append-only JSON-lines record of a cell's finished episodes.
 
 Line 1 is a header naming the cell (its key and manifest hash); each further line is one episode's
-counts and its predicted mask as COCO RLE (:data:`PREDICTION`). Rows are written and fsynced in batches (:class:`FlushPolicy`: every ``rows`` rows, at the
+counts and its predicted mask, packed (:data:`PREDICTION`). Rows are written and fsynced in batches (:class:`FlushPolicy`: every ``rows`` rows, at the
 latest ``seconds`` after a row was appended, and always on close, which a ``with`` block does on
 any exception), so a SIGKILL or a power loss loses at most the unflushed batch. On open, the lines are read back and validated: a journal of another
 cell is started afresh, and at the first torn or foreign line (a kill during a write, a line that
@@ -25,8 +25,9 @@ from benchmark.errors import FssBenchError
 from benchmark.evaluation.metrics import EPISODE_COLUMNS
 
 PREDICTION = "prediction"
-"""The optional key of a journal row that holds the episode's predicted mask as COCO RLE
-(``{"size": [H, W], "counts": str}``); journals written before it read back without."""
+"""The optional key of a journal row that holds the episode's predicted mask, packed
+(:func:`benchmark.evaluation.predictions.pack_mask`: ``{"size": [H, W], "bits": str}``);
+journals written before it read back without."""
 ROWS_ENV = "FSSBENCH_JOURNAL_FLUSH_ROWS"
 SECONDS_ENV = "FSSBENCH_JOURNAL_FLUSH_SECONDS"
 
@@ -63,12 +64,10 @@ def _env_number(name: str, kind: type, expected: str) -> Any:
         raise FssBenchError(f"{name}={raw!r}: expected {expected}") from None
 
 
-def _valid_rle(value: Any) -> bool:
-    if (
-        not isinstance(value, dict)
-        or set(value) != {"size", "counts"}
-        or not isinstance(value["counts"], str)
-    ):
+def _valid_packed(value: Any) -> bool:
+    """A packed mask (:func:`benchmark.evaluation.predictions.pack_mask`): ``size`` [H, W] > 0 and
+    ``bits`` a string."""
+    if not isinstance(value, dict) or set(value) != {"size", "bits"} or not isinstance(value["bits"], str):
         return False
     size = value["size"]
     return isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)
@@ -77,7 +76,7 @@ def _valid_rle(value: Any) -> bool:
 class CellJournal:
     """``rows``: episode id -> counts; ``append(row, prediction)`` records one more episode (durable
     once flushed: see :class:`FlushPolicy`; ``flush()`` forces it, ``close()`` flushes);
-    ``predictions``: episode id -> its predicted mask (COCO RLE), on the same line as its counts.
+    ``predictions``: episode id -> its predicted mask (packed), on the same line as its counts.
 
     ``expected``: episode id -> class id of the manifest (rows that disagree are foreign);
     ``header``: what identifies the cell (``cell_key``, ``manifest_sha256``);
@@ -96,7 +95,7 @@ class CellJournal:
         self.expected = expected
         self.policy = policy or FlushPolicy.from_env()
         self.rows: dict[int, dict[str, int]] = {}
-        self.predictions: dict[int, dict[str, Any]] = {}  # episode id -> COCO RLE (rows that have one)
+        self.predictions: dict[int, dict[str, Any]] = {}  # episode id -> packed mask (rows that have one)
         self.cut_lines = 0
         self.flushes = 0
         self._fd: int | None = None
@@ -121,7 +120,7 @@ class CellJournal:
         if not isinstance(row, dict):
             return False
         if PREDICTION in row:  # optional: the episode's predicted mask (COCO RLE)
-            if not _valid_rle(row[PREDICTION]):
+            if not _valid_packed(row[PREDICTION]):
                 return False
             row = {k: v for k, v in row.items() if k != PREDICTION}
         if set(row) != set(EPISODE_COLUMNS):
@@ -167,7 +166,8 @@ class CellJournal:
 
     def append(self, row: dict[str, int], prediction: dict[str, Any] | None = None) -> None:
         """Record ``row`` (in ``rows`` at once; in the file with its batch), and with it the
-        episode's ``prediction`` (COCO RLE, :mod:`benchmark.evaluation.predictions`) if given."""
+        episode's ``prediction`` (a packed mask, :func:`benchmark.evaluation.predictions.pack_mask`)
+        if given."""
         self.rows[int(row["episode"])] = row
         if prediction is not None:
             self.predictions[int(row["episode"])] = prediction
