@@ -115,15 +115,33 @@ def build_report(
     search_tables, search_sections = _search_parts(searches, tables_dir, result)
     tuned = any(s.tuned_on_test for s in searches)
 
+    # ---- the Episodes view (every episode, each variant's IoU and stored prediction)
+    episodes = _episodes_section(data, tracker, ref, result)
+
     # ---- HTML and Markdown
     sections = [Section(t.title, html=t.to_html()) for t in result.tables if t not in search_tables]
     _write_pages(
-        result, experiment, tracker, sections + fig_sections + search_sections, data.random_init, tuned
+        result,
+        experiment,
+        tracker,
+        sections + fig_sections + [episodes] + search_sections,
+        data.random_init,
+        tuned,
     )
 
     if log_to_mlflow:
         result.run_id = _log_report(tracker, data.experiment_id, data.random_init, out, tuned)
     return result
+
+
+def _episodes_section(data: ExperimentData, tracker: Tracker, ref: str, result: ReportOutput) -> Section:
+    """The Episodes view's section (reports/explorer_page.py); its notes go to ``result.notes``."""
+    from reports.explorer import explorer_data
+    from reports.explorer_page import episodes_section
+
+    payload = explorer_data(data, tracker, ref)
+    result.notes.extend(payload["notes"])
+    return episodes_section(payload)
 
 
 def _main_and_seed_tables(data: ExperimentData, published: list[Reference]) -> list[Table]:

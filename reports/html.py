@@ -1,4 +1,5 @@
-"""A single self-contained HTML report: inline CSS, images as base64 data URIs, no scripts, no URLs."""
+"""A single self-contained HTML report: inline CSS, images as base64 data URIs, no URLs; the only
+script is the Episodes view's own inline one (reports/explorer.js), when a section holds it."""
 
 from __future__ import annotations
 
@@ -56,13 +57,16 @@ class Section:
     ``html`` is inserted as-is (trusted raw HTML, e.g. ``DataFrame.to_html(escape=False)``);
     ``**bold**`` markers in it and escaped ``&lt;b&gt;..&lt;/b&gt;`` are turned into ``<b>``.
     ``images`` are embedded inline, each captioned with its file stem. ``text`` is escaped plain
-    text; blank lines separate paragraphs. Order inside a section: text, html, images.
+    text; blank lines separate paragraphs. ``raw`` is trusted HTML inserted untouched (no bold
+    markers, no table wrapper): the Episodes view, with its inline data and script. Order inside a
+    section: text, html, raw, images.
     """
 
     heading: str
     html: str = ""
     images: list[Path] = field(default_factory=list)
     text: str = ""
+    raw: str = ""
 
 
 _BOLD_MD = re.compile(r"\*\*([^*<>\n]+?)\*\*")
@@ -149,6 +153,8 @@ def render_html(
             out.append(_paragraphs(s.text))
         if s.html:
             out.append(f'<div class="table-wrap">{_bold(s.html)}</div>')
+        if s.raw:
+            out.append(s.raw)
         out.extend(_image_html(p, page_dir) for p in s.images)
         out.append("</section>")
     if footer:
@@ -165,8 +171,9 @@ def write_html(
     Layout: a red warning banner (``warning``, e.g. the random-init notice) at the very top, the
     escaped ``title`` as ``<h1>``, a table of contents linking to each section's anchor, then the
     sections (``<h2>`` heading, escaped ``text``, raw ``html``, inline images) and the escaped
-    ``footer``. Inline CSS only; images are base64 data URIs; no JavaScript and no external URLs,
-    so the file reads the same offline. Folders are created; the file is written to a temporary
+    ``footer``. Inline CSS only; images are base64 data URIs; no external URLs, so the file reads
+    the same offline; no JavaScript except what a section's ``raw`` holds (the Episodes view's
+    inline script). Folders are created; the file is written to a temporary
     name in the same folder and moved into place with ``os.replace``.
     """
     path = Path(path)

@@ -13,6 +13,8 @@ def run(args: argparse.Namespace) -> int:
     """``report``: build the report of --experiment; print where its tables, figures and HTML are."""
     from reports.build import build_report
 
+    if args.episodes_only:
+        return _episodes_only(args)
     how: str | list[int] | None = "best-median-worst"
     if args.no_qualitative:
         how = None
@@ -47,6 +49,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _episodes_only(args: argparse.Namespace) -> int:
+    """``report --episodes-only``: only the Episodes page, for large studies."""
+    from reports.explorer_page import build_episodes_page
+
+    path, notes = build_episodes_page(
+        args.experiment[0] if len(args.experiment) == 1 else args.experiment,
+        Path(args.out) if args.out else None,
+        tracking_uri=args.tracking_uri,
+        reference=args.reference,
+    )
+    for note in notes:
+        print(f"note: {note}")
+    print(f"Episodes page: {path}")
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """``report`` and its options."""
     rp = add_command(
@@ -75,6 +93,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-qualitative", action="store_true", help="skip the qualitative figure (no model re-run)"
     )
     rp.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    rp.add_argument(
+        "--episodes-only",
+        action="store_true",
+        help="write only the Episodes page (episodes.html; no tables, no figures, not logged), for large studies",
+    )
     rp.add_argument(
         "--references",
         default=None,
