@@ -224,9 +224,9 @@
       ctx.fillStyle = "#888";
       ctx.fillRect(0, 0, w, h);
     }
-    if (fill) fillCanvas(layer(stack, "ep-fill", h, w), h, w, fill, [255, 40, 40, 130]);
+    if (fill) fillCanvas(layer(stack, "ep-fill", h, w), h, w, fill, [40, 255, 40, 150]);
     if (line) {
-      var t = Math.max(1, Math.round(Math.max(h, w) / 160));
+      var t = Math.max(2, Math.round(Math.max(h, w) / 120));
       fillCanvas(layer(stack, "ep-line", h, w), h, w, outline(h, w, line, t), lineRgba);
     }
     fig.appendChild(stack);

@@ -38,6 +38,7 @@ from benchmark.episodes.manifest import Manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.loader import ImageStore
 from benchmark.evaluation.predictions import mask_to_rle
+from benchmark.records.tracking import Tracker
 from reports.collect import ExperimentData
 
 THUMB_SIDE = 192
@@ -93,13 +94,16 @@ def _mask(tables: _Tables, store: ImageStore, root: str, rel: str, cls: int, eva
     return tables.mask_index[key]
 
 
-def _predictions(tracker, run_id: str, download_dir: Path) -> pd.DataFrame | None:
-    """A run's ``predictions.parquet`` indexed by episode (None: the run stored none)."""
+def _predictions(tracker: Tracker, run_id: str, download_dir: Path) -> dict[int, list[Any]] | None:
+    """A run's ``predictions.parquet`` as episode id -> ``[H, W, counts]`` (None: the run stored
+    none, e.g. it ran before predictions were stored)."""
     try:
         path = tracker.client.download_artifacts(run_id, "predictions.parquet", str(download_dir / run_id))
     except Exception:
         return None
-    return pd.read_parquet(path).set_index("episode")
+    t = pd.read_parquet(path)
+    rows = zip(t["episode"], t["height"], t["width"], t["counts"], strict=True)
+    return {int(e): [int(h), int(w), str(c)] for e, h, w, c in rows}
 
 
 def _iou(table: pd.DataFrame) -> dict[int, float]:
@@ -121,7 +125,7 @@ def _group_episodes(
     group: int,
     runs: dict[int, str],
     data: ExperimentData,
-    preds: dict[str, pd.DataFrame | None],
+    preds: dict[str, dict[int, list[Any]] | None],
     store: ImageStore | None,
     root: str,
     tables: _Tables,
@@ -136,9 +140,8 @@ def _group_episodes(
         for v, rid in runs.items():
             iou[v] = ious[v].get(ep.id)
             p = preds.get(rid)
-            if p is not None and ep.id in p.index:
-                r = p.loc[ep.id]
-                pred[v] = [int(r["height"]), int(r["width"]), str(r["counts"])]
+            if p is not None:
+                pred[v] = p.get(ep.id)
         if store is None:
             q_thumb, s_thumbs, q_mask, s_masks = -1, [-1] * len(ep.supports), -1, [-1] * len(ep.supports)
         else:
@@ -153,7 +156,7 @@ def _group_episodes(
     return rows
 
 
-def explorer_data(data: ExperimentData, tracker, reference: str | None) -> dict[str, Any]:
+def explorer_data(data: ExperimentData, tracker: Tracker, reference: str | None) -> dict[str, Any]:
     """The Episodes view's JSON-able dict (module docstring) of every cell run of ``data``; runs
     are read from ``tracker`` (params, ``predictions.parquet``); manifests are rebuilt as the
     qualitative figure does (:func:`reports.episodes._manifest_for`)."""

@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import html as html_lib
 import json
-import tempfile
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from benchmark.records.tracking import Tracker, git_commit
-from reports.collect import collect_experiments
-from reports.html import Section, write_html
+from reports.html import Section
 
 SECTION_TITLE = "Episodes"
 STATIC_COLUMNS = [
@@ -80,7 +76,7 @@ def episodes_html(payload: dict[str, Any]) -> str:
             "I<sub>fg</sub>/U<sub>fg</sub> of its cell's episodes.parquet) and the difference "
             "\u0394 = A \u2212 B in IoU points. Click a header to sort, a row to see the episode: "
             "the query with the ground truth outlined (magenta), the supports with their masks "
-            "(yellow), and every variant's stored prediction (red) on the query.</p>",
+            "(yellow), and every variant's stored prediction (green) on the query.</p>",
             f'<div class="ep-filters">{"".join(filters)}</div>',
             f'<ul class="ep-notes">{notes}</ul>' if notes else "",
             '<div class="ep-pager"><button type="button" id="ep-prev">previous</button> '
@@ -100,38 +96,3 @@ def episodes_html(payload: dict[str, Any]) -> str:
 def episodes_section(payload: dict[str, Any]) -> Section:
     """The report's Episodes section for ``payload`` (:func:`reports.explorer.explorer_data`)."""
     return Section(SECTION_TITLE, raw=episodes_html(payload))
-
-
-def build_episodes_page(
-    experiment: str | list[str],
-    out: Path | None = None,
-    tracking_uri: str | None = None,
-    reference: str | None = None,
-    tracker: Tracker | None = None,
-) -> tuple[Path, list[str]]:
-    """``fssbench report --episodes-only``: write only ``<out>/episodes.html`` (self-contained; no
-    tables, no figures, nothing logged to MLflow) and give its path and the notes."""
-    from reports.explorer import explorer_data
-    from reports.tables import reference_variant
-
-    names = [experiment] if isinstance(experiment, str) else list(experiment)
-    name = "+".join(names)
-    tracker = tracker or Tracker(tracking_uri, create=False)
-    out = Path(out or Path("reports-out") / name).absolute()
-    with tempfile.TemporaryDirectory(prefix="fssbench-report-") as tmp:
-        data = collect_experiments(tracker, names, Path(tmp))
-    payload = explorer_data(data, tracker, reference_variant(data, reference))
-    footer = f"fssam-bench episodes of MLflow experiment {name!r} ({tracker.uri}), code {git_commit()}."
-    warning = None
-    if data.random_init:
-        from reports.build import RANDOM_INIT_WARNING
-
-        warning = RANDOM_INIT_WARNING
-    path = write_html(
-        out / "episodes.html",
-        f"fssbench episodes: {name}",
-        [episodes_section(payload)],
-        warning=warning,
-        footer=footer,
-    )
-    return path, list(payload["notes"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pandas as pd
@@ -28,6 +29,11 @@ def test_demo_end_to_end(tmp_path, capsys):
     # one report, one set of sections: the full report shows the reference predictors too
     for page in (out / "report" / "report.md", out / "report" / "report.html"):
         assert "Model-free reference predictors" in page.read_text() and "mean-colour" in page.read_text()
+    # the Episodes view: every episode of the demo's 2 manifests, its 6 variants
+    page = (out / "report" / "report.html").read_text()
+    assert ">Episodes</a></li>" in page and 'id="ep-data"' in page
+    data = json.loads(re.search(r'id="ep-data">(.*?)</script>', page, re.S).group(1))
+    assert len(data["episodes"]) == 2 * 2 and len(data["variants"]) == 6
     assert (
         f"report: {out / 'report' / 'report.html'}" in printed and (out / "report" / "report.html").is_file()
     )
@@ -69,3 +75,4 @@ def test_the_demo_report_is_rebuilt_when_the_code_that_draws_it_changes():
     sources = demo.report_sources()
     assert ROOT / "benchmark" / "jobs" / "demo.py" in sources
     assert {ROOT / "reports" / "build.py", ROOT / "reports" / "tables.py"} <= set(sources)
+    assert {ROOT / "reports" / "explorer.js", ROOT / "reports" / "explorer.css"} <= set(sources)

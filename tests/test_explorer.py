@@ -111,6 +111,8 @@ def test_every_episode_with_its_cells_iou_and_stored_prediction(study):
             else:
                 p = cell["predictions"].set_index("episode").loc[row[1]]
                 assert row[10][v] == [int(p["height"]), int(p["width"]), p["counts"]]
+                # the ground truth is aligned with the prediction: their overlap is the cell's I_fg
+                assert int((_rle(data["masks"][row[7]]) & _rle(row[10][v])).sum()) == int(t["I_fg"])
     assert len(seen) == 24
     # the run without stored predictions is named in a note (page and report notes)
     assert "all-fg (pascal fold 1 2-shot)" in html
@@ -356,3 +358,39 @@ def test_view_html_has_a_column_per_variant_and_no_url():
     assert [k for k, _ in heads][-3:] == ["v0", "v1", "delta"]
     assert heads[-3][1] == "a&lt;b" and "<li>x &amp; y</li>" in html
     assert html.count("<script") == 2 and "http" not in html and " src=" not in html
+
+
+@pytest.mark.slow  # heavy: CI runs it in its slow step
+def test_ground_truth_at_the_scored_size_on_hsnet(pascal_root, tmp_path):
+    """On the hsnet protocol the prediction is the 400 x 400 square: the query's ground truth is
+    stored at that size too, aligned with it (its intersection with the prediction is the cell's
+    I_fg, an independent count), so the outline is drawn where the metric scored."""
+    from benchmark.records.tracking import Tracker
+    from reports.collect import collect_experiments
+    from reports.explorer import explorer_data
+
+    spec = {
+        "name": "explore-hsnet",
+        "data": {"pascal": str(pascal_root)},
+        "protocol": "hsnet",
+        "folds": [0],
+        "shots": [1],
+        "seeds": [0],
+        "episodes": 4,
+        "variants": {"colour": VARIANTS["colour"]},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    StudyRunner(
+        load_study(tmp_path / "s.yaml"), tracking_uri=uri, work_dir=tmp_path / "w", progress=False
+    ).run()
+    tracker = Tracker(uri, create=False)
+    data = collect_experiments(tracker, ["explore-hsnet"], tmp_path / "dl")
+    payload = explorer_data(data, tracker, None)
+    (table,) = data.episodes.values()
+    table = table.set_index("episode")
+    assert len(payload["episodes"]) == 4
+    for row in payload["episodes"]:
+        gt, pred = _rle(payload["masks"][row[7]]), _rle(row[10][0])
+        assert gt.shape == pred.shape == (400, 400)
+        assert int((gt & pred).sum()) == int(table.loc[row[1], "I_fg"])

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _episodes_only(args: argparse.Namespace) -> int:
     """``report --episodes-only``: only the Episodes page, for large studies."""
-    from reports.explorer_page import build_episodes_page
+    from reports.episodes_only import build_episodes_page
 
     path, notes = build_episodes_page(
         args.experiment[0] if len(args.experiment) == 1 else args.experiment,

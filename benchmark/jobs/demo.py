@@ -204,9 +204,11 @@ def report_inputs(tracker: Any, experiment: str, reference_csv: str) -> str:
 
 
 def report_sources() -> list[Path]:
-    """The code that draws the demo's report: this module and the ``reports`` package's modules."""
+    """The code that draws the demo's report: this module and the ``reports`` package's modules,
+    with the Episodes view's script and style."""
     here = Path(__file__).resolve()
-    return sorted([here, *(here.parents[2] / "reports").glob("*.py")])
+    reports = here.parents[2] / "reports"
+    return sorted([here, *reports.glob("*.py"), *reports.glob("*.js"), *reports.glob("*.css")])
 
 
 @dataclass
