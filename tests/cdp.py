@@ -68,6 +68,14 @@ class Browser:
         )
         os.close(cmd_r)
         os.close(out_w)
+        try:
+            self._attach(width, height)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, width: int, height: int) -> None:
+        """Open a page, attach to it (``self.session``) and enable the domains the tests read."""
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Network"):
