@@ -178,7 +178,7 @@ def explorer_data(data: ExperimentData, tracker: Tracker, reference: str | None)
             params = tracker.client.get_run(first).data.params
             try:
                 manifest = _manifest_for(data, first, params)
-            except (FssBenchError, KeyError, OSError) as e:
+            except (FssBenchError, KeyError, OSError, ValueError) as e:
                 tables.notes.append(f"{ds} fold {fold} {shot}-shot seed {seed}: episodes not shown ({e})")
                 continue
             root = str(params.get("data_root", ""))

@@ -70,7 +70,13 @@ def study(pascal_root, tmp_path_factory):
     args = ["-q", "report", "--experiment", "explore", "--tracking-uri", uri, "--out", str(out)]
     assert main([*args, "--no-qualitative", "--no-log"]) == 0
     assert main([*args, "--episodes-only", "--out", str(tmp / "only")]) == 0
-    return {"out": out, "only": tmp / "only" / "episodes.html", "cells": cells, "root": pascal_root}
+    return {
+        "out": out,
+        "only": tmp / "only" / "episodes.html",
+        "cells": cells,
+        "root": pascal_root,
+        "uri": uri,
+    }
 
 
 def _payload(html: str) -> dict:
@@ -394,3 +400,30 @@ def test_ground_truth_at_the_scored_size_on_hsnet(pascal_root, tmp_path):
         gt, pred = _rle(payload["masks"][row[7]]), _rle(row[10][0])
         assert gt.shape == pred.shape == (400, 400)
         assert int((gt & pred).sum()) == int(table.loc[row[1], "I_fg"])
+
+
+@pytest.mark.slow  # heavy: CI runs it in its slow step
+def test_without_the_data_root_the_page_still_works(study, monkeypatch, tmp_path):
+    """A data root that is not available here: a note says so, the episodes keep their IoU and
+    predictions, the panels draw grey in place of the images, and the page has no error."""
+    import reports.explorer as explorer
+    from benchmark.records.tracking import Tracker
+    from reports.collect import collect_experiments
+    from reports.explorer_page import episodes_section
+    from reports.html import write_html
+    from tests.cdp import Browser
+
+    monkeypatch.setattr(explorer, "_store_for", lambda root, stores: None)
+    tracker = Tracker(study["uri"], create=False)
+    data = collect_experiments(tracker, ["explore"], tmp_path / "dl")
+    payload = explorer.explorer_data(data, tracker, "colour")
+    assert payload["thumbs"] == [] and payload["masks"] == [] and len(payload["episodes"]) == 24
+    assert any("is not available here" in n for n in payload["notes"])
+    assert all(row[5] == -1 and row[7] == -1 and set(row[8]) == {-1} for row in payload["episodes"])
+    page = write_html(tmp_path / "p.html", "no data", [episodes_section(payload)])
+    with Browser(_chromium(), tmp_path / "profile") as b:
+        b.open(page.resolve().as_uri())
+        b.eval("document.querySelector('#ep-tbody tr').click()")
+        b.wait_for("document.getElementById('ep-detail').dataset.ready === '1'")
+        n = b.eval("document.querySelectorAll('#ep-detail figure.ep-panel[data-kind=prediction]').length")
+        assert n == len(VARIANTS) and b.console_errors == []
