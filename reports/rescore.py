@@ -79,8 +79,15 @@ def rescore_episodes(
         scored target, or counts that differ from ``table``'s.
     """
     episodes = {e.id: e for e in manifest.episodes}
-    recorded = table.set_index("episode")
-    if sorted(predictions["episode"]) != sorted(recorded.index):
+    count_cols = ["I_bg", "U_bg", "I_fg", "U_fg"]
+    recorded = dict(
+        zip(
+            table["episode"].astype(int),
+            map(tuple, table[count_cols].to_numpy(dtype=int).tolist()),
+            strict=True,
+        )
+    )
+    if sorted(predictions["episode"]) != sorted(recorded):
         raise RescoreMismatch(f"run {run}: predictions.parquet and episodes.parquet hold different episodes")
     evaluation = manifest.evaluation
     resized = evaluation.resolution == "resized"
@@ -96,7 +103,7 @@ def rescore_episodes(
             )
         mask = rle_to_mask({"size": [int(rec.height), int(rec.width)], "counts": rec.counts})
         counts = count_row(mask, scored)
-        want = tuple(int(x) for x in recorded.loc[int(rec.episode), ["I_bg", "U_bg", "I_fg", "U_fg"]])
+        want = recorded[int(rec.episode)]
         if counts != want:
             raise RescoreMismatch(
                 f"run {run}, episode {rec.episode}: the stored prediction gives I/U {counts}, "
