@@ -167,7 +167,10 @@ def _rescore_run(data: ExperimentData, tracker, run_id: str, download_dir: Path)
     root = Path(params.get("data_root", ""))
     if not (root / "dataset.json").is_file():
         raise FssBenchError(f"its data root {root} is not available here")
-    manifest = _manifest_for(data, run_id, params)
+    try:
+        manifest = _manifest_for(data, run_id, params)
+    except FssBenchError:
+        raise FssBenchError("its manifest cannot be rebuilt here (data changed?)") from None
     local = tracker.client.download_artifacts(run_id, PREDICTIONS, str(download_dir / run_id))
     predictions = pd.read_parquet(local)
     return rescore_episodes(

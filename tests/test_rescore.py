@@ -220,3 +220,46 @@ def test_per_class_ci_over_two_seeds_by_hand():
     ci = class_iou_ci(pd.DataFrame(rows), n_boot=2000).iloc[0]
     assert ci["iou"] == pytest.approx(0.4) and ci["episodes"] == 5
     assert (ci["low"], ci["high"]) == pytest.approx((0.3, 0.5))
+
+
+# ------------------------------------------------------------------ rescore_episodes alone
+
+
+@pytest.mark.parametrize("protocol", ["fssam", "hsnet"])
+def test_rescore_episodes_on_both_protocols(pascal_root, protocol):
+    """Random masks at the scored size (the label's on fssam, 400 x 400 on hsnet): the counts, the
+    boundary counts and the label-size area equal a recomputation from the raw labels."""
+    from benchmark.data.prepared import PreparedDataset
+    from benchmark.episodes import get_protocol
+    from benchmark.episodes.manifests import ManifestRequest, build_manifest
+    from benchmark.evaluation.loader import ImageStore, episode_target, scored_target
+    from benchmark.evaluation.metrics import intersection_union
+    from benchmark.evaluation.predictions import mask_to_rle
+    from reports.rescore import RescoreMismatch, rescore_episodes
+
+    m = build_manifest(get_protocol(protocol), ManifestRequest(pascal_root, 0, 1, episodes=5))
+    rng = np.random.default_rng(1)
+    preds, rows, expected = [], [], []
+    for ep in m.episodes:
+        label = read_label(pascal_root / m.images[ep.query][1])
+        target = scored_target(episode_target(label, ep.cls), m.evaluation)
+        assert target.shape == ((400, 400) if protocol == "hsnet" else label.shape)
+        mask = rng.random(target.shape) < rng.uniform(0.1, 0.9)
+        rle = mask_to_rle(mask)
+        preds.append(
+            {"episode": ep.id, "height": mask.shape[0], "width": mask.shape[1], "counts": rle["counts"]}
+        )
+        rows.append((ep.id, ep.cls, *intersection_union(mask, target)))
+        expected.append((*_reference_counts(mask, target), int((label == ep.cls).sum())))
+    predictions = pd.DataFrame(preds)
+    table = pd.DataFrame(rows, columns=["episode", "class", "I_bg", "U_bg", "I_fg", "U_fg"])
+    store = ImageStore(PreparedDataset(pascal_root))
+    got = rescore_episodes(m, store, predictions, table, "r1")
+    assert got[["episode", "class", "I_bg", "U_bg", "I_fg", "U_fg"]].equals(table)
+    assert list(got[["I_bd", "U_bd", "area"]].itertuples(index=False, name=None)) == expected
+    wrong = table.assign(U_bg=table["U_bg"] + 1)
+    with pytest.raises(RescoreMismatch, match=f"run r1, episode {m.episodes[0].id}: the stored prediction"):
+        rescore_episodes(m, store, predictions, wrong, "r1")
+    small = predictions.assign(height=predictions["height"] - 1)
+    with pytest.raises(RescoreMismatch, match="stored mask is"):
+        rescore_episodes(m, store, small, table, "r1")
