@@ -18,8 +18,11 @@ from benchmark.records.tracking import Tracker, git_commit
 from reports import figures as F
 from reports.collect import ExperimentData, cells_csv_frame, collect_experiments
 from reports.html import Section, write_html
+from reports.per_class import per_class_spread_tables
 from reports.protocol_effect import protocol_effect_tables
 from reports.references import DEFAULT_REFERENCES, Reference, load_references
+from reports.rescore import rescore_experiment
+from reports.rescore_tables import rescore_notes_section, rescored_tables
 from reports.search import TUNED_ON_TEST_WARNING, SearchData, collect_searches, trials_table
 from reports.tables import (
     METRIC_LABELS,
@@ -98,6 +101,10 @@ def build_report(
     result.tables.extend(protocol_effect_tables(data))  # none unless the cells have several scorings
     ablation = ablation_frame(data, ref)
     result.tables.extend(_ablation_and_class_tables(data, ablation))
+    result.tables.extend(per_class_spread_tables(data))
+    rescored = rescore_experiment(data, tracker, out / "rescored")  # cached there per run
+    result.tables.extend(rescored_tables(data, rescored))
+    result.notes.extend(rescored.notes)
     result.tables.extend(extra_tables or [])
     for t in result.tables:
         _write_table(t, tables_dir)
@@ -120,6 +127,7 @@ def build_report(
 
     # ---- HTML and Markdown
     sections = [Section(t.title, html=t.to_html()) for t in result.tables if t not in search_tables]
+    sections += [s for s in [rescore_notes_section(rescored)] if s is not None]
     _write_pages(
         result,
         experiment,

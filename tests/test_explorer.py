@@ -5,6 +5,7 @@ headless Chromium over the DevTools pipe (tests/cdp.py)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -33,6 +34,19 @@ VARIANTS = {
     "all-fg": {"method": "all_foreground"},
 }
 NO_PREDICTIONS = ("all-fg", 1, 2)  # (variant, fold, shot): its predictions.parquet is removed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_tracking_env():
+    """MLflow's ``set_tracking_uri`` (the Tracker calls it) also sets ``MLFLOW_TRACKING_URI`` in
+    ``os.environ``; put it back after this module, so that later tests (the demo reads it) are
+    not sent to this module's stores."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from benchmark.evaluation.predictions import mask_to_rle, pack_mask, rle_to_mask, unpack_mask
+from benchmark.evaluation.predictions import StoredPrediction, mask_to_rle, rle_to_mask
 
 
 def _masks() -> list[np.ndarray]:
@@ -34,8 +34,10 @@ def test_rle_is_pycocotools_encoding_and_round_trips(index):
     assert rle["size"] == list(mask.shape) and rle["counts"] == reference["counts"].decode("ascii")
     back = rle_to_mask(rle)
     assert back.dtype == bool and np.array_equal(back, mask)
-    packed = pack_mask(mask)
-    assert packed["size"] == list(mask.shape) and np.array_equal(unpack_mask(packed), mask)
+    packed = StoredPrediction.of(mask)
+    assert packed.shape == mask.shape and np.array_equal(packed.mask(), mask)
+    line = packed.to_json()
+    assert line["size"] == list(mask.shape) and StoredPrediction.from_json(line) == packed
     assert int(mask_utils.area(reference)) == int(mask.sum())
 
 
@@ -46,7 +48,7 @@ def test_a_typical_object_is_a_few_hundred_bytes():
 
 
 def test_a_mask_must_be_two_dimensional():
-    for f in (mask_to_rle, pack_mask):
+    for f in (mask_to_rle, StoredPrediction.of):
         with pytest.raises(ValueError, match=r"\(H, W\)"):
             f(np.zeros((2, 3, 4), bool))
 
@@ -122,9 +124,53 @@ def test_a_journal_without_predictions_reads_back(tmp_path):
     path.write_text(json.dumps({"journal": header}) + "\n" + json.dumps(row) + "\n")
     j = CellJournal(path, header, {0: 1, 1: 1})
     assert j.rows == {0: row} and j.predictions == {}
-    bad = {**row, "episode": 1, "prediction": {"size": [2], "bits": "x"}}  # a malformed mask: cut
     j.close()
-    path.write_text(path.read_text() + json.dumps(bad) + "\n")
-    again = CellJournal(path, header, {0: 1, 1: 1})
-    assert list(again.rows) == [0] and again.cut_lines == 1
-    again.close()
+    good = StoredPrediction.of(np.eye(3, 5, dtype=bool)).to_json()
+    for bad in (
+        {"size": [2], "bits": "x"},  # not [H, W]
+        {"size": [3, 5], "bits": "not base64!"},
+        {"size": [3, 5], "bits": good["bits"][:-4]},  # torn: does not inflate
+        {"size": [9, 9], "bits": good["bits"]},  # 2 bytes of bits for an 81-pixel mask
+    ):
+        line = {**row, "episode": 1, "prediction": bad}
+        path.write_text(
+            path.read_text().splitlines(keepends=True)[0] + json.dumps(row) + "\n" + json.dumps(line) + "\n"
+        )
+        again = CellJournal(path, header, {0: 1, 1: 1})
+        assert list(again.rows) == [0] and again.cut_lines == 1, bad  # the malformed line is cut
+        again.close()
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (16, 8), (1, 1)])  # padding bits, none, a single pixel
+def test_packing_on_the_device_is_numpys_packbits(shape):
+    import torch
+
+    from benchmark.evaluation.scoring import device_packbits
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((3, *shape)) < 0.5
+    got = device_packbits(torch.from_numpy(masks)).numpy()
+    assert got.dtype == np.uint8
+    assert np.array_equal(got, np.stack([np.packbits(m) for m in masks]))
+
+
+def test_both_scoring_paths_hand_back_the_counted_predictions_packed():
+    import torch
+
+    from benchmark.evaluation.metrics import intersection_union
+    from benchmark.evaluation.scoring import ScoredTarget, predicted_masks, score_batch
+
+    rng = np.random.default_rng(2)
+    logits = torch.from_numpy(rng.normal(size=(3, 16, 16)).astype(np.float32))
+    targets = [
+        rng.choice(np.array([0, 1, 255], np.uint8), size=s, p=[0.5, 0.4, 0.1])
+        for s in [(9, 13), (9, 13), (5, 7)]
+    ]
+    scored = [ScoredTarget.of(t) for t in targets]
+    for on_device in (False, True):
+        packed: list = []
+        counts = score_batch(logits, scored, 0.5, on_device=on_device, packed=packed)
+        for i, t in enumerate(targets):
+            mask = predicted_masks(logits[i : i + 1], t.shape, 0.5)[0]  # the prediction, made apart
+            assert np.array_equal(packed[i], np.packbits(mask))
+            assert tuple(counts[i]) == intersection_union(mask, t)

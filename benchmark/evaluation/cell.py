@@ -52,7 +52,7 @@ from benchmark.evaluation.loader import (
 )
 from benchmark.evaluation.metrics import bootstrap_ci, summarize
 from benchmark.evaluation.predict import predict_scored, score_rows, scored_mask
-from benchmark.evaluation.predictions import mask_to_rle, pack_mask, unpack_mask
+from benchmark.evaluation.predictions import StoredPrediction, mask_to_rle
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
 from benchmark.methods import FewShotMethod, WeightPool, build_method, get_method
 from fssam.hashing import file_sha256
@@ -286,7 +286,7 @@ class CellResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load_wait, encode, episode_path
     encoder_passes: dict[str, int] = field(default_factory=dict)  # images run through each encoder now
     weight_ids: dict[str, str] = field(default_factory=dict)  # the cell key's (and the tags') weight ids
-    predictions: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)  # episode -> packed mask
+    predictions: dict[int, StoredPrediction] = field(default_factory=dict, repr=False)  # episode -> its mask
 
     def run_stats(self) -> dict[str, Any]:
         """How the run went, for a results row: episodes run now, seconds, episodes/s, peak memory,
@@ -394,7 +394,7 @@ class _Scored:
     timings: dict[str, float]
     peak_memory_mb: float
     peak_memory_kind: str
-    predictions: dict[int, dict[str, Any]]
+    predictions: dict[int, StoredPrediction]
 
 
 @dataclass
@@ -493,9 +493,9 @@ class _EpisodeRun:
                 if logits.device.type == "cuda":  # the forward's own time, not the scorer's
                     torch.cuda.synchronize(logits.device)
                 timings["episode_path"] += time.perf_counter() - t_path - (feat.fetch_seconds - fetch_before)
-                masks: list[np.ndarray] = []
-                for row, mask in zip(score_rows(logits, datas, threshold, masks), masks, strict=True):
-                    journal.append(row, pack_mask(mask))
+                preds: list[StoredPrediction] = []
+                for row, pred in zip(score_rows(logits, datas, threshold, preds), preds, strict=True):
+                    journal.append(row, pred)
                     if self.on_row is not None:
                         self.on_row(row)
                     if self.on_episode is not None:
@@ -555,12 +555,12 @@ def cell_config(result: CellResult) -> dict[str, Any]:
     }
 
 
-def predictions_table(predictions: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
+def predictions_table(predictions: Mapping[int, StoredPrediction]) -> pd.DataFrame:
     """predictions.parquet from the journal's packed masks: one row per episode (sorted) with its
     predicted mask at the scored size as COCO RLE: ``episode``, ``height``, ``width``, ``counts``
     (pycocotools' compressed string)."""
     ids = sorted(predictions)
-    rles = [mask_to_rle(unpack_mask(dict(predictions[e]))) for e in ids]
+    rles = [mask_to_rle(predictions[e].mask()) for e in ids]
     return pd.DataFrame(
         {
             "episode": pd.Series(ids, dtype="int64"),

@@ -23,10 +23,11 @@ import pandas as pd
 
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.metrics import EPISODE_COLUMNS
+from benchmark.evaluation.predictions import StoredPrediction
 
 PREDICTION = "prediction"
 """The optional key of a journal row that holds the episode's predicted mask, packed
-(:func:`benchmark.evaluation.predictions.pack_mask`: ``{"size": [H, W], "bits": str}``);
+(:meth:`benchmark.evaluation.predictions.StoredPrediction.to_json`: ``{"size": [H, W], "bits": str}``);
 journals written before it read back without."""
 ROWS_ENV = "FSSBENCH_JOURNAL_FLUSH_ROWS"
 SECONDS_ENV = "FSSBENCH_JOURNAL_FLUSH_SECONDS"
@@ -64,19 +65,11 @@ def _env_number(name: str, kind: type, expected: str) -> Any:
         raise FssBenchError(f"{name}={raw!r}: expected {expected}") from None
 
 
-def _valid_packed(value: Any) -> bool:
-    """A packed mask (:func:`benchmark.evaluation.predictions.pack_mask`): ``size`` [H, W] > 0 and
-    ``bits`` a string."""
-    if not isinstance(value, dict) or set(value) != {"size", "bits"} or not isinstance(value["bits"], str):
-        return False
-    size = value["size"]
-    return isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)
-
-
 class CellJournal:
     """``rows``: episode id -> counts; ``append(row, prediction)`` records one more episode (durable
     once flushed: see :class:`FlushPolicy`; ``flush()`` forces it, ``close()`` flushes);
-    ``predictions``: episode id -> its predicted mask (packed), on the same line as its counts.
+    ``predictions``: episode id -> its predicted mask (a
+    :class:`~benchmark.evaluation.predictions.StoredPrediction`), on the same line as its counts.
 
     ``expected``: episode id -> class id of the manifest (rows that disagree are foreign);
     ``header``: what identifies the cell (``cell_key``, ``manifest_sha256``);
@@ -95,7 +88,7 @@ class CellJournal:
         self.expected = expected
         self.policy = policy or FlushPolicy.from_env()
         self.rows: dict[int, dict[str, int]] = {}
-        self.predictions: dict[int, dict[str, Any]] = {}  # episode id -> packed mask (rows that have one)
+        self.predictions: dict[int, StoredPrediction] = {}  # episode id -> its mask (rows that have one)
         self.cut_lines = 0
         self.flushes = 0
         self._fd: int | None = None
@@ -119,8 +112,10 @@ class CellJournal:
     def _valid_row(self, row: Any) -> bool:
         if not isinstance(row, dict):
             return False
-        if PREDICTION in row:  # optional: the episode's predicted mask (COCO RLE)
-            if not _valid_packed(row[PREDICTION]):
+        if PREDICTION in row:  # optional: the episode's predicted mask, packed
+            try:
+                StoredPrediction.from_json(row[PREDICTION])
+            except ValueError:
                 return False
             row = {k: v for k, v in row.items() if k != PREDICTION}
         if set(row) != set(EPISODE_COLUMNS):
@@ -155,7 +150,7 @@ class CellJournal:
                 self.cut_lines = len(lines) - i
                 break
             if PREDICTION in row:
-                self.predictions[row["episode"]] = row.pop(PREDICTION)
+                self.predictions[row["episode"]] = StoredPrediction.from_json(row.pop(PREDICTION))
             self.rows[row["episode"]] = row
             good += len(line)
         if good < len(data):
@@ -164,16 +159,15 @@ class CellJournal:
                 os.fsync(f.fileno())
         return good
 
-    def append(self, row: dict[str, int], prediction: dict[str, Any] | None = None) -> None:
+    def append(self, row: dict[str, int], prediction: StoredPrediction | None = None) -> None:
         """Record ``row`` (in ``rows`` at once; in the file with its batch), and with it the
-        episode's ``prediction`` (a packed mask, :func:`benchmark.evaluation.predictions.pack_mask`)
-        if given."""
+        episode's predicted mask (``prediction``) if given."""
         self.rows[int(row["episode"])] = row
         if prediction is not None:
             self.predictions[int(row["episode"])] = prediction
         if self._fd is None:
             return
-        stored = row if prediction is None else {**row, PREDICTION: prediction}
+        stored = row if prediction is None else {**row, PREDICTION: prediction.to_json()}
         line = (json.dumps(stored, sort_keys=True) + "\n").encode()
         with self._lock:
             self._pending.append(line)

@@ -13,11 +13,13 @@ import functools
 import hashlib
 import inspect
 
+import numpy as np
 import torch
 
 from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.loader import EpisodeData
 from benchmark.evaluation.metrics import EPISODE_COLUMNS, intersection_union, prediction_at_label_size
+from benchmark.evaluation.predictions import StoredPrediction
 from benchmark.evaluation.scoring import score_batch
 from benchmark.methods.base import FewShotMethod
 from fssam.stages import SharedStages, StageMemo
@@ -153,13 +155,22 @@ def score_episode(logits: torch.Tensor, data: EpisodeData, threshold: float = 0.
 
 
 def score_rows(
-    logits: torch.Tensor, batch: list[EpisodeData], threshold: float = 0.5, masks: list | None = None
+    logits: torch.Tensor,
+    batch: list[EpisodeData],
+    threshold: float = 0.5,
+    predictions: list | None = None,
 ) -> list[dict[str, int]]:
     """The per-episode table's rows of a batch from (B, S, S) logits or (B, K, S, S) one-shot logits
     (``kshot: voting``): :func:`benchmark.evaluation.scoring.score_batch`, equal to
-    :func:`score_episode` on each episode. ``masks``, a list, receives the predicted (H, W) bool
-    masks at the scored size, one per row."""
-    counts = score_batch(logits, [d.scored for d in batch], threshold, masks=masks)
+    :func:`score_episode` on each episode. ``predictions``, a list, receives each row's counted
+    prediction at the scored size, packed (a
+    :class:`~benchmark.evaluation.predictions.StoredPrediction`)."""
+    packed: list[np.ndarray] | None = [] if predictions is not None else None
+    counts = score_batch(logits, [d.scored for d in batch], threshold, packed=packed)
+    if predictions is not None and packed is not None:
+        predictions.extend(
+            StoredPrediction(d.scored.shape, bits) for d, bits in zip(batch, packed, strict=True)
+        )
     columns = EPISODE_COLUMNS[2:]  # I_bg, U_bg, I_fg, U_fg
     return [
         {"episode": d.episode.id, "class": d.episode.cls, **dict(zip(columns, row, strict=True))}

@@ -82,7 +82,12 @@ def voted(masks: np.ndarray) -> np.ndarray:
 def count_row(pred: np.ndarray, target: ScoredTarget) -> tuple[int, int, int, int]:
     """(H, W) bool prediction -> ``I_bg, U_bg, I_fg, U_fg`` against ``target`` (the prediction packed
     as the target is, the intersections counted as set bits)."""
-    bits = np.packbits(pred)  # the padding bits of the last byte are 0 in both
+    return count_bits(np.packbits(pred), target)
+
+
+def count_bits(bits: np.ndarray, target: ScoredTarget) -> tuple[int, int, int, int]:
+    """:func:`count_row` of a prediction already packed: ``bits`` (ceil(H * W / 8),) uint8, the
+    ``np.packbits`` of its row-major pixels (the padding bits of the last byte are 0 in both)."""
     p_fg = int(np.bitwise_count(bits & target.fg_bits).sum())
     p_bg = int(np.bitwise_count(bits & target.bg_bits).sum())
     return target.n_bg - p_bg, target.n_bg + target.n_fg - p_fg, p_fg, target.n_fg + p_bg
@@ -116,6 +121,15 @@ def device_counts(pred: torch.Tensor, targets: list[ScoredTarget]) -> torch.Tens
     return torch.stack([n_bg - p_bg, n_bg + n_fg - p_fg, p_fg, n_fg + p_bg], dim=1)
 
 
+def device_packbits(masks: torch.Tensor) -> torch.Tensor:
+    """``np.packbits`` of each mask's row-major pixels, on the masks' device: (N, H, W) bool ->
+    (N, ceil(H * W / 8)) uint8 (big-endian bits, the last byte's padding bits 0)."""
+    flat = masks.reshape(masks.shape[0], -1).to(torch.uint8)
+    flat = F.pad(flat, (0, (-flat.shape[1]) % 8))
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=masks.device)
+    return (flat.reshape(flat.shape[0], -1, 8) * weights).sum(dim=2, dtype=torch.uint8)
+
+
 def device_masks(logits: torch.Tensor, shape: tuple[int, int], threshold: float) -> torch.Tensor:
     """(N, S, S) logits on their device -> (N, H, W) bool at ``shape`` there (float32 bilinear,
     align_corners, compared with the float32 logit cut)."""
@@ -130,7 +144,7 @@ def score_batch(
     threshold: float = 0.5,
     *,
     on_device: bool | None = None,
-    masks: list | None = None,
+    packed: list | None = None,
 ) -> np.ndarray:
     """(B, S, S) logits, or (B, K, S, S) one-shot logits to vote on, and the B episodes' scored
     targets -> (B, 4) int64 counts ``I_bg, U_bg, I_fg, U_fg`` (as ``score_episode`` computes them).
@@ -139,7 +153,8 @@ def score_batch(
     with numpy counting; on a GPU there (:func:`device_masks`, :func:`device_counts`), so only the
     (B, 4) counts cross back (a cell's key names its device type, so GPU cells are their own).
     ``on_device`` forces the torch path (True) or the numpy one (False) whatever the device.
-    ``masks``, a list, receives the B predicted (H, W) bool masks that were counted, in batch order."""
+    ``packed``, a list, receives the B counted predictions packed (``np.packbits`` of each (H, W)
+    mask's row-major pixels: (ceil(H * W / 8),) uint8, H, W its target's shape), in batch order."""
     if logits.shape[0] != len(targets):
         raise ValueError(f"score_batch: {logits.shape[0]} logits for {len(targets)} targets")
     if on_device is None:
@@ -157,16 +172,16 @@ def score_batch(
             if sel.dim() == 4:
                 pred = device_voted(pred.reshape(*sel.shape[:2], *shape))
             out[idx] = device_counts(pred, [targets[i] for i in idx]).cpu().numpy()
-            if masks is not None:
-                for i, m in zip(idx, pred.cpu().numpy(), strict=True):
-                    kept[i] = m
+            if packed is not None:  # packed there: an eighth of the bytes cross back
+                for i, bits in zip(idx, device_packbits(pred).cpu().numpy(), strict=True):
+                    kept[i] = bits
             continue
         pred = predicted_masks(flat, shape, threshold)
         if sel.dim() == 4:
             pred = voted(pred.reshape(*sel.shape[:2], *shape))
         for j, i in enumerate(idx):
-            out[i] = count_row(pred[j], targets[i])
-            kept[i] = pred[j]
-    if masks is not None:
-        masks.extend(kept)
+            kept[i] = np.packbits(pred[j])
+            out[i] = count_bits(kept[i], targets[i])
+    if packed is not None:
+        packed.extend(kept)
     return out
