@@ -34,6 +34,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert ">Episodes</a></li>" in page and 'id="ep-data"' in page
     data = json.loads(re.search(r'id="ep-data">(.*?)</script>', page, re.S).group(1))
     assert len(data["episodes"]) == 2 * 2 and len(data["variants"]) == 6
+    # the per-class view and the re-scored table, for each shot of the demo
+    tables = out / "report" / "tables"
+    for shot in (1, 5):
+        for name in (f"per-class-spread-pascal-{shot}shot", f"rescored-pascal-{shot}shot"):
+            assert (tables / f"{name}.csv").is_file(), name
+    assert "per-class" in page.lower() and "boundary" in page.lower()
     assert (
         f"report: {out / 'report' / 'report.html'}" in printed and (out / "report" / "report.html").is_file()
     )
