@@ -13,10 +13,38 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+"""How every test starts Chromium: headless, offline, without first-run work."""
+
+
+def chromium() -> str:
+    """The installed Chromium; a skip where there is none, a failure under ``CI=true`` (``.ci/run``
+    installs it: missing there is a failure, not a skip)."""
+    import pytest
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    reason = "no Chromium installed (apt-get install chromium): the HTML report is not checked in a browser"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 class CdpError(RuntimeError):
@@ -43,14 +71,7 @@ class Browser:
 
         cmd = [
             exe,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *HEADLESS_FLAGS,
             "--remote-debugging-pipe",
             f"--user-data-dir={profile}",
             f"--window-size={width},{height}",

@@ -26,7 +26,6 @@ from benchmark.evaluation.loader import ImageStore
 from benchmark.evaluation.predictions import rle_to_mask
 from benchmark.jobs.run import StudyRunner
 from benchmark.specs.study import load_study
-from tests.test_report_figures import _chromium
 
 VARIANTS = {
     "colour": {"method": "mean_colour", "image_size": 64},
@@ -196,9 +195,9 @@ def test_json_cannot_close_its_script():
 
 @pytest.fixture(scope="module")
 def page(study, tmp_path_factory):
-    from tests.cdp import Browser
+    from tests.cdp import Browser, chromium
 
-    exe = _chromium()
+    exe = chromium()
     profile = tmp_path_factory.mktemp("chromium")
     with Browser(exe, profile, width=1400, height=1000) as b:
         b.open(study["only"].resolve().as_uri())
@@ -332,9 +331,9 @@ def test_js_rle_decoder_equals_pycocotools(page):
 @pytest.mark.slow  # heavy: CI runs it in its slow step
 def test_no_network_request(study, tmp_path):
     """Opening the full report and using the view requests only the file itself and data: URIs."""
-    from tests.cdp import Browser
+    from tests.cdp import Browser, chromium
 
-    exe = _chromium()
+    exe = chromium()
     url = study["out"].joinpath("report.html").resolve().as_uri()
     with Browser(exe, tmp_path / "profile") as b:
         b.open(url)
@@ -425,7 +424,7 @@ def test_without_the_data_root_the_page_still_works(study, monkeypatch, tmp_path
     from reports.collect import collect_experiments
     from reports.explorer_page import episodes_section
     from reports.html import write_html
-    from tests.cdp import Browser
+    from tests.cdp import Browser, chromium
 
     monkeypatch.setattr(explorer, "_store_for", lambda root, stores: None)
     tracker = Tracker(study["uri"], create=False)
@@ -435,7 +434,7 @@ def test_without_the_data_root_the_page_still_works(study, monkeypatch, tmp_path
     assert any("is not available here" in n for n in payload["notes"])
     assert all(row[5] == -1 and row[7] == -1 and set(row[8]) == {-1} for row in payload["episodes"])
     page = write_html(tmp_path / "p.html", "no data", [episodes_section(payload)])
-    with Browser(_chromium(), tmp_path / "profile") as b:
+    with Browser(chromium(), tmp_path / "profile") as b:
         b.open(page.resolve().as_uri())
         b.eval("document.querySelector('#ep-tbody tr').click()")
         b.wait_for("document.getElementById('ep-detail').dataset.ready === '1'")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -27,6 +26,7 @@ from reports.figures import (
     save_figure,
 )
 from reports.html import Section, write_html
+from tests.cdp import HEADLESS_FLAGS, chromium
 
 VARIANTS = ["fssam", "fssam_no_imr", "sam2_baseline"]
 SHOTS = [1, 5]
@@ -400,28 +400,10 @@ def test_html_self_contained(report):
     assert 'href="#sec-2-per-fold-heatmap"' in doc and 'id="sec-2-per-fold-heatmap"' in doc
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    reason = "no Chromium installed (apt-get install chromium): the HTML report is not checked in a browser"
-    if os.environ.get("CI") == "true":  # .ci/run installs it: missing there is a failure, not a skip
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 def _run_chromium(exe: str, profile, *args: str) -> subprocess.CompletedProcess:
     cmd = [
         exe,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_FLAGS,
         f"--user-data-dir={profile}",
         *args,
     ]
@@ -430,7 +412,7 @@ def _run_chromium(exe: str, profile, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_html_in_real_browser(report, tmp_path):
-    exe = _chromium()
+    exe = chromium()
     url = report["path"].resolve().as_uri()
     dom = _run_chromium(exe, tmp_path / "profile-dom", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
