@@ -11,7 +11,7 @@
   var state = { key: "row", dir: 1, page: 0, view: [] };
 
   /* COCO compressed RLE counts (pycocotools' rleFrString): 5 bits per character (offset 48),
-     0x20 = more chunks follow, 0x10 on the last chunk = negative; from the 3rd count on, a count
+     0x20 = more chunks follow, 0x10 on the last chunk = negative; from the 4th count on (index 3), a count
      is stored as its difference from the count two before. */
   function rleCounts(s) {
     var cnts = [];
@@ -202,7 +202,7 @@
     return cv;
   }
 
-  var pending = 0;
+  var pending = 0, shown = 0;  /* shown: which detail is open, so a late image of an earlier one is ignored */
   function ready() { byId("ep-detail").setAttribute("data-ready", pending === 0 ? "1" : "0"); }
 
   /* One panel: the thumbnail drawn at (h, w), an optional filled mask and an optional outline. */
@@ -215,9 +215,14 @@
     var base = layer(stack, "ep-img", h, w);
     if (thumb >= 0) {
       pending++;
-      var im = new Image();
-      im.onload = function () { base.getContext("2d").drawImage(im, 0, 0, w, h); pending--; ready(); };
-      im.onerror = function () { pending--; ready(); };
+      var im = new Image(), mine = shown;
+      im.onload = function () {
+        if (mine !== shown) return;
+        base.getContext("2d").drawImage(im, 0, 0, w, h);
+        pending--;
+        ready();
+      };
+      im.onerror = function () { if (mine === shown) { pending--; ready(); } };
       im.src = D.thumbs[thumb];
     } else {
       var ctx = base.getContext("2d");
@@ -251,6 +256,7 @@
     box.setAttribute("data-idx", String(i));
     box.setAttribute("data-episode", String(row[1]));
     pending = 0;
+    shown++;
     var head = document.createElement("h3");
     head.textContent = g[0] + " fold " + g[1] + " " + g[2] + "-shot seed " + g[3] + " (" + g[4] +
       "), episode " + row[1] + ": class " + className(row) + ", query " + row[3];

@@ -77,8 +77,9 @@ def _rle_entry(mask: np.ndarray) -> list[Any]:
 def _thumb(tables: _Tables, store: ImageStore, root: str, rel: str) -> int:
     key = (root, rel)
     if key not in tables.thumb_index:
+        uri = thumbnail_uri(store.image(rel))  # first: an image that fails to read gets no index
         tables.thumb_index[key] = len(tables.thumbs)
-        tables.thumbs.append(thumbnail_uri(store.image(rel)))
+        tables.thumbs.append(uri)
     return tables.thumb_index[key]
 
 
@@ -97,10 +98,9 @@ def _mask(tables: _Tables, store: ImageStore, root: str, rel: str, cls: int, eva
 def _predictions(tracker: Tracker, run_id: str, download_dir: Path) -> dict[int, list[Any]] | None:
     """A run's ``predictions.parquet`` as episode id -> ``[H, W, counts]`` (None: the run stored
     none, e.g. it ran before predictions were stored)."""
-    try:
-        path = tracker.client.download_artifacts(run_id, "predictions.parquet", str(download_dir / run_id))
-    except Exception:
+    if "predictions.parquet" not in {a.path for a in tracker.client.list_artifacts(run_id)}:
         return None
+    path = tracker.client.download_artifacts(run_id, "predictions.parquet", str(download_dir / run_id))
     t = pd.read_parquet(path)
     rows = zip(t["episode"], t["height"], t["width"], t["counts"], strict=True)
     return {int(e): [int(h), int(w), str(c)] for e, h, w, c in rows}
@@ -142,14 +142,19 @@ def _group_episodes(
             p = preds.get(rid)
             if p is not None:
                 pred[v] = p.get(ep.id)
-        if store is None:
-            q_thumb, s_thumbs, q_mask, s_masks = -1, [-1] * len(ep.supports), -1, [-1] * len(ep.supports)
-        else:
+        q_thumb, s_thumbs, q_mask, s_masks = -1, [-1] * len(ep.supports), -1, [-1] * len(ep.supports)
+        if store is not None:
             images = manifest.images
-            q_thumb = _thumb(tables, store, root, images[ep.query][0])
-            s_thumbs = [_thumb(tables, store, root, images[s][0]) for s in ep.supports]
-            q_mask = _mask(tables, store, root, images[ep.query][1], ep.cls, manifest.evaluation)
-            s_masks = [_mask(tables, store, root, images[s][1], ep.cls, None) for s in ep.supports]
+            try:
+                q_thumb = _thumb(tables, store, root, images[ep.query][0])
+                s_thumbs = [_thumb(tables, store, root, images[s][0]) for s in ep.supports]
+                q_mask = _mask(tables, store, root, images[ep.query][1], ep.cls, manifest.evaluation)
+                s_masks = [_mask(tables, store, root, images[s][1], ep.cls, None) for s in ep.supports]
+            except (FssBenchError, OSError, ValueError) as e:  # a missing or broken file: grey panels
+                q_thumb, s_thumbs, q_mask, s_masks = -1, [-1] * len(ep.supports), -1, [-1] * len(ep.supports)
+                note = f"{root}: episodes without thumbnails or ground truth ({e})"
+                if note not in tables.notes:  # once per broken file, not once per episode
+                    tables.notes.append(note)
         rows.append(
             [group, ep.id, ep.cls, ep.query, list(ep.supports), q_thumb, s_thumbs, q_mask, s_masks, iou, pred]
         )

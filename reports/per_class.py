@@ -25,17 +25,17 @@ from reports.tables import Table, _dataset_name, _num, provenance
 
 
 def class_episodes(data: ExperimentData, dataset: str, shot: int) -> pd.DataFrame:
-    """Every episode of the (dataset, shot) cells, long: ``variant``, ``fold``, ``seed`` and the
-    per-episode table's :data:`EPISODE_COLUMNS` (a run that stands for two variants, twice)."""
+    """Every episode of the (dataset, shot) cells, long: ``variant``, ``fold``, ``seed``, ``run_id``
+    and the per-episode table's :data:`EPISODE_COLUMNS` (a run that stands for two variants, twice)."""
     cells = data.cells[(data.cells["dataset"] == dataset) & (data.cells["shot"] == shot)]
     parts = [
         data.episodes[row.run_id][list(EPISODE_COLUMNS)].assign(
-            variant=row.variant, fold=int(row.fold), seed=int(row.seed)
+            variant=row.variant, fold=int(row.fold), seed=int(row.seed), run_id=row.run_id
         )
         for row in cells.itertuples()
         if row.run_id in data.episodes
     ]
-    cols = ["variant", "fold", "seed", *EPISODE_COLUMNS]
+    cols = ["variant", "fold", "seed", "run_id", *EPISODE_COLUMNS]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
@@ -45,7 +45,7 @@ def class_iou_ci(
     """Per (variant, class): ``iou``, ``low``, ``high`` (fractions) and ``episodes`` (count).
 
     Args:
-        episodes: :func:`class_episodes`' frame (``variant``, ``fold``, ``seed`` and
+        episodes: :func:`class_episodes`' frame (``variant``, ``fold``, ``seed``, ``run_id`` and
             :data:`EPISODE_COLUMNS`).
         n_boot, confidence, seed: the bootstrap's (module docstring).
 
@@ -60,7 +60,9 @@ def class_iou_ci(
         for c in sorted(set(ev["class"])):
             ec = ev[ev["class"] == c]
             cells: dict[int, list] = {}
-            for (s, _f), t in ec.groupby(["seed", "fold"], sort=True):
+            # one cell per run: an experiment can hold two runs of a (fold, seed), e.g. before and
+            # after a code change that changed the cell key (the main tables count both, too)
+            for (s, _f, _r), t in ec.groupby(["seed", "fold", "run_id"], sort=True):
                 cells.setdefault(int(s), []).append((t[list(EPISODE_COLUMNS)], [int(c)]))
             if len({len(x) for x in cells.values()}) > 1:  # uneven folds per seed: each cell alone
                 cells = {i: [x] for i, x in enumerate(x for xs in cells.values() for x in xs)}

@@ -148,7 +148,7 @@ def rescore_experiment(data: ExperimentData, tracker, cache_dir: Path) -> Rescor
                 frame = _rescore_run(data, tracker, run_id, Path(tmp))
             except RescoreMismatch:
                 raise
-            except FssBenchError as e:
+            except (FssBenchError, KeyError, OSError, ValueError) as e:  # missing params, files, data
                 out.notes.append(f"run {run_id} ({_cell_label(data, run_id)}) not re-scored: {e}")
                 continue
             out.seconds += time.perf_counter() - start
@@ -164,12 +164,13 @@ def _rescore_run(data: ExperimentData, tracker, run_id: str, download_dir: Path)
     from reports.episodes import _manifest_for
 
     params = tracker.client.get_run(run_id).data.params
-    root = Path(params.get("data_root", ""))
-    if not (root / "dataset.json").is_file():
-        raise FssBenchError(f"its data root {root} is not available here")
+    recorded = params.get("data_root", "")  # empty: never the working directory
+    if not recorded or not (Path(recorded) / "dataset.json").is_file():
+        raise FssBenchError(f"its data root {recorded or '(not recorded)'} is not available here")
+    root = Path(recorded)
     try:
         manifest = _manifest_for(data, run_id, params)
-    except FssBenchError:
+    except (FssBenchError, KeyError, ValueError):
         raise FssBenchError("its manifest cannot be rebuilt here (data changed?)") from None
     local = tracker.client.download_artifacts(run_id, PREDICTIONS, str(download_dir / run_id))
     predictions = pd.read_parquet(local)

@@ -440,3 +440,41 @@ def test_without_the_data_root_the_page_still_works(study, monkeypatch, tmp_path
         b.wait_for("document.getElementById('ep-detail').dataset.ready === '1'")
         n = b.eval("document.querySelectorAll('#ep-detail figure.ep-panel[data-kind=prediction]').length")
         assert n == len(VARIANTS) and b.console_errors == []
+
+
+@pytest.mark.slow  # heavy: CI runs it in its slow step
+def test_an_image_that_cannot_be_read_greys_its_episodes_only(study, monkeypatch, tmp_path):
+    """One broken image in an available data root (a partial copy): one note naming it, its
+    episodes drawn grey, every other episode with its thumbnails and ground truth; no crash."""
+    import reports.explorer as explorer
+    from benchmark.errors import FssBenchError
+    from benchmark.evaluation.loader import ImageStore
+    from benchmark.records.tracking import Tracker
+    from reports.collect import collect_experiments
+
+    manifest = study["cells"][("colour", 0, 1)]["manifest"]
+    first = manifest.episodes[0]
+    victim = manifest.images[first.query][0]
+    read = ImageStore.image
+
+    def image(self, rel):
+        if rel == victim:
+            raise FssBenchError(f"{rel}: cannot read the image (truncated file)")
+        return read(self, rel)
+
+    monkeypatch.setattr(ImageStore, "image", image)
+    tracker = Tracker(study["uri"], create=False)
+    data = collect_experiments(tracker, ["explore"], tmp_path / "dl")
+    payload = explorer.explorer_data(data, tracker, "colour")
+    broken = [n for n in payload["notes"] if "truncated file" in n]
+    assert len(broken) == 1 and victim in broken[0]
+    rows = payload["episodes"]
+    grey = [r for r in rows if r[5] == -1]
+    assert grey and all(r[7] == -1 for r in grey)
+    for r in grey:  # exactly the episodes that show the broken image
+        group = payload["groups"][r[0]]
+        cell = study["cells"][("colour", group[1], group[2])]["manifest"]
+        ep = next(e for e in cell.episodes if e.id == r[1])
+        assert victim in [cell.images[ep.query][0]] + [cell.images[s][0] for s in ep.supports]
+    drawn = [r for r in rows if r[5] >= 0]
+    assert drawn and all(payload["thumbs"][r[5]].startswith("data:image/jpeg") for r in drawn)

@@ -176,12 +176,13 @@ def test_a_prediction_that_disagrees_with_its_counts_names_the_run(study, tmp_pa
 # ------------------------------------------------------------------ the per-class view (pure)
 
 
-def _episodes(variant, seed, cls, pairs, fold=0):
+def _episodes(variant, seed, cls, pairs, fold=0, run=None):
     return [
         {
             "variant": variant,
             "fold": fold,
             "seed": seed,
+            "run_id": run or f"{variant}-{fold}-{seed}",
             "episode": i,
             "class": cls,
             "I_bg": 0,
@@ -220,6 +221,19 @@ def test_per_class_ci_over_two_seeds_by_hand():
     ci = class_iou_ci(pd.DataFrame(rows), n_boot=2000).iloc[0]
     assert ci["iou"] == pytest.approx(0.4) and ci["episodes"] == 5
     assert (ci["low"], ci["high"]) == pytest.approx((0.3, 0.5))
+
+
+def test_two_runs_of_one_cell_are_two_cells_not_repeated_episodes():
+    """An experiment keeps the old and the new run of a cell whose key changed (a code change): the
+    per-class CI takes each run as a cell of its own (as the main tables do) instead of failing on
+    episode ids repeated within one cell."""
+    rows = _episodes("a", 0, 1, [(1, 2), (1, 2)], run="old") + _episodes(
+        "a", 0, 1, [(1, 4), (1, 4)], run="new"
+    )
+    ci = class_iou_ci(pd.DataFrame(rows), n_boot=200).iloc[0]
+    # two cells of one seed, IoU 1/2 and 1/4, no variance within either: their mean, a zero-width CI
+    assert ci["iou"] == pytest.approx(0.375) and ci["episodes"] == 4
+    assert (ci["low"], ci["high"]) == pytest.approx((0.375, 0.375))
 
 
 # ------------------------------------------------------------------ rescore_episodes alone
