@@ -559,3 +559,53 @@ def test_search_plots_are_in_percent_name_the_study_and_skip_what_shows_nothing(
     empty = optuna.create_study(study_name="optuna-s2")
     out, notes = save_plots(empty, tmp_path, spec)
     assert out == {} and all(n.endswith("skipped: no trial completed") for n in notes) and len(notes) == 4
+
+
+def test_a_sqlite_storage_is_in_wal_mode_so_a_reader_left_open_blocks_no_commit(tmp_path):
+    """A worker interrupted while it reads the study's trials leaves its read open while it records
+    the interrupt: in SQLite's rollback-journal mode that read makes every commit fail with
+    "database is locked" (seen in CI); the storage is put in WAL mode, where it blocks none."""
+    import sqlite3
+
+    from benchmark.jobs.search.storage import open_storage
+
+    path = tmp_path / "optuna.db"
+    storage = open_storage(f"sqlite:///{path}")
+    study = optuna.create_study(study_name="wal", storage=storage)
+    trial = study.ask()
+    reader = sqlite3.connect(path, timeout=0.5)
+    assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = reader.execute("SELECT * FROM sqlite_master")
+    assert rows.fetchone() is not None  # a statement read halfway: its read stays open
+    writer = sqlite3.connect(path, timeout=0.5)
+    writer.execute("CREATE TABLE probe (x)")
+    writer.commit()  # in rollback-journal mode: "database is locked" after 0.5 s
+    trial.set_user_attr("interrupted", True)  # through the storage, with the read still open
+    assert study.trials[0].user_attrs == {"interrupted": True}
+    reader.close()
+    writer.close()
+
+
+def test_an_interrupt_that_cannot_be_recorded_is_logged_and_still_ends_the_worker():
+    """Recording the interrupt is best effort: a storage that refuses the write must not turn
+    Ctrl-C into a failed trial and a worker that carries on (exit 0 instead of 130)."""
+    from benchmark.jobs.search.objective import TrialObjective
+
+    class LockedTrial:
+        number = 7
+
+        def set_user_attr(self, key, value):
+            raise optuna.exceptions.StorageInternalError("database is locked")
+
+    class Search:
+        logged: list[str] = []
+
+        def log(self, text):
+            self.logged.append(text)
+
+    objective = TrialObjective.__new__(TrialObjective)
+    objective.search = Search()
+    objective.interrupted(LockedTrial(), "run-id", episodes=3)  # does not raise
+    assert len(Search.logged) == 1
+    assert Search.logged[0].startswith("trial 7: could not record the interrupt (")
+    assert "database is locked" in Search.logged[0] and "heartbeat is stale" in Search.logged[0]

@@ -134,9 +134,7 @@ class TrialObjective:
             self.failures_in_a_row = 0
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            text = "interrupted (SIGINT/SIGTERM); a rerun retries it"
-            self.end_trial(trial, rid, "FAIL", running.episodes, text, "KILLED")
+            self.interrupted(trial, rid, running.episodes)
             raise
         except Exception as e:
             self.failed(trial, rid, running.episodes, e)
@@ -145,6 +143,22 @@ class TrialObjective:
         self.end_trial(trial, rid, "COMPLETE", running.episodes)
         self.failures_in_a_row = 0
         return value
+
+    def interrupted(self, trial: Any, rid: str, episodes: int) -> None:
+        """A trial stopped by Ctrl-C or SIGTERM: marked ``interrupted`` (a rerun retries it) and its
+        run KILLED. Best effort: a storage or tracking store that refuses the write is logged and
+        the interrupt still ends the worker (exit 130); the trial then stays RUNNING until its
+        heartbeat goes stale, and a rerun retries it as a stale trial."""
+        try:
+            trial.set_user_attr("interrupted", True)
+            text = "interrupted (SIGINT/SIGTERM); a rerun retries it"
+            self.end_trial(trial, rid, "FAIL", episodes, text, "KILLED")
+        except Exception as e:
+            first = error_text(e).splitlines()[0] if error_text(e) else type(e).__name__
+            self.search.log(
+                f"trial {trial.number}: could not record the interrupt ({first}); "
+                "a rerun retries it once its heartbeat is stale"
+            )
 
     def failed(self, trial: Any, rid: str, episodes: int, e: Exception) -> None:
         """A failed trial: its run FAILED; the worker stops after too many in a row."""

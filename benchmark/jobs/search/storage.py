@@ -176,14 +176,30 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_s,
                 grace_period=max(2 * heartbeat_s, heartbeat_s + 2),
                 heartbeat_stale_trial_callback=on_stale,
             )
+        if scheme == "sqlite":
+            write_ahead_log(storage.engine)
+        return storage
     except Exception as e:
         raise FssBenchError(
             f"--storage {redact(url)}: not usable ({type(e).__name__}: {str(e)[:200]})"
         ) from None
+
+
+def write_ahead_log(engine: Any) -> None:
+    """Put a SQLite storage in write-ahead-log mode (kept in the file). In SQLite's default
+    rollback-journal mode a reader blocks every writer's commit: a worker interrupted (Ctrl-C) in
+    the middle of reading the study's trials keeps its read open while it records the interrupt,
+    and the other workers' commits, and its own, fail with "database is locked" after the busy
+    timeout. In WAL mode readers never block writers. (WAL needs a local file system: on NFS, use
+    ``journal:PATH``.)"""
+    with engine.connect() as conn:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+    if str(mode).lower() != "wal":
+        raise RuntimeError(f"SQLite refused write-ahead-log mode (journal_mode is {mode!r})")
