@@ -20,6 +20,7 @@ from benchmark.errors import FssBenchError
 from benchmark.evaluation.feature_cache import FeatureCache
 from benchmark.evaluation.features import Featurizer
 from benchmark.evaluation.loader import ImageStore, load_episode, method_image_resize
+from benchmark.evaluation.metrics import episode_iou
 from benchmark.evaluation.predict import one_shot, predict_episode, predict_scored, scored_mask
 from benchmark.methods import WeightPool, build_method, get_method
 from reports.collect import ExperimentData
@@ -35,8 +36,7 @@ def select_episodes(table, how: str | list[int]) -> list[tuple[int, str]]:
                 f"episode id(s) {missing} are not in this cell (0..{int(table['episode'].max())})"
             )
         return [(int(e), f"episode {e}") for e in how]
-    iou = (table["I_fg"] / table["U_fg"].where(table["U_fg"] > 0, 1)).to_numpy()
-    order = np.argsort(iou, kind="stable")
+    order = np.argsort(episode_iou(table), kind="stable")
     ids = table["episode"].to_numpy()
     return [
         (int(ids[order[-1]]), "best"),

@@ -37,6 +37,7 @@ from benchmark.data.prepared import PreparedDataset
 from benchmark.episodes.manifest import Manifest
 from benchmark.errors import FssBenchError
 from benchmark.evaluation.loader import ImageStore
+from benchmark.evaluation.metrics import episode_iou
 from benchmark.evaluation.predictions import mask_to_rle
 from benchmark.records.tracking import Tracker
 from reports.collect import ExperimentData
@@ -108,9 +109,7 @@ def _predictions(tracker: Tracker, run_id: str, download_dir: Path) -> dict[int,
 
 def _iou(table: pd.DataFrame) -> dict[int, float]:
     """Episode id -> ``I_fg / U_fg`` (0 where U_fg is 0), as the report's qualitative figure."""
-    i, u = table["I_fg"].to_numpy(np.int64), table["U_fg"].to_numpy(np.int64)
-    iou = np.where(u > 0, i / np.maximum(u, 1), 0.0)
-    return dict(zip(table["episode"].astype(int).tolist(), iou.tolist(), strict=True))
+    return dict(zip(table["episode"].astype(int).tolist(), episode_iou(table).tolist(), strict=True))
 
 
 def _store_for(root: str, stores: dict[str, ImageStore | None]) -> ImageStore | None:

@@ -79,7 +79,7 @@ def rescore_episodes(
         scored target, or counts that differ from ``table``'s.
     """
     episodes = {e.id: e for e in manifest.episodes}
-    count_cols = ["I_bg", "U_bg", "I_fg", "U_fg"]
+    count_cols = list(EPISODE_COLUMNS[2:])  # I_bg, U_bg, I_fg, U_fg
     recorded = dict(
         zip(
             table["episode"].astype(int),

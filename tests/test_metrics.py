@@ -558,3 +558,10 @@ def test_paired_diff_over_folds_reduces_to_the_single_pair_and_averages() -> Non
     d2 = paired_bootstrap_diff(a2, b2, [1, 2], n_boot=300, seed=4)["diff"]
     assert two["diff"] == pytest.approx((single["diff"] + d2) / 2)
     assert two["low"] <= two["diff"] <= two["high"]
+
+
+def test_episode_iou_by_hand():
+    from benchmark.evaluation.metrics import episode_iou
+
+    table = pd.DataFrame({"I_fg": [1, 0, 3], "U_fg": [4, 0, 3]})
+    assert episode_iou(table).tolist() == [0.25, 0.0, 1.0]  # an empty union counts 0

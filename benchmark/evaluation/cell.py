@@ -50,7 +50,7 @@ from benchmark.evaluation.loader import (
     method_reads_masks,
     shared_store,
 )
-from benchmark.evaluation.metrics import bootstrap_ci, summarize
+from benchmark.evaluation.metrics import bootstrap_ci, episode_iou, summarize
 from benchmark.evaluation.predict import predict_scored, score_rows, scored_mask
 from benchmark.evaluation.predictions import StoredPrediction, mask_to_rle
 from benchmark.io_utils import canonical_json, installed_versions, write_text_atomic
@@ -622,8 +622,8 @@ def _qualitative(
     from benchmark.evaluation.qualitative import save_episode_overlay
 
     table, manifest = result.table, result.manifest
-    iou = table["I_fg"] / table["U_fg"].where(table["U_fg"] > 0, 1)
-    order = np.argsort(iou.to_numpy(), kind="stable")
+    iou = episode_iou(table)
+    order = np.argsort(iou, kind="stable")
     picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
     episodes = {e.id: e for e in manifest.episodes}
     paths = []
@@ -639,7 +639,7 @@ def _qualitative(
         name = class_names(manifest.dataset)[ep.cls - 1]
         title = (
             f"{result.spec.name} episode {ep.id} ({label}): class {ep.cls} {name}, support 1 of "
-            f"{len(ep.supports)} shown, IoU {100 * float(iou.iloc[idx]):.1f}"
+            f"{len(ep.supports)} shown, IoU {100 * float(iou[idx]):.1f}"
         )
         if result.random_init:
             title = "RANDOM-INIT " + title

@@ -284,6 +284,14 @@ def fg_iou(table: pd.DataFrame) -> float:
     return float(_metric_from_sums(sums[None, None], "fg_iou")[0])
 
 
+def episode_iou(table: pd.DataFrame) -> np.ndarray:
+    """(N,) float64: each episode's foreground IoU ``I_fg / U_fg`` of a per-episode table, in its row
+    order; 0.0 where the union is 0 (what picks the best / median / worst episode, and what the
+    report's Episodes view shows)."""
+    i, u = table["I_fg"].to_numpy(np.int64), table["U_fg"].to_numpy(np.int64)
+    return np.where(u > 0, i / np.maximum(u, 1), 0.0)
+
+
 def summarize(table: pd.DataFrame, classes: Sequence[int]) -> dict[str, Any]:
     """All fold-level numbers of a per-episode table.
 
